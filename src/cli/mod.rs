@@ -1,0 +1,262 @@
+//! The command line: clap structs, one function per subcommand, exit status. Arguments are
+//! resolved here once; nothing below reads flags.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand, ValueEnum};
+
+use crate::desired::{self, FileState};
+use crate::error::{Diagnostic, Error, Result};
+use crate::roles::{RoleSource, Roles};
+use crate::topology::{self, Planned};
+use crate::{inventory, output};
+
+/// Exit status: done.
+pub const EXIT_OK: u8 = 0;
+/// Exit status: a host failed (and anything else that went wrong at run time).
+pub const EXIT_FAILED: u8 = 1;
+/// Exit status: bad usage or an invalid inventory; nothing was contacted or touched.
+pub const EXIT_INVALID: u8 = 2;
+
+/// wgprov: one Kubernetes cluster over many sites, joined by WireGuard.
+#[derive(Debug, Parser)]
+#[command(name = "wgprov", version, about)]
+pub struct Cli {
+    /// More detail on stderr.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Output format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Format {
+    /// For people.
+    Text,
+    /// One JSON document on stdout.
+    Json,
+}
+
+/// Arguments every inventory command takes.
+#[derive(Debug, clap::Args)]
+pub struct InvArgs {
+    /// The inventory file.
+    #[arg(short = 'i', long = "inventory", value_name = "INV")]
+    pub inventory: PathBuf,
+}
+
+/// Where roles come from.
+#[derive(Debug, clap::Args)]
+pub struct RoleArgs {
+    /// A directory of roles to use instead of the built-in ones.
+    #[arg(long, value_name = "DIR")]
+    pub roles_path: Option<PathBuf>,
+}
+
+/// The subcommands (fields are documented by their clap help).
+#[derive(Debug, Subcommand)]
+#[allow(missing_docs)]
+pub enum Command {
+    /// Load and check the inventory offline; print every problem.
+    Validate {
+        #[command(flatten)]
+        inv: InvArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Print the address plan and peer graph (offline).
+    Plan {
+        #[command(flatten)]
+        inv: InvArgs,
+        /// Output format.
+        #[arg(long, value_enum, default_value = "text")]
+        format: Format,
+    },
+    /// Write every managed node's desired files under DIR/<node>/<path> (offline).
+    Render {
+        #[command(flatten)]
+        inv: InvArgs,
+        #[command(flatten)]
+        roles: RoleArgs,
+        /// Output directory.
+        #[arg(long, value_name = "DIR")]
+        out: PathBuf,
+    },
+    /// Print the topology as Graphviz DOT (offline).
+    Graph {
+        #[command(flatten)]
+        inv: InvArgs,
+    },
+}
+
+/// Parses the process arguments, runs, and returns the exit status.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                EXIT_INVALID
+            } else {
+                EXIT_OK
+            });
+        }
+    };
+    ExitCode::from(run(cli))
+}
+
+/// Runs a parsed command line; returns the exit status.
+pub fn run(cli: Cli) -> u8 {
+    let result = match cli.command {
+        Command::Validate { inv, format } => validate(&inv.inventory, format),
+        Command::Plan { inv, format } => plan(&inv.inventory, format),
+        Command::Render { inv, roles, out } => {
+            render(&inv.inventory, roles.roles_path.as_deref(), &out)
+        }
+        Command::Graph { inv } => graph(&inv.inventory),
+    };
+    match result {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e}");
+            match e {
+                Error::Invalid(_) | Error::Usage(_) | Error::Role { .. } => EXIT_INVALID,
+                Error::Io { .. } => EXIT_FAILED,
+            }
+        }
+    }
+}
+
+fn print_warnings(w: &[Diagnostic]) {
+    let mut err = std::io::stderr().lock();
+    for d in w {
+        let _ = writeln!(err, "{d}");
+    }
+}
+
+fn planned(path: &Path, write_lock: bool) -> Result<Planned> {
+    let p = topology::plan_inventory(path, write_lock)?;
+    print_warnings(&p.warnings);
+    if p.lock_written {
+        eprintln!("wrote {}", inventory::lock_path(path).display());
+    }
+    Ok(p)
+}
+
+fn validate(path: &Path, format: Format) -> Result<u8> {
+    // validate never writes: allocation runs in memory only, to catch an exhausted space.
+    let result = topology::plan_inventory(path, false);
+    let (diags, ok, summary) = match &result {
+        Ok(p) => (
+            p.warnings.clone(),
+            true,
+            format!(
+                "{}: ok ({} sites, {} managed nodes)",
+                path.display(),
+                p.topology.sites.len(),
+                p.topology.nodes.len()
+            ),
+        ),
+        Err(Error::Invalid(d)) => {
+            let n = d.iter().filter(|d| d.is_error()).count();
+            (
+                d.clone(),
+                false,
+                format!(
+                    "{}: {n} error{}",
+                    path.display(),
+                    if n == 1 { "" } else { "s" }
+                ),
+            )
+        }
+        Err(_) => {
+            return result.map(|_| EXIT_OK);
+        }
+    };
+    match format {
+        Format::Json => {
+            let doc = serde_json::json!({ "valid": ok, "diagnostics": diags });
+            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        }
+        Format::Text => {
+            for d in &diags {
+                if d.is_error() {
+                    println!("{d}");
+                } else {
+                    eprintln!("{d}");
+                }
+            }
+            if ok {
+                println!("{summary}");
+            } else {
+                eprintln!("{summary}");
+            }
+        }
+    }
+    Ok(if ok { EXIT_OK } else { EXIT_INVALID })
+}
+
+fn plan(path: &Path, format: Format) -> Result<u8> {
+    let p = planned(path, true)?;
+    match format {
+        Format::Text => print!("{}", output::plan_text(&p.topology)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&output::plan_json(&p.topology)).expect("json")
+        ),
+    }
+    Ok(EXIT_OK)
+}
+
+fn graph(path: &Path) -> Result<u8> {
+    let p = planned(path, false)?;
+    print!("{}", output::graph_dot(&p.topology));
+    Ok(EXIT_OK)
+}
+
+fn render(path: &Path, roles_path: Option<&Path>, out: &Path) -> Result<u8> {
+    let roles = Roles::load(RoleSource::resolve(roles_path, path))?;
+    let p = planned(path, true)?;
+    let keys = desired::fresh_keys(&p.topology);
+    let hosts = desired::render_offline(&roles, &p.topology, &keys)?;
+    let mut count = 0usize;
+    for (node, files) in &hosts {
+        for f in files {
+            if let FileState::Present { content, mode } = &f.state {
+                write_rendered(out, node, &f.path, content, *mode)?;
+                count += 1;
+            }
+        }
+    }
+    eprintln!(
+        "rendered {count} files for {} nodes into {} (private keys are fresh previews: apply keeps each node's own key)",
+        hosts.len(),
+        out.display()
+    );
+    Ok(EXIT_OK)
+}
+
+/// Writes one rendered file as `out/<node>/<abs path>` with its mode.
+pub fn write_rendered(out: &Path, node: &str, abs: &str, content: &str, mode: u32) -> Result<()> {
+    use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
+    let target = out.join(node).join(abs.trim_start_matches('/'));
+    let dir = target.parent().expect("file has a parent");
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(mode)
+        .open(&target)
+        .map_err(|e| Error::io(&target, e))?;
+    f.write_all(content.as_bytes())
+        .map_err(|e| Error::io(&target, e))?;
+    f.set_permissions(std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(&target, e))?;
+    Ok(())
+}

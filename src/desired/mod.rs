@@ -1,0 +1,316 @@
+//! Per host: the files it should have (path, mode, content) and the handlers they notify.
+//! Pure: from the topology, the keys, the roles and — when known — the host's current files.
+
+pub mod wgmerge;
+
+use std::collections::HashMap;
+
+use serde_json::{Value as Json, json};
+
+use crate::error::{Error, Result};
+use crate::facts::kubelet;
+use crate::inventory::OsFamily;
+use crate::roles::{ContentSpec, EditKind, MergeKind, Roles};
+use crate::topology::keys::{Keypair, PublicKey};
+use crate::topology::{NodePlan, PeerRef, Topology};
+
+/// A node's name and its desired files.
+pub type HostFiles = (String, Vec<DesiredFile>);
+
+/// The keys known for this run: node name to key pair.
+pub type KeyRing = HashMap<String, Keypair>;
+
+/// What a file should be.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileState {
+    /// Present with this content and mode.
+    Present {
+        /// Full content.
+        content: String,
+        /// Mode bits.
+        mode: u32,
+    },
+    /// Absent (a role whose `when` is false for this node).
+    Absent,
+}
+
+/// One file a host should have (or not have).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DesiredFile {
+    /// Role that manages it.
+    pub role: String,
+    /// Absolute path on the node.
+    pub path: String,
+    /// Content and mode, or absent.
+    pub state: FileState,
+    /// Handlers to run when it changes.
+    pub notify: Vec<String>,
+}
+
+/// Inputs for one host besides the topology.
+pub struct HostInput<'a> {
+    /// The node.
+    pub node: &'a NodePlan,
+    /// Its OS family (from facts, else the inventory, else debian).
+    pub os_family: OsFamily,
+    /// Current content of a file on the node, when known (facts); offline: nothing.
+    pub existing: &'a dyn Fn(&str) -> Option<String>,
+}
+
+/// Builds the template context of `node` (without role defaults).
+pub fn context(
+    topo: &Topology,
+    node: &NodePlan,
+    os_family: OsFamily,
+    keys: &KeyRing,
+) -> Result<Json> {
+    let net = &topo.network;
+    let site = topo.site(&node.site).expect("node's site");
+    let kp = keys.get(&node.name).ok_or_else(|| Error::Role {
+        role: "wireguard".into(),
+        message: format!("no key known for node {}", node.name),
+    })?;
+    let mut peers = Vec::new();
+    for p in topo.peers(node) {
+        let (pk, comment): (Option<PublicKey>, String) = match &p.peer {
+            PeerRef::Node(n) => {
+                let role = if p.site == node.site {
+                    "node"
+                } else {
+                    "next-hop"
+                };
+                (
+                    keys.get(n).map(|k| k.public),
+                    format!("{n} ({role} of site {})", p.site),
+                )
+            }
+            PeerRef::Site(s) => (
+                topo.site(s).and_then(|s| s.public_key),
+                format!("site {s} (unmanaged)"),
+            ),
+        };
+        let pk = pk.ok_or_else(|| Error::Role {
+            role: "wireguard".into(),
+            message: format!("no public key known for peer {comment} of {}", node.name),
+        })?;
+        let allowed: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
+        peers.push(json!({
+            "name": match &p.peer { PeerRef::Node(n) | PeerRef::Site(n) => n },
+            "site": p.site,
+            "comment": comment,
+            "public_key": pk.to_base64(),
+            "allowed_ips": allowed.join(", "),
+            "endpoint": p.endpoint,
+            "persistent_keepalive": p.persistent_keepalive,
+        }));
+    }
+    let iface = &net.interface;
+    Ok(json!({
+        "node": {
+            "name": node.name,
+            "site": node.site,
+            "address": node.address,
+            "wireguard_ip": node.wireguard_ip.to_string(),
+            "is_next_hop": node.is_next_hop,
+        },
+        "site": {
+            "name": site.name,
+            "wireguard_cidr": site.wireguard_cidr.to_string(),
+            "endpoint": site.endpoint.as_ref().map(|e| e.to_string()),
+            "public_port": site.endpoint.as_ref().map(|e| e.port),
+            "router": site.router.as_str(),
+            "next_hop": site.next_hop,
+        },
+        "network": {
+            "wireguard_cidr": net.wireguard_cidr.to_string(),
+            "listen_port": net.listen_port,
+            "interface": iface,
+            "persistent_keepalive": net.persistent_keepalive,
+        },
+        "os_family": os_family.as_str(),
+        "interface": iface,
+        "listen_port": net.listen_port,
+        "address": format!("{}/{}", node.wireguard_ip, net.wireguard_cidr.prefix_len()),
+        "private_key": kp.private.expose_base64(),
+        "public_key": kp.public.to_base64(),
+        "forward_up": "iptables -C FORWARD -i %i -o %i -j ACCEPT 2>/dev/null || iptables -I FORWARD -i %i -o %i -j ACCEPT",
+        "forward_down": "iptables -D FORWARD -i %i -o %i -j ACCEPT 2>/dev/null || true",
+        "peers": peers,
+    }))
+}
+
+fn render_err(role: &str, what: &str, e: minijinja::Error) -> Error {
+    let mut msg = format!("{what}: {e}");
+    let mut src = std::error::Error::source(&e);
+    while let Some(s) = src {
+        msg.push_str(&format!(": {s}"));
+        src = s.source();
+    }
+    Error::Role {
+        role: role.to_string(),
+        message: msg,
+    }
+}
+
+/// Every file `input.node` should have, in playbook order.
+pub fn desired_files(
+    roles: &Roles,
+    topo: &Topology,
+    keys: &KeyRing,
+    input: &HostInput,
+) -> Result<Vec<DesiredFile>> {
+    let base = context(topo, input.node, input.os_family, keys)?;
+    let mut out = Vec::new();
+    for role in &roles.roles {
+        // role defaults first, the node's own variables over them
+        let mut ctx = serde_json::Map::new();
+        for (k, v) in &role.defaults {
+            ctx.insert(k.clone(), v.clone());
+        }
+        if let Json::Object(m) = &base {
+            for (k, v) in m {
+                ctx.insert(k.clone(), v.clone());
+            }
+        }
+        let ctx = minijinja::Value::from(minijinja::value::Serde(&ctx));
+        let active = match &role.when {
+            None => true,
+            Some(w) => roles
+                .env
+                .compile_expression(w)
+                .and_then(|e| e.eval(ctx.clone()))
+                .map_err(|e| render_err(&role.name, &format!("when `{w}`"), e))?
+                .is_true(),
+        };
+        for f in &role.files {
+            let path = roles
+                .env
+                .render_str(&f.path, ctx.clone())
+                .map_err(|e| render_err(&role.name, &format!("path `{}`", f.path), e))?;
+            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+                return Err(Error::Role {
+                    role: role.name.clone(),
+                    message: format!("path `{path}` must be absolute, without `..`"),
+                });
+            }
+            let state = if !active {
+                FileState::Absent
+            } else {
+                let existing = (input.existing)(&path);
+                let content = match &f.content {
+                    ContentSpec::Template { name, merge } => {
+                        let t = roles
+                            .env
+                            .get_template(name)
+                            .map_err(|e| render_err(&role.name, name, e))?;
+                        let rendered = t
+                            .render(ctx.clone())
+                            .map_err(|e| render_err(&role.name, name, e))?;
+                        match (merge, existing) {
+                            (Some(MergeKind::Wireguard), Some(old)) => {
+                                wgmerge::merge(&old, &rendered)
+                            }
+                            _ => rendered,
+                        }
+                    }
+                    ContentSpec::Edit { kind, value } => {
+                        let v = roles
+                            .env
+                            .render_str(value, ctx.clone())
+                            .map_err(|e| render_err(&role.name, &format!("value `{value}`"), e))?;
+                        match kind {
+                            EditKind::KubeletNodeIp => {
+                                kubelet::set_node_ip(existing.as_deref(), &v)
+                            }
+                        }
+                    }
+                };
+                FileState::Present {
+                    content,
+                    mode: f.mode,
+                }
+            };
+            out.push(DesiredFile {
+                role: role.name.clone(),
+                path,
+                state,
+                notify: f.notify.clone(),
+            });
+        }
+    }
+    Ok(out)
+}
+
+/// The OS family to plan with when no facts are known: the inventory's, else Debian.
+pub fn offline_os_family(node: &NodePlan) -> OsFamily {
+    node.os_family.unwrap_or(OsFamily::Debian)
+}
+
+/// Fresh keys for every managed node (for offline previews), generated on every core.
+pub fn fresh_keys(topo: &Topology) -> KeyRing {
+    let names: Vec<&str> = topo.nodes.iter().map(|n| n.name.as_str()).collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(1);
+    let chunk = names.len().div_ceil(threads).max(1);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = names
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .map(|n| (n.to_string(), Keypair::generate()))
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("key generation thread"))
+            .collect()
+    })
+}
+
+/// Desired files of every managed node with no facts (offline), spread over every core.
+pub fn render_offline(
+    roles: &Roles,
+    topo: &Topology,
+    keys: &KeyRing,
+) -> Result<Vec<(String, Vec<DesiredFile>)>> {
+    let nodes: Vec<&NodePlan> = topo.nodes.iter().collect();
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+        .max(1);
+    let chunk = nodes.len().div_ceil(threads).max(1);
+    let none = |_: &str| None;
+    let parts: Vec<Result<Vec<HostFiles>>> = std::thread::scope(|s| {
+        let handles: Vec<_> = nodes
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || {
+                    c.iter()
+                        .map(|n| {
+                            let input = HostInput {
+                                node: n,
+                                os_family: offline_os_family(n),
+                                existing: &none,
+                            };
+                            desired_files(roles, topo, keys, &input).map(|f| (n.name.clone(), f))
+                        })
+                        .collect()
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("render thread"))
+            .collect()
+    });
+    let mut out = Vec::with_capacity(nodes.len());
+    for p in parts {
+        out.extend(p?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,170 @@
+//! The kubelet defaults file (`/etc/default/kubelet`, `/etc/sysconfig/kubelet`): set
+//! `--node-ip` inside `KUBELET_EXTRA_ARGS` and keep every other flag and line as written.
+//! Handles quoted and unquoted values and both `--node-ip=X` and `--node-ip X`.
+
+/// The variable kubelet's systemd drop-in reads.
+pub const VAR: &str = "KUBELET_EXTRA_ARGS";
+
+struct Assignment {
+    line: usize,
+    prefix: String,
+    quote: Option<char>,
+    args: Vec<String>,
+}
+
+fn parse_assignment(line: &str, idx: usize) -> Option<Assignment> {
+    let indent_len = line.len() - line.trim_start().len();
+    let rest = &line[indent_len..];
+    let (export, rest) = match rest.strip_prefix("export ") {
+        Some(r) => ("export ", r.trim_start()),
+        None => ("", rest),
+    };
+    let value = rest.strip_prefix(VAR)?.strip_prefix('=')?;
+    let value = value.trim_end();
+    let (quote, inner) = match value.chars().next() {
+        Some(q @ ('"' | '\'')) if value.len() >= 2 && value.ends_with(q) => {
+            (Some(q), &value[1..value.len() - 1])
+        }
+        _ => (None, value),
+    };
+    Some(Assignment {
+        line: idx,
+        prefix: format!("{}{export}{VAR}=", &line[..indent_len]),
+        quote,
+        args: inner.split_whitespace().map(str::to_string).collect(),
+    })
+}
+
+/// The `--node-ip` value currently set, if any (the last assignment wins, as in systemd).
+pub fn node_ip(content: &str) -> Option<String> {
+    let lines: Vec<&str> = content.lines().collect();
+    let a = lines
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, l)| parse_assignment(l, i))?;
+    let mut it = a.args.iter();
+    while let Some(arg) = it.next() {
+        if let Some(v) = arg.strip_prefix("--node-ip=") {
+            return Some(v.to_string());
+        }
+        if arg == "--node-ip" {
+            return it.next().cloned();
+        }
+    }
+    None
+}
+
+/// `content` with `--node-ip` set to `ip`. `None` (no file yet) gives a one-line file.
+/// Every other line and flag is kept; the style of an existing `--node-ip` is kept.
+pub fn set_node_ip(content: Option<&str>, ip: &str) -> String {
+    let content = content.unwrap_or("");
+    let mut lines: Vec<String> = content.lines().map(str::to_string).collect();
+    let last = lines
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, l)| parse_assignment(l, i));
+    match last {
+        None => lines.push(format!("{VAR}=--node-ip={ip}")),
+        Some(mut a) => {
+            let mut out: Vec<String> = Vec::new();
+            let mut done = false;
+            let mut it = a.args.drain(..);
+            while let Some(arg) = it.next() {
+                let (is_eq, is_sep) = (arg.starts_with("--node-ip="), arg == "--node-ip");
+                if is_sep {
+                    it.next();
+                }
+                if is_eq || is_sep {
+                    if !done {
+                        if is_sep {
+                            out.push("--node-ip".into());
+                            out.push(ip.to_string());
+                        } else {
+                            out.push(format!("--node-ip={ip}"));
+                        }
+                        done = true;
+                    }
+                    continue;
+                }
+                out.push(arg);
+            }
+            if !done {
+                out.push(format!("--node-ip={ip}"));
+            }
+            let joined = out.join(" ");
+            let quote = match a.quote {
+                Some(q) => Some(q),
+                None if out.len() > 1 => Some('"'),
+                None => None,
+            };
+            lines[a.line] = match quote {
+                Some(q) => format!("{}{q}{joined}{q}", a.prefix),
+                None => format!("{}{joined}", a.prefix),
+            };
+        }
+    }
+    let mut s = lines.join("\n");
+    s.push('\n');
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table() {
+        let cases: &[(Option<&str>, &str)] = &[
+            (None, "KUBELET_EXTRA_ARGS=--node-ip=10.100.0.1\n"),
+            (Some(""), "KUBELET_EXTRA_ARGS=--node-ip=10.100.0.1\n"),
+            (
+                Some("KUBELET_EXTRA_ARGS=\n"),
+                "KUBELET_EXTRA_ARGS=--node-ip=10.100.0.1\n",
+            ),
+            (
+                Some(
+                    "# keep me\nKUBELET_EXTRA_ARGS=\"--max-pods=200 --node-ip=192.168.0.10\"\nOTHER=1\n",
+                ),
+                "# keep me\nKUBELET_EXTRA_ARGS=\"--max-pods=200 --node-ip=10.100.0.1\"\nOTHER=1\n",
+            ),
+            (
+                Some("KUBELET_EXTRA_ARGS='--node-ip 1.2.3.4 --v=2'\n"),
+                "KUBELET_EXTRA_ARGS='--node-ip 10.100.0.1 --v=2'\n",
+            ),
+            (
+                Some("KUBELET_EXTRA_ARGS=--cgroup-driver=systemd\n"),
+                "KUBELET_EXTRA_ARGS=\"--cgroup-driver=systemd --node-ip=10.100.0.1\"\n",
+            ),
+            (
+                Some("KUBELET_EXTRA_ARGS=\"--node-ip=1.1.1.1 --node-ip=2.2.2.2\"\n"),
+                "KUBELET_EXTRA_ARGS=\"--node-ip=10.100.0.1\"\n",
+            ),
+            (
+                Some("FOO=bar"),
+                "FOO=bar\nKUBELET_EXTRA_ARGS=--node-ip=10.100.0.1\n",
+            ),
+            (
+                Some("export KUBELET_EXTRA_ARGS=\"--v=2\"\n"),
+                "export KUBELET_EXTRA_ARGS=\"--v=2 --node-ip=10.100.0.1\"\n",
+            ),
+        ];
+        for (input, want) in cases {
+            let got = set_node_ip(*input, "10.100.0.1");
+            assert_eq!(&got, want, "input {input:?}");
+            assert_eq!(node_ip(&got).as_deref(), Some("10.100.0.1"));
+            assert_eq!(set_node_ip(Some(&got), "10.100.0.1"), got, "idempotent");
+        }
+    }
+
+    #[test]
+    fn reads_both_styles() {
+        assert_eq!(
+            node_ip("KUBELET_EXTRA_ARGS=\"--node-ip 1.2.3.4\"").as_deref(),
+            Some("1.2.3.4")
+        );
+        assert_eq!(node_ip("KUBELET_EXTRA_ARGS=--v=2"), None);
+        assert_eq!(node_ip("# nothing"), None);
+    }
+}

@@ -1,0 +1,317 @@
+//! A wg-quick config reader and editor that loses nothing. It reads the way `wg` and `wg-quick`
+//! do (section names and keys case-insensitive, `#` starts a comment, whitespace around `=`
+//! ignored) and keeps every line as written, so a file round-trips byte for byte and an edit
+//! changes only the lines it means to. Comments, unknown keys (DNS, Table, PostUp, SaveConfig…)
+//! and foreign sections survive.
+
+use std::fmt::Write as _;
+
+/// One line of a config.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Line {
+    /// Blank, a comment, or something that is not `key = value` (kept as written).
+    Other(String),
+    /// A `key = value` line.
+    Entry {
+        /// The key as written.
+        key: String,
+        /// The value, trimmed, without a trailing comment.
+        value: String,
+        /// The line as written.
+        raw: String,
+    },
+}
+
+impl Line {
+    /// A new entry written as `Key = value`.
+    pub fn entry(key: &str, value: &str) -> Line {
+        Line::Entry {
+            key: key.to_string(),
+            value: value.to_string(),
+            raw: format!("{key} = {value}"),
+        }
+    }
+    fn raw(&self) -> &str {
+        match self {
+            Line::Other(r) => r,
+            Line::Entry { raw, .. } => raw,
+        }
+    }
+    /// The key when the line is an entry.
+    pub fn key(&self) -> Option<&str> {
+        match self {
+            Line::Entry { key, .. } => Some(key),
+            Line::Other(_) => None,
+        }
+    }
+}
+
+/// A `[Section]` and the lines up to the next one.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Section {
+    /// The header line as written, e.g. `[Peer]`.
+    pub header: String,
+    /// The lines after it.
+    pub lines: Vec<Line>,
+}
+
+impl Section {
+    /// A new section with header `[name]`.
+    pub fn new(name: &str) -> Self {
+        Section {
+            header: format!("[{name}]"),
+            lines: Vec::new(),
+        }
+    }
+    /// The section name, e.g. `Peer`, as written.
+    pub fn name(&self) -> &str {
+        self.header
+            .trim()
+            .trim_start_matches('[')
+            .split(']')
+            .next()
+            .unwrap_or("")
+            .trim()
+    }
+    /// True when the section is `[name]` (case-insensitive).
+    pub fn is(&self, name: &str) -> bool {
+        self.name().eq_ignore_ascii_case(name)
+    }
+    /// The first value of `key` (case-insensitive).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.lines.iter().find_map(|l| match l {
+            Line::Entry { key: k, value, .. } if k.eq_ignore_ascii_case(key) => {
+                Some(value.as_str())
+            }
+            _ => None,
+        })
+    }
+    /// Every value of `key` (case-insensitive), in order.
+    pub fn get_all(&self, key: &str) -> Vec<&str> {
+        self.lines
+            .iter()
+            .filter_map(|l| match l {
+                Line::Entry { key: k, value, .. } if k.eq_ignore_ascii_case(key) => {
+                    Some(value.as_str())
+                }
+                _ => None,
+            })
+            .collect()
+    }
+    /// Sets `key` to `value`: the first occurrence is rewritten (keeping its spelling of the key),
+    /// later ones removed; appended after the last entry when absent. No-op when already equal.
+    pub fn set(&mut self, key: &str, value: &str) {
+        let mut found = false;
+        self.lines.retain_mut(|l| match l {
+            Line::Entry {
+                key: k,
+                value: v,
+                raw,
+            } if k.eq_ignore_ascii_case(key) => {
+                if found {
+                    return false;
+                }
+                found = true;
+                if v != value {
+                    *raw = format!("{k} = {value}");
+                    *v = value.to_string();
+                }
+                true
+            }
+            _ => true,
+        });
+        if !found {
+            self.push_entry(Line::entry(key, value));
+        }
+    }
+    /// Removes every `key` entry.
+    pub fn remove(&mut self, key: &str) {
+        self.lines
+            .retain(|l| !matches!(l.key(), Some(k) if k.eq_ignore_ascii_case(key)));
+    }
+    /// Appends an entry after the last entry (before trailing blank lines and comments).
+    pub fn push_entry(&mut self, line: Line) {
+        let at = self
+            .lines
+            .iter()
+            .rposition(|l| matches!(l, Line::Entry { .. }))
+            .map(|i| i + 1)
+            .unwrap_or_else(|| {
+                self.lines
+                    .iter()
+                    .position(|l| l.raw().trim().is_empty())
+                    .unwrap_or(self.lines.len())
+            });
+        self.lines.insert(at, line);
+    }
+}
+
+/// A whole config file.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WgConfig {
+    /// Lines before the first section (comments, usually).
+    pub preamble: Vec<String>,
+    /// Sections in order.
+    pub sections: Vec<Section>,
+    /// Whether the text ended with a newline.
+    pub trailing_newline: bool,
+}
+
+impl WgConfig {
+    /// Parses config text. Never fails: lines that are not entries are kept as they are.
+    pub fn parse(text: &str) -> WgConfig {
+        let mut cfg = WgConfig {
+            trailing_newline: text.ends_with('\n') || text.is_empty(),
+            ..Default::default()
+        };
+        let body = text.strip_suffix('\n').unwrap_or(text);
+        for raw in body.split('\n').filter(|_| !text.is_empty()) {
+            let stripped = raw.split('#').next().unwrap_or("").trim();
+            if stripped.starts_with('[') && stripped.contains(']') {
+                cfg.sections.push(Section {
+                    header: raw.to_string(),
+                    lines: Vec::new(),
+                });
+                continue;
+            }
+            let line = match stripped.split_once('=') {
+                Some((k, v)) if !k.trim().is_empty() && !k.trim().contains(char::is_whitespace) => {
+                    Line::Entry {
+                        key: k.trim().to_string(),
+                        value: v.trim().to_string(),
+                        raw: raw.to_string(),
+                    }
+                }
+                _ => Line::Other(raw.to_string()),
+            };
+            match cfg.sections.last_mut() {
+                Some(s) => s.lines.push(line),
+                None => cfg.preamble.push(line.raw().to_string()),
+            }
+        }
+        cfg
+    }
+
+    /// The text, byte for byte as parsed when nothing was edited.
+    pub fn render(&self) -> String {
+        let mut out = String::new();
+        let mut first = true;
+        let mut push = |s: &str, out: &mut String| {
+            if !first {
+                out.push('\n');
+            }
+            first = false;
+            out.push_str(s);
+        };
+        for l in &self.preamble {
+            push(l, &mut out);
+        }
+        for s in &self.sections {
+            push(&s.header, &mut out);
+            for l in &s.lines {
+                push(l.raw(), &mut out);
+            }
+        }
+        if self.trailing_newline && !out.is_empty() {
+            out.push('\n');
+        }
+        out
+    }
+
+    /// The `[Interface]` section.
+    pub fn interface(&self) -> Option<&Section> {
+        self.sections.iter().find(|s| s.is("Interface"))
+    }
+    /// The `[Interface]` section, mutable.
+    pub fn interface_mut(&mut self) -> Option<&mut Section> {
+        self.sections.iter_mut().find(|s| s.is("Interface"))
+    }
+    /// Every `[Peer]` section.
+    pub fn peers(&self) -> impl Iterator<Item = &Section> {
+        self.sections.iter().filter(|s| s.is("Peer"))
+    }
+    /// The interface's `PrivateKey`, if any.
+    pub fn private_key(&self) -> Option<&str> {
+        self.interface().and_then(|i| i.get("PrivateKey"))
+    }
+}
+
+/// Replaces the value of every `PrivateKey` line with `(redacted)`: the form in which any
+/// config text may be shown.
+pub fn redact(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    for (i, raw) in text.split('\n').enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        let stripped = raw.split('#').next().unwrap_or("");
+        match stripped.split_once('=') {
+            Some((k, _)) if k.trim().eq_ignore_ascii_case("PrivateKey") => {
+                let _ = write!(
+                    out,
+                    "{} = {}",
+                    k.trim_end(),
+                    crate::topology::keys::REDACTED
+                );
+            }
+            _ => out.push_str(raw),
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const HAND: &str = "# home next-hop, written by hand\n[Interface]\nAddress = 10.100.0.1/16\nprivatekey=KEY # mine\nListenPort = 51820\nDNS = 1.1.1.1\nPostUp = iptables -A FORWARD -i %i -j ACCEPT\n\n[peer]\n# laptop\nPublicKey = abc\nAllowedIPs = 10.100.0.2/32\n";
+
+    #[test]
+    fn round_trips_byte_for_byte() {
+        for t in [
+            HAND,
+            "",
+            "[Interface]",
+            "junk line\n[Interface]\n  \n",
+            "[Interface]\r\nA = b\r\n",
+        ] {
+            assert_eq!(WgConfig::parse(t).render(), t, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn keys_and_sections_are_case_insensitive_and_comments_stripped() {
+        let c = WgConfig::parse(HAND);
+        assert_eq!(c.private_key(), Some("KEY"));
+        assert_eq!(c.interface().unwrap().get("dns"), Some("1.1.1.1"));
+        assert_eq!(c.peers().count(), 1);
+        assert_eq!(
+            c.peers().next().unwrap().get("allowedips"),
+            Some("10.100.0.2/32")
+        );
+    }
+
+    #[test]
+    fn set_rewrites_only_that_line() {
+        let mut c = WgConfig::parse(HAND);
+        c.interface_mut().unwrap().set("ListenPort", "51821");
+        c.interface_mut().unwrap().set("MTU", "1420");
+        let out = c.render();
+        assert!(out.contains("ListenPort = 51821\n"));
+        assert!(out.contains("PostUp = iptables -A FORWARD -i %i -j ACCEPT\nMTU = 1420\n\n[peer]"));
+        assert!(out.contains("privatekey=KEY # mine"));
+        let mut same = WgConfig::parse(HAND);
+        same.interface_mut()
+            .unwrap()
+            .set("address", "10.100.0.1/16");
+        assert_eq!(same.render(), HAND);
+    }
+
+    #[test]
+    fn redact_hides_every_spelling_of_private_key() {
+        let r = redact(HAND);
+        assert!(!r.contains("KEY"));
+        assert!(r.contains("privatekey = (redacted)"));
+        assert!(r.contains("PublicKey = abc"));
+    }
+}

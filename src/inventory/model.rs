@@ -1,0 +1,257 @@
+//! The inventory after validation: typed, defaults filled in, SSH settings resolved per node.
+//! Source locations are kept where later stages (allocation) may still need to point at them.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::topology::keys::PublicKey;
+
+/// A place in the inventory file.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Loc {
+    /// 1-based line.
+    pub line: u32,
+    /// 1-based column.
+    pub column: u32,
+}
+
+/// A validated inventory.
+#[derive(Clone, Debug)]
+pub struct Inventory {
+    /// The file it was loaded from.
+    pub path: PathBuf,
+    /// `network:` with defaults applied.
+    pub network: Network,
+    /// Sites in the order written.
+    pub sites: Vec<Site>,
+}
+
+/// Network-wide settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Network {
+    /// The whole WireGuard space.
+    pub wireguard_cidr: Ipv4Net,
+    /// Prefix length of a site's block.
+    pub site_prefix: u8,
+    /// WireGuard UDP port on every managed node.
+    pub listen_port: u16,
+    /// Interface name.
+    pub interface: String,
+    /// Pod and service CIDRs, when given.
+    pub cluster_cidrs: Option<Vec<IpNet>>,
+    /// Keepalive on links between sites (0: off).
+    pub persistent_keepalive: u16,
+}
+
+/// Kind of router at a site: shapes the port-forward notes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum RouterKind {
+    /// OPNsense.
+    Opnsense,
+    /// pfSense.
+    Pfsense,
+    /// OpenWrt.
+    Openwrt,
+    /// Anything else.
+    Other,
+}
+
+impl RouterKind {
+    /// Parses the inventory spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "opnsense" => Some(Self::Opnsense),
+            "pfsense" => Some(Self::Pfsense),
+            "openwrt" => Some(Self::Openwrt),
+            "other" => Some(Self::Other),
+            _ => None,
+        }
+    }
+    /// The inventory spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Opnsense => "opnsense",
+            Self::Pfsense => "pfsense",
+            Self::Openwrt => "openwrt",
+            Self::Other => "other",
+        }
+    }
+}
+
+/// Operating-system family of a node: decides where the kubelet defaults file lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OsFamily {
+    /// Debian, Ubuntu: `/etc/default/kubelet`.
+    Debian,
+    /// RHEL, Fedora, Rocky, Alma: `/etc/sysconfig/kubelet`.
+    Redhat,
+}
+
+impl OsFamily {
+    /// Parses the inventory spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "debian" => Some(Self::Debian),
+            "redhat" => Some(Self::Redhat),
+            _ => None,
+        }
+    }
+    /// The inventory spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debian => "debian",
+            Self::Redhat => "redhat",
+        }
+    }
+}
+
+/// A public `host:port`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoint {
+    /// DNS name or IP literal.
+    pub host: String,
+    /// UDP port.
+    pub port: u16,
+}
+
+impl Endpoint {
+    /// Parses `host:port` or `[v6]:port`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (h, p) = rest
+                .split_once("]:")
+                .ok_or_else(|| format!("`{s}` is not `[ipv6]:port`"))?;
+            if h.parse::<std::net::Ipv6Addr>().is_err() {
+                return Err(format!("`{h}` is not an IPv6 address"));
+            }
+            (h.to_string(), p)
+        } else {
+            let (h, p) = s
+                .rsplit_once(':')
+                .ok_or_else(|| format!("`{s}` needs a port: write it as host:port"))?;
+            if h.contains(':') {
+                return Err(format!("`{s}`: write an IPv6 endpoint as [address]:port"));
+            }
+            if h.parse::<Ipv4Addr>().is_err() && !is_dns_name(h) {
+                return Err(format!("`{h}` is neither an IPv4 address nor a DNS name"));
+            }
+            (h.to_string(), p)
+        };
+        let port: u32 = port
+            .parse()
+            .map_err(|_| format!("port `{port}` is not a number"))?;
+        if !(1..=65535).contains(&port) {
+            return Err(format!("port {port} is outside 1-65535"));
+        }
+        Ok(Endpoint {
+            host,
+            port: port as u16,
+        })
+    }
+
+    /// The host as an IP address, when it is a literal.
+    pub fn ip(&self) -> Option<IpAddr> {
+        self.host.parse().ok()
+    }
+}
+
+impl std::fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// True when `s` is a DNS name (labels of letters, digits and hyphens).
+pub fn is_dns_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 253
+        && s.trim_end_matches('.').split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+        })
+}
+
+/// SSH settings of one node, every default resolved.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshSettings {
+    /// Where to connect.
+    pub host: String,
+    /// Login user.
+    pub user: String,
+    /// TCP port.
+    pub port: u16,
+    /// Private key file (`~` not yet expanded); `None`: the ssh-agent.
+    pub identity_file: Option<String>,
+    /// known_hosts file (`~` not yet expanded).
+    pub known_hosts: String,
+    /// Run as root through `sudo -n`.
+    pub become_root: bool,
+    /// Node to jump through.
+    pub proxy_jump: Option<String>,
+}
+
+/// One site.
+#[derive(Clone, Debug)]
+pub struct Site {
+    /// Its name.
+    pub name: String,
+    /// Where its name is written.
+    pub loc: Loc,
+    /// False: someone else's site.
+    pub managed: bool,
+    /// Block written in the inventory, if any.
+    pub wireguard_cidr: Option<Ipv4Net>,
+    /// LAN networks.
+    pub lan_cidrs: Vec<IpNet>,
+    /// Public endpoint of the site's router.
+    pub endpoint: Option<Endpoint>,
+    /// Next-hop node (resolved: a one-node site's only node).
+    pub next_hop: Option<String>,
+    /// Router kind.
+    pub router: RouterKind,
+    /// For unmanaged sites: the key of their next-hop.
+    pub public_key: Option<PublicKey>,
+    /// Nodes in the order written.
+    pub nodes: Vec<Node>,
+}
+
+/// One node.
+#[derive(Clone, Debug)]
+pub struct Node {
+    /// Its name (unique in the inventory).
+    pub name: String,
+    /// Where its name is written.
+    pub loc: Loc,
+    /// Its site's name.
+    pub site: String,
+    /// LAN address (IP or DNS name).
+    pub address: String,
+    /// WireGuard address written in the inventory, if any.
+    pub wireguard_ip: Option<Ipv4Addr>,
+    /// OS family written in the inventory, if any.
+    pub os_family: Option<OsFamily>,
+    /// Resolved SSH settings.
+    pub ssh: SshSettings,
+}
+
+impl Inventory {
+    /// All nodes of managed sites, in inventory order.
+    pub fn nodes(&self) -> impl Iterator<Item = &Node> {
+        self.sites.iter().flat_map(|s| s.nodes.iter())
+    }
+    /// The site called `name`.
+    pub fn site(&self, name: &str) -> Option<&Site> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+}

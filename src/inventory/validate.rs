@@ -1,0 +1,805 @@
+//! Every rule of SPEC.md's inventory list, checked on the raw (spanned) inventory. All problems
+//! are collected, each with file, line, column and field; the typed [`Inventory`] is returned
+//! only when there is no error.
+
+use std::collections::HashMap;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::Path;
+
+use indexmap::IndexMap;
+use ipnet::{IpNet, Ipv4Net};
+
+use super::model::*;
+use super::schema::*;
+use crate::error::{Diagnostic, Severity};
+use crate::topology::keys::PublicKey;
+
+/// kubeadm's default service CIDR.
+pub const KUBEADM_DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
+
+/// Collects diagnostics for one file.
+pub struct Diags<'a> {
+    file: &'a Path,
+    /// Everything found so far.
+    pub list: Vec<Diagnostic>,
+}
+
+impl<'a> Diags<'a> {
+    /// An empty collection for `file`.
+    pub fn new(file: &'a Path) -> Self {
+        Diags {
+            file,
+            list: Vec::new(),
+        }
+    }
+    /// Records an error at `loc`.
+    pub fn error(&mut self, loc: Loc, field: impl Into<String>, message: impl Into<String>) {
+        self.push(Severity::Error, loc, field.into(), message.into());
+    }
+    /// Records a warning at `loc`.
+    pub fn warn(&mut self, loc: Loc, field: impl Into<String>, message: impl Into<String>) {
+        self.push(Severity::Warning, loc, field.into(), message.into());
+    }
+    fn push(&mut self, severity: Severity, loc: Loc, field: String, message: String) {
+        self.list.push(Diagnostic {
+            severity,
+            file: self.file.to_path_buf(),
+            line: loc.line,
+            column: loc.column,
+            field,
+            message,
+        });
+    }
+    /// True when an error (not a warning) was recorded.
+    pub fn has_errors(&self) -> bool {
+        self.list.iter().any(|d| d.is_error())
+    }
+}
+
+/// The location of a spanned value.
+pub fn loc<T>(s: &S<T>) -> Loc {
+    Loc {
+        line: s.referenced.line() as u32,
+        column: s.referenced.column() as u32,
+    }
+}
+
+/// True when `name` is a lowercase DNS label: safe as a host name, a file name and a shell word.
+pub fn is_safe_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 63
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        && !name.starts_with('-')
+        && !name.ends_with('-')
+}
+
+fn check_name(d: &mut Diags, name: &S<String>, field: &str) -> bool {
+    if is_safe_name(&name.value) {
+        return true;
+    }
+    d.error(
+        loc(name),
+        field,
+        format!(
+            "`{}` is not a safe name: use 1-63 lowercase letters, digits and hyphens, not starting or ending with a hyphen",
+            name.value
+        ),
+    );
+    false
+}
+
+fn port(d: &mut Diags, v: &S<i64>, field: &str) -> Option<u16> {
+    if (1..=65535).contains(&v.value) {
+        Some(v.value as u16)
+    } else {
+        d.error(
+            loc(v),
+            field,
+            format!("port {} is outside 1-65535", v.value),
+        );
+        None
+    }
+}
+
+fn v4net(d: &mut Diags, v: &S<String>, field: &str) -> Option<Ipv4Net> {
+    match v.value.trim().parse::<Ipv4Net>() {
+        Ok(n) if n.trunc() == n => Some(n),
+        Ok(n) => {
+            d.error(
+                loc(v),
+                field,
+                format!(
+                    "`{}` has host bits set; the network is {}",
+                    v.value,
+                    n.trunc()
+                ),
+            );
+            None
+        }
+        Err(_) => {
+            let msg = if v.value.parse::<IpNet>().is_ok() {
+                format!("`{}` is IPv6; the WireGuard space is IPv4", v.value)
+            } else {
+                format!("`{}` is not an IPv4 CIDR like 10.100.0.0/16", v.value)
+            };
+            d.error(loc(v), field, msg);
+            None
+        }
+    }
+}
+
+fn anynet(d: &mut Diags, v: &S<String>, field: &str) -> Option<IpNet> {
+    match v.value.trim().parse::<IpNet>() {
+        Ok(n) if n.trunc() == n => Some(n),
+        Ok(n) => {
+            d.error(
+                loc(v),
+                field,
+                format!(
+                    "`{}` has host bits set; the network is {}",
+                    v.value,
+                    n.trunc()
+                ),
+            );
+            None
+        }
+        Err(_) => {
+            d.error(
+                loc(v),
+                field,
+                format!("`{}` is not a CIDR like 192.168.0.0/24", v.value),
+            );
+            None
+        }
+    }
+}
+
+/// True when two networks share an address.
+pub fn overlaps(a: &IpNet, b: &IpNet) -> bool {
+    a.contains(&b.network()) || b.contains(&a.network())
+}
+
+struct SshLayer<'a> {
+    raw: &'a RawSsh,
+    path: String,
+}
+
+/// Checks a raw inventory and turns it into an [`Inventory`], or returns every problem found.
+/// Warnings are returned in both cases.
+pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diagnostic>) {
+    let mut d = Diags::new(file);
+
+    // ---- network ----
+    let net = &raw.network.value;
+    let wg = v4net(&mut d, &net.wireguard_cidr, "network.wireguard_cidr");
+    let site_prefix = match &net.site_prefix {
+        None => Some(24u8),
+        Some(p) => {
+            let min = wg.map(|w| w.prefix_len() as i64).unwrap_or(0);
+            if p.value < min || p.value > 30 {
+                d.error(
+                    loc(p),
+                    "network.site_prefix",
+                    format!(
+                        "{} must lie between the WireGuard space's prefix ({min}) and 30",
+                        p.value
+                    ),
+                );
+                None
+            } else {
+                Some(p.value as u8)
+            }
+        }
+    };
+    let listen_port = match &net.listen_port {
+        None => Some(51820),
+        Some(p) => port(&mut d, p, "network.listen_port"),
+    };
+    let interface = match &net.interface {
+        None => "wg0".to_string(),
+        Some(i) => {
+            let ok = !i.value.is_empty()
+                && i.value.len() <= 15
+                && i.value
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b"_=+.-".contains(&b));
+            if !ok {
+                d.error(
+                    loc(i),
+                    "network.interface",
+                    format!(
+                        "`{}` is not a valid interface name (1-15 of letters, digits, _=+.-)",
+                        i.value
+                    ),
+                );
+            }
+            i.value.clone()
+        }
+    };
+    let keepalive = match &net.persistent_keepalive {
+        None => 25,
+        Some(k) if (0..=65535).contains(&k.value) => k.value as u16,
+        Some(k) => {
+            d.error(
+                loc(k),
+                "network.persistent_keepalive",
+                format!("{} is outside 0-65535 seconds", k.value),
+            );
+            25
+        }
+    };
+    let network_loc = loc(&raw.network);
+    let cluster_cidrs = match &net.cluster_cidrs {
+        None => {
+            let kubeadm: IpNet = KUBEADM_DEFAULT_SERVICE_CIDR.parse().unwrap();
+            match wg {
+                Some(w) if overlaps(&IpNet::V4(w), &kubeadm) => d.warn(
+                    network_loc,
+                    "network.cluster_cidrs",
+                    format!(
+                        "NOT SET, AND KUBEADM'S DEFAULT SERVICE CIDR {KUBEADM_DEFAULT_SERVICE_CIDR} OVERLAPS THE WIREGUARD SPACE {w}: \
+                         a cluster built with kubeadm defaults will route service IPs into the tunnel. \
+                         Narrow it (kubeadm init --service-cidr 10.96.0.0/16) and list the pod and service CIDRs here"
+                    ),
+                ),
+                _ => d.warn(
+                    network_loc,
+                    "network.cluster_cidrs",
+                    "not set: cannot check the CNI's pod and service CIDRs against the WireGuard space; list them here",
+                ),
+            }
+            None
+        }
+        Some(list) => {
+            let mut nets: Vec<(IpNet, Loc)> = Vec::new();
+            for (i, c) in list.value.iter().enumerate() {
+                let field = format!("network.cluster_cidrs[{i}]");
+                if let Some(n) = anynet(&mut d, c, &field) {
+                    if let Some(w) = wg
+                        && overlaps(&n, &IpNet::V4(w))
+                    {
+                        d.error(
+                            loc(c),
+                            &field,
+                            format!("{n} overlaps the WireGuard space {w}"),
+                        );
+                    }
+                    for (m, _) in &nets {
+                        if overlaps(&n, m) {
+                            d.error(
+                                loc(c),
+                                &field,
+                                format!("{n} overlaps {m}: pod and service CIDRs must not overlap"),
+                            );
+                        }
+                    }
+                    nets.push((n, loc(c)));
+                }
+            }
+            Some(nets.into_iter().map(|(n, _)| n).collect())
+        }
+    };
+
+    // ---- ssh defaults ----
+    if let Some(s) = &raw.ssh
+        && let Some(h) = &s.value.host
+    {
+        d.error(
+            loc(h),
+            "ssh.host",
+            "`host` is per node: it says where one node's SSH server is",
+        );
+    }
+    if let Some(s) = &raw.ssh
+        && let Some(j) = &s.value.proxy_jump
+    {
+        d.error(
+            loc(j),
+            "ssh.proxy_jump",
+            "`proxy_jump` belongs to a site or a node: the jump node cannot jump through itself",
+        );
+    }
+
+    // ---- sites ----
+    let mut sites: Vec<Site> = Vec::new();
+    let mut node_names: HashMap<String, Loc> = HashMap::new();
+    let mut site_blocks: Vec<(Ipv4Net, String, Loc)> = Vec::new();
+    let mut node_ips: HashMap<Ipv4Addr, (String, Loc)> = HashMap::new();
+    let mut jumps: Vec<(String, S<String>, String)> = Vec::new();
+    if raw.sites.value.is_empty() {
+        d.error(loc(&raw.sites), "sites", "no sites: nothing to build");
+    }
+
+    for (sname, ssite) in &raw.sites.value {
+        let site = &ssite.value;
+        let sp = format!("sites.{}", sname.value);
+        check_name(&mut d, sname, &sp);
+        let managed = site.managed.as_ref().map(|m| m.value).unwrap_or(true);
+
+        let block = site
+            .wireguard_cidr
+            .as_ref()
+            .and_then(|c| v4net(&mut d, c, &format!("{sp}.wireguard_cidr")).map(|n| (n, loc(c))));
+        if let Some((b, bl)) = block {
+            let f = format!("{sp}.wireguard_cidr");
+            if let Some(w) = wg
+                && !w.contains(&b)
+            {
+                d.error(bl, &f, format!("{b} lies outside the WireGuard space {w}"));
+            } else if let Some(p) = site_prefix
+                && b.prefix_len() != p
+            {
+                d.error(
+                    bl,
+                    &f,
+                    format!("{b} is a /{}, but site_prefix is {p}", b.prefix_len()),
+                );
+            }
+            for (other, oname, oloc) in &site_blocks {
+                if overlaps(&IpNet::V4(b), &IpNet::V4(*other)) {
+                    d.error(
+                        bl,
+                        &f,
+                        format!(
+                            "{b} overlaps site {oname}'s block {other} (line {})",
+                            oloc.line
+                        ),
+                    );
+                }
+            }
+            site_blocks.push((b, sname.value.clone(), bl));
+        } else if !managed && site.wireguard_cidr.is_none() {
+            d.error(
+                loc(ssite),
+                format!("{sp}.wireguard_cidr"),
+                "an unmanaged site's block must be written: it is agreed with its owner, not allocated",
+            );
+        }
+
+        let mut lan_cidrs = Vec::new();
+        if let Some(lans) = &site.lan_cidrs {
+            for (i, c) in lans.value.iter().enumerate() {
+                let f = format!("{sp}.lan_cidrs[{i}]");
+                if let Some(n) = anynet(&mut d, c, &f) {
+                    if let Some(w) = wg
+                        && overlaps(&n, &IpNet::V4(w))
+                    {
+                        d.error(
+                            loc(c),
+                            &f,
+                            format!("{n} collides with the WireGuard space {w}"),
+                        );
+                    }
+                    if let Some(cc) = &cluster_cidrs {
+                        for c2 in cc {
+                            if overlaps(&n, c2) {
+                                d.error(
+                                    loc(c),
+                                    &f,
+                                    format!("{n} collides with the cluster CIDR {c2}"),
+                                );
+                            }
+                        }
+                    }
+                    lan_cidrs.push(n);
+                }
+            }
+        }
+
+        let endpoint = site.endpoint.as_ref().and_then(|e| {
+            Endpoint::parse(e.value.trim())
+                .map_err(|m| d.error(loc(e), format!("{sp}.endpoint"), m))
+                .ok()
+        });
+        if let (Some(ep), Some(w)) = (&endpoint, wg)
+            && let Some(IpAddr::V4(ip)) = ep.ip()
+            && w.contains(&ip)
+        {
+            d.error(
+                loc(site.endpoint.as_ref().unwrap()),
+                format!("{sp}.endpoint"),
+                format!("{ip} lies inside the WireGuard space {w}: an endpoint must be reachable outside the tunnel"),
+            );
+        }
+
+        let router = match &site.router {
+            None => RouterKind::Other,
+            Some(r) => RouterKind::parse(&r.value).unwrap_or_else(|| {
+                d.error(
+                    loc(r),
+                    format!("{sp}.router"),
+                    format!(
+                        "`{}` is not one of opnsense, pfsense, openwrt, other",
+                        r.value
+                    ),
+                );
+                RouterKind::Other
+            }),
+        };
+
+        let public_key = site.public_key.as_ref().and_then(|k| {
+            let f = format!("{sp}.public_key");
+            if managed {
+                d.error(
+                    loc(k),
+                    &f,
+                    "only an unmanaged site has a public_key here: a managed site's keys live on its nodes",
+                );
+                return None;
+            }
+            PublicKey::from_base64(&k.value)
+                .map_err(|m| d.error(loc(k), &f, format!("`{}` {m}", k.value)))
+                .ok()
+        });
+        if !managed && site.public_key.is_none() {
+            d.error(
+                loc(ssite),
+                format!("{sp}.public_key"),
+                "an unmanaged site needs the public key of its next-hop",
+            );
+        }
+        if !managed {
+            if let Some(n) = &site.nodes
+                && !n.value.is_empty()
+            {
+                d.error(
+                    loc(n),
+                    format!("{sp}.nodes"),
+                    "an unmanaged site is never contacted: list no nodes (its next-hop is the site itself)",
+                );
+            }
+            if let Some(n) = &site.next_hop {
+                d.error(
+                    loc(n),
+                    format!("{sp}.next_hop"),
+                    "an unmanaged site has no nodes to choose a next-hop from",
+                );
+            }
+        }
+
+        // ---- nodes ----
+        let mut nodes = Vec::new();
+        let mut addresses: HashMap<String, String> = HashMap::new();
+        let empty = IndexMap::new();
+        let raw_nodes = site.nodes.as_ref().map(|n| &n.value).unwrap_or(&empty);
+        if managed && raw_nodes.is_empty() {
+            d.error(
+                loc(ssite),
+                format!("{sp}.nodes"),
+                "a managed site needs at least one node",
+            );
+        }
+        for (nname, snode) in raw_nodes {
+            let node = &snode.value;
+            let np = format!("{sp}.nodes.{}", nname.value);
+            check_name(&mut d, nname, &np);
+            if let Some(first) = node_names.get(&nname.value) {
+                d.error(
+                    loc(nname),
+                    &np,
+                    format!(
+                        "node name `{}` is already used at line {}: node names are unique across sites",
+                        nname.value, first.line
+                    ),
+                );
+            } else {
+                node_names.insert(nname.value.clone(), loc(nname));
+            }
+            let address = node.address.value.trim().to_string();
+            let addr_ip = address.parse::<IpAddr>().ok();
+            if addr_ip.is_none() && !is_dns_name(&address) {
+                d.error(
+                    loc(&node.address),
+                    format!("{np}.address"),
+                    format!("`{address}` is neither an IP address nor a DNS name"),
+                );
+            }
+            if let (Some(IpAddr::V4(a)), Some(w)) = (addr_ip, wg)
+                && w.contains(&a)
+            {
+                d.error(
+                    loc(&node.address),
+                    format!("{np}.address"),
+                    format!("{a} lies inside the WireGuard space {w}: the LAN address carries the tunnel, it cannot be inside it"),
+                );
+            }
+            if let Some(a) = addr_ip
+                && !lan_cidrs.is_empty()
+                && !lan_cidrs.iter().any(|n| n.contains(&a))
+            {
+                d.warn(
+                    loc(&node.address),
+                    format!("{np}.address"),
+                    format!("{a} is in none of the site's lan_cidrs"),
+                );
+            }
+            if let Some(other) = addresses.insert(address.clone(), nname.value.clone()) {
+                d.error(
+                    loc(&node.address),
+                    format!("{np}.address"),
+                    format!("`{address}` is also node {other}'s address: peers would collide on {address}:<listen_port>"),
+                );
+            }
+
+            let wireguard_ip = node.wireguard_ip.as_ref().and_then(|ip| {
+                let f = format!("{np}.wireguard_ip");
+                let Ok(a) = ip.value.trim().parse::<Ipv4Addr>() else {
+                    d.error(
+                        loc(ip),
+                        &f,
+                        format!(
+                            "`{}` is not an IPv4 address (write it without /prefix)",
+                            ip.value
+                        ),
+                    );
+                    return None;
+                };
+                if let Some(w) = wg
+                    && !w.contains(&a)
+                {
+                    d.error(
+                        loc(ip),
+                        &f,
+                        format!("{a} lies outside the WireGuard space {w}"),
+                    );
+                    return Some(a);
+                }
+                if let Some((b, _)) = block {
+                    if !b.contains(&a) {
+                        d.error(
+                            loc(ip),
+                            &f,
+                            format!("{a} lies outside the site's block {b}"),
+                        );
+                    } else if a == b.network() || a == b.broadcast() {
+                        d.error(
+                            loc(ip),
+                            &f,
+                            format!(
+                                "{a} is the {} address of the site's block {b}",
+                                if a == b.network() {
+                                    "network"
+                                } else {
+                                    "broadcast"
+                                }
+                            ),
+                        );
+                    }
+                }
+                if let Some((other, ol)) = node_ips.get(&a) {
+                    d.error(
+                        loc(ip),
+                        &f,
+                        format!("{a} is also node {other}'s address (line {})", ol.line),
+                    );
+                } else {
+                    node_ips.insert(a, (nname.value.clone(), loc(ip)));
+                }
+                Some(a)
+            });
+
+            let os_family = node.os_family.as_ref().and_then(|o| {
+                OsFamily::parse(&o.value).or_else(|| {
+                    d.error(
+                        loc(o),
+                        format!("{np}.os_family"),
+                        format!("`{}` is not one of debian, redhat", o.value),
+                    );
+                    None
+                })
+            });
+
+            let layers = [
+                raw.ssh.as_ref().map(|s| SshLayer {
+                    raw: &s.value,
+                    path: "ssh".into(),
+                }),
+                site.ssh.as_ref().map(|s| SshLayer {
+                    raw: &s.value,
+                    path: format!("{sp}.ssh"),
+                }),
+                node.ssh.as_ref().map(|s| SshLayer {
+                    raw: &s.value,
+                    path: format!("{np}.ssh"),
+                }),
+            ];
+            let ssh = resolve_ssh(&mut d, &address, &layers);
+            if let Some(j) = node
+                .ssh
+                .as_ref()
+                .and_then(|s| s.value.proxy_jump.as_ref())
+                .or_else(|| site.ssh.as_ref().and_then(|s| s.value.proxy_jump.as_ref()))
+            {
+                jumps.push((nname.value.clone(), j.clone(), np.clone()));
+            }
+
+            nodes.push(Node {
+                name: nname.value.clone(),
+                loc: loc(nname),
+                site: sname.value.clone(),
+                address,
+                wireguard_ip,
+                os_family,
+                ssh,
+            });
+        }
+        if let Some(s) = &site.ssh
+            && let Some(h) = &s.value.host
+        {
+            d.error(
+                loc(h),
+                format!("{sp}.ssh.host"),
+                "`host` is per node: it says where one node's SSH server is",
+            );
+        }
+
+        let next_hop = match &site.next_hop {
+            Some(nh) if managed => {
+                if nodes.iter().any(|n| n.name == nh.value) {
+                    Some(nh.value.clone())
+                } else {
+                    let names: Vec<&str> = nodes.iter().map(|n| n.name.as_str()).collect();
+                    d.error(
+                        loc(nh),
+                        format!("{sp}.next_hop"),
+                        format!(
+                            "`{}` is not a node of site {} (its nodes: {})",
+                            nh.value,
+                            sname.value,
+                            names.join(", ")
+                        ),
+                    );
+                    None
+                }
+            }
+            Some(_) => None,
+            None if managed && nodes.len() == 1 => Some(nodes[0].name.clone()),
+            None if managed && nodes.len() > 1 => {
+                d.error(
+                    loc(ssite),
+                    format!("{sp}.next_hop"),
+                    "missing: a site with several nodes names the one its router forwards UDP to",
+                );
+                None
+            }
+            None => None,
+        };
+
+        sites.push(Site {
+            name: sname.value.clone(),
+            loc: loc(sname),
+            managed,
+            wireguard_cidr: block.map(|b| b.0),
+            lan_cidrs,
+            endpoint,
+            next_hop,
+            router,
+            public_key,
+            nodes,
+        });
+    }
+
+    // ---- site pairs must be able to reach each other ----
+    let mut first_without: Option<&Site> = None;
+    for s in &sites {
+        if s.endpoint.is_some() {
+            continue;
+        }
+        match first_without {
+            None => first_without = Some(s),
+            Some(f) => d.error(
+                s.loc,
+                format!("sites.{}.endpoint", s.name),
+                format!(
+                    "neither site {} nor site {} (line {}) has an endpoint, so they cannot peer: give one of them an endpoint and a UDP port-forward",
+                    s.name, f.name, f.loc.line
+                ),
+            ),
+        }
+    }
+
+    // ---- proxy_jump names a node, not itself, no loop ----
+    let jump_of: HashMap<&str, &str> = jumps
+        .iter()
+        .map(|(n, j, _)| (n.as_str(), j.value.as_str()))
+        .collect();
+    for (node, j, np) in &jumps {
+        let f = format!("{np}.ssh.proxy_jump");
+        if !node_names.contains_key(&j.value) {
+            d.error(
+                loc(j),
+                &f,
+                format!("`{}` is not a node of the inventory", j.value),
+            );
+            continue;
+        }
+        let mut seen = vec![node.as_str()];
+        let mut cur = j.value.as_str();
+        while let Some(next) = jump_of.get(cur) {
+            if seen.contains(&cur) {
+                break;
+            }
+            seen.push(cur);
+            cur = next;
+        }
+        if seen.contains(&cur) {
+            d.error(
+                loc(j),
+                &f,
+                format!("jumping through `{}` loops back to {node}", j.value),
+            );
+        }
+    }
+
+    let ok = !d.has_errors() && wg.is_some() && site_prefix.is_some() && listen_port.is_some();
+    let inv = ok.then(|| Inventory {
+        path: file.to_path_buf(),
+        network: Network {
+            wireguard_cidr: wg.unwrap(),
+            site_prefix: site_prefix.unwrap(),
+            listen_port: listen_port.unwrap(),
+            interface,
+            cluster_cidrs,
+            persistent_keepalive: keepalive,
+        },
+        sites,
+    });
+    (inv, d.list)
+}
+
+fn resolve_ssh(d: &mut Diags, address: &str, layers: &[Option<SshLayer>]) -> SshSettings {
+    let mut s = SshSettings {
+        host: address.to_string(),
+        user: "root".into(),
+        port: 22,
+        identity_file: None,
+        known_hosts: "~/.ssh/known_hosts".into(),
+        become_root: false,
+        proxy_jump: None,
+    };
+    for l in layers.iter().flatten() {
+        let r = l.raw;
+        if let Some(h) = &r.host {
+            s.host = h.value.clone();
+        }
+        if let Some(u) = &r.user {
+            if is_safe_user(&u.value) {
+                s.user = u.value.clone();
+            } else {
+                d.error(
+                    loc(u),
+                    format!("{}.user", l.path),
+                    format!("`{}` is not a valid user name", u.value),
+                );
+            }
+        }
+        if let Some(p) = &r.port
+            && let Some(p) = port(d, p, &format!("{}.port", l.path))
+        {
+            s.port = p;
+        }
+        if let Some(i) = &r.identity_file {
+            s.identity_file = Some(i.value.clone());
+        }
+        if let Some(k) = &r.known_hosts {
+            s.known_hosts = k.value.clone();
+        }
+        if let Some(b) = &r.become_root {
+            s.become_root = b.value;
+        }
+        if let Some(j) = &r.proxy_jump {
+            s.proxy_jump = Some(j.value.clone());
+        }
+    }
+    s
+}
+
+fn is_safe_user(u: &str) -> bool {
+    !u.is_empty()
+        && u.len() <= 32
+        && u.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
+        && !u.starts_with('-')
+}

@@ -1,0 +1,19 @@
+//! wgprov turns an inventory of sites and nodes into one Kubernetes cluster spread over many
+//! regions, joined by WireGuard: address plan, peer graph, per-node files, pushed over SSH.
+//!
+//! The flow is visible in the modules: [`inventory`] (YAML, validation, lock file) →
+//! [`topology`] (addresses, peers, keys) → [`desired`] (files per host, from [`roles`]) — all
+//! pure and offline — then the parts that touch hosts. [`facts`] holds the parsers that read
+//! what a host has.
+#![deny(missing_docs)]
+
+pub mod cli;
+pub mod desired;
+pub mod error;
+pub mod facts;
+pub mod inventory;
+pub mod output;
+pub mod roles;
+pub mod topology;
+
+pub use error::{Error, Result};

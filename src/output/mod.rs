@@ -1,0 +1,220 @@
+//! What the offline commands print: the address plan (text and JSON) and the Graphviz graph.
+
+use std::fmt::Write as _;
+
+use serde_json::{Value as Json, json};
+
+use crate::topology::{PeerRef, Topology};
+
+/// `plan --format json`: network, sites, nodes with their peers.
+pub fn plan_json(topo: &Topology) -> Json {
+    let net = &topo.network;
+    let sites: Vec<Json> = topo
+        .sites
+        .iter()
+        .map(|s| {
+            let nodes: Vec<Json> = s
+                .nodes
+                .iter()
+                .filter_map(|n| topo.node(n))
+                .map(|n| {
+                    let peers: Vec<Json> = topo
+                        .peers(n)
+                        .into_iter()
+                        .map(|p| {
+                            json!({
+                                "peer": match &p.peer { PeerRef::Node(x) | PeerRef::Site(x) => x },
+                                "kind": match &p.peer { PeerRef::Node(_) => "node", PeerRef::Site(_) => "site" },
+                                "site": p.site,
+                                "allowed_ips": p.allowed_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+                                "endpoint": p.endpoint,
+                                "persistent_keepalive": p.persistent_keepalive,
+                            })
+                        })
+                        .collect();
+                    json!({
+                        "name": n.name,
+                        "address": n.address,
+                        "wireguard_ip": n.wireguard_ip.to_string(),
+                        "next_hop": n.is_next_hop,
+                        "os_family": n.os_family,
+                        "peers": peers,
+                    })
+                })
+                .collect();
+            json!({
+                "name": s.name,
+                "managed": s.managed,
+                "wireguard_cidr": s.wireguard_cidr.to_string(),
+                "endpoint": s.endpoint.as_ref().map(|e| e.to_string()),
+                "next_hop": s.next_hop,
+                "router": s.router,
+                "lan_cidrs": s.lan_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
+                "public_key": s.public_key.map(|k| k.to_base64()),
+                "nodes": nodes,
+            })
+        })
+        .collect();
+    json!({
+        "network": {
+            "wireguard_cidr": net.wireguard_cidr.to_string(),
+            "site_prefix": net.site_prefix,
+            "listen_port": net.listen_port,
+            "interface": net.interface,
+            "cluster_cidrs": net.cluster_cidrs.as_ref().map(|c| c.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
+            "persistent_keepalive": net.persistent_keepalive,
+        },
+        "sites": sites,
+    })
+}
+
+/// `plan` as text: one block per site, one line per node, one line per peer.
+pub fn plan_text(topo: &Topology) -> String {
+    let net = &topo.network;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "network {}  /{} per site  {} port {}  keepalive {}s",
+        net.wireguard_cidr,
+        net.site_prefix,
+        net.interface,
+        net.listen_port,
+        net.persistent_keepalive
+    );
+    if let Some(cc) = &net.cluster_cidrs {
+        let list: Vec<String> = cc.iter().map(|c| c.to_string()).collect();
+        let _ = writeln!(o, "cluster CIDRs {}", list.join(", "));
+    }
+    for s in &topo.sites {
+        let ep = s
+            .endpoint
+            .as_ref()
+            .map(|e| format!("endpoint {e}"))
+            .unwrap_or_else(|| "no endpoint".into());
+        if !s.managed {
+            let _ = writeln!(
+                o,
+                "\nsite {}  {}  {}  (unmanaged)",
+                s.name, s.wireguard_cidr, ep
+            );
+            continue;
+        }
+        let _ = writeln!(
+            o,
+            "\nsite {}  {}  {}  next-hop {}  router {}",
+            s.name,
+            s.wireguard_cidr,
+            ep,
+            s.next_hop.as_deref().unwrap_or("-"),
+            s.router.as_str()
+        );
+        for n in s.nodes.iter().filter_map(|n| topo.node(n)) {
+            let _ = writeln!(
+                o,
+                "  {:<16} {:<15} lan {}{}",
+                n.name,
+                n.wireguard_ip,
+                n.address,
+                if n.is_next_hop { "  next-hop" } else { "" }
+            );
+            for p in topo.peers(n) {
+                let who = match &p.peer {
+                    PeerRef::Node(x) => x.clone(),
+                    PeerRef::Site(x) => format!("site {x}"),
+                };
+                let allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
+                let _ = write!(o, "    peer {:<16} allowed {}", who, allowed.join(","));
+                if let Some(e) = &p.endpoint {
+                    let _ = write!(o, "  endpoint {e}");
+                }
+                if let Some(k) = p.persistent_keepalive {
+                    let _ = write!(o, "  keepalive {k}");
+                }
+                o.push('\n');
+            }
+        }
+    }
+    o
+}
+
+fn q(s: &str) -> String {
+    format!("\"{}\"", s.replace('"', "\\\""))
+}
+
+/// The topology as Graphviz DOT: sites as clusters, next-hops drawn double, links between
+/// sites bold.
+pub fn graph_dot(topo: &Topology) -> String {
+    let mut o = String::from("graph wgprov {\n  node [shape=box, fontname=\"monospace\"];\n");
+    for s in &topo.sites {
+        let ep = s
+            .endpoint
+            .as_ref()
+            .map(|e| e.to_string())
+            .unwrap_or_else(|| "no endpoint".into());
+        let _ = writeln!(o, "  subgraph {} {{", q(&format!("cluster_{}", s.name)));
+        let _ = writeln!(
+            o,
+            "    label={};",
+            q(&format!(
+                "{}{} {} ({})",
+                s.name,
+                if s.managed { "" } else { " (unmanaged)" },
+                s.wireguard_cidr,
+                ep
+            ))
+        );
+        if !s.managed {
+            let _ = writeln!(
+                o,
+                "    {} [label={}, style=dashed];",
+                q(&format!("site:{}", s.name)),
+                q(&format!("{} next-hop", s.name))
+            );
+        }
+        for n in s.nodes.iter().filter_map(|n| topo.node(n)) {
+            let style = if n.is_next_hop {
+                ", peripheries=2, style=bold"
+            } else {
+                ""
+            };
+            let _ = writeln!(
+                o,
+                "    {} [label={}{}];",
+                q(&n.name),
+                q(&format!(
+                    "{}\\n{}{}",
+                    n.name,
+                    n.wireguard_ip,
+                    if n.is_next_hop { "\\nnext-hop" } else { "" }
+                )),
+                style
+            );
+        }
+        o.push_str("  }\n");
+    }
+    let mut seen = std::collections::HashSet::new();
+    for n in &topo.nodes {
+        for p in topo.peers(n) {
+            let other = match &p.peer {
+                PeerRef::Node(x) => x.clone(),
+                PeerRef::Site(x) => format!("site:{x}"),
+            };
+            let key = if n.name < other {
+                (n.name.clone(), other.clone())
+            } else {
+                (other.clone(), n.name.clone())
+            };
+            if !seen.insert(key) {
+                continue;
+            }
+            let attrs = if p.site != n.site {
+                " [style=bold]"
+            } else {
+                ""
+            };
+            let _ = writeln!(o, "  {} -- {}{};", q(&n.name), q(&other), attrs);
+        }
+    }
+    o.push_str("}\n");
+    o
+}

@@ -1,0 +1,162 @@
+//! WireGuard keys: x25519 from the OS random source, base64 as `wg` writes them, public keys
+//! derived from private ones (so a node's existing key can be adopted). A [`PrivateKey`] never
+//! prints itself: `Debug` shows `(redacted)` and there is no `Display`.
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use x25519_dalek::{PublicKey as DalekPublic, StaticSecret};
+
+/// What is shown wherever a private key would be.
+pub const REDACTED: &str = "(redacted)";
+
+/// A WireGuard private key.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PrivateKey([u8; 32]);
+
+/// A WireGuard public key.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PublicKey([u8; 32]);
+
+/// A private key with its public key.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Keypair {
+    /// The secret half.
+    pub private: PrivateKey,
+    /// The public half.
+    pub public: PublicKey,
+}
+
+fn decode32(s: &str) -> Result<[u8; 32], String> {
+    let s = s.trim();
+    let bytes = STANDARD
+        .decode(s)
+        .map_err(|_| "is not valid base64".to_string())?;
+    bytes
+        .try_into()
+        .map_err(|b: Vec<u8>| format!("decodes to {} bytes, a WireGuard key is 32", b.len()))
+}
+
+impl PrivateKey {
+    /// A fresh key from the OS random source, clamped as `wg genkey` does.
+    pub fn generate() -> Self {
+        let mut b = StaticSecret::random().to_bytes();
+        b[0] &= 248;
+        b[31] &= 127;
+        b[31] |= 64;
+        PrivateKey(b)
+    }
+    /// Parses the base64 form found in a `PrivateKey =` line.
+    pub fn from_base64(s: &str) -> Result<Self, String> {
+        decode32(s).map(PrivateKey)
+    }
+    /// The base64 form, for writing into a config file. Named so that every use stands out.
+    pub fn expose_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+    /// The matching public key (what `wg pubkey` prints).
+    pub fn public_key(&self) -> PublicKey {
+        PublicKey(DalekPublic::from(&StaticSecret::from(self.0)).to_bytes())
+    }
+    /// This key with its public key.
+    pub fn into_keypair(self) -> Keypair {
+        let public = self.public_key();
+        Keypair {
+            private: self,
+            public,
+        }
+    }
+}
+
+impl std::fmt::Debug for PrivateKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
+impl PublicKey {
+    /// Parses base64 of exactly 32 bytes.
+    pub fn from_base64(s: &str) -> Result<Self, String> {
+        decode32(s).map(PublicKey)
+    }
+    /// The base64 form.
+    pub fn to_base64(&self) -> String {
+        STANDARD.encode(self.0)
+    }
+}
+
+impl std::fmt::Display for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.to_base64())
+    }
+}
+
+impl std::fmt::Debug for PublicKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PublicKey({})", self.to_base64())
+    }
+}
+
+impl Keypair {
+    /// A fresh key pair.
+    pub fn generate() -> Self {
+        PrivateKey::generate().into_keypair()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rfc7748_vector_public_key() {
+        // RFC 7748 section 6.1: Alice's private and public key.
+        let private = PrivateKey(hex32(
+            "77076d0a7318a57d3c16c17251b26645df4c2f87ebc0992ab177fba51db92c2a",
+        ));
+        assert_eq!(
+            private.public_key().0,
+            hex32("8520f0098930a754748b7ddcb43ef75a0dbf3a0d26381af4eba4a98eaa9b4e6a")
+        );
+    }
+
+    fn hex32(s: &str) -> [u8; 32] {
+        let mut out = [0u8; 32];
+        for (i, b) in out.iter_mut().enumerate() {
+            *b = u8::from_str_radix(&s[2 * i..2 * i + 2], 16).unwrap();
+        }
+        out
+    }
+
+    #[test]
+    fn generated_keys_are_clamped_and_round_trip() {
+        let k = PrivateKey::generate();
+        assert_eq!(k.0[0] & 7, 0);
+        assert_eq!(k.0[31] & 0xc0, 0x40);
+        let again = PrivateKey::from_base64(&k.expose_base64()).unwrap();
+        assert_eq!(again.public_key(), k.public_key());
+        assert_ne!(PrivateKey::generate(), k);
+    }
+
+    #[test]
+    fn debug_never_shows_the_private_key() {
+        let kp = Keypair::generate();
+        let shown = format!("{kp:?} {:?}", kp.private);
+        assert!(!shown.contains(&kp.private.expose_base64()));
+        assert!(shown.contains(REDACTED));
+        assert!(shown.contains(&kp.public.to_base64()));
+    }
+
+    #[test]
+    fn bad_keys_are_refused_with_a_reason() {
+        assert!(
+            PublicKey::from_base64("not base64!")
+                .unwrap_err()
+                .contains("base64")
+        );
+        assert!(
+            PublicKey::from_base64("AAAA")
+                .unwrap_err()
+                .contains("3 bytes")
+        );
+    }
+}

@@ -1,0 +1,283 @@
+//! From a validated inventory to the network: stable address allocation, the hub-and-spoke peer
+//! graph of SPEC.md, and x25519 keys.
+
+pub mod alloc;
+pub mod keys;
+
+use std::collections::HashMap;
+use std::net::Ipv4Addr;
+
+use ipnet::Ipv4Net;
+use serde::Serialize;
+
+use crate::error::{Diagnostic, Result};
+use crate::inventory::lock::Lock;
+use crate::inventory::{Endpoint, Inventory, Network, Node, OsFamily, RouterKind, SshSettings};
+use keys::PublicKey;
+
+/// The whole network: every site and node with its address and peers.
+#[derive(Clone, Debug)]
+pub struct Topology {
+    /// Network-wide settings.
+    pub network: Network,
+    /// Sites in inventory order.
+    pub sites: Vec<SitePlan>,
+    /// Managed nodes in inventory order.
+    pub nodes: Vec<NodePlan>,
+    /// The allocation (also what the lock file records).
+    pub allocation: alloc::Allocation,
+    index: HashMap<String, usize>,
+}
+
+/// One site with its block.
+#[derive(Clone, Debug, Serialize)]
+pub struct SitePlan {
+    /// Name.
+    pub name: String,
+    /// Its block.
+    pub wireguard_cidr: Ipv4Net,
+    /// False for someone else's site.
+    pub managed: bool,
+    /// Public endpoint, if any.
+    #[serde(serialize_with = "ser_display_opt")]
+    pub endpoint: Option<Endpoint>,
+    /// The next-hop node (managed sites).
+    pub next_hop: Option<String>,
+    /// Router kind.
+    pub router: RouterKind,
+    /// LAN networks.
+    #[serde(serialize_with = "ser_display_vec")]
+    pub lan_cidrs: Vec<ipnet::IpNet>,
+    /// Next-hop public key of an unmanaged site.
+    #[serde(serialize_with = "ser_display_opt")]
+    pub public_key: Option<PublicKey>,
+    /// Node names.
+    pub nodes: Vec<String>,
+}
+
+/// One managed node with its address and role.
+#[derive(Clone, Debug)]
+pub struct NodePlan {
+    /// Name.
+    pub name: String,
+    /// Site name.
+    pub site: String,
+    /// LAN address.
+    pub address: String,
+    /// WireGuard address.
+    pub wireguard_ip: Ipv4Addr,
+    /// True for its site's next-hop.
+    pub is_next_hop: bool,
+    /// OS family from the inventory, if written.
+    pub os_family: Option<OsFamily>,
+    /// SSH settings.
+    pub ssh: SshSettings,
+}
+
+/// Who a peer is.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+pub enum PeerRef {
+    /// A managed node (its key lives on it).
+    Node(String),
+    /// An unmanaged site (its key is in the inventory).
+    Site(String),
+}
+
+/// One `[Peer]` of a node's config.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct Peer {
+    /// Who it is.
+    pub peer: PeerRef,
+    /// The site it belongs to.
+    pub site: String,
+    /// `AllowedIPs`.
+    pub allowed_ips: Vec<Ipv4Net>,
+    /// `Endpoint`, when known.
+    pub endpoint: Option<String>,
+    /// `PersistentKeepalive`, on links that cross NAT.
+    pub persistent_keepalive: Option<u16>,
+}
+
+impl Topology {
+    /// Allocates addresses (stable against `lock`) and builds the graph.
+    pub fn build(inv: &Inventory, lock: &Lock) -> Result<(Topology, Vec<Diagnostic>)> {
+        let (allocation, warnings) = alloc::allocate(inv, lock)?;
+        let mut sites = Vec::new();
+        let mut nodes = Vec::new();
+        for s in &inv.sites {
+            sites.push(SitePlan {
+                name: s.name.clone(),
+                wireguard_cidr: allocation.site_blocks[&s.name],
+                managed: s.managed,
+                endpoint: s.endpoint.clone(),
+                next_hop: s.next_hop.clone(),
+                router: s.router,
+                lan_cidrs: s.lan_cidrs.clone(),
+                public_key: s.public_key,
+                nodes: s.nodes.iter().map(|n| n.name.clone()).collect(),
+            });
+            for n in &s.nodes {
+                nodes.push(node_plan(n, &allocation, s.next_hop.as_deref()));
+            }
+        }
+        let index = nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| (n.name.clone(), i))
+            .collect();
+        Ok((
+            Topology {
+                network: inv.network.clone(),
+                sites,
+                nodes,
+                allocation,
+                index,
+            },
+            warnings,
+        ))
+    }
+
+    /// The node called `name`.
+    pub fn node(&self, name: &str) -> Option<&NodePlan> {
+        self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    /// The site called `name`.
+    pub fn site(&self, name: &str) -> Option<&SitePlan> {
+        self.sites.iter().find(|s| s.name == name)
+    }
+
+    /// The peers of `node`: a member has its next-hop; a next-hop has its members and every other
+    /// site's next-hop.
+    pub fn peers(&self, node: &NodePlan) -> Vec<Peer> {
+        let net = &self.network;
+        let site = self.site(&node.site).expect("node's site exists");
+        let port = net.listen_port;
+        if !node.is_next_hop {
+            let nh = self
+                .node(
+                    site.next_hop
+                        .as_deref()
+                        .expect("managed site has a next-hop"),
+                )
+                .expect("next-hop is a node");
+            return vec![Peer {
+                peer: PeerRef::Node(nh.name.clone()),
+                site: site.name.clone(),
+                allowed_ips: vec![net.wireguard_cidr],
+                endpoint: Some(host_port(&nh.address, port)),
+                persistent_keepalive: None,
+            }];
+        }
+        let mut peers = Vec::new();
+        for m in &site.nodes {
+            if *m == node.name {
+                continue;
+            }
+            let m = self.node(m).expect("member is a node");
+            peers.push(Peer {
+                peer: PeerRef::Node(m.name.clone()),
+                site: site.name.clone(),
+                allowed_ips: vec![Ipv4Net::new(m.wireguard_ip, 32).unwrap()],
+                endpoint: Some(host_port(&m.address, port)),
+                persistent_keepalive: None,
+            });
+        }
+        let keepalive = (net.persistent_keepalive > 0).then_some(net.persistent_keepalive);
+        for other in &self.sites {
+            if other.name == site.name {
+                continue;
+            }
+            let peer = if other.managed {
+                PeerRef::Node(other.next_hop.clone().expect("managed site has a next-hop"))
+            } else {
+                PeerRef::Site(other.name.clone())
+            };
+            peers.push(Peer {
+                peer,
+                site: other.name.clone(),
+                allowed_ips: vec![other.wireguard_cidr],
+                endpoint: other.endpoint.as_ref().map(|e| e.to_string()),
+                persistent_keepalive: keepalive,
+            });
+        }
+        peers
+    }
+}
+
+fn node_plan(n: &Node, a: &alloc::Allocation, next_hop: Option<&str>) -> NodePlan {
+    NodePlan {
+        name: n.name.clone(),
+        site: n.site.clone(),
+        address: n.address.clone(),
+        wireguard_ip: a.node_ips[&n.name],
+        is_next_hop: next_hop == Some(n.name.as_str()),
+        os_family: n.os_family,
+        ssh: n.ssh.clone(),
+    }
+}
+
+/// `host:port`, bracketing IPv6 literals.
+pub fn host_port(host: &str, port: u16) -> String {
+    if host.contains(':') {
+        format!("[{host}]:{port}")
+    } else {
+        format!("{host}:{port}")
+    }
+}
+
+fn ser_display_opt<T: std::fmt::Display, S: serde::Serializer>(
+    v: &Option<T>,
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    match v {
+        Some(v) => s.collect_str(v),
+        None => s.serialize_none(),
+    }
+}
+
+fn ser_display_vec<T: std::fmt::Display, S: serde::Serializer>(
+    v: &[T],
+    s: S,
+) -> std::result::Result<S::Ok, S::Error> {
+    s.collect_seq(v.iter().map(|x| x.to_string()))
+}
+
+/// An inventory loaded, validated and planned.
+#[derive(Debug)]
+pub struct Planned {
+    /// The validated inventory.
+    pub inventory: crate::inventory::Inventory,
+    /// The network.
+    pub topology: Topology,
+    /// Every warning from validation and allocation.
+    pub warnings: Vec<Diagnostic>,
+    /// True when the lock file was (re)written.
+    pub lock_written: bool,
+}
+
+/// Loads, validates and plans the inventory at `path`, reading its lock file. With
+/// `write_lock`, new allocations are recorded in the lock file (only when it changes).
+pub fn plan_inventory(path: &std::path::Path, write_lock: bool) -> Result<Planned> {
+    let loaded = crate::inventory::load(path)?;
+    let lock_path = crate::inventory::lock_path(path);
+    let lock = Lock::read(&lock_path)?;
+    let (topology, mut warnings) = Topology::build(&loaded.inventory, &lock)?;
+    let mut all = loaded.warnings;
+    all.append(&mut warnings);
+    let lock_written = if write_lock {
+        topology
+            .allocation
+            .to_lock(&loaded.inventory)
+            .write_if_changed(&lock_path)?
+    } else {
+        false
+    };
+    Ok(Planned {
+        inventory: loaded.inventory,
+        topology,
+        warnings: all,
+        lock_written,
+    })
+}
