@@ -205,10 +205,11 @@ fn plan(path: &Path, format: Format) -> Result<u8> {
     let p = planned(path, true)?;
     match format {
         Format::Text => print!("{}", output::plan_text(&p.topology)),
-        Format::Json => println!(
-            "{}",
-            serde_json::to_string_pretty(&output::plan_json(&p.topology)).expect("json")
-        ),
+        Format::Json => {
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            output::write_plan_json(&p.topology, &mut out).map_err(|e| Error::io("stdout", e))?;
+            writeln!(out).map_err(|e| Error::io("stdout", e))?;
+        }
     }
     Ok(EXIT_OK)
 }
@@ -224,15 +225,7 @@ fn render(path: &Path, roles_path: Option<&Path>, out: &Path) -> Result<u8> {
     let p = planned(path, true)?;
     let keys = desired::fresh_keys(&p.topology);
     let hosts = desired::render_offline(&roles, &p.topology, &keys)?;
-    let mut count = 0usize;
-    for (node, files) in &hosts {
-        for f in files {
-            if let FileState::Present { content, mode } = &f.state {
-                write_rendered(out, node, &f.path, content, *mode)?;
-                count += 1;
-            }
-        }
-    }
+    let count = write_tree(out, &hosts)?;
     eprintln!(
         "rendered {count} files for {} nodes into {} (private keys are fresh previews: apply keeps each node's own key)",
         hosts.len(),
@@ -241,12 +234,55 @@ fn render(path: &Path, roles_path: Option<&Path>, out: &Path) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-/// Writes one rendered file as `out/<node>/<abs path>` with its mode.
-pub fn write_rendered(out: &Path, node: &str, abs: &str, content: &str, mode: u32) -> Result<()> {
+/// Writes every present file as `out/<node>/<abs path>` with its mode, on every core.
+/// Returns how many files were written.
+pub fn write_tree(out: &Path, hosts: &[desired::HostFiles]) -> Result<usize> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let chunk = hosts.len().div_ceil(threads).max(1);
+    let results: Vec<Result<usize>> = std::thread::scope(|s| {
+        let handles: Vec<_> = hosts
+            .chunks(chunk)
+            .map(|c| {
+                s.spawn(move || {
+                    let mut made = std::collections::HashSet::new();
+                    let mut n = 0;
+                    for (node, files) in c {
+                        for f in files {
+                            if let FileState::Present { content, mode } = &f.state {
+                                write_rendered(out, node, &f.path, content, *mode, &mut made)?;
+                                n += 1;
+                            }
+                        }
+                    }
+                    Ok(n)
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("writer thread"))
+            .collect()
+    });
+    results.into_iter().sum()
+}
+
+fn write_rendered(
+    out: &Path,
+    node: &str,
+    abs: &str,
+    content: &str,
+    mode: u32,
+    made: &mut std::collections::HashSet<PathBuf>,
+) -> Result<()> {
     use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
     let target = out.join(node).join(abs.trim_start_matches('/'));
     let dir = target.parent().expect("file has a parent");
-    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    if !made.contains(dir) {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+        made.insert(dir.to_path_buf());
+    }
     let mut f = std::fs::OpenOptions::new()
         .write(true)
         .create(true)

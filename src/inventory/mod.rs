@@ -21,14 +21,21 @@ pub struct Loaded {
     pub warnings: Vec<Diagnostic>,
 }
 
-/// Options for the YAML parser: duplicate keys refused, resource budget on.
+/// Options for the YAML parser: duplicate keys refused, resource budget on. The budget's node
+/// and event caps are raised from the parser's defaults (250k nodes) so that an inventory of
+/// 255 sites x 250 nodes (~260k YAML nodes) loads; depth, alias and size limits stay.
 pub fn yaml_options() -> serde_saphyr::Options {
-    serde_saphyr::options! { with_snippet: false }
+    let mut budget = serde_saphyr::Budget::default();
+    budget.max_nodes = 4_000_000;
+    budget.max_events = 16_000_000;
+    serde_saphyr::options! { with_snippet: false, budget: Some(budget) }
 }
 
 /// Reads and validates the inventory at `path`. On failure the error lists every problem.
 pub fn load(path: &Path) -> Result<Loaded> {
-    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    // An inventory that cannot be read is bad usage (exit 2), like an invalid one.
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Usage(format!("cannot read inventory {}: {e}", path.display())))?;
     load_str(path, &text)
 }
 
@@ -81,15 +88,14 @@ pub fn yaml_path_at(text: &str, line: u32, column: u32) -> String {
     }
     let mut path: Vec<String> = Vec::new();
     let here = lines[line as usize - 1];
-    let mut indent = (column as usize).saturating_sub(1);
-    // The key on the error's own line, when the error points at a key.
+    let here_indent = here.len() - here.trim_start().len();
+    // The key on the error's own line, when the error points at that key or its value.
     if let Some(k) = key_of(here)
-        && here.len() - here.trim_start().len() == indent
+        && (column as usize).saturating_sub(1) >= here_indent
     {
         path.push(k);
-    } else {
-        indent = here.len() - here.trim_start().len() + 1;
     }
+    let mut indent = here_indent;
     for l in lines[..line as usize - 1].iter().rev() {
         let t = l.trim_start();
         if t.is_empty() || t.starts_with('#') {

@@ -352,7 +352,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             site_blocks.push((b, sname.value.clone(), bl));
         } else if !managed && site.wireguard_cidr.is_none() {
             d.error(
-                loc(ssite),
+                loc(sname),
                 format!("{sp}.wireguard_cidr"),
                 "an unmanaged site's block must be written: it is agreed with its owner, not allocated",
             );
@@ -435,7 +435,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
         });
         if !managed && site.public_key.is_none() {
             d.error(
-                loc(ssite),
+                loc(sname),
                 format!("{sp}.public_key"),
                 "an unmanaged site needs the public key of its next-hop",
             );
@@ -466,7 +466,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
         let raw_nodes = site.nodes.as_ref().map(|n| &n.value).unwrap_or(&empty);
         if managed && raw_nodes.is_empty() {
             d.error(
-                loc(ssite),
+                loc(sname),
                 format!("{sp}.nodes"),
                 "a managed site needs at least one node",
             );
@@ -658,7 +658,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             None if managed && nodes.len() == 1 => Some(nodes[0].name.clone()),
             None if managed && nodes.len() > 1 => {
                 d.error(
-                    loc(ssite),
+                    loc(sname),
                     format!("{sp}.next_hop"),
                     "missing: a site with several nodes names the one its router forwards UDP to",
                 );

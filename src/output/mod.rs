@@ -2,70 +2,129 @@
 
 use std::fmt::Write as _;
 
-use serde_json::{Value as Json, json};
+use serde::Serialize;
 
 use crate::topology::{PeerRef, Topology};
 
-/// `plan --format json`: network, sites, nodes with their peers.
-pub fn plan_json(topo: &Topology) -> Json {
+#[derive(Serialize)]
+struct PlanDoc<'a> {
+    network: NetworkDoc<'a>,
+    sites: Vec<SiteDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct NetworkDoc<'a> {
+    wireguard_cidr: String,
+    site_prefix: u8,
+    listen_port: u16,
+    interface: &'a str,
+    cluster_cidrs: Option<Vec<String>>,
+    persistent_keepalive: u16,
+}
+
+#[derive(Serialize)]
+struct SiteDoc<'a> {
+    name: &'a str,
+    managed: bool,
+    wireguard_cidr: String,
+    endpoint: Option<String>,
+    next_hop: Option<&'a str>,
+    router: &'static str,
+    lan_cidrs: Vec<String>,
+    public_key: Option<String>,
+    nodes: Vec<NodeDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct NodeDoc<'a> {
+    name: &'a str,
+    address: &'a str,
+    wireguard_ip: String,
+    next_hop: bool,
+    os_family: Option<&'static str>,
+    peers: Vec<PeerDoc>,
+}
+
+#[derive(Serialize)]
+struct PeerDoc {
+    peer: String,
+    kind: &'static str,
+    site: String,
+    allowed_ips: Vec<String>,
+    endpoint: Option<String>,
+    persistent_keepalive: Option<u16>,
+}
+
+fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
     let net = &topo.network;
-    let sites: Vec<Json> = topo
+    let sites = topo
         .sites
         .iter()
-        .map(|s| {
-            let nodes: Vec<Json> = s
+        .map(|s| SiteDoc {
+            name: &s.name,
+            managed: s.managed,
+            wireguard_cidr: s.wireguard_cidr.to_string(),
+            endpoint: s.endpoint.as_ref().map(|e| e.to_string()),
+            next_hop: s.next_hop.as_deref(),
+            router: s.router.as_str(),
+            lan_cidrs: s.lan_cidrs.iter().map(|c| c.to_string()).collect(),
+            public_key: s.public_key.map(|k| k.to_base64()),
+            nodes: s
                 .nodes
                 .iter()
                 .filter_map(|n| topo.node(n))
-                .map(|n| {
-                    let peers: Vec<Json> = topo
+                .map(|n| NodeDoc {
+                    name: &n.name,
+                    address: &n.address,
+                    wireguard_ip: n.wireguard_ip.to_string(),
+                    next_hop: n.is_next_hop,
+                    os_family: n.os_family.map(|o| o.as_str()),
+                    peers: topo
                         .peers(n)
                         .into_iter()
                         .map(|p| {
-                            json!({
-                                "peer": match &p.peer { PeerRef::Node(x) | PeerRef::Site(x) => x },
-                                "kind": match &p.peer { PeerRef::Node(_) => "node", PeerRef::Site(_) => "site" },
-                                "site": p.site,
-                                "allowed_ips": p.allowed_ips.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
-                                "endpoint": p.endpoint,
-                                "persistent_keepalive": p.persistent_keepalive,
-                            })
+                            let (peer, kind) = match p.peer {
+                                PeerRef::Node(x) => (x, "node"),
+                                PeerRef::Site(x) => (x, "site"),
+                            };
+                            PeerDoc {
+                                peer,
+                                kind,
+                                site: p.site,
+                                allowed_ips: p.allowed_ips.iter().map(|a| a.to_string()).collect(),
+                                endpoint: p.endpoint,
+                                persistent_keepalive: p.persistent_keepalive,
+                            }
                         })
-                        .collect();
-                    json!({
-                        "name": n.name,
-                        "address": n.address,
-                        "wireguard_ip": n.wireguard_ip.to_string(),
-                        "next_hop": n.is_next_hop,
-                        "os_family": n.os_family,
-                        "peers": peers,
-                    })
+                        .collect(),
                 })
-                .collect();
-            json!({
-                "name": s.name,
-                "managed": s.managed,
-                "wireguard_cidr": s.wireguard_cidr.to_string(),
-                "endpoint": s.endpoint.as_ref().map(|e| e.to_string()),
-                "next_hop": s.next_hop,
-                "router": s.router,
-                "lan_cidrs": s.lan_cidrs.iter().map(|c| c.to_string()).collect::<Vec<_>>(),
-                "public_key": s.public_key.map(|k| k.to_base64()),
-                "nodes": nodes,
-            })
+                .collect(),
         })
         .collect();
-    json!({
-        "network": {
-            "wireguard_cidr": net.wireguard_cidr.to_string(),
-            "site_prefix": net.site_prefix,
-            "listen_port": net.listen_port,
-            "interface": net.interface,
-            "cluster_cidrs": net.cluster_cidrs.as_ref().map(|c| c.iter().map(|x| x.to_string()).collect::<Vec<_>>()),
-            "persistent_keepalive": net.persistent_keepalive,
+    PlanDoc {
+        network: NetworkDoc {
+            wireguard_cidr: net.wireguard_cidr.to_string(),
+            site_prefix: net.site_prefix,
+            listen_port: net.listen_port,
+            interface: &net.interface,
+            cluster_cidrs: net
+                .cluster_cidrs
+                .as_ref()
+                .map(|c| c.iter().map(|x| x.to_string()).collect()),
+            persistent_keepalive: net.persistent_keepalive,
         },
-        "sites": sites,
-    })
+        sites,
+    }
+}
+
+/// `plan --format json`: network, sites, nodes with their peers, written to `w`.
+pub fn write_plan_json(topo: &Topology, w: impl std::io::Write) -> std::io::Result<()> {
+    serde_json::to_writer_pretty(w, &plan_doc(topo)).map_err(std::io::Error::other)
+}
+
+/// `plan --format json` as a value (for tests and callers that post-process it).
+pub fn plan_json(topo: &Topology) -> serde_json::Value {
+    serde_json::to_value(plan_doc(topo)).expect("plan serializes")
 }
 
 /// `plan` as text: one block per site, one line per node, one line per peer.

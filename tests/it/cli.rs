@@ -1,0 +1,211 @@
+//! The command line as users type it: exit codes, what goes to stdout and stderr, files written.
+
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Output};
+
+use super::common::{Inv, root};
+
+fn wgprov(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_wgprov"))
+        .args(args)
+        .output()
+        .unwrap()
+}
+
+fn text(o: &Output) -> (String, String) {
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+fn home_copy() -> Inv {
+    Inv::new(&std::fs::read_to_string(root().join("inventories/home.yaml")).unwrap())
+}
+
+#[test]
+fn validate_ok_exits_0_and_never_writes_the_lock() {
+    let inv = home_copy();
+    let o = wgprov(&["validate", "-i", inv.path.to_str().unwrap()]);
+    let (out, _) = text(&o);
+    assert_eq!(o.status.code(), Some(0));
+    assert!(out.contains("ok (3 sites, 4 managed nodes)"), "{out}");
+    assert!(!inv.lock_path().exists());
+}
+
+#[test]
+fn validate_invalid_exits_2_with_every_problem() {
+    let inv = Inv::new(
+        "network:\n  wireguard_cidr: 10.100.0.0/16\n  listen_port: 0\nsites:\n  a:\n    nodes:\n      n1: {address: 1.2.3.4, wireguard_ip: 10.200.0.1}\n",
+    );
+    let o = wgprov(&["validate", "-i", inv.path.to_str().unwrap()]);
+    let (out, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    let file = inv.path.display().to_string();
+    assert!(
+        out.contains(&format!("{file}:3:16: network.listen_port:")),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{file}:7:")) && out.contains("sites.a.nodes.n1.wireguard_ip"),
+        "{out}"
+    );
+    assert!(err.contains("2 errors"), "{err}");
+}
+
+#[test]
+fn validate_json_lists_diagnostics() {
+    let inv = Inv::new("network:\n  wireguard_cidr: 10.100.0.0/16\n  bogus: 1\nsites: {}\n");
+    let o = wgprov(&[
+        "validate",
+        "-i",
+        inv.path.to_str().unwrap(),
+        "--format",
+        "json",
+    ]);
+    assert_eq!(o.status.code(), Some(2));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(v["valid"], false);
+    assert_eq!(v["diagnostics"][0]["line"], 3);
+    assert_eq!(v["diagnostics"][0]["field"], "network.bogus");
+}
+
+#[test]
+fn missing_inventory_and_bad_usage_exit_2() {
+    let missing = wgprov(&["validate", "-i", "/nonexistent/x.yaml"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        text(&missing)
+            .1
+            .contains("cannot read inventory /nonexistent/x.yaml")
+    );
+    assert_eq!(wgprov(&["plan"]).status.code(), Some(2));
+    assert_eq!(wgprov(&["frobnicate"]).status.code(), Some(2));
+}
+
+#[test]
+fn plan_json_has_the_reference_addresses_and_writes_the_lock() {
+    let inv = home_copy();
+    let o = wgprov(&["plan", "-i", inv.path.to_str().unwrap(), "--format", "json"]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let v: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let home = &v["sites"][0];
+    assert_eq!(home["wireguard_cidr"], "10.100.0.0/24");
+    assert_eq!(home["nodes"][0]["name"], "node1");
+    assert_eq!(home["nodes"][0]["wireguard_ip"], "10.100.0.1");
+    assert_eq!(home["nodes"][0]["next_hop"], true);
+    // next-hop: 2 members + office + friend
+    assert_eq!(home["nodes"][0]["peers"].as_array().unwrap().len(), 4);
+    let member_peer = &home["nodes"][1]["peers"][0];
+    assert_eq!(member_peer["allowed_ips"][0], "10.100.0.0/16");
+    assert_eq!(member_peer["endpoint"], "192.168.0.10:51820");
+    assert!(inv.lock_path().exists());
+    let t = wgprov(&["plan", "-i", inv.path.to_str().unwrap()]);
+    assert!(text(&t).0.contains("node1            10.100.0.1"));
+}
+
+#[test]
+fn render_writes_each_file_with_its_mode_and_prints_no_key() {
+    let inv = home_copy();
+    let out = inv.dir.path().join("out");
+    let o = wgprov(&[
+        "render",
+        "-i",
+        inv.path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (so, se) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{se}");
+    let mode = |p: &str| std::fs::metadata(out.join(p)).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode("node1/etc/wireguard/wg0.conf"), 0o600);
+    assert_eq!(mode("node1/etc/default/kubelet"), 0o644);
+    assert_eq!(mode("node3/etc/sysconfig/kubelet"), 0o644);
+    assert_eq!(mode("node1/etc/wgprov/port-forward.md"), 0o644);
+    assert_eq!(mode("node1/etc/sysctl.d/99-wgprov.conf"), 0o644);
+    assert!(
+        !out.join("node2/etc/sysctl.d/99-wgprov.conf").exists(),
+        "members do not forward"
+    );
+    let kubelet = std::fs::read_to_string(out.join("node3/etc/sysconfig/kubelet")).unwrap();
+    assert_eq!(kubelet, "KUBELET_EXTRA_ARGS=--node-ip=10.100.0.3\n");
+    let pf = std::fs::read_to_string(out.join("node1/etc/wgprov/port-forward.md")).unwrap();
+    assert!(
+        pf.contains("| UDP | 51820 | 192.168.0.10 | 51820 |") && pf.contains("OPNsense"),
+        "{pf}"
+    );
+    // no private key in anything printed
+    for node in ["node1", "node2", "node3", "office1"] {
+        let conf = std::fs::read_to_string(out.join(node).join("etc/wireguard/wg0.conf")).unwrap();
+        let key = wgprov::facts::wgconf::WgConfig::parse(&conf)
+            .private_key()
+            .unwrap()
+            .to_string();
+        assert!(!so.contains(&key) && !se.contains(&key));
+    }
+}
+
+#[test]
+fn roles_path_overrides_the_embedded_roles_and_strict_templates_fail_cleanly() {
+    let inv = home_copy();
+    let roles = inv.dir.path().join("myroles");
+    for (rel, text) in wgprov::roles::EMBEDDED {
+        if let Some(r) = rel.strip_prefix("roles/") {
+            let p = roles.join(r);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+    }
+    let out = inv.dir.path().join("out");
+    std::fs::write(
+        roles.join("forwarding/templates/sysctl.conf.j2"),
+        "net.ipv4.ip_forward = 1\n# custom\n",
+    )
+    .unwrap();
+    let o = wgprov(&[
+        "render",
+        "-i",
+        inv.path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--roles-path",
+        roles.to_str().unwrap(),
+    ]);
+    assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
+    let s = std::fs::read_to_string(out.join("node1/etc/sysctl.d/99-wgprov.conf")).unwrap();
+    assert!(s.contains("# custom"));
+    std::fs::write(
+        roles.join("forwarding/templates/sysctl.conf.j2"),
+        "x = {{ no_such_variable }}\n",
+    )
+    .unwrap();
+    let o = wgprov(&[
+        "render",
+        "-i",
+        inv.path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+        "--roles-path",
+        roles.to_str().unwrap(),
+    ]);
+    let (_, err) = text(&o);
+    assert_eq!(o.status.code(), Some(2));
+    assert!(
+        err.contains("role forwarding")
+            && err.contains("sysctl.conf.j2")
+            && err.contains("undefined"),
+        "{err}"
+    );
+}
+
+#[test]
+fn graph_is_dot_with_sites_as_clusters() {
+    let inv = home_copy();
+    let o = wgprov(&["graph", "-i", inv.path.to_str().unwrap()]);
+    let (out, _) = text(&o);
+    assert!(out.starts_with("graph wgprov {"));
+    assert!(out.contains("subgraph \"cluster_home\""));
+    assert!(out.contains("\"node1\" -- \"office1\" [style=bold];"));
+    assert!(out.contains("peripheries=2"));
+    assert!(out.trim_end().ends_with('}'));
+}

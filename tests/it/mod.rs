@@ -1,0 +1,7 @@
+pub mod allocation;
+pub mod cli;
+pub mod common;
+pub mod fuzz;
+pub mod properties;
+pub mod validation;
+pub mod wgtools;
