@@ -104,26 +104,11 @@ fn port(d: &mut Diags, v: &S<i64>, field: &str) -> Option<u16> {
 }
 
 fn v4net(d: &mut Diags, v: &S<String>, field: &str) -> Option<Ipv4Net> {
-    match v.value.trim().parse::<Ipv4Net>() {
-        Ok(n) if n.trunc() == n => Some(n),
-        Ok(n) => {
-            d.error(
-                loc(v),
-                field,
-                format!(
-                    "`{}` has host bits set; the network is {}",
-                    v.value,
-                    n.trunc()
-                ),
-            );
-            None
-        }
-        Err(_) => {
-            let msg = if v.value.parse::<IpNet>().is_ok() {
-                format!("`{}` is IPv6; the WireGuard space is IPv4", v.value)
-            } else {
-                format!("`{}` is not an IPv4 CIDR like 10.100.0.0/16", v.value)
-            };
+    let example = "an IPv4 CIDR like 10.100.0.0/16";
+    match anynet_with(d, v, field, example)? {
+        IpNet::V4(n) => Some(n),
+        IpNet::V6(_) => {
+            let msg = format!("`{}` is IPv6; the WireGuard space is IPv4", v.value);
             d.error(loc(v), field, msg);
             None
         }
@@ -131,26 +116,23 @@ fn v4net(d: &mut Diags, v: &S<String>, field: &str) -> Option<Ipv4Net> {
 }
 
 fn anynet(d: &mut Diags, v: &S<String>, field: &str) -> Option<IpNet> {
+    anynet_with(d, v, field, "a CIDR like 192.168.0.0/24")
+}
+
+fn anynet_with(d: &mut Diags, v: &S<String>, field: &str, example: &str) -> Option<IpNet> {
     match v.value.trim().parse::<IpNet>() {
         Ok(n) if n.trunc() == n => Some(n),
         Ok(n) => {
-            d.error(
-                loc(v),
-                field,
-                format!(
-                    "`{}` has host bits set; the network is {}",
-                    v.value,
-                    n.trunc()
-                ),
+            let msg = format!(
+                "`{}` has host bits set; the network is {}",
+                v.value,
+                n.trunc()
             );
+            d.error(loc(v), field, msg);
             None
         }
         Err(_) => {
-            d.error(
-                loc(v),
-                field,
-                format!("`{}` is not a CIDR like 192.168.0.0/24", v.value),
-            );
+            d.error(loc(v), field, format!("`{}` is not {example}", v.value));
             None
         }
     }
