@@ -73,6 +73,9 @@ pub enum Error {
         /// What went wrong, with the template name and line where known.
         message: String,
     },
+    /// The lab could not be built, entered or torn down.
+    #[error("lab: {0}")]
+    Lab(String),
     /// The command line was used wrongly.
     #[error("{0}")]
     Usage(String),

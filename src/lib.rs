@@ -12,6 +12,7 @@ pub mod desired;
 pub mod error;
 pub mod facts;
 pub mod inventory;
+pub mod lab;
 pub mod output;
 pub mod roles;
 pub mod topology;

@@ -92,6 +92,46 @@ pub enum Command {
         #[command(flatten)]
         inv: InvArgs,
     },
+    /// A local testbed of the inventory's sites in network namespaces (needs root).
+    #[command(subcommand)]
+    Lab(LabCommand),
+}
+
+/// `wgprov lab …`.
+#[derive(Debug, Subcommand)]
+#[allow(missing_docs)]
+pub enum LabCommand {
+    /// Build the lab: internet, NAT routers with port-forwards, nodes with sshd, controller.
+    Up {
+        #[command(flatten)]
+        inv: InvArgs,
+        /// Prefix of every namespace, process and directory of the lab.
+        #[arg(long, default_value = "lab")]
+        prefix: String,
+        /// Build SITE's router without the UDP port-forward (the "forgot the port-forward" case).
+        #[arg(long = "no-port-forward", value_name = "SITE")]
+        no_port_forward: Vec<String>,
+    },
+    /// Remove exactly what `up` made.
+    Down {
+        #[arg(long, default_value = "lab")]
+        prefix: String,
+    },
+    /// Run a command inside a node, SITE-router, controller or internet.
+    Exec {
+        #[arg(long, default_value = "lab")]
+        prefix: String,
+        /// Node name, SITE-router, controller or internet.
+        name: String,
+        /// The command and its arguments (after --).
+        #[arg(last = true, required = true)]
+        cmd: Vec<String>,
+    },
+    /// What exists, and which sshd are alive.
+    Status {
+        #[arg(long, default_value = "lab")]
+        prefix: String,
+    },
 }
 
 /// Parses the process arguments, runs, and returns the exit status.
@@ -119,6 +159,7 @@ pub fn run(cli: Cli) -> u8 {
             render(&inv.inventory, roles.roles_path.as_deref(), &out)
         }
         Command::Graph { inv } => graph(&inv.inventory),
+        Command::Lab(l) => lab(l),
     };
     match result {
         Ok(code) => code,
@@ -126,7 +167,7 @@ pub fn run(cli: Cli) -> u8 {
             eprintln!("error: {e}");
             match e {
                 Error::Invalid(_) | Error::Usage(_) | Error::Role { .. } => EXIT_INVALID,
-                Error::Io { .. } => EXIT_FAILED,
+                Error::Io { .. } | Error::Lab(_) => EXIT_FAILED,
             }
         }
     }
@@ -232,6 +273,54 @@ fn render(path: &Path, roles_path: Option<&Path>, out: &Path) -> Result<u8> {
         out.display()
     );
     Ok(EXIT_OK)
+}
+
+fn lab(cmd: LabCommand) -> Result<u8> {
+    use crate::lab;
+    match cmd {
+        LabCommand::Up {
+            inv,
+            prefix,
+            no_port_forward,
+        } => {
+            let p = planned(&inv.inventory, true)?;
+            let layout = lab::plan::plan(&p.inventory, &p.topology, &prefix, &no_port_forward)?;
+            let st = lab::up(&inv.inventory, &layout)?;
+            println!(
+                "lab {prefix} is up: {} sites, {} nodes, controller reaches them over SSH",
+                st.routers.len(),
+                st.nodes.len()
+            );
+            println!(
+                "  wgprov lab exec --prefix {prefix} controller -- wgprov apply -i {}",
+                st.inventory.display()
+            );
+            println!("  wgprov lab down --prefix {prefix}");
+            Ok(EXIT_OK)
+        }
+        LabCommand::Down { prefix } => {
+            let r = lab::down(&prefix)?;
+            println!(
+                "lab {prefix}: removed {} namespaces, stopped {} processes{}",
+                r.namespaces.len(),
+                r.processes,
+                if r.dir_removed {
+                    ", removed its directory"
+                } else {
+                    ""
+                }
+            );
+            Ok(EXIT_OK)
+        }
+        LabCommand::Exec { prefix, name, cmd } => {
+            let code = lab::exec(&prefix, &name, &cmd)?;
+            Ok(u8::try_from(code).unwrap_or(EXIT_FAILED))
+        }
+        LabCommand::Status { prefix } => {
+            print!("{}", lab::status(&prefix)?);
+            Ok(EXIT_OK)
+        }
+    }
 }
 
 /// Writes every present file as `out/<node>/<abs path>` with its mode, on every core.

@@ -61,6 +61,9 @@ pub fn content<'a>(files: &'a [DesiredFile], path: &str) -> Option<&'a str> {
 
 /// True when a program is on PATH.
 pub fn have(prog: &str) -> bool {
+    if Path::new("/usr/sbin").join(prog).is_file() {
+        return true;
+    }
     std::env::var_os("PATH")
         .map(|p| std::env::split_paths(&p).any(|d| d.join(prog).is_file()))
         .unwrap_or(false)
@@ -120,4 +123,66 @@ pub fn require_root() -> bool {
     }
     eprintln!("SKIPPED: needs root (network namespaces)");
     false
+}
+
+/// Lab tests take this lock: labs are built one at a time (2 cores; see LAB.md).
+pub static LAB_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// A lab that is torn down when dropped — also when the test panics half-way.
+pub struct LabGuard {
+    pub prefix: String,
+    pub state: wgprov::lab::LabState,
+    _lock: std::sync::MutexGuard<'static, ()>,
+}
+
+impl LabGuard {
+    /// Builds a lab from `inventory` with a prefix unique to this process and `tag`.
+    pub fn up(inventory: &Path, tag: &str, no_port_forward: &[&str]) -> LabGuard {
+        let lock = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+        let prefix = format!("t{}{tag}", std::process::id() % 100_000);
+        let _ = wgprov::lab::down(&prefix);
+        let p = plan_inventory(inventory, true).unwrap();
+        let npf: Vec<String> = no_port_forward.iter().map(|s| s.to_string()).collect();
+        let layout = wgprov::lab::plan::plan(&p.inventory, &p.topology, &prefix, &npf).unwrap();
+        let state = wgprov::lab::up(inventory, &layout).unwrap_or_else(|e| panic!("lab up: {e}"));
+        LabGuard {
+            prefix,
+            state,
+            _lock: lock,
+        }
+    }
+
+    /// Runs a command inside `name`; returns (exit code, stdout, stderr).
+    pub fn exec(&self, name: &str, cmd: &[&str]) -> (i32, String, String) {
+        let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+        let out = wgprov::lab::command(&self.prefix, name, &cmd)
+            .unwrap()
+            .output()
+            .unwrap();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    }
+
+    /// Runs a shell command inside `name` and expects success; returns stdout.
+    pub fn sh(&self, name: &str, script: &str) -> String {
+        let (code, out, err) = self.exec(name, &["sh", "-c", script]);
+        assert_eq!(code, 0, "{name}: `{script}` failed: {err}{out}");
+        out
+    }
+}
+
+impl Drop for LabGuard {
+    fn drop(&mut self) {
+        if let Err(e) = wgprov::lab::down(&self.prefix) {
+            eprintln!("lab down {}: {e}", self.prefix);
+        }
+    }
+}
+
+/// True when lab tests can run here (root and the packages); otherwise skips visibly.
+pub fn lab_available() -> bool {
+    require_root() && require("wireguard-go") && require("sshd") && require("iptables")
 }

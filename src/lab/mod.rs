@@ -1,0 +1,861 @@
+//! The lab: a faithful local copy of an inventory's sites in Linux network namespaces — an
+//! "internet", a NAT router per site with the UDP port-forward of the reference procedure, site
+//! LANs, nodes running a real OpenSSH server with their own mount, UTS and PID namespaces, and a
+//! controller that reaches them over SSH (see [`plan`] for the layout and the management path).
+//!
+//! Safety (LAB.md): nothing is created in the machine's own network namespace — veth pairs are
+//! created directly between the lab's namespaces; every name carries the lab's prefix; teardown
+//! removes exactly the lab's namespaces, the processes inside them (by PID) and its directory.
+
+pub mod plan;
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+use std::net::Ipv4Addr;
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+use crate::inventory::OsFamily;
+pub use plan::{LabPlan, check_prefix, lab_dir};
+
+/// What a running lab is made of; written to `<lab dir>/state.json` as soon as `up` starts, so
+/// that `down` can remove a half-built lab too.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct LabState {
+    /// Prefix of every name.
+    pub prefix: String,
+    /// The inventory it was built from.
+    pub inventory: PathBuf,
+    /// Every namespace it creates.
+    pub namespaces: Vec<String>,
+    /// Holder processes we started (the `unshare` of each node and of the controller).
+    pub holders: BTreeMap<String, u32>,
+    /// A process inside each node's and the controller's namespaces, to enter them.
+    pub inner: BTreeMap<String, u32>,
+    /// Node name to namespace.
+    pub nodes: BTreeMap<String, String>,
+    /// Node name to management/LAN address.
+    pub addresses: BTreeMap<String, Ipv4Addr>,
+    /// Site name to router namespace.
+    pub routers: BTreeMap<String, String>,
+    /// Site name to WAN address.
+    pub wan: BTreeMap<String, Ipv4Addr>,
+    /// The internet namespace.
+    pub inet_ns: String,
+    /// The controller namespace.
+    pub ctl_ns: String,
+}
+
+fn lab_err(m: impl Into<String>) -> Error {
+    Error::Lab(m.into())
+}
+
+/// Runs a command; its stderr becomes the error.
+fn run(prog: &str, args: &[&str]) -> Result<String> {
+    let out = Command::new(prog)
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| lab_err(format!("{prog}: {e}")))?;
+    if out.status.success() {
+        Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    } else {
+        Err(lab_err(format!(
+            "`{prog} {}` failed: {}",
+            args.join(" "),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )))
+    }
+}
+
+fn ip(ns: &str, args: &[&str]) -> Result<()> {
+    let mut a = vec!["-n", ns];
+    a.extend_from_slice(args);
+    run("ip", &a).map(drop)
+}
+
+fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
+    let mut a = vec!["netns", "exec", ns];
+    a.extend_from_slice(args);
+    run("ip", &a)
+}
+
+fn write(path: &Path, content: &str, mode: u32) -> Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    if let Some(d) = path.parent() {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    std::fs::write(path, content).map_err(|e| Error::io(path, e))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+        .map_err(|e| Error::io(path, e))
+}
+
+fn mkdirs(dirs: &[PathBuf]) -> Result<()> {
+    for d in dirs {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    Ok(())
+}
+
+/// Programs the lab needs, with the Debian package of each.
+const TOOLS: &[(&str, &str)] = &[
+    ("ip", "iproute2"),
+    ("iptables", "iptables"),
+    ("sshd", "openssh-server"),
+    ("ssh-keygen", "openssh-client"),
+    ("ssh", "openssh-client"),
+    ("wireguard-go", "wireguard-go"),
+    ("wg", "wireguard-tools"),
+    ("wg-quick", "wireguard-tools"),
+    ("ping", "iputils-ping"),
+    ("unshare", "util-linux"),
+    ("nsenter", "util-linux"),
+    ("bash", "bash"),
+];
+
+fn on_path(prog: &str) -> bool {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin".into(), "/sbin".into()])
+        .any(|d| d.join(prog).is_file())
+}
+
+/// Checks that we are root and have every tool; says exactly what is missing.
+pub fn preflight() -> Result<()> {
+    let mut problems = Vec::new();
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    if unsafe { libc::geteuid() } != 0 {
+        problems.push("must run as root (network namespaces, mounts)".to_string());
+    }
+    let missing: Vec<&str> = TOOLS
+        .iter()
+        .filter(|(t, _)| !on_path(t))
+        .map(|(_, p)| *p)
+        .collect();
+    if !missing.is_empty() {
+        let mut pkgs = missing.clone();
+        pkgs.sort();
+        pkgs.dedup();
+        problems.push(format!(
+            "missing packages: {} (install: apt-get install --no-install-recommends {}, or scripts/install-deps)",
+            pkgs.join(" "),
+            pkgs.join(" ")
+        ));
+    }
+    if !Path::new("/dev/net/tun").exists() {
+        problems.push("/dev/net/tun is missing: wireguard-go needs it".into());
+    }
+    if problems.is_empty() {
+        Ok(())
+    } else {
+        Err(lab_err(problems.join("; ")))
+    }
+}
+
+/// Namespaces that exist now and carry this prefix.
+pub fn existing_namespaces(prefix: &str) -> Result<Vec<String>> {
+    let out = run("ip", &["netns", "list"])?;
+    let want = format!("{prefix}-");
+    Ok(out
+        .lines()
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|n| n.starts_with(&want))
+        .map(str::to_string)
+        .collect())
+}
+
+fn state_path(prefix: &str) -> PathBuf {
+    lab_dir(prefix).join("state.json")
+}
+
+/// Reads the state of the lab with this prefix, if it exists.
+pub fn read_state(prefix: &str) -> Result<Option<LabState>> {
+    let p = state_path(prefix);
+    match std::fs::read_to_string(&p) {
+        Ok(t) => serde_json::from_str(&t)
+            .map(Some)
+            .map_err(|e| lab_err(format!("{}: {e}", p.display()))),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(Error::io(p, e)),
+    }
+}
+
+fn save_state(st: &LabState) -> Result<()> {
+    let text = serde_json::to_string_pretty(st).expect("state serializes");
+    write(&state_path(&st.prefix), &text, 0o600)
+}
+
+/// Builds the lab. Refuses a prefix that still exists; on any failure, removes what it made.
+pub fn up(inventory: &Path, p: &LabPlan) -> Result<LabState> {
+    check_prefix(&p.prefix)?;
+    preflight()?;
+    let existing = existing_namespaces(&p.prefix)?;
+    if p.dir.exists() || !existing.is_empty() {
+        return Err(lab_err(format!(
+            "a lab with prefix `{}` already exists ({}); remove it with `wgprov lab down --prefix {}` or choose another --prefix",
+            p.prefix,
+            if existing.is_empty() {
+                p.dir.display().to_string()
+            } else {
+                existing.join(", ")
+            },
+            p.prefix
+        )));
+    }
+    let mut st = LabState {
+        prefix: p.prefix.clone(),
+        inventory: std::fs::canonicalize(inventory).unwrap_or_else(|_| inventory.to_path_buf()),
+        namespaces: p.namespaces(),
+        inet_ns: p.inet_ns.clone(),
+        ctl_ns: p.ctl_ns.clone(),
+        ..Default::default()
+    };
+    std::fs::create_dir_all(&p.dir).map_err(|e| Error::io(&p.dir, e))?;
+    save_state(&st)?;
+    match build(p, &mut st) {
+        Ok(()) => {
+            save_state(&st)?;
+            Ok(st)
+        }
+        Err(e) => {
+            let _ = save_state(&st);
+            let cleanup = down(&p.prefix);
+            Err(match cleanup {
+                Ok(_) => e,
+                Err(c) => lab_err(format!("{e}; and removing the half-built lab failed: {c}")),
+            })
+        }
+    }
+}
+
+fn os_release(f: OsFamily) -> &'static str {
+    match f {
+        OsFamily::Debian => {
+            "PRETTY_NAME=\"Debian GNU/Linux 12 (bookworm)\"\nNAME=\"Debian GNU/Linux\"\nVERSION_ID=\"12\"\nVERSION_CODENAME=bookworm\nID=debian\n"
+        }
+        OsFamily::Redhat => {
+            "NAME=\"Rocky Linux\"\nVERSION=\"9.4 (Blue Onyx)\"\nID=\"rocky\"\nID_LIKE=\"rhel centos fedora\"\nVERSION_ID=\"9.4\"\nPRETTY_NAME=\"Rocky Linux 9.4 (Blue Onyx)\"\n"
+        }
+    }
+}
+
+fn hosts_file(p: &LabPlan, own: &str) -> String {
+    let mut h = format!(
+        "127.0.0.1\tlocalhost\n127.0.1.1\t{own}\n::1\tlocalhost ip6-localhost ip6-loopback\n"
+    );
+    for (ip, name) in &p.hosts {
+        h.push_str(&format!("{ip}\t{name}\n"));
+    }
+    h
+}
+
+/// Starts `script` under `sh` in namespace `ns` with its own mount, UTS and PID namespaces.
+/// Returns the holder's PID (ours) and the PID of the script's process (inside).
+fn spawn_holder(ns: &str, script: &str, log: &Path) -> Result<(u32, u32)> {
+    let logf = std::fs::File::create(log).map_err(|e| Error::io(log, e))?;
+    let errf = logf.try_clone().map_err(|e| Error::io(log, e))?;
+    let child = Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            ns,
+            "unshare",
+            "--mount",
+            "--propagation",
+            "private",
+        ])
+        .args(["--uts", "--pid", "--fork", "--kill-child", "--mount-proc"])
+        .args(["sh", "-c", script])
+        .stdin(Stdio::null())
+        .stdout(logf)
+        .stderr(errf)
+        .process_group(0)
+        .spawn()
+        .map_err(|e| lab_err(format!("starting a process in {ns}: {e}")))?;
+    let holder = child.id();
+    let children = PathBuf::from(format!("/proc/{holder}/task/{holder}/children"));
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(pid) = std::fs::read_to_string(&children)
+            .ok()
+            .and_then(|s| s.split_whitespace().next().and_then(|p| p.parse().ok()))
+        {
+            return Ok((holder, pid));
+        }
+        if Instant::now() > deadline {
+            let log_text = std::fs::read_to_string(log).unwrap_or_default();
+            return Err(lab_err(format!(
+                "the process in {ns} did not start: {}",
+                log_text.trim()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
+    for d in ["/run/sshd", "/run/wireguard"] {
+        std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
+    }
+    for ns in p.namespaces() {
+        run("ip", &["netns", "add", &ns])?;
+        ip(&ns, &["link", "set", "lo", "up"])?;
+    }
+
+    // the internet: one bridge; every WAN address is on-link
+    let inet = p.inet_ns.as_str();
+    ip(inet, &["link", "add", "br0", "type", "bridge"])?;
+    ip(inet, &["link", "set", "br0", "up"])?;
+    ip(
+        inet,
+        &[
+            "addr",
+            "add",
+            &format!("{}/24", plan::INTERNET_IP),
+            "dev",
+            "br0",
+        ],
+    )?;
+    let inet_net: ipnet::Ipv4Net = ipnet::Ipv4Net::new(plan::INTERNET_IP, 24)
+        .expect("net")
+        .trunc();
+    for (i, r) in p.routers.iter().enumerate() {
+        let leg = format!("r{i}");
+        ip(
+            inet,
+            &[
+                "link", "add", &leg, "type", "veth", "peer", "name", "wan0", "netns", &r.ns,
+            ],
+        )?;
+        ip(inet, &["link", "set", &leg, "master", "br0", "up"])?;
+        if !inet_net.contains(&r.wan_ip) {
+            ip(
+                inet,
+                &["route", "add", &format!("{}/32", r.wan_ip), "dev", "br0"],
+            )?;
+        }
+        st.routers.insert(r.site.clone(), r.ns.clone());
+        st.wan.insert(r.site.clone(), r.wan_ip);
+    }
+
+    // routers: WAN, LAN bridge, forwarding, NAT and the port-forward
+    for r in &p.routers {
+        let ns = r.ns.as_str();
+        ip(
+            ns,
+            &["addr", "add", &format!("{}/32", r.wan_ip), "dev", "wan0"],
+        )?;
+        ip(ns, &["link", "set", "wan0", "up"])?;
+        ip(ns, &["route", "add", &inet_net.to_string(), "dev", "wan0"])?;
+        for o in p.routers.iter().filter(|o| o.site != r.site) {
+            if !inet_net.contains(&o.wan_ip) {
+                ip(
+                    ns,
+                    &["route", "add", &format!("{}/32", o.wan_ip), "dev", "wan0"],
+                )?;
+            }
+        }
+        ip(ns, &["link", "add", "br-lan", "type", "bridge"])?;
+        ip(
+            ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/{}", r.lan_ip, r.lan.prefix_len()),
+                "dev",
+                "br-lan",
+            ],
+        )?;
+        ip(ns, &["link", "set", "br-lan", "up"])?;
+        in_ns(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
+        in_ns(
+            ns,
+            &[
+                "iptables",
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                "wan0",
+                "-j",
+                "MASQUERADE",
+            ],
+        )?;
+        if let Some((public, nh, port)) = r.forward {
+            in_ns(
+                ns,
+                &[
+                    "iptables",
+                    "-t",
+                    "nat",
+                    "-A",
+                    "PREROUTING",
+                    "-i",
+                    "wan0",
+                    "-p",
+                    "udp",
+                    "--dport",
+                    &public.to_string(),
+                    "-j",
+                    "DNAT",
+                    "--to-destination",
+                    &format!("{nh}:{port}"),
+                ],
+            )?;
+        }
+    }
+
+    // controller: management bridge
+    let ctl = p.ctl_ns.as_str();
+    ip(ctl, &["link", "add", "mgmt", "type", "bridge"])?;
+    ip(ctl, &["link", "set", "mgmt", "up"])?;
+    ip(
+        ctl,
+        &[
+            "addr",
+            "add",
+            &format!("{}/32", p.controller_ip),
+            "dev",
+            "mgmt",
+        ],
+    )?;
+
+    // nodes: LAN leg to the router, management leg to the controller
+    for (k, n) in p.nodes.iter().enumerate() {
+        let r = p
+            .routers
+            .iter()
+            .find(|r| r.site == n.site)
+            .expect("node's router");
+        let leg = format!("n{k}");
+        ip(
+            &r.ns,
+            &[
+                "link", "add", &leg, "type", "veth", "peer", "name", "eth0", "netns", &n.ns,
+            ],
+        )?;
+        ip(&r.ns, &["link", "set", &leg, "master", "br-lan", "up"])?;
+        ip(
+            &n.ns,
+            &[
+                "addr",
+                "add",
+                &format!("{}/{}", n.address, n.lan_prefix),
+                "dev",
+                "eth0",
+            ],
+        )?;
+        ip(&n.ns, &["link", "set", "eth0", "up"])?;
+        ip(
+            &n.ns,
+            &["route", "add", "default", "via", &n.gateway.to_string()],
+        )?;
+        let m = format!("m{k}");
+        ip(
+            ctl,
+            &[
+                "link", "add", &m, "type", "veth", "peer", "name", "mgmt0", "netns", &n.ns,
+            ],
+        )?;
+        ip(ctl, &["link", "set", &m, "master", "mgmt", "up"])?;
+        ip(&n.ns, &["link", "set", "mgmt0", "up"])?;
+        ip(
+            &n.ns,
+            &[
+                "route",
+                "add",
+                &format!("{}/32", p.controller_ip),
+                "dev",
+                "mgmt0",
+                "src",
+                &n.address.to_string(),
+            ],
+        )?;
+        ip(
+            ctl,
+            &["route", "add", &format!("{}/32", n.address), "dev", "mgmt"],
+        )?;
+        st.nodes.insert(n.name.clone(), n.ns.clone());
+        st.addresses.insert(n.name.clone(), n.address);
+    }
+
+    // SSH: one client identity for the controller, a host key per node
+    let ctl_dir = p.dir.join("controller");
+    let ctl_root = ctl_dir.join("root");
+    mkdirs(&[
+        ctl_root.join(".ssh"),
+        ctl_dir.join("etc.upper"),
+        ctl_dir.join("etc.work"),
+    ])?;
+    let id = ctl_root.join(".ssh/id_ed25519");
+    run(
+        "ssh-keygen",
+        &[
+            "-q",
+            "-t",
+            "ed25519",
+            "-N",
+            "",
+            "-C",
+            &format!("wgprov-lab-{}", p.prefix),
+            "-f",
+            id.to_str().unwrap(),
+        ],
+    )?;
+    let client_pub =
+        std::fs::read_to_string(id.with_extension("pub")).map_err(|e| Error::io(&id, e))?;
+    let mut known_hosts = String::new();
+    for n in &p.nodes {
+        let d = &n.dir;
+        mkdirs(&[
+            d.join("etc.upper"),
+            d.join("etc.work"),
+            d.join("varlib.upper"),
+            d.join("varlib.work"),
+            d.join("root"),
+        ])?;
+        let hk = d.join("ssh_host_ed25519_key");
+        run(
+            "ssh-keygen",
+            &[
+                "-q",
+                "-t",
+                "ed25519",
+                "-N",
+                "",
+                "-C",
+                &n.name,
+                "-f",
+                hk.to_str().unwrap(),
+            ],
+        )?;
+        let host_pub =
+            std::fs::read_to_string(hk.with_extension("pub")).map_err(|e| Error::io(&hk, e))?;
+        let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+        let host = if n.ssh_port == 22 {
+            n.address.to_string()
+        } else {
+            format!("[{}]:{}", n.address, n.ssh_port)
+        };
+        known_hosts.push_str(&format!("{host} {}\n", key.join(" ")));
+        write(&d.join("authorized_keys"), &client_pub, 0o600)?;
+        write(
+            &d.join("etc.upper/os-release"),
+            os_release(n.os_family),
+            0o644,
+        )?;
+        write(&d.join("etc.upper/hosts"), &hosts_file(p, &n.name), 0o644)?;
+        write(
+            &d.join("etc.upper/hostname"),
+            &format!("{}\n", n.name),
+            0o644,
+        )?;
+        write(
+            &d.join("sshd_config"),
+            &format!(
+                "Port {port}\nListenAddress 0.0.0.0\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pid}\n\
+             UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+             StrictModes no\nPrintLastLog no\nPrintMotd no\nUseDNS no\nSubsystem sftp internal-sftp\n",
+                port = n.ssh_port,
+                hk = hk.display(),
+                ak = d.join("authorized_keys").display(),
+                pid = d.join("sshd.pid").display(),
+            ),
+            0o600,
+        )?;
+    }
+    write(&ctl_root.join(".ssh/known_hosts"), &known_hosts, 0o600)?;
+    write(
+        &ctl_dir.join("etc.upper/hosts"),
+        &hosts_file(p, "controller"),
+        0o644,
+    )?;
+    write(&ctl_dir.join("etc.upper/hostname"), "controller\n", 0o644)?;
+
+    // start every node's sshd inside its own mount/UTS/PID namespaces
+    let hide_systemd = "if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; fi";
+    for n in &p.nodes {
+        let d = n.dir.display();
+        let script = format!(
+            "set -e\n\
+             mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc.upper,workdir={d}/etc.work /etc\n\
+             mount -t overlay overlay -o lowerdir=/var/lib,upperdir={d}/varlib.upper,workdir={d}/varlib.work /var/lib\n\
+             mount --bind {d}/root /root\n\
+             mount -t tmpfs -o mode=0755 tmpfs /run/wireguard\n\
+             {hide_systemd}\n\
+             hostname {name}\n\
+             exec /usr/sbin/sshd -D -e -f {d}/sshd_config\n",
+            name = n.name
+        );
+        let (holder, inner) = spawn_holder(&n.ns, &script, &n.dir.join("sshd.log"))?;
+        st.holders.insert(n.name.clone(), holder);
+        st.inner.insert(n.name.clone(), inner);
+        save_state(st)?;
+    }
+    let d = ctl_dir.display();
+    let script = format!(
+        "set -e\n\
+         mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc.upper,workdir={d}/etc.work /etc\n\
+         mount --bind {d}/root /root\n\
+         {hide_systemd}\n\
+         hostname controller\n\
+         exec sleep infinity\n"
+    );
+    let (holder, inner) = spawn_holder(ctl, &script, &ctl_dir.join("holder.log"))?;
+    st.holders.insert("controller".into(), holder);
+    st.inner.insert("controller".into(), inner);
+    save_state(st)?;
+
+    // wait, bounded, until every sshd answers from the controller
+    let deadline = Instant::now() + Duration::from_secs(15);
+    for n in &p.nodes {
+        let probe = format!("exec 3<>/dev/tcp/{}/{}", n.address, n.ssh_port);
+        loop {
+            if in_ns(ctl, &["bash", "-c", &probe]).is_ok() {
+                break;
+            }
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(n.dir.join("sshd.log")).unwrap_or_default();
+                return Err(lab_err(format!(
+                    "sshd of {} does not answer at {}:{} from the controller: {}",
+                    n.name,
+                    n.address,
+                    n.ssh_port,
+                    log.trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    Ok(())
+}
+
+fn pids_in(ns: &str) -> Vec<i32> {
+    run("ip", &["netns", "pids", ns])
+        .map(|o| {
+            o.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+fn alive(pid: u32) -> bool {
+    // a zombie has exited: only its entry waits to be reaped
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .map(|(_, rest)| !rest.trim_start().starts_with('Z'))
+                .unwrap_or(false)
+        })
+        .unwrap_or(false)
+}
+
+/// What `down` removed.
+#[derive(Debug, Default)]
+pub struct DownReport {
+    /// Namespaces deleted.
+    pub namespaces: Vec<String>,
+    /// Processes signalled.
+    pub processes: usize,
+    /// Whether the lab directory was removed.
+    pub dir_removed: bool,
+}
+
+/// Removes exactly what `up` made for this prefix: the processes in the lab's namespaces (by
+/// PID), the namespaces (by name) and the lab directory. Safe on a half-built lab and on one
+/// that does not exist.
+pub fn down(prefix: &str) -> Result<DownReport> {
+    check_prefix(prefix)?;
+    let mut report = DownReport::default();
+    let state = read_state(prefix).ok().flatten();
+    let mut namespaces = existing_namespaces(prefix)?;
+    // holders first: unshare --kill-child takes each PID namespace down with it
+    if let Some(st) = &state {
+        for pid in st.holders.values() {
+            if alive(*pid) {
+                // SAFETY: kill(2) with a PID we started and checked is alive.
+                unsafe { libc::kill(*pid as i32, libc::SIGTERM) };
+                report.processes += 1;
+            }
+        }
+        for ns in &st.namespaces {
+            if !namespaces.contains(ns) && Path::new("/run/netns").join(ns).exists() {
+                namespaces.push(ns.clone());
+            }
+        }
+    }
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let pids: Vec<i32> = namespaces.iter().flat_map(|ns| pids_in(ns)).collect();
+        if pids.is_empty() {
+            break;
+        }
+        for pid in &pids {
+            // SAFETY: kill(2) on processes that live in this lab's network namespaces.
+            unsafe { libc::kill(*pid, libc::SIGKILL) };
+        }
+        report.processes += pids.len();
+        if Instant::now() > deadline {
+            return Err(lab_err(format!(
+                "processes {pids:?} in lab {prefix} did not exit"
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // wait (bounded) for the holders to finish exiting; reap those we started ourselves
+    // (in-process use), so that none lingers as a zombie
+    if let Some(st) = &state {
+        for pid in st.holders.values() {
+            while alive(*pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // SAFETY: waitpid on our own child with WNOHANG; harmless when it is not ours.
+            unsafe { libc::waitpid(*pid as i32, std::ptr::null_mut(), libc::WNOHANG) };
+            if alive(*pid) {
+                return Err(lab_err(format!(
+                    "process {pid} of lab {prefix} did not exit"
+                )));
+            }
+        }
+    }
+    for ns in &namespaces {
+        run("ip", &["netns", "del", ns])?;
+        report.namespaces.push(ns.clone());
+    }
+    let dir = lab_dir(prefix);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir).map_err(|e| Error::io(&dir, e))?;
+        report.dir_removed = true;
+    }
+    Ok(report)
+}
+
+/// Where `lab exec NAME` runs.
+enum Target {
+    /// Enter the namespaces of this process (a node or the controller).
+    Inside(u32),
+    /// Only a network namespace (a router, the internet).
+    Netns(String),
+}
+
+fn target(st: &LabState, name: &str) -> Result<Target> {
+    if let Some(pid) = st.inner.get(name) {
+        return Ok(Target::Inside(*pid));
+    }
+    if name == "internet" {
+        return Ok(Target::Netns(st.inet_ns.clone()));
+    }
+    if let Some(site) = name.strip_suffix("-router")
+        && let Some(ns) = st.routers.get(site)
+    {
+        return Ok(Target::Netns(ns.clone()));
+    }
+    let mut names: Vec<String> = st.nodes.keys().cloned().collect();
+    names.extend(st.routers.keys().map(|s| format!("{s}-router")));
+    names.push("controller".into());
+    names.push("internet".into());
+    Err(Error::Usage(format!(
+        "no `{name}` in lab {}: one of {}",
+        st.prefix,
+        names.join(", ")
+    )))
+}
+
+/// A command that runs `cmd` inside `name` of the lab.
+pub fn command(prefix: &str, name: &str, cmd: &[String]) -> Result<Command> {
+    let st = read_state(prefix)?.ok_or_else(|| {
+        Error::Usage(format!(
+            "no lab with prefix `{prefix}`: build one with `wgprov lab up -i INV --prefix {prefix}`"
+        ))
+    })?;
+    if cmd.is_empty() {
+        return Err(Error::Usage(
+            "lab exec: no command given (NAME -- CMD…)".into(),
+        ));
+    }
+    let mut c = match target(&st, name)? {
+        Target::Inside(pid) => {
+            if !alive(pid) {
+                return Err(lab_err(format!(
+                    "{name} is not running (pid {pid} is gone)"
+                )));
+            }
+            let mut c = Command::new("nsenter");
+            c.args(["-t", &pid.to_string(), "-n", "-m", "-u", "-p", "--"]);
+            c.env("HOME", "/root");
+            c
+        }
+        Target::Netns(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", &ns]);
+            c
+        }
+    };
+    c.args(cmd);
+    Ok(c)
+}
+
+/// Runs `cmd` inside `name` of the lab; returns its exit status (128+signal when killed).
+pub fn exec(prefix: &str, name: &str, cmd: &[String]) -> Result<i32> {
+    let status = command(prefix, name, cmd)?
+        .status()
+        .map_err(|e| lab_err(format!("exec: {e}")))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .unwrap_or_else(|| 128 + status.signal().unwrap_or(0)))
+}
+
+/// A human summary of the lab: what exists, which sshd are alive.
+pub fn status(prefix: &str) -> Result<String> {
+    check_prefix(prefix)?;
+    let mut o = String::new();
+    let namespaces = existing_namespaces(prefix)?;
+    let state = read_state(prefix)?;
+    if namespaces.is_empty() && state.is_none() {
+        return Ok(format!("no lab with prefix `{prefix}`\n"));
+    }
+    let dir = lab_dir(prefix);
+    let _ = writeln!(
+        o,
+        "lab {prefix}: {} namespaces, directory {}",
+        namespaces.len(),
+        dir.display()
+    );
+    if let Some(st) = state {
+        let _ = writeln!(o, "inventory {}", st.inventory.display());
+        for (site, ns) in &st.routers {
+            let up = namespaces.contains(ns);
+            let _ = writeln!(
+                o,
+                "  router {site:<14} {:<16} {}",
+                st.wan[site],
+                if up { "up" } else { "MISSING" }
+            );
+        }
+        for (node, ns) in &st.nodes {
+            let sshd = st.inner.get(node).is_some_and(|p| alive(*p));
+            let _ = writeln!(
+                o,
+                "  node   {node:<14} {:<16} {} sshd {}",
+                st.addresses[node],
+                if namespaces.contains(ns) {
+                    "up"
+                } else {
+                    "MISSING"
+                },
+                if sshd { "alive" } else { "DEAD" }
+            );
+        }
+        let ctl = st.inner.get("controller").is_some_and(|p| alive(*p));
+        let _ = writeln!(o, "  controller {}", if ctl { "alive" } else { "DEAD" });
+    }
+    Ok(o)
+}

@@ -1,0 +1,354 @@
+//! The lab's layout, computed from an inventory without touching anything: namespaces, links,
+//! addresses, NAT rules and per-node directories. Pure, so that its choices are unit-tested.
+//!
+//! ```text
+//!                       {P}-inet: bridge br0 = the internet (192.0.2.1/24)
+//!                  ┌──────────────┼──────────────┐
+//!        wan0 203.0.113.10   wan0 198.51.100.20   wan0 …           routers: MASQUERADE out of
+//!          {P}-r-home          {P}-r-office                        wan0, DNAT udp <public port>
+//!        br-lan 192.168.0.1/24   br-lan …                          to next-hop:<listen_port>
+//!        ┌──────┼──────┐
+//!      eth0   eth0   eth0          nodes {P}-n-<node>: LAN address on eth0, default via router;
+//!      node1  node2  node3         mgmt0 → controller (out of band), own mount/UTS/PID namespaces
+//!        └──mgmt0──┴──────┴──── bridge mgmt in {P}-ctl (controller, 100.127.255.254/32)
+//! ```
+//!
+//! The management path: the controller reaches every node at the node's inventory `address`
+//! over a separate management bridge (host routes `<address>/32 dev mgmt`), the way an operator
+//! reaches servers over an out-of-band network or a VPN. It carries SSH only: the controller
+//! does not forward, so WireGuard traffic between sites can only cross the routers' NAT.
+
+use std::collections::{HashMap, HashSet};
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::PathBuf;
+
+use ipnet::{IpNet, Ipv4Net};
+
+use crate::error::{Error, Result};
+use crate::inventory::{Inventory, OsFamily};
+use crate::topology::Topology;
+
+/// The "internet" side's own address (a public server stand-in, for reachability checks).
+pub const INTERNET_IP: Ipv4Addr = Ipv4Addr::new(192, 0, 2, 1);
+
+/// Where labs keep their directories.
+pub const BASE_DIR: &str = "/tmp/wgprov-lab";
+
+/// A site's router.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterPlan {
+    /// Site name.
+    pub site: String,
+    /// Namespace.
+    pub ns: String,
+    /// Its WAN (public) address.
+    pub wan_ip: Ipv4Addr,
+    /// The site LAN.
+    pub lan: Ipv4Net,
+    /// The router's address on the LAN.
+    pub lan_ip: Ipv4Addr,
+    /// UDP port-forward: public port to next-hop address and listen port.
+    pub forward: Option<(u16, Ipv4Addr, u16)>,
+}
+
+/// A node of the lab.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeLab {
+    /// Node name.
+    pub name: String,
+    /// Site name.
+    pub site: String,
+    /// Namespace.
+    pub ns: String,
+    /// LAN (and SSH) address.
+    pub address: Ipv4Addr,
+    /// Prefix length of the LAN.
+    pub lan_prefix: u8,
+    /// Default gateway: its router's LAN address.
+    pub gateway: Ipv4Addr,
+    /// Port sshd listens on.
+    pub ssh_port: u16,
+    /// OS family to present (`/etc/os-release`).
+    pub os_family: OsFamily,
+    /// Its directory.
+    pub dir: PathBuf,
+}
+
+/// The whole lab.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LabPlan {
+    /// Prefix of every name.
+    pub prefix: String,
+    /// The lab's directory.
+    pub dir: PathBuf,
+    /// Internet namespace.
+    pub inet_ns: String,
+    /// Controller namespace.
+    pub ctl_ns: String,
+    /// Controller's management address.
+    pub controller_ip: Ipv4Addr,
+    /// Routers, one per managed site.
+    pub routers: Vec<RouterPlan>,
+    /// Nodes.
+    pub nodes: Vec<NodeLab>,
+    /// Names that resolve inside the lab (endpoint host names).
+    pub hosts: Vec<(Ipv4Addr, String)>,
+}
+
+impl LabPlan {
+    /// Every namespace of the lab, in creation order.
+    pub fn namespaces(&self) -> Vec<String> {
+        let mut v = vec![self.inet_ns.clone(), self.ctl_ns.clone()];
+        v.extend(self.routers.iter().map(|r| r.ns.clone()));
+        v.extend(self.nodes.iter().map(|n| n.ns.clone()));
+        v
+    }
+}
+
+/// Checks a lab prefix: 1-12 lowercase letters and digits (names get `-…` appended).
+pub fn check_prefix(prefix: &str) -> Result<()> {
+    let ok = !prefix.is_empty()
+        && prefix.len() <= 12
+        && prefix
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit());
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::Usage(format!(
+            "lab prefix `{prefix}`: use 1-12 lowercase letters and digits"
+        )))
+    }
+}
+
+/// The directory of the lab with this prefix.
+pub fn lab_dir(prefix: &str) -> PathBuf {
+    PathBuf::from(BASE_DIR).join(prefix)
+}
+
+fn lab_err(m: impl Into<String>) -> Error {
+    Error::Lab(m.into())
+}
+
+/// Lays out the lab for `inv`. `no_port_forward`: sites whose router gets no port-forward.
+pub fn plan(
+    inv: &Inventory,
+    topo: &Topology,
+    prefix: &str,
+    no_port_forward: &[String],
+) -> Result<LabPlan> {
+    check_prefix(prefix)?;
+    for s in no_port_forward {
+        if !inv.sites.iter().any(|x| x.managed && x.name == *s) {
+            return Err(Error::Usage(format!(
+                "--no-port-forward {s}: no managed site of that name"
+            )));
+        }
+    }
+    let dir = lab_dir(prefix);
+    let mut inventory_nets: Vec<IpNet> = vec![IpNet::V4(inv.network.wireguard_cidr)];
+    inventory_nets.extend(inv.network.cluster_cidrs.iter().flatten().copied());
+    for s in &inv.sites {
+        inventory_nets.extend(s.lan_cidrs.iter().copied());
+    }
+    let controller_ip = [
+        Ipv4Addr::new(100, 127, 255, 254),
+        Ipv4Addr::new(169, 254, 253, 254),
+    ]
+    .into_iter()
+    .find(|ip| !inventory_nets.iter().any(|n| n.contains(&IpAddr::V4(*ip))))
+    .ok_or_else(|| lab_err("no free management address for the controller"))?;
+
+    // WAN addresses: literal endpoints as written, the others from the documentation ranges
+    let mut used_wan: HashSet<Ipv4Addr> = HashSet::new();
+    used_wan.insert(INTERNET_IP);
+    for s in inv.sites.iter().filter(|s| s.managed) {
+        if let Some(IpAddr::V4(ip)) = s.endpoint.as_ref().and_then(|e| e.ip())
+            && !used_wan.insert(ip)
+        {
+            return Err(lab_err(format!(
+                "site {}: endpoint address {ip} is used twice",
+                s.name
+            )));
+        }
+    }
+    let mut pool = (100u8..250)
+        .map(|i| Ipv4Addr::new(198, 51, 100, i))
+        .chain((100u8..250).map(|i| Ipv4Addr::new(203, 0, 113, i)))
+        .filter(|ip| !used_wan.contains(ip));
+
+    let mut routers = Vec::new();
+    let mut nodes = Vec::new();
+    let mut hosts = Vec::new();
+    let mut seen_addr: HashMap<Ipv4Addr, String> = HashMap::new();
+    for s in inv.sites.iter().filter(|s| s.managed) {
+        let wan_ip = match s.endpoint.as_ref().and_then(|e| e.ip()) {
+            Some(IpAddr::V4(ip)) => ip,
+            Some(IpAddr::V6(_)) => {
+                return Err(lab_err(format!(
+                    "site {}: the lab is IPv4-only; write the endpoint as a name or an IPv4 address",
+                    s.name
+                )));
+            }
+            None => pool.next().ok_or_else(|| lab_err("out of WAN addresses"))?,
+        };
+        if let Some(e) = &s.endpoint
+            && e.ip().is_none()
+        {
+            hosts.push((wan_ip, e.host.clone()));
+        }
+        // node addresses must be IPv4 literals, unique across the lab (the controller routes by them)
+        let mut addrs = Vec::new();
+        for n in &s.nodes {
+            let a: Ipv4Addr = n.address.parse().map_err(|_| {
+                lab_err(format!(
+                    "node {}: the lab needs an IPv4 address, not `{}`",
+                    n.name, n.address
+                ))
+            })?;
+            if let Some(other) = seen_addr.insert(a, n.name.clone()) {
+                return Err(lab_err(format!(
+                    "nodes {other} and {} share the address {a}: the lab's controller reaches nodes by address, so give them distinct ones",
+                    n.name
+                )));
+            }
+            if n.ssh.host != n.address {
+                return Err(lab_err(format!(
+                    "node {}: ssh.host {} differs from its address; the lab reaches nodes at their address",
+                    n.name, n.ssh.host
+                )));
+            }
+            addrs.push(a);
+        }
+        let lan = match s.lan_cidrs.iter().find_map(|n| match n {
+            IpNet::V4(v) => Some(*v),
+            IpNet::V6(_) => None,
+        }) {
+            Some(l) => l,
+            None => Ipv4Net::new(addrs[0], 24).expect("24 is valid").trunc(),
+        };
+        if lan.prefix_len() > 30 {
+            return Err(lab_err(format!(
+                "site {}: LAN {lan} is too small for a router and nodes",
+                s.name
+            )));
+        }
+        for (n, a) in s.nodes.iter().zip(&addrs) {
+            if !lan.contains(a) || *a == lan.network() || *a == lan.broadcast() {
+                return Err(lab_err(format!(
+                    "node {}: address {a} is not a host address of the site's LAN {lan}",
+                    n.name
+                )));
+            }
+        }
+        let lan_ip = lan.hosts().find(|h| !addrs.contains(h)).ok_or_else(|| {
+            lab_err(format!(
+                "site {}: no LAN address left for the router",
+                s.name
+            ))
+        })?;
+        let forward = if no_port_forward.contains(&s.name) {
+            None
+        } else {
+            let nh = topo
+                .node(s.next_hop.as_deref().expect("managed site has a next-hop"))
+                .expect("next-hop node");
+            let public = s
+                .endpoint
+                .as_ref()
+                .map(|e| e.port)
+                .unwrap_or(inv.network.listen_port);
+            Some((
+                public,
+                nh.address.parse().expect("checked above"),
+                inv.network.listen_port,
+            ))
+        };
+        routers.push(RouterPlan {
+            site: s.name.clone(),
+            ns: format!("{prefix}-r-{}", s.name),
+            wan_ip,
+            lan,
+            lan_ip,
+            forward,
+        });
+        for (n, a) in s.nodes.iter().zip(addrs) {
+            nodes.push(NodeLab {
+                name: n.name.clone(),
+                site: s.name.clone(),
+                ns: format!("{prefix}-n-{}", n.name),
+                address: a,
+                lan_prefix: lan.prefix_len(),
+                gateway: lan_ip,
+                ssh_port: n.ssh.port,
+                os_family: n.os_family.unwrap_or(OsFamily::Debian),
+                dir: dir.join("nodes").join(&n.name),
+            });
+        }
+    }
+    Ok(LabPlan {
+        prefix: prefix.to_string(),
+        dir,
+        inet_ns: format!("{prefix}-inet"),
+        ctl_ns: format!("{prefix}-ctl"),
+        controller_ip,
+        routers,
+        nodes,
+        hosts,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn demo() -> LabPlan {
+        let text = include_str!("../../inventories/demo.yaml");
+        let inv = crate::inventory::load_str(Path::new("demo.yaml"), text)
+            .unwrap()
+            .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        plan(&inv, &topo, "t1", &["cabin".to_string()]).unwrap()
+    }
+
+    #[test]
+    fn demo_layout() {
+        let p = demo();
+        assert_eq!(p.routers.len(), 3);
+        assert_eq!(p.nodes.len(), 6);
+        let home = &p.routers[0];
+        assert_eq!(home.wan_ip, Ipv4Addr::new(203, 0, 113, 10));
+        assert_eq!(home.lan_ip, Ipv4Addr::new(192, 168, 0, 1));
+        assert_eq!(
+            home.forward,
+            Some((51820, Ipv4Addr::new(192, 168, 0, 10), 51820))
+        );
+        // a name endpoint gets an address from the documentation pool and resolves in the lab
+        let cabin = &p.routers[2];
+        assert_eq!(cabin.wan_ip, Ipv4Addr::new(198, 51, 100, 100));
+        assert_eq!(cabin.forward, None, "--no-port-forward cabin");
+        assert_eq!(
+            p.hosts,
+            vec![(cabin.wan_ip, "cabin.example.net".to_string())]
+        );
+        let node3 = p.nodes.iter().find(|n| n.name == "node3").unwrap();
+        assert_eq!(node3.os_family, OsFamily::Redhat);
+        assert_eq!(node3.ns, "t1-n-node3");
+        assert_eq!(p.namespaces().len(), 11);
+    }
+
+    #[test]
+    fn refuses_what_it_cannot_build() {
+        assert!(check_prefix("has-dash").is_err());
+        assert!(check_prefix("waytoolongprefix").is_err());
+        let text =
+            include_str!("../../inventories/demo.yaml").replace("192.168.0.50", "192.168.0.10");
+        let inv = crate::inventory::load_str(Path::new("demo.yaml"), &text)
+            .unwrap()
+            .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        let err = plan(&inv, &topo, "t1", &[]).unwrap_err().to_string();
+        assert!(err.contains("share the address 192.168.0.10"), "{err}");
+    }
+}
