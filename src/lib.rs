@@ -7,14 +7,18 @@
 //! what a host has.
 #![deny(missing_docs)]
 
+pub mod apply;
 pub mod cli;
 pub mod desired;
+pub mod diff;
 pub mod error;
 pub mod facts;
 pub mod inventory;
 pub mod lab;
 pub mod output;
 pub mod roles;
+pub mod status;
 pub mod topology;
+pub mod transport;
 
 pub use error::{Error, Result};

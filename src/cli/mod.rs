@@ -49,6 +49,45 @@ pub struct InvArgs {
     pub inventory: PathBuf,
 }
 
+/// Settings of commands that contact hosts.
+#[derive(Debug, clap::Args)]
+pub struct RunArgs {
+    /// Only these hosts: a node name, a site name or a glob over node names (comma-separated).
+    #[arg(short = 'l', long, value_name = "PATTERN")]
+    pub limit: Option<String>,
+    /// How many hosts work at once.
+    #[arg(short = 'f', long, default_value_t = 50)]
+    pub forks: usize,
+    /// Output format.
+    #[arg(long, value_enum, default_value = "text")]
+    pub format: Format,
+    /// Record unknown host keys in known_hosts instead of refusing them (trust on first use).
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// Seconds to connect, exchange keys and authenticate.
+    #[arg(long, default_value_t = 15)]
+    pub connect_timeout: u64,
+    /// Seconds one remote step may take.
+    #[arg(long, default_value_t = 120)]
+    pub command_timeout: u64,
+}
+
+impl RunArgs {
+    fn settings(&self, check: bool, no_rollback: bool) -> crate::apply::Settings {
+        crate::apply::Settings {
+            limit: self.limit.clone(),
+            check,
+            forks: self.forks.max(1),
+            no_rollback,
+            ssh: crate::transport::ssh::SshOptions {
+                accept_new_host_keys: self.accept_new_host_keys,
+                connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
+                command_timeout: std::time::Duration::from_secs(self.command_timeout.max(1)),
+            },
+        }
+    }
+}
+
 /// Where roles come from.
 #[derive(Debug, clap::Args)]
 pub struct RoleArgs {
@@ -91,6 +130,45 @@ pub enum Command {
     Graph {
         #[command(flatten)]
         inv: InvArgs,
+    },
+    /// Gather facts over SSH, plan the whole network, show and apply the changes.
+    Apply {
+        #[command(flatten)]
+        inv: InvArgs,
+        #[command(flatten)]
+        roles: RoleArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Contact hosts, read, plan and compare; change nothing anywhere.
+        #[arg(long)]
+        check: bool,
+        /// Show unified diffs of every file that changes (private keys redacted).
+        #[arg(long)]
+        diff: bool,
+        /// Leave a host whose change failed as it is, for inspection.
+        #[arg(long)]
+        no_rollback: bool,
+        /// With --check: exit 3 when changes are pending.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Print per-host phase timings in the recap.
+        #[arg(long)]
+        timings: bool,
+    },
+    /// Put back the files of the last apply as they were before it, and re-run the handlers.
+    Rollback {
+        #[command(flatten)]
+        inv: InvArgs,
+        #[command(flatten)]
+        run: RunArgs,
+    },
+    /// Live mesh health from every node: handshakes, endpoints, transfer; the traces of a
+    /// missing port-forward.
+    Status {
+        #[command(flatten)]
+        inv: InvArgs,
+        #[command(flatten)]
+        run: RunArgs,
     },
     /// A local testbed of the inventory's sites in network namespaces (needs root).
     #[command(subcommand)]
@@ -159,6 +237,29 @@ pub fn run(cli: Cli) -> u8 {
             render(&inv.inventory, roles.roles_path.as_deref(), &out)
         }
         Command::Graph { inv } => graph(&inv.inventory),
+        Command::Apply {
+            inv,
+            roles,
+            run,
+            check,
+            diff,
+            no_rollback,
+            detailed_exitcode,
+            timings,
+        } => apply(
+            &inv.inventory,
+            roles.roles_path.as_deref(),
+            &run,
+            ApplyFlags {
+                check,
+                diff,
+                no_rollback,
+                detailed_exitcode,
+                timings,
+            },
+        ),
+        Command::Rollback { inv, run } => rollback(&inv.inventory, &run),
+        Command::Status { inv, run } => status(&inv.inventory, &run),
         Command::Lab(l) => lab(l),
     };
     match result {
@@ -273,6 +374,107 @@ fn render(path: &Path, roles_path: Option<&Path>, out: &Path) -> Result<u8> {
         out.display()
     );
     Ok(EXIT_OK)
+}
+
+struct ApplyFlags {
+    check: bool,
+    diff: bool,
+    no_rollback: bool,
+    detailed_exitcode: bool,
+    timings: bool,
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Usage(format!("cannot start the async runtime: {e}")))
+}
+
+/// Progress while hosts work: a spinner line per host with indicatif on a terminal; plain
+/// lines when stderr is not one or `CI` is set; nothing for JSON.
+struct CliProgress {
+    bars: Option<(
+        indicatif::MultiProgress,
+        std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
+    )>,
+    plain: bool,
+}
+
+impl CliProgress {
+    fn new(format: Format) -> Self {
+        use std::io::IsTerminal;
+        let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
+        CliProgress {
+            bars: (tty && format == Format::Text)
+                .then(|| (indicatif::MultiProgress::new(), Default::default())),
+            plain: !tty && format == Format::Text,
+        }
+    }
+}
+
+impl crate::apply::Progress for CliProgress {
+    fn phase(&self, host: &str, phase: &str) {
+        if let Some((mp, bars)) = &self.bars {
+            let mut bars = bars.lock().unwrap();
+            let bar = bars.entry(host.to_string()).or_insert_with(|| {
+                let b = mp.add(indicatif::ProgressBar::new_spinner());
+                b.enable_steady_tick(std::time::Duration::from_millis(120));
+                b
+            });
+            bar.set_message(format!("{host}: {phase}"));
+        }
+    }
+    fn done(&self, host: &str, outcome: &str) {
+        if let Some((_, bars)) = &self.bars {
+            if let Some(b) = bars.lock().unwrap().remove(host) {
+                b.finish_and_clear();
+            }
+        } else if self.plain {
+            eprintln!("{host}: {outcome}");
+        }
+    }
+}
+
+fn print_report(report: &crate::apply::Report, format: Format, diff: bool, timings: bool) {
+    match format {
+        Format::Text => print!("{}", output::apply_text(report, diff, timings)),
+        Format::Json => println!(
+            "{}",
+            serde_json::to_string_pretty(&output::apply_json(report)).expect("json")
+        ),
+    }
+}
+
+fn apply(path: &Path, roles_path: Option<&Path>, run: &RunArgs, f: ApplyFlags) -> Result<u8> {
+    let roles = Roles::load(RoleSource::resolve(roles_path, path))?;
+    let p = planned(path, !f.check)?;
+    let settings = run.settings(f.check, f.no_rollback);
+    let progress = std::sync::Arc::new(CliProgress::new(run.format));
+    let report = runtime()?.block_on(crate::apply::apply(&p, &roles, &settings, progress))?;
+    print_report(&report, run.format, f.diff, f.timings);
+    Ok(report.exit_code(f.detailed_exitcode))
+}
+
+fn rollback(path: &Path, run: &RunArgs) -> Result<u8> {
+    let p = planned(path, false)?;
+    let settings = run.settings(false, false);
+    let progress = std::sync::Arc::new(CliProgress::new(run.format));
+    let report = runtime()?.block_on(crate::apply::rollback(&p, &settings, progress))?;
+    print_report(&report, run.format, false, false);
+    Ok(report.exit_code(false))
+}
+
+fn status(path: &Path, run: &RunArgs) -> Result<u8> {
+    let p = planned(path, false)?;
+    let settings = run.settings(true, false);
+    let progress = std::sync::Arc::new(CliProgress::new(run.format));
+    let report = runtime()?.block_on(crate::status::status(&p, &settings, progress))?;
+    match run.format {
+        Format::Text => print!("{}", crate::status::text(&report)),
+        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
+    }
+    Ok(report.exit_code())
 }
 
 fn lab(cmd: LabCommand) -> Result<u8> {

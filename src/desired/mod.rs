@@ -14,6 +14,9 @@ use crate::roles::{ContentSpec, EditKind, MergeKind, Roles};
 use crate::topology::keys::{Keypair, PublicKey};
 use crate::topology::{NodePlan, PeerRef, Topology};
 
+/// Given a peer's AllowedIPs (`a, b`), the public key of an existing entry with them.
+pub type PeerFallback<'a> = dyn Fn(&str) -> Option<String> + 'a;
+
 /// A node's name and its desired files.
 pub type HostFiles = (String, Vec<DesiredFile>);
 
@@ -55,15 +58,21 @@ pub struct HostInput<'a> {
     pub os_family: OsFamily,
     /// Current content of a file on the node, when known (facts); offline: nothing.
     pub existing: &'a dyn Fn(&str) -> Option<String>,
+    /// For a peer whose key cannot be learned (its node is unreachable): the public key of the
+    /// node's existing peer entry with the same AllowedIPs, so that the entry is kept.
+    pub peer_fallback: Option<&'a PeerFallback<'a>>,
 }
 
 /// Builds the template context of `node` (without role defaults).
+/// Peers whose key is neither known nor recoverable through `fallback` are left out and named
+/// in the second value.
 pub fn context(
     topo: &Topology,
     node: &NodePlan,
     os_family: OsFamily,
     keys: &KeyRing,
-) -> Result<Json> {
+    fallback: Option<&PeerFallback<'_>>,
+) -> Result<(Json, Vec<String>)> {
     let net = &topo.network;
     let site = topo.site(&node.site).expect("node's site");
     let kp = keys.get(&node.name).ok_or_else(|| Error::Role {
@@ -71,7 +80,10 @@ pub fn context(
         message: format!("no key known for node {}", node.name),
     })?;
     let mut peers = Vec::new();
+    let mut skipped = Vec::new();
     for p in topo.peers(node) {
+        let allowed: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
+        let allowed = allowed.join(", ");
         let (pk, comment): (Option<PublicKey>, String) = match &p.peer {
             PeerRef::Node(n) => {
                 let role = if p.site == node.site {
@@ -89,23 +101,34 @@ pub fn context(
                 format!("site {s} (unmanaged)"),
             ),
         };
-        let pk = pk.ok_or_else(|| Error::Role {
-            role: "wireguard".into(),
-            message: format!("no public key known for peer {comment} of {}", node.name),
-        })?;
-        let allowed: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
+        let pk = match (pk, fallback) {
+            (Some(k), _) => k.to_base64(),
+            (None, Some(f)) => match f(&allowed) {
+                Some(k) => k,
+                None => {
+                    skipped.push(comment);
+                    continue;
+                }
+            },
+            (None, None) => {
+                return Err(Error::Role {
+                    role: "wireguard".into(),
+                    message: format!("no public key known for peer {comment} of {}", node.name),
+                });
+            }
+        };
         peers.push(json!({
             "name": match &p.peer { PeerRef::Node(n) | PeerRef::Site(n) => n },
             "site": p.site,
             "comment": comment,
-            "public_key": pk.to_base64(),
-            "allowed_ips": allowed.join(", "),
+            "public_key": pk,
+            "allowed_ips": allowed,
             "endpoint": p.endpoint,
             "persistent_keepalive": p.persistent_keepalive,
         }));
     }
     let iface = &net.interface;
-    Ok(json!({
+    let ctx = json!({
         "node": {
             "name": node.name,
             "site": node.site,
@@ -136,7 +159,8 @@ pub fn context(
         "forward_up": "iptables -C FORWARD -i %i -o %i -j ACCEPT 2>/dev/null || iptables -I FORWARD -i %i -o %i -j ACCEPT",
         "forward_down": "iptables -D FORWARD -i %i -o %i -j ACCEPT 2>/dev/null || true",
         "peers": peers,
-    }))
+    });
+    Ok((ctx, skipped))
 }
 
 fn render_err(role: &str, what: &str, e: minijinja::Error) -> Error {
@@ -159,7 +183,17 @@ pub fn desired_files(
     keys: &KeyRing,
     input: &HostInput,
 ) -> Result<Vec<DesiredFile>> {
-    let base = context(topo, input.node, input.os_family, keys)?;
+    desired_files_with_skips(roles, topo, keys, input).map(|(f, _)| f)
+}
+
+/// [`desired_files`], and the peers left out because their key could not be learned.
+pub fn desired_files_with_skips(
+    roles: &Roles,
+    topo: &Topology,
+    keys: &KeyRing,
+    input: &HostInput,
+) -> Result<(Vec<DesiredFile>, Vec<String>)> {
+    let (base, skipped) = context(topo, input.node, input.os_family, keys, input.peer_fallback)?;
     let mut out = Vec::new();
     for role in &roles.roles {
         // role defaults first, the node's own variables over them
@@ -238,7 +272,31 @@ pub fn desired_files(
             });
         }
     }
-    Ok(out)
+    Ok((out, skipped))
+}
+
+/// Every path the roles may manage on `node`, for either OS family: what facts must read.
+pub fn candidate_paths(roles: &Roles, topo: &Topology, node: &NodePlan) -> Result<Vec<String>> {
+    let mut keys = KeyRing::new();
+    let placeholder = Keypair::generate();
+    for n in &topo.nodes {
+        keys.insert(n.name.clone(), placeholder.clone());
+    }
+    let mut paths = Vec::new();
+    for os in [OsFamily::Debian, OsFamily::Redhat] {
+        let input = HostInput {
+            node,
+            os_family: os,
+            existing: &|_| None,
+            peer_fallback: Some(&|_| Some(String::new())),
+        };
+        for f in desired_files_with_skips(roles, topo, &keys, &input)?.0 {
+            if !paths.contains(&f.path) {
+                paths.push(f.path);
+            }
+        }
+    }
+    Ok(paths)
 }
 
 /// The OS family to plan with when no facts are known: the inventory's, else Debian.
@@ -296,6 +354,7 @@ pub fn render_offline(
                                 node: n,
                                 os_family: offline_os_family(n),
                                 existing: &none,
+                                peer_fallback: None,
                             };
                             desired_files(roles, topo, keys, &input).map(|f| (n.name.clone(), f))
                         })

@@ -277,3 +277,107 @@ pub fn graph_dot(topo: &Topology) -> String {
     o.push_str("}\n");
     o
 }
+
+/// `apply` as text: one line per host per file, diffs with `--diff`, handlers, warnings, and
+/// a recap line per host like Ansible's.
+pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool) -> String {
+    use crate::apply::HostStatus;
+    let mut o = String::new();
+    let verb = if report.check { "would run" } else { "ran" };
+    for h in &report.hosts {
+        for c in &h.changes {
+            let _ = writeln!(o, "{}: {} {}", h.name, c.action.as_str(), c.path);
+            if show_diff && !c.diff.is_empty() {
+                for l in c.diff.lines() {
+                    let _ = writeln!(o, "    {l}");
+                }
+            }
+        }
+        if h.status != HostStatus::Unreachable && h.error.is_none()
+            || h.status == HostStatus::RolledBack
+        {
+            for hd in &h.handlers {
+                let _ = writeln!(o, "{}: handler {hd} ({verb})", h.name);
+            }
+        }
+        for w in &h.warnings {
+            let _ = writeln!(o, "{}: warning: {w}", h.name);
+        }
+        if let Some(e) = &h.error {
+            let what = match h.status {
+                HostStatus::Unreachable => "UNREACHABLE",
+                HostStatus::RolledBack => "FAILED, ROLLED BACK",
+                _ => "FAILED",
+            };
+            let _ = writeln!(o, "{}: {what}: {e}", h.name);
+        }
+    }
+    for w in &report.warnings {
+        let _ = writeln!(o, "warning: {w}");
+    }
+    let _ = writeln!(
+        o,
+        "\n{}RECAP {}",
+        if report.check { "CHECK " } else { "" },
+        "*".repeat(60)
+    );
+    let width = report
+        .hosts
+        .iter()
+        .map(|h| h.name.len())
+        .max()
+        .unwrap_or(4)
+        .max(4);
+    for h in &report.hosts {
+        let changed = if matches!(h.status, HostStatus::Changed | HostStatus::RolledBack) {
+            h.changed()
+        } else {
+            0
+        };
+        let failed = usize::from(matches!(
+            h.status,
+            HostStatus::Failed | HostStatus::RolledBack
+        ));
+        let unreachable = usize::from(h.status == HostStatus::Unreachable);
+        let ok = if unreachable + failed > 0 {
+            0
+        } else {
+            h.changes.len() + h.handlers.len()
+        };
+        let _ = write!(
+            o,
+            "{:<width$} : ok={ok:<4} changed={changed:<4} failed={failed:<4} unreachable={unreachable:<4}",
+            h.name
+        );
+        if h.status == HostStatus::RolledBack {
+            o.push_str(" rolled_back=1");
+        }
+        if timings {
+            let t = &h.timings;
+            let _ = write!(
+                o,
+                "  connect={:.3}s facts={:.3}s apply={:.3}s rollback={:.3}s",
+                t.connect, t.facts, t.apply, t.rollback
+            );
+        }
+        o.push('\n');
+    }
+    o
+}
+
+/// `apply --format json`: hosts by name with status and changes, and the summary.
+pub fn apply_json(report: &crate::apply::Report) -> serde_json::Value {
+    let mut hosts = serde_json::Map::new();
+    for h in &report.hosts {
+        hosts.insert(
+            h.name.clone(),
+            serde_json::to_value(h).expect("host report serializes"),
+        );
+    }
+    serde_json::json!({
+        "hosts": hosts,
+        "summary": report.summary(),
+        "check": report.check,
+        "warnings": report.warnings,
+    })
+}

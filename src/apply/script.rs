@@ -1,0 +1,311 @@
+//! The shell scripts of a host's transaction, built locally and sent in one exec each:
+//! backup + atomic writes + handlers + read-back for the change, and restore + handlers for the
+//! rollback. Contents travel base64-encoded inside the script on stdin (inside the encrypted
+//! channel, never on a command line). Which handler runs is decided here, from the facts.
+
+use std::collections::BTreeSet;
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::desired::FileState;
+use crate::diff::{Action, Change};
+use crate::facts::Facts;
+use crate::facts::gather::{PATH_PRELUDE, sh_quote};
+use crate::facts::wgconf::WgConfig;
+
+/// Where backups of the last apply live.
+pub const STATE_DIR: &str = "/var/lib/wgprov";
+/// Marker of a failed step in a script's output.
+pub const FAIL: &str = "@@WGPROV-FAIL@@";
+/// Marker before the read-back of the interface.
+pub const VERIFY: &str = "@@WGPROV-VERIFY@@";
+/// Marker printed when a script completed.
+pub const DONE: &str = "@@WGPROV-DONE@@";
+
+/// What the handlers will do on a host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HandlerPlan {
+    /// Bring the interface up to date: `Some(true)` restart, `Some(false)` `wg syncconf`.
+    pub wireguard: Option<bool>,
+    /// `sysctl -p` wgprov's file.
+    pub sysctl: bool,
+    /// Restart kubelet (only where it is installed).
+    pub kubelet: bool,
+}
+
+impl HandlerPlan {
+    /// Short descriptions, for reports.
+    pub fn describe(&self, iface: &str, facts: &Facts) -> Vec<String> {
+        let mut v = Vec::new();
+        match self.wireguard {
+            Some(true) if facts.systemd => {
+                v.push(format!("wireguard: systemctl restart wg-quick@{iface}"))
+            }
+            Some(true) => v.push(format!("wireguard: wg-quick down/up {iface}")),
+            Some(false) => v.push(format!("wireguard: wg syncconf {iface}")),
+            None => {}
+        }
+        if self.sysctl {
+            v.push("sysctl: sysctl -p /etc/sysctl.d/99-wgprov.conf".into());
+        }
+        if self.kubelet {
+            if facts.tools.contains("kubelet") {
+                v.push("kubelet: restart".into());
+            } else {
+                v.push("kubelet: not installed, nothing to restart".into());
+            }
+        }
+        v
+    }
+}
+
+/// Interface keys whose change needs the interface restarted (syncconf handles peers and the
+/// private key; everything else in `[Interface]` is wg-quick's).
+fn interface_changed(old: Option<&str>, new: Option<&str>) -> bool {
+    let norm = |t: Option<&str>| -> BTreeSet<(String, String)> {
+        let c = WgConfig::parse(t.unwrap_or(""));
+        c.interface()
+            .map(|i| {
+                i.lines
+                    .iter()
+                    .filter_map(|l| match l {
+                        crate::facts::wgconf::Line::Entry { key, value, .. }
+                            if !key.eq_ignore_ascii_case("PrivateKey") =>
+                        {
+                            Some((key.to_ascii_lowercase(), value.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    norm(old) != norm(new)
+}
+
+/// Decides the handlers from the changes, and whether the interface is up now.
+pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> HandlerPlan {
+    let mut h = HandlerPlan::default();
+    for c in changes.iter().filter(|c| c.action != Action::Unchanged) {
+        for n in &c.desired.notify {
+            match n.as_str() {
+                "wireguard" => {
+                    let new = match &c.desired.state {
+                        FileState::Present { content, .. } => Some(content.as_str()),
+                        FileState::Absent => None,
+                    };
+                    let restart = facts.wg.is_none() || interface_changed(c.current.content(), new);
+                    h.wireguard = Some(h.wireguard.unwrap_or(false) || restart);
+                }
+                "sysctl" => h.sysctl = c.action != Action::Removed,
+                "kubelet" => h.kubelet = true,
+                _ => {}
+            }
+        }
+    }
+    // converge: an unchanged config whose interface is down is brought up
+    if h.wireguard.is_none()
+        && facts.wg.is_none()
+        && changes.iter().any(|c| c.desired.path == wg_path)
+    {
+        h.wireguard = Some(true);
+    }
+    h
+}
+
+fn handlers_script(h: &HandlerPlan, iface: &str, facts: &Facts, restore: bool) -> String {
+    let q = sh_quote(iface);
+    let mut s = String::new();
+    if let Some(restart) = h.wireguard {
+        if facts.systemd {
+            s.push_str(&format!(
+                "systemctl enable -q wg-quick@{iface} 2>/dev/null || true\n"
+            ));
+        }
+        let conf = format!("/etc/wireguard/{iface}.conf");
+        if restore {
+            // back to the old interface: up with the restored config, or gone if there was none
+            s.push_str(&format!(
+                "wg-quick down {q} >/dev/null 2>&1 || true\nif [ -f {c} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; fail 'handler wireguard: wg-quick up (restored config)'; }}; fi\n",
+                c = sh_quote(&conf)
+            ));
+        } else if restart {
+            if facts.systemd {
+                s.push_str(&format!(
+                    "out=$(systemctl restart wg-quick@{iface} 2>&1) || {{ echo \"$out\" >&2; fail 'handler wireguard: systemctl restart wg-quick@{iface}'; }}\n"
+                ));
+            } else {
+                s.push_str(&format!(
+                    "wg-quick down {q} >/dev/null 2>&1 || true\nout=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; fail 'handler wireguard: wg-quick up'; }}\n"
+                ));
+            }
+        } else {
+            // never feed syncconf empty input: strip to a file and check it first
+            s.push_str(&format!(
+                "t=$(mktemp) || fail 'handler wireguard: mktemp'\n\
+                 wg-quick strip {q} > \"$t\" 2>/dev/null || {{ rm -f \"$t\"; fail 'handler wireguard: wg-quick strip'; }}\n\
+                 if ! grep -q '^PrivateKey' \"$t\"; then rm -f \"$t\"; fail 'handler wireguard: stripped config is empty'; fi\n\
+                 out=$(wg syncconf {q} \"$t\" 2>&1) || {{ rm -f \"$t\"; echo \"$out\" >&2; fail 'handler wireguard: wg syncconf'; }}\n\
+                 rm -f \"$t\"\n"
+            ));
+        }
+    }
+    if h.sysctl {
+        s.push_str(
+            "if [ -f /etc/sysctl.d/99-wgprov.conf ]; then out=$(sysctl -q -p /etc/sysctl.d/99-wgprov.conf 2>&1) || { echo \"$out\" >&2; fail 'handler sysctl'; }; fi\n",
+        );
+    }
+    if h.kubelet && facts.tools.contains("kubelet") {
+        if facts.systemd {
+            s.push_str("out=$(systemctl restart kubelet 2>&1) || { echo \"$out\" >&2; fail 'handler kubelet: systemctl restart kubelet'; }\n");
+        } else {
+            s.push_str("echo 'kubelet is installed but systemd is not running: restart kubelet yourself' >&2\n");
+        }
+    }
+    s
+}
+
+fn prelude() -> String {
+    format!("{PATH_PRELUDE}set -u\numask 077\nfail() {{ echo \"{FAIL} $1\"; exit 1; }}\n")
+}
+
+fn verify_tail(iface: &str) -> String {
+    let q = sh_quote(iface);
+    format!(
+        "echo '{VERIFY}'\nif ip link show {q} >/dev/null 2>&1; then wg show {q} dump | base64 -w0; fi\necho\necho '{DONE}'\n"
+    )
+}
+
+/// The change transaction: back up every file it changes to `/var/lib/wgprov/backup` (the
+/// previous backup is replaced only once the new one is complete), write each file atomically
+/// (temp file in the same directory, mode, fsync, rename), run the handlers, read back the
+/// interface.
+pub fn apply_script(changes: &[Change], h: &HandlerPlan, iface: &str, facts: &Facts) -> String {
+    let mut s = prelude();
+    let b = format!("{STATE_DIR}/backup");
+    s.push_str(&format!(
+        "mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR} || fail backup\nB={b}\nrm -rf \"$B.new\" && mkdir \"$B.new\" || fail backup\n"
+    ));
+    let changed: Vec<&Change> = changes
+        .iter()
+        .filter(|c| c.action != Action::Unchanged)
+        .collect();
+    for (i, c) in changed.iter().enumerate() {
+        let p = sh_quote(&c.desired.path);
+        s.push_str(&format!(
+            "if [ -e {p} ]; then cp -p {p} \"$B.new/{i}\" && echo '{i} present {path}' >> \"$B.new/manifest\" || fail 'backup {path}'; else echo '{i} absent {path}' >> \"$B.new/manifest\" || fail backup; fi\n",
+            path = c.desired.path.replace('\'', "")
+        ));
+    }
+    s.push_str("rm -rf \"$B.old\"; if [ -d \"$B\" ]; then mv \"$B\" \"$B.old\" || fail backup; fi\nmv \"$B.new\" \"$B\" && rm -rf \"$B.old\" || fail backup\n");
+    for c in &changed {
+        let p = sh_quote(&c.desired.path);
+        match &c.desired.state {
+            FileState::Present { content, mode } => {
+                let dir = std::path::Path::new(&c.desired.path)
+                    .parent()
+                    .map(|d| d.display().to_string())
+                    .unwrap_or_else(|| "/".into());
+                let dq = sh_quote(&dir);
+                // directories wgprov creates get their mode: its own state and notes are readable
+                // by root only where they hold secrets
+                let dmode = if dir.starts_with("/etc/wireguard") || dir.starts_with(STATE_DIR) {
+                    "700"
+                } else {
+                    "755"
+                };
+                s.push_str(&format!(
+                    "[ -d {dq} ] || {{ mkdir -p {dq} && chmod {dmode} {dq}; }} || fail 'write {path}'\n\
+                     t=$(mktemp {tmpl}) || fail 'write {path}'\n\
+                     base64 -d > \"$t\" <<'@@WGPROV-EOF@@' || {{ rm -f \"$t\"; fail 'write {path}'; }}\n{b64}\n@@WGPROV-EOF@@\n\
+                     chmod {mode:o} \"$t\" && sync \"$t\" 2>/dev/null; mv -f \"$t\" {p} || {{ rm -f \"$t\"; fail 'write {path}'; }}\n",
+                    tmpl = sh_quote(&format!("{dir}/.wgprov.XXXXXX")),
+                    b64 = wrap(&STANDARD.encode(content)),
+                    path = c.desired.path.replace('\'', ""),
+                ));
+            }
+            FileState::Absent => {
+                s.push_str(&format!(
+                    "rm -f {p} || fail 'remove {}'\n",
+                    c.desired.path.replace('\'', "")
+                ));
+            }
+        }
+    }
+    s.push_str(&handlers_script(h, iface, facts, false));
+    s.push_str(&verify_tail(iface));
+    s
+}
+
+/// Only the handlers and the read-back (an unchanged config whose interface is down).
+pub fn handlers_only_script(h: &HandlerPlan, iface: &str, facts: &Facts) -> String {
+    let mut s = prelude();
+    s.push_str(&handlers_script(h, iface, facts, false));
+    s.push_str(&verify_tail(iface));
+    s
+}
+
+/// Puts back every file of the last apply's backup byte for byte (mode and times too), then
+/// re-runs the handlers with the restored files.
+pub fn rollback_script(iface: &str, facts: &Facts) -> String {
+    let mut s = prelude();
+    s.push_str(&format!(
+        "B={STATE_DIR}/backup\n[ -f \"$B/manifest\" ] || fail 'no backup to restore in {STATE_DIR}'\n\
+         while read -r i state path; do\n\
+           if [ \"$state\" = present ]; then cp -p \"$B/$i\" \"$path.wgprov-restore\" && mv -f \"$path.wgprov-restore\" \"$path\" || fail \"restore $path\"\n\
+           else rm -f \"$path\" || fail \"restore $path\"; fi\n\
+           echo \"restored $path\"\n\
+         done < \"$B/manifest\"\n"
+    ));
+    let h = HandlerPlan {
+        wireguard: Some(true),
+        sysctl: true,
+        kubelet: true,
+    };
+    s.push_str(&handlers_script(&h, iface, facts, true));
+    s.push_str(&verify_tail(iface));
+    s
+}
+
+fn wrap(b64: &str) -> String {
+    let mut out = String::with_capacity(b64.len() + b64.len() / 76 + 1);
+    for (i, ch) in b64.as_bytes().chunks(76).enumerate() {
+        if i > 0 {
+            out.push('\n');
+        }
+        out.push_str(std::str::from_utf8(ch).expect("base64 is ASCII"));
+    }
+    out
+}
+
+/// What a transaction script reported.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ScriptResult {
+    /// The failed step, if one failed.
+    pub failed_step: Option<String>,
+    /// The interface read back after the handlers (`wg show dump`, private key dropped).
+    pub wg: Option<crate::facts::gather::WgState>,
+    /// True when the script ran to its end.
+    pub done: bool,
+}
+
+/// Reads a transaction's output.
+pub fn parse_result(stdout: &str) -> ScriptResult {
+    let mut r = ScriptResult::default();
+    let mut lines = stdout.lines();
+    while let Some(l) = lines.next() {
+        if let Some(step) = l.strip_prefix(FAIL) {
+            r.failed_step = Some(step.trim().to_string());
+        } else if l == VERIFY {
+            let dump = lines.next().unwrap_or("");
+            r.wg = STANDARD
+                .decode(dump.trim())
+                .ok()
+                .and_then(|b| crate::facts::gather::parse_wg_dump(&String::from_utf8_lossy(&b)));
+        } else if l == DONE {
+            r.done = true;
+        }
+    }
+    r
+}

@@ -1,0 +1,293 @@
+//! Facts in one round trip: one shell script gathers everything a host needs (os-release, the
+//! managed files with their modes, `wg show dump`, which tools and init system it has), each
+//! section behind a delimiter, file contents in base64 so that they come back byte for byte.
+//! The parser turns that output into [`Facts`]. The private key in `wg show dump` is dropped as
+//! soon as it is parsed.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+
+use crate::inventory::OsFamily;
+
+/// Delimiter that starts a section of the facts output.
+pub const MARK: &str = "@@WGPROV-FACT@@";
+
+/// A file as found on the host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum FileFact {
+    /// Not there.
+    Absent,
+    /// There, with its mode and content.
+    Present {
+        /// Permission bits.
+        mode: u32,
+        /// Content (lossy UTF-8 when the bytes were not text).
+        content: String,
+    },
+}
+
+impl FileFact {
+    /// The content, when present.
+    pub fn content(&self) -> Option<&str> {
+        match self {
+            FileFact::Present { content, .. } => Some(content),
+            FileFact::Absent => None,
+        }
+    }
+}
+
+/// One peer as `wg show dump` reports it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerState {
+    /// Base64 public key.
+    pub public_key: String,
+    /// Where its packets come from (or `(none)`).
+    pub endpoint: Option<String>,
+    /// AllowedIPs.
+    pub allowed_ips: Vec<String>,
+    /// Unix time of the last handshake (0: never).
+    pub latest_handshake: u64,
+    /// Bytes received.
+    pub rx: u64,
+    /// Bytes sent.
+    pub tx: u64,
+    /// Keepalive seconds (0: off).
+    pub keepalive: u32,
+}
+
+/// The live interface as `wg show <iface> dump` reports it (private key dropped).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WgState {
+    /// The interface's public key.
+    pub public_key: String,
+    /// Its listen port.
+    pub listen_port: u16,
+    /// Its peers.
+    pub peers: Vec<PeerState>,
+}
+
+/// Everything gathered from one host.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Facts {
+    /// OS family from /etc/os-release, when recognised.
+    pub os_family: Option<OsFamily>,
+    /// `ID` from /etc/os-release.
+    pub os_id: String,
+    /// The files asked about, by path.
+    pub files: BTreeMap<String, FileFact>,
+    /// The live interface, when it exists.
+    pub wg: Option<WgState>,
+    /// Tools found on PATH (systemctl, wg, wg-quick, kubelet, iptables, sudo).
+    pub tools: BTreeSet<String>,
+    /// True when systemd is the running init.
+    pub systemd: bool,
+    /// The remote user id the script ran as.
+    pub uid: u32,
+    /// Unix time on the host when the facts were read.
+    pub now: u64,
+}
+
+/// Quotes a string for the shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The PATH every remote script starts with (sshd's default PATH may lack sbin).
+pub const PATH_PRELUDE: &str =
+    "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C\n";
+
+/// The gathering script for `iface` and the given file paths.
+pub fn script(iface: &str, paths: &[String]) -> String {
+    let mut s = String::from(PATH_PRELUDE);
+    s.push_str(&format!(
+        "M='{MARK}'\nsec() {{ printf '%s %s\\n' \"$M\" \"$*\"; }}\n"
+    ));
+    s.push_str(
+        "sec os_release; if [ -r /etc/os-release ]; then base64 -w0 < /etc/os-release; fi; echo\n",
+    );
+    s.push_str("for f in");
+    for p in paths {
+        s.push(' ');
+        s.push_str(&sh_quote(p));
+    }
+    s.push_str(
+        "; do\n  sec file \"$f\"\n  if [ -f \"$f\" ]; then printf 'present %s ' \"$(stat -c %a \"$f\")\"; base64 -w0 < \"$f\"; echo; else echo absent; fi\ndone\n",
+    );
+    let q = sh_quote(iface);
+    s.push_str(&format!(
+        "sec wg; if command -v wg >/dev/null 2>&1 && ip link show {q} >/dev/null 2>&1; then wg show {q} dump | base64 -w0; fi; echo\n"
+    ));
+    s.push_str("sec tools; for t in systemctl wg wg-quick kubelet iptables sudo; do command -v $t >/dev/null 2>&1 && printf '%s ' $t; done; echo\n");
+    s.push_str("sec systemd; if [ -d /run/systemd/system ]; then echo yes; else echo no; fi\n");
+    s.push_str("sec uid; id -u\nsec now; date +%s\nsec end\n");
+    s
+}
+
+fn b64(s: &str) -> Result<String, String> {
+    let bytes = STANDARD
+        .decode(s.trim())
+        .map_err(|e| format!("bad base64 in facts: {e}"))?;
+    Ok(String::from_utf8_lossy(&bytes).into_owned())
+}
+
+/// The OS family an os-release file describes.
+pub fn os_family_of(os_release: &str) -> (Option<OsFamily>, String) {
+    let mut id = String::new();
+    let mut like = String::new();
+    for l in os_release.lines() {
+        if let Some((k, v)) = l.split_once('=') {
+            let v = v.trim().trim_matches('"').to_ascii_lowercase();
+            match k.trim() {
+                "ID" => id = v,
+                "ID_LIKE" => like = v,
+                _ => {}
+            }
+        }
+    }
+    let words: Vec<&str> = id
+        .split_whitespace()
+        .chain(like.split_whitespace())
+        .collect();
+    let fam = if words.iter().any(|w| ["debian", "ubuntu"].contains(w)) {
+        Some(OsFamily::Debian)
+    } else if words
+        .iter()
+        .any(|w| ["rhel", "fedora", "centos", "rocky", "almalinux", "redhat"].contains(w))
+    {
+        Some(OsFamily::Redhat)
+    } else {
+        None
+    };
+    (fam, id)
+}
+
+/// Parses `wg show <iface> dump`; the interface's private key is read past, never kept.
+pub fn parse_wg_dump(text: &str) -> Option<WgState> {
+    let mut lines = text.lines();
+    let first: Vec<&str> = lines.next()?.split('\t').collect();
+    if first.len() < 3 {
+        return None;
+    }
+    let mut st = WgState {
+        public_key: first[1].to_string(),
+        listen_port: first[2].parse().unwrap_or(0),
+        peers: Vec::new(),
+    };
+    for l in lines {
+        let f: Vec<&str> = l.split('\t').collect();
+        if f.len() < 8 {
+            continue;
+        }
+        st.peers.push(PeerState {
+            public_key: f[0].to_string(),
+            endpoint: (f[2] != "(none)").then(|| f[2].to_string()),
+            allowed_ips: if f[3] == "(none)" {
+                Vec::new()
+            } else {
+                f[3].split(',').map(str::to_string).collect()
+            },
+            latest_handshake: f[4].parse().unwrap_or(0),
+            rx: f[5].parse().unwrap_or(0),
+            tx: f[6].parse().unwrap_or(0),
+            keepalive: f[7].parse().unwrap_or(0),
+        });
+    }
+    Some(st)
+}
+
+/// Parses the output of [`script`].
+pub fn parse(output: &str) -> Result<Facts, String> {
+    let mut facts = Facts::default();
+    let mut complete = false;
+    let mut sections: Vec<(String, Vec<&str>)> = Vec::new();
+    for line in output.lines() {
+        if let Some(rest) = line.strip_prefix(MARK) {
+            sections.push((rest.trim_start().to_string(), Vec::new()));
+        } else if let Some(last) = sections.last_mut() {
+            last.1.push(line);
+        }
+    }
+    for (head, body) in sections {
+        let value = body.join("\n");
+        let (name, arg) = head.split_once(' ').unwrap_or((head.as_str(), ""));
+        match name {
+            "os_release" => {
+                let text = b64(&value)?;
+                (facts.os_family, facts.os_id) = os_family_of(&text);
+            }
+            "file" => {
+                let v = value.trim();
+                let fact = if v == "absent" {
+                    FileFact::Absent
+                } else {
+                    let mut parts = v.splitn(3, ' ');
+                    let (_, mode, data) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
+                    FileFact::Present {
+                        mode: u32::from_str_radix(mode.unwrap_or("0"), 8)
+                            .map_err(|_| format!("bad mode for {arg}"))?,
+                        content: b64(data)?,
+                    }
+                };
+                facts.files.insert(arg.to_string(), fact);
+            }
+            "wg" => facts.wg = parse_wg_dump(&b64(&value)?),
+            "tools" => facts.tools = value.split_whitespace().map(str::to_string).collect(),
+            "systemd" => facts.systemd = value.trim() == "yes",
+            "uid" => facts.uid = value.trim().parse().unwrap_or(u32::MAX),
+            "now" => facts.now = value.trim().parse().unwrap_or(0),
+            "end" => complete = true,
+            _ => {}
+        }
+    }
+    if !complete {
+        return Err("the facts script did not finish".into());
+    }
+    Ok(facts)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_what_the_script_prints() {
+        let conf = "[Interface]\nPrivateKey = SECRET\n";
+        let out = format!(
+            "{MARK} os_release\n{}\n{MARK} file /etc/wireguard/wg0.conf\npresent 600 {}\n{MARK} file /etc/default/kubelet\nabsent\n{MARK} wg\n{}\n{MARK} tools\nwg wg-quick iptables \n{MARK} systemd\nno\n{MARK} uid\n0\n{MARK} now\n1700000000\n{MARK} end\n",
+            STANDARD.encode("ID=rocky\nID_LIKE=\"rhel centos fedora\"\n"),
+            STANDARD.encode(conf),
+            STANDARD.encode("PRIV\tPUB\t51820\toff\nPEER\t(none)\t1.2.3.4:51820\t10.100.0.2/32\t1699999990\t100\t200\t25\n"),
+        );
+        let f = parse(&out).unwrap();
+        assert_eq!(f.os_family, Some(OsFamily::Redhat));
+        assert_eq!(
+            f.files["/etc/wireguard/wg0.conf"],
+            FileFact::Present {
+                mode: 0o600,
+                content: conf.into()
+            }
+        );
+        assert_eq!(f.files["/etc/default/kubelet"], FileFact::Absent);
+        let wg = f.wg.unwrap();
+        assert_eq!((wg.public_key.as_str(), wg.listen_port), ("PUB", 51820));
+        assert_eq!(wg.peers[0].endpoint.as_deref(), Some("1.2.3.4:51820"));
+        assert_eq!(wg.peers[0].latest_handshake, 1699999990);
+        assert!(
+            !format!("{wg:?}").contains("PRIV"),
+            "the dump's private key is dropped"
+        );
+        assert!(f.tools.contains("wg-quick") && !f.systemd && f.uid == 0);
+    }
+
+    #[test]
+    fn truncated_output_is_an_error() {
+        assert!(parse(&format!("{MARK} os_release\n\n")).is_err());
+    }
+
+    #[test]
+    fn quoting_survives_odd_paths() {
+        assert_eq!(sh_quote("/a b/it's"), "'/a b/it'\\''s'");
+    }
+}

@@ -1,0 +1,274 @@
+//! `wgprov status`: live mesh health from every node (`wg show dump`), and the diagnosis an
+//! operator needs. A forgotten port-forward is subtle: the site's next-hop still reaches sites
+//! that have endpoints (its keepalive opens its own NAT), so what shows is (a) pairs that never
+//! complete a handshake — typically with sites that have no endpoint — and (b) a peer seen at an
+//! address:port other than its configured endpoint (its NAT's outgoing mapping).
+
+use std::collections::HashMap;
+use std::fmt::Write as _;
+use std::net::ToSocketAddrs;
+use std::sync::Arc;
+
+use serde::Serialize;
+
+use crate::apply::{Progress, Settings, connect_all, run_all};
+use crate::error::Result;
+use crate::facts::gather::{self, WgState};
+use crate::topology::{PeerRef, Planned, Topology};
+use crate::transport::Transport;
+
+/// One peer as a node sees it.
+#[derive(Clone, Debug, Serialize)]
+pub struct PeerStatus {
+    /// Who the peer is (node name, or `site NAME` for an unmanaged site), when known.
+    pub peer: String,
+    /// Public key.
+    pub public_key: String,
+    /// Endpoint in the config, if any.
+    pub configured_endpoint: Option<String>,
+    /// Where its packets come from now.
+    pub seen_endpoint: Option<String>,
+    /// Seconds since the last handshake; `None`: never.
+    pub handshake_age: Option<u64>,
+    /// Bytes received.
+    pub rx: u64,
+    /// Bytes sent.
+    pub tx: u64,
+}
+
+/// One node's interface.
+#[derive(Clone, Debug, Serialize)]
+pub struct NodeStatus {
+    /// Node name.
+    pub name: String,
+    /// Site name.
+    pub site: String,
+    /// `up`, `down` or `unreachable: …`.
+    pub state: String,
+    /// Its peers.
+    pub peers: Vec<PeerStatus>,
+}
+
+/// The whole mesh.
+#[derive(Clone, Debug, Serialize)]
+pub struct StatusReport {
+    /// Every managed node.
+    pub nodes: Vec<NodeStatus>,
+    /// Problems found, each with its likely cause.
+    pub findings: Vec<String>,
+}
+
+impl StatusReport {
+    /// 0 when every node is up and nothing was found; else 1.
+    pub fn exit_code(&self) -> u8 {
+        u8::from(!self.findings.is_empty() || self.nodes.iter().any(|n| n.state != "up"))
+    }
+}
+
+fn resolve(ep: &str) -> Option<String> {
+    ep.to_socket_addrs()
+        .ok()?
+        .find(|a| a.is_ipv4())
+        .map(|a| a.to_string())
+}
+
+/// The diagnosis, from each node's live interface (pure: unit-tested with fixtures).
+pub fn diagnose(
+    topo: &Topology,
+    live: &HashMap<String, Option<WgState>>,
+    now: u64,
+) -> StatusReport {
+    let key_of: HashMap<&str, &str> = live
+        .iter()
+        .filter_map(|(n, w)| w.as_ref().map(|w| (w.public_key.as_str(), n.as_str())))
+        .collect();
+    let mut nodes = Vec::new();
+    let mut findings = Vec::new();
+    // (a) pairs of sites whose next-hops never completed a handshake
+    let mut never: Vec<(String, String)> = Vec::new();
+    for n in &topo.nodes {
+        let state = match live.get(&n.name) {
+            None => "unreachable".to_string(),
+            Some(None) => "down".to_string(),
+            Some(Some(_)) => "up".to_string(),
+        };
+        let mut peers = Vec::new();
+        if let Some(Some(wg)) = live.get(&n.name) {
+            let planned = topo.peers(n);
+            for p in &wg.peers {
+                let who = key_of.get(p.public_key.as_str()).map(|s| s.to_string());
+                let plan = planned.iter().find(|pp| {
+                    let mut a: Vec<String> = pp.allowed_ips.iter().map(|x| x.to_string()).collect();
+                    let mut b = p.allowed_ips.clone();
+                    a.sort();
+                    b.sort();
+                    a == b
+                });
+                let name = who.clone().or_else(|| {
+                    plan.map(|pp| match &pp.peer {
+                        PeerRef::Node(x) => x.clone(),
+                        PeerRef::Site(s) => format!("site {s}"),
+                    })
+                });
+                let configured = plan.and_then(|pp| pp.endpoint.clone());
+                let age = (p.latest_handshake > 0).then(|| now.saturating_sub(p.latest_handshake));
+                let peer_name = name.unwrap_or_else(|| "unknown".into());
+                if let Some(pp) = plan
+                    && pp.site != n.site
+                {
+                    if age.is_none() {
+                        let pair = if n.site < pp.site {
+                            (n.site.clone(), pp.site.clone())
+                        } else {
+                            (pp.site.clone(), n.site.clone())
+                        };
+                        if !never.contains(&pair) {
+                            never.push(pair);
+                        }
+                    }
+                    // (b) a peer seen at another address:port than its configured endpoint
+                    if let (Some(seen), Some(conf)) = (&p.endpoint, &configured)
+                        && age.is_some()
+                        && resolve(conf).as_deref() != Some(seen.as_str())
+                    {
+                        findings.push(format!(
+                            "{}: site {}'s next-hop {peer_name} is seen at {seen}, not at its configured endpoint {conf}: its router rewrote the source port on the way out, the trace of a missing port-forward — check the UDP port-forward on {}'s router",
+                            n.name, pp.site, pp.site
+                        ));
+                    }
+                }
+                // a link inside a site has no keepalive: it handshakes when traffic flows, so
+                // "never" there means idle, not broken
+                peers.push(PeerStatus {
+                    peer: peer_name,
+                    public_key: p.public_key.clone(),
+                    configured_endpoint: configured,
+                    seen_endpoint: p.endpoint.clone(),
+                    handshake_age: age,
+                    rx: p.rx,
+                    tx: p.tx,
+                });
+            }
+        }
+        nodes.push(NodeStatus {
+            name: n.name.clone(),
+            site: n.site.clone(),
+            state,
+            peers,
+        });
+    }
+    for (a, b) in never {
+        let sa = topo.site(&a).expect("site");
+        let sb = topo.site(&b).expect("site");
+        let cause = match (&sa.endpoint, &sb.endpoint) {
+            (Some(_), None) => format!(
+                "{b} has no endpoint, so {a} must accept the first packet: check the UDP port-forward on {a}'s router ({})",
+                forward_rule(topo, &a)
+            ),
+            (None, Some(_)) => format!(
+                "{a} has no endpoint, so {b} must accept the first packet: check the UDP port-forward on {b}'s router ({})",
+                forward_rule(topo, &b)
+            ),
+            _ => format!(
+                "check the UDP port-forwards on {a}'s and {b}'s routers ({}; {})",
+                forward_rule(topo, &a),
+                forward_rule(topo, &b)
+            ),
+        };
+        findings.push(format!(
+            "sites {a} and {b}: their next-hops never completed a handshake: {cause}"
+        ));
+    }
+    StatusReport { nodes, findings }
+}
+
+fn forward_rule(topo: &Topology, site: &str) -> String {
+    let s = topo.site(site).expect("site");
+    let port = s
+        .endpoint
+        .as_ref()
+        .map(|e| e.port)
+        .unwrap_or(topo.network.listen_port);
+    match s.next_hop.as_deref().and_then(|n| topo.node(n)) {
+        Some(nh) => format!("udp {port} -> {}:{}", nh.address, topo.network.listen_port),
+        None => format!("udp {port}"),
+    }
+}
+
+/// Reads every node's live interface and diagnoses the mesh.
+pub async fn status(
+    planned: &Planned,
+    settings: &Settings,
+    progress: Arc<dyn Progress>,
+) -> Result<StatusReport> {
+    let topo = &planned.topology;
+    let iface = topo.network.interface.clone();
+    let sessions = connect_all(topo.nodes.iter().collect(), settings, &progress).await;
+    let names: Vec<String> = topo.nodes.iter().map(|n| n.name.clone()).collect();
+    let results = {
+        let sessions = &sessions;
+        run_all(names, settings.forks, |n| {
+            let s = sessions.get(&n).cloned();
+            let script = gather::script(&iface, &[]);
+            async move {
+                let s = s
+                    .ok_or("not contacted".to_string())?
+                    .map_err(|e| e.to_string())?;
+                let out = s.run_script(&script).await.map_err(|e| e.to_string())?;
+                gather::parse(&out.stdout_text())
+            }
+        })
+        .await
+    };
+    let mut live = HashMap::new();
+    let mut now = 0;
+    let mut unreachable = Vec::new();
+    for (n, r) in results {
+        match r {
+            Ok(f) => {
+                now = now.max(f.now);
+                live.insert(n.clone(), f.wg);
+            }
+            Err(e) => unreachable.push(format!("{n}: unreachable: {e}")),
+        }
+        progress.done(&n, "read");
+    }
+    for s in sessions.values().flatten() {
+        s.close().await;
+    }
+    let mut report = diagnose(topo, &live, now);
+    report.findings.extend(unreachable);
+    Ok(report)
+}
+
+/// The report as text.
+pub fn text(r: &StatusReport) -> String {
+    let mut o = String::new();
+    for n in &r.nodes {
+        let _ = writeln!(o, "{} ({}): {}", n.name, n.site, n.state);
+        for p in &n.peers {
+            let hs = match p.handshake_age {
+                Some(a) => format!("handshake {a}s ago"),
+                None => "never handshaked".into(),
+            };
+            let _ = writeln!(
+                o,
+                "  {:<16} {:<22} seen {:<22} rx {} tx {}",
+                p.peer,
+                hs,
+                p.seen_endpoint.as_deref().unwrap_or("-"),
+                p.rx,
+                p.tx
+            );
+        }
+    }
+    if r.findings.is_empty() {
+        o.push_str("\nno problems found\n");
+    } else {
+        o.push_str("\nfindings:\n");
+        for f in &r.findings {
+            let _ = writeln!(o, "- {f}");
+        }
+    }
+    o
+}

@@ -1,0 +1,52 @@
+//! How wgprov reaches a host: one SSH connection per host ([`ssh`]), on which every step runs
+//! as an exec with a script on stdin. [`Transport`] is all the rest of wgprov needs.
+
+pub mod ssh;
+
+use std::future::Future;
+
+/// What one remote command returned.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ExecOutput {
+    /// Exit status (255 when the command was killed or never reported one).
+    pub status: u32,
+    /// Standard output.
+    pub stdout: Vec<u8>,
+    /// Standard error.
+    pub stderr: Vec<u8>,
+}
+
+impl ExecOutput {
+    /// Standard output as text.
+    pub fn stdout_text(&self) -> String {
+        String::from_utf8_lossy(&self.stdout).into_owned()
+    }
+    /// Standard error as text.
+    pub fn stderr_text(&self) -> String {
+        String::from_utf8_lossy(&self.stderr).into_owned()
+    }
+}
+
+/// Why a host could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum TransportError {
+    /// Could not connect or authenticate: the host is unreachable for this run.
+    #[error("unreachable: {0}")]
+    Unreachable(String),
+    /// The host key is unknown or changed: refused.
+    #[error("host key refused: {0}")]
+    HostKey(String),
+    /// The connection broke or a command timed out.
+    #[error("connection lost: {0}")]
+    Lost(String),
+}
+
+/// Runs a shell script on a host: `script` is fed to `sh -s` on stdin (as root through
+/// `sudo -n` when the host needs `become`).
+pub trait Transport: Send + Sync {
+    /// Runs the script; returns its output once the channel closes.
+    fn run_script(
+        &self,
+        script: &str,
+    ) -> impl Future<Output = Result<ExecOutput, TransportError>> + Send;
+}

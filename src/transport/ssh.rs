@@ -1,0 +1,406 @@
+//! SSH over russh: host keys checked against known_hosts (an unknown host refused unless
+//! `accept_new_host_keys`, a changed key always refused), keys from the identity file or the
+//! ssh-agent (then the default key files), `proxy_jump` through another node with direct-tcpip,
+//! connect and command timeouts, keepalives so that a dead connection fails instead of hanging.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use russh::client::{self, Handle};
+use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
+use russh::{ChannelMsg, Disconnect};
+
+use super::{ExecOutput, Transport, TransportError};
+use crate::inventory::SshSettings;
+
+/// Settings for every connection of a run.
+#[derive(Clone, Debug)]
+pub struct SshOptions {
+    /// Record unknown host keys instead of refusing them (trust on first use).
+    pub accept_new_host_keys: bool,
+    /// TCP connect + handshake + authentication.
+    pub connect_timeout: Duration,
+    /// One remote command.
+    pub command_timeout: Duration,
+}
+
+impl Default for SshOptions {
+    fn default() -> Self {
+        SshOptions {
+            accept_new_host_keys: false,
+            connect_timeout: Duration::from_secs(15),
+            command_timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// Expands a leading `~/` to `$HOME`.
+pub fn expand_home(p: &str) -> PathBuf {
+    match p.strip_prefix("~/") {
+        Some(rest) => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("/root"))
+            .join(rest),
+        None => PathBuf::from(p),
+    }
+}
+
+/// What the host-key check concluded, kept for a clear error message.
+#[derive(Clone, Debug, Default)]
+enum KeyVerdict {
+    #[default]
+    NotChecked,
+    Known,
+    Learned,
+    Unknown(String),
+    Changed(String),
+    Error(String),
+}
+
+struct Checker {
+    host: String,
+    port: u16,
+    known_hosts: PathBuf,
+    accept_new: bool,
+    verdict: Arc<Mutex<KeyVerdict>>,
+}
+
+impl client::Handler for Checker {
+    type Error = russh::Error;
+
+    async fn check_server_key(
+        &mut self,
+        key: &PublicKeyOrCertificate,
+    ) -> Result<bool, Self::Error> {
+        let PublicKeyOrCertificate::PublicKey { key, .. } = key else {
+            *self.verdict.lock().unwrap() = KeyVerdict::Error(
+                "the server offered a certificate; wgprov checks plain host keys".into(),
+            );
+            return Ok(false);
+        };
+        let fp = key.fingerprint(Default::default()).to_string();
+        let verdict = match russh::keys::check_known_hosts_path(
+            &self.host,
+            self.port,
+            key,
+            &self.known_hosts,
+        ) {
+            Ok(true) => KeyVerdict::Known,
+            Ok(false) if self.accept_new => {
+                match russh::keys::known_hosts::learn_known_hosts_path(
+                    &self.host,
+                    self.port,
+                    key,
+                    &self.known_hosts,
+                ) {
+                    Ok(()) => KeyVerdict::Learned,
+                    Err(e) => KeyVerdict::Error(format!(
+                        "recording the host key in {}: {e}",
+                        self.known_hosts.display()
+                    )),
+                }
+            }
+            Ok(false) => KeyVerdict::Unknown(format!(
+                "{}:{} is not in {} (key {fp}); verify it and add it, or run once with --accept-new-host-keys",
+                self.host,
+                self.port,
+                self.known_hosts.display()
+            )),
+            Err(russh::keys::Error::KeyChanged { line }) => KeyVerdict::Changed(format!(
+                "THE HOST KEY OF {}:{} HAS CHANGED (now {fp}; {} line {line} has another). Someone may be intercepting the connection (man-in-the-middle), or the host was reinstalled. Refused: check the new key out of band, then fix line {line}",
+                self.host,
+                self.port,
+                self.known_hosts.display()
+            )),
+            Err(e) => KeyVerdict::Error(format!("reading {}: {e}", self.known_hosts.display())),
+        };
+        let ok = matches!(verdict, KeyVerdict::Known | KeyVerdict::Learned);
+        *self.verdict.lock().unwrap() = verdict;
+        Ok(ok)
+    }
+}
+
+/// Private keys loaded once per run, shared by every host that uses them.
+#[derive(Default)]
+pub struct KeyCache {
+    keys: Mutex<HashMap<PathBuf, Arc<PrivateKey>>>,
+}
+
+impl KeyCache {
+    /// Loads `path`, asking for its passphrase once (`WGPROV_KEY_PASSPHRASE`, else the terminal).
+    pub fn load(&self, path: &Path) -> Result<Arc<PrivateKey>, String> {
+        if let Some(k) = self.keys.lock().unwrap().get(path) {
+            return Ok(k.clone());
+        }
+        let key = match russh::keys::load_secret_key(path, None) {
+            Ok(k) => k,
+            Err(russh::keys::Error::KeyIsEncrypted) => {
+                let pass = match std::env::var("WGPROV_KEY_PASSPHRASE") {
+                    Ok(p) => p,
+                    Err(_) => ask_passphrase(path)?,
+                };
+                russh::keys::load_secret_key(path, Some(&pass))
+                    .map_err(|e| format!("{}: {e} (wrong passphrase?)", path.display()))?
+            }
+            Err(e) => return Err(format!("{}: {e}", path.display())),
+        };
+        let key = Arc::new(key);
+        self.keys
+            .lock()
+            .unwrap()
+            .insert(path.to_path_buf(), key.clone());
+        Ok(key)
+    }
+}
+
+fn ask_passphrase(path: &Path) -> Result<String, String> {
+    use std::io::{BufRead, Write};
+    let tty = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open("/dev/tty")
+        .map_err(|_| format!("{} is encrypted: set WGPROV_KEY_PASSPHRASE", path.display()))?;
+    let _ = std::process::Command::new("stty")
+        .arg("-echo")
+        .stdin(tty.try_clone().unwrap())
+        .status();
+    let mut w = tty.try_clone().unwrap();
+    let _ = write!(w, "passphrase for {}: ", path.display());
+    let mut line = String::new();
+    let r = std::io::BufReader::new(tty.try_clone().unwrap()).read_line(&mut line);
+    let _ = std::process::Command::new("stty")
+        .arg("echo")
+        .stdin(tty)
+        .status();
+    let _ = writeln!(w);
+    r.map_err(|e| e.to_string())?;
+    Ok(line.trim_end_matches(['\n', '\r']).to_string())
+}
+
+/// One authenticated connection to a host.
+pub struct SshSession {
+    handle: Handle<Checker>,
+    /// The jump host's connection, kept alive while this one is used.
+    _jump: Option<Arc<SshSession>>,
+    become_root: bool,
+    command_timeout: Duration,
+    /// How long connecting took.
+    pub connect_time: Duration,
+}
+
+fn config() -> Arc<client::Config> {
+    Arc::new(client::Config {
+        // a dead peer is noticed within ~45 s even while a command waits
+        keepalive_interval: Some(Duration::from_secs(15)),
+        keepalive_max: 3,
+        nodelay: true,
+        ..Default::default()
+    })
+}
+
+/// Connects to `ssh` (reaching it through `jump` when given), checks its host key and
+/// authenticates.
+pub async fn connect(
+    ssh: &SshSettings,
+    jump: Option<Arc<SshSession>>,
+    keys: &KeyCache,
+    opts: &SshOptions,
+) -> Result<SshSession, TransportError> {
+    let started = std::time::Instant::now();
+    let fut = connect_inner(ssh, jump, keys, opts);
+    let mut s = tokio::time::timeout(opts.connect_timeout, fut)
+        .await
+        .map_err(|_| {
+            TransportError::Unreachable(format!(
+                "{}:{}: no answer within {} s",
+                ssh.host,
+                ssh.port,
+                opts.connect_timeout.as_secs()
+            ))
+        })??;
+    s.connect_time = started.elapsed();
+    Ok(s)
+}
+
+async fn connect_inner(
+    ssh: &SshSettings,
+    jump: Option<Arc<SshSession>>,
+    keys: &KeyCache,
+    opts: &SshOptions,
+) -> Result<SshSession, TransportError> {
+    let verdict = Arc::new(Mutex::new(KeyVerdict::default()));
+    let checker = Checker {
+        host: ssh.host.clone(),
+        port: ssh.port,
+        known_hosts: expand_home(&ssh.known_hosts),
+        accept_new: opts.accept_new_host_keys,
+        verdict: verdict.clone(),
+    };
+    let unreachable =
+        |e: String| TransportError::Unreachable(format!("{}:{}: {e}", ssh.host, ssh.port));
+    let result = match &jump {
+        None => client::connect(config(), (ssh.host.as_str(), ssh.port), checker).await,
+        Some(j) => {
+            let ch = j
+                .handle
+                .channel_open_direct_tcpip(ssh.host.clone(), ssh.port as u32, "127.0.0.1", 0)
+                .await
+                .map_err(|e| unreachable(format!("through the jump host: {e}")))?;
+            client::connect_stream(config(), ch.into_stream(), checker).await
+        }
+    };
+    let mut handle = match result {
+        Ok(h) => h,
+        Err(e) => {
+            return Err(match verdict.lock().unwrap().clone() {
+                KeyVerdict::Unknown(m) | KeyVerdict::Changed(m) | KeyVerdict::Error(m) => {
+                    TransportError::HostKey(m)
+                }
+                _ => unreachable(e.to_string()),
+            });
+        }
+    };
+    authenticate(&mut handle, ssh, keys)
+        .await
+        .map_err(unreachable)?;
+    Ok(SshSession {
+        handle,
+        _jump: jump,
+        become_root: ssh.become_root,
+        command_timeout: opts.command_timeout,
+        connect_time: Duration::ZERO,
+    })
+}
+
+async fn authenticate(
+    handle: &mut Handle<Checker>,
+    ssh: &SshSettings,
+    keys: &KeyCache,
+) -> Result<(), String> {
+    let user = ssh.user.as_str();
+    let rsa_hash = handle
+        .best_supported_rsa_hash()
+        .await
+        .map_err(|e| e.to_string())?
+        .flatten();
+    if let Some(id) = &ssh.identity_file {
+        let key = keys.load(&expand_home(id))?;
+        let ok = handle
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, rsa_hash))
+            .await
+            .map_err(|e| e.to_string())?
+            .success();
+        return if ok {
+            Ok(())
+        } else {
+            Err(format!("the server refused the key {id} for user {user}"))
+        };
+    }
+    // the ssh-agent, then the default key files, as OpenSSH does
+    if let Ok(mut agent) = russh::keys::agent::client::AgentClient::connect_env().await
+        && let Ok(ids) = agent.request_identities().await
+    {
+        for id in ids {
+            let pk = id.public_key().into_owned();
+            if let Ok(r) = handle
+                .authenticate_publickey_with(user, pk, rsa_hash, &mut agent)
+                .await
+                && r.success()
+            {
+                return Ok(());
+            }
+        }
+    }
+    let mut tried = Vec::new();
+    for name in ["id_ed25519", "id_ecdsa", "id_rsa"] {
+        let path = expand_home(&format!("~/.ssh/{name}"));
+        if !path.exists() {
+            continue;
+        }
+        tried.push(path.display().to_string());
+        let key = keys.load(&path)?;
+        if handle
+            .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, rsa_hash))
+            .await
+            .map_err(|e| e.to_string())?
+            .success()
+        {
+            return Ok(());
+        }
+    }
+    Err(format!(
+        "no key was accepted for user {user} (ssh-agent: {}; tried {})",
+        if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+            "none accepted"
+        } else {
+            "not running"
+        },
+        if tried.is_empty() {
+            "no default key files".into()
+        } else {
+            tried.join(", ")
+        }
+    ))
+}
+
+impl SshSession {
+    async fn exec(&self, command: &str, stdin: &[u8]) -> Result<ExecOutput, TransportError> {
+        let lost = |e: String| TransportError::Lost(e);
+        let mut ch = self
+            .handle
+            .channel_open_session()
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        ch.exec(true, command)
+            .await
+            .map_err(|e| lost(e.to_string()))?;
+        if !stdin.is_empty() {
+            ch.data_bytes(stdin.to_vec())
+                .await
+                .map_err(|e| lost(e.to_string()))?;
+        }
+        ch.eof().await.map_err(|e| lost(e.to_string()))?;
+        let mut out = ExecOutput {
+            status: 255,
+            ..Default::default()
+        };
+        // read until the channel closes, not just until the exit status: data may follow it
+        while let Some(msg) = ch.wait().await {
+            match msg {
+                ChannelMsg::Data { data } => out.stdout.extend_from_slice(&data),
+                ChannelMsg::ExtendedData { data, .. } => out.stderr.extend_from_slice(&data),
+                ChannelMsg::ExitStatus { exit_status } => out.status = exit_status,
+                _ => {}
+            }
+        }
+        Ok(out)
+    }
+
+    /// Closes the connection politely.
+    pub async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
+    }
+}
+
+impl Transport for SshSession {
+    async fn run_script(&self, script: &str) -> Result<ExecOutput, TransportError> {
+        let command = if self.become_root {
+            "sudo -n sh -s"
+        } else {
+            "sh -s"
+        };
+        tokio::time::timeout(self.command_timeout, self.exec(command, script.as_bytes()))
+            .await
+            .map_err(|_| {
+                TransportError::Lost(format!(
+                    "no answer within {} s",
+                    self.command_timeout.as_secs()
+                ))
+            })?
+    }
+}
