@@ -1,4 +1,5 @@
 pub mod allocation;
+pub mod apply;
 pub mod cli;
 pub mod common;
 pub mod fuzz;

@@ -1,0 +1,598 @@
+//! `wgprov apply`, `rollback` and `status` against real sshd and real WireGuard in the lab,
+//! run from the lab's controller exactly as an operator would type them.
+
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use super::common::{LabGuard, lab_available, root};
+
+/// A lab plus the inventory the controller applies, and every output captured (searched for
+/// private keys at the end).
+struct Scenario {
+    lab: LabGuard,
+    _dir: tempfile::TempDir,
+    inv: PathBuf,
+    outputs: Mutex<Vec<String>>,
+}
+
+struct Run {
+    code: i32,
+    stdout: String,
+    stderr: String,
+}
+
+impl Scenario {
+    /// A lab built from `lab_yaml`, applying `yaml` (they differ when a test adds a node later).
+    fn new(tag: &str, lab_yaml: &str, yaml: &str, no_port_forward: &[&str]) -> Scenario {
+        let dir = tempfile::tempdir().unwrap();
+        let lab_inv = dir.path().join("lab").join("inv.yaml");
+        std::fs::create_dir_all(lab_inv.parent().unwrap()).unwrap();
+        std::fs::write(&lab_inv, lab_yaml).unwrap();
+        let inv = dir.path().join("inv.yaml");
+        std::fs::write(&inv, yaml).unwrap();
+        let lab = LabGuard::up(&lab_inv, tag, no_port_forward);
+        Scenario {
+            lab,
+            _dir: dir,
+            inv,
+            outputs: Mutex::new(Vec::new()),
+        }
+    }
+
+    fn demo(tag: &str) -> Scenario {
+        let y = demo_yaml();
+        Scenario::new(tag, &y, &y, &[])
+    }
+
+    fn wgprov(&self, args: &[&str]) -> Run {
+        let mut cmd: Vec<String> = vec![env!("CARGO_BIN_EXE_wgprov").to_string()];
+        cmd.extend(args.iter().map(|a| a.to_string()));
+        let out = wgprov::lab::command(&self.lab.prefix, "controller", &cmd)
+            .unwrap()
+            .output()
+            .unwrap();
+        let run = Run {
+            code: out.status.code().unwrap_or(-1),
+            stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+            stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+        };
+        self.outputs
+            .lock()
+            .unwrap()
+            .push(format!("{}\n{}", run.stdout, run.stderr));
+        run
+    }
+
+    fn apply(&self, extra: &[&str]) -> Run {
+        let inv = self.inv.to_str().unwrap().to_string();
+        let mut args = vec!["apply", "-i", inv.as_str()];
+        args.extend_from_slice(extra);
+        self.wgprov(&args)
+    }
+
+    fn apply_json(&self, extra: &[&str]) -> (i32, serde_json::Value) {
+        let mut args = vec!["--format", "json"];
+        args.extend_from_slice(extra);
+        let r = self.apply(&args);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout)
+            .unwrap_or_else(|e| panic!("json: {e}\n{}\n{}", r.stdout, r.stderr));
+        (r.code, v)
+    }
+
+    /// A file's bytes and mtime on a node.
+    fn stat(&self, node: &str, path: &str) -> String {
+        self.lab.sh(
+            node,
+            &format!("stat -c '%Y.%y %a' {path} && sha256sum {path}"),
+        )
+    }
+
+    fn private_keys(&self) -> Vec<String> {
+        self.lab
+            .state
+            .nodes
+            .keys()
+            .filter_map(|n| {
+                let (code, out, _) = self.lab.exec(
+                    n,
+                    &[
+                        "sh",
+                        "-c",
+                        "sed -n 's/^PrivateKey *= *//p' /etc/wireguard/wg0.conf 2>/dev/null",
+                    ],
+                );
+                (code == 0 && !out.trim().is_empty()).then(|| out.trim().to_string())
+            })
+            .collect()
+    }
+
+    /// No private key of any node appears in anything wgprov printed in this scenario.
+    fn assert_no_key_leaked(&self) {
+        let keys = self.private_keys();
+        assert!(!keys.is_empty(), "no keys to look for");
+        for out in self.outputs.lock().unwrap().iter() {
+            for k in &keys {
+                assert!(
+                    !out.contains(k),
+                    "a private key appears in wgprov's output:\n{out}"
+                );
+            }
+        }
+    }
+
+    fn ping(&self, from: &str, ip: &str) -> bool {
+        (0..10).any(|_| self.lab.exec(from, &["ping", "-c", "1", "-W", "1", ip]).0 == 0)
+    }
+}
+
+fn demo_yaml() -> String {
+    std::fs::read_to_string(root().join("inventories/demo.yaml")).unwrap()
+}
+
+fn statuses(v: &serde_json::Value) -> Vec<(String, String)> {
+    let mut s: Vec<(String, String)> = v["hosts"]
+        .as_object()
+        .unwrap()
+        .iter()
+        .map(|(k, h)| (k.clone(), h["status"].as_str().unwrap().to_string()))
+        .collect();
+    s.sort();
+    s
+}
+
+fn changed_hosts(v: &serde_json::Value) -> Vec<String> {
+    statuses(v)
+        .into_iter()
+        .filter(|(_, s)| s == "changed")
+        .map(|(n, _)| n)
+        .collect()
+}
+
+fn wg_ips(s: &Scenario) -> Vec<(String, String, String)> {
+    let p = wgprov::topology::plan_inventory(&s.inv, false).unwrap();
+    p.topology
+        .nodes
+        .iter()
+        .map(|n| (n.name.clone(), n.site.clone(), n.wireguard_ip.to_string()))
+        .collect()
+}
+
+#[test]
+fn first_apply_changes_all_pings_cross_then_nothing_changes() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::demo("g");
+    // --check changes nothing anywhere
+    let before = s.lab.sh(
+        "node1",
+        "ls -la /etc/wireguard /etc/default /var/lib | sha256sum",
+    );
+    let check = s.apply(&["--check", "--diff", "--detailed-exitcode"]);
+    assert_eq!(
+        check.code, 3,
+        "changes pending: {}{}",
+        check.stdout, check.stderr
+    );
+    assert!(
+        check
+            .stdout
+            .contains("node1: created /etc/wireguard/wg0.conf"),
+        "{}",
+        check.stdout
+    );
+    assert!(
+        check.stdout.contains("+PrivateKey = (redacted)"),
+        "{}",
+        check.stdout
+    );
+    assert_eq!(
+        s.lab.sh(
+            "node1",
+            "ls -la /etc/wireguard /etc/default /var/lib | sha256sum"
+        ),
+        before
+    );
+    assert_ne!(
+        s.lab.exec("node1", &["ip", "link", "show", "wg0"]).0,
+        0,
+        "--check brought wg0 up"
+    );
+
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(changed_hosts(&v).len(), 6, "{v}");
+    // JSON matches the recap
+    let sum = &v["summary"];
+    assert_eq!(
+        (
+            sum["changed"].as_u64(),
+            sum["ok"].as_u64(),
+            sum["failed"].as_u64(),
+            sum["unreachable"].as_u64()
+        ),
+        (Some(6), Some(0), Some(0), Some(0))
+    );
+    assert!(
+        v["hosts"]["node1"]["changes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|c| c["path"] == "/etc/wireguard/wg0.conf" && c["action"] == "created")
+    );
+
+    // every node pings every other over wg0; cross-site ones cross both NATs
+    let ips = wg_ips(&s);
+    for (a, _, _) in &ips {
+        for (b, _, ip) in &ips {
+            if a != b {
+                assert!(s.ping(a, ip), "{a} cannot ping {b} ({ip})");
+            }
+        }
+    }
+    // the sites' next-hops see each other at the routers' WAN addresses
+    let eps = s.lab.sh("office1", "wg show wg0 endpoints");
+    assert!(
+        eps.contains(&format!("{}:51820", s.lab.state.wan["home"])),
+        "{eps}"
+    );
+
+    // second apply: zero changes, nothing touched
+    let files = [
+        "/etc/wireguard/wg0.conf",
+        "/etc/default/kubelet",
+        "/etc/sysctl.d/99-wgprov.conf",
+        "/etc/wgprov/port-forward.md",
+    ];
+    let stamps: Vec<String> = files.iter().map(|f| s.stat("node1", f)).collect();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let again = s.apply(&[]);
+    assert_eq!(again.code, 0, "{}", again.stderr);
+    assert!(
+        again.stdout.contains("node1 ") && again.stdout.contains("changed=0"),
+        "{}",
+        again.stdout
+    );
+    assert!(
+        !again.stdout.contains(": created") && !again.stdout.contains(": updated"),
+        "{}",
+        again.stdout
+    );
+    let after: Vec<String> = files.iter().map(|f| s.stat("node1", f)).collect();
+    assert_eq!(stamps, after, "a second apply touched files");
+    let (_, v) = s.apply_json(&["--check", "--detailed-exitcode"]);
+    assert!(changed_hosts(&v).is_empty(), "{v}");
+    // modes and the redhat node's kubelet file
+    assert!(
+        s.stat("node1", "/etc/wireguard/wg0.conf")
+            .contains(" 600\n")
+    );
+    assert_eq!(
+        s.lab.sh("node3", "cat /etc/sysconfig/kubelet"),
+        "KUBELET_EXTRA_ARGS=--node-ip=10.100.0.3\n"
+    );
+    assert_eq!(
+        s.lab.sh("node1", "sysctl -n net.ipv4.ip_forward").trim(),
+        "1"
+    );
+    s.assert_no_key_leaked();
+}
+
+#[test]
+fn adding_a_node_changes_exactly_it_and_its_next_hop() {
+    if !lab_available() {
+        return;
+    }
+    let base = demo_yaml();
+    let with_node4 = base.replace(
+        "        address: 192.168.0.12\n        os_family: redhat\n",
+        "        address: 192.168.0.12\n        os_family: redhat\n      node4:\n        address: 192.168.0.13\n",
+    );
+    assert_ne!(base, with_node4);
+    let s = Scenario::new("h", &with_node4, &base, &[]);
+    let (code, _) = s.apply_json(&[]);
+    assert_eq!(code, 0);
+    std::fs::write(&s.inv, &with_node4).unwrap();
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(
+        changed_hosts(&v),
+        vec!["node1".to_string(), "node4".to_string()],
+        "{v}"
+    );
+    let ips = wg_ips(&s);
+    for (b, _, ip) in ips.iter().filter(|(n, _, _)| n != "node4") {
+        assert!(s.ping("node4", ip), "node4 cannot ping {b}");
+    }
+    s.assert_no_key_leaked();
+}
+
+#[test]
+fn limit_changes_one_site_and_keeps_every_peer() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::demo("i");
+    assert_eq!(s.apply(&[]).code, 0);
+    let node1_before = s.stat("node1", "/etc/wireguard/wg0.conf");
+    // a change that touches every next-hop, applied to one site only
+    std::fs::write(
+        &s.inv,
+        demo_yaml().replace(
+            "  cluster_cidrs:",
+            "  persistent_keepalive: 21\n  cluster_cidrs:",
+        ),
+    )
+    .unwrap();
+    let (code, v) = s.apply_json(&["--limit", "office"]);
+    assert_eq!(code, 0, "{v}");
+    let hosts: Vec<String> = statuses(&v).into_iter().map(|(n, _)| n).collect();
+    assert_eq!(hosts, vec!["office1".to_string(), "office2".to_string()]);
+    assert_eq!(
+        changed_hosts(&v),
+        vec!["office1".to_string()],
+        "only the next-hop has keepalive links"
+    );
+    let conf = s.lab.sh("office1", "cat /etc/wireguard/wg0.conf");
+    for peer in ["# office2", "# node1", "# cabin1"] {
+        assert!(conf.contains(peer), "office1 lost peer {peer}:\n{conf}");
+    }
+    assert!(conf.contains("PersistentKeepalive = 21"));
+    assert_eq!(s.lab.sh("office1", "wg show wg0 peers | wc -l").trim(), "3");
+    assert_eq!(
+        s.stat("node1", "/etc/wireguard/wg0.conf"),
+        node1_before,
+        "a host outside --limit was changed"
+    );
+    // a glob and a node name
+    let (_, v) = s.apply_json(&["--check", "--limit", "node*"]);
+    assert_eq!(statuses(&v).len(), 3);
+    s.assert_no_key_leaked();
+}
+
+#[test]
+fn hand_written_setup_keeps_its_key_and_other_kubelet_flags() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::demo("j");
+    let key = s.lab.sh("node2", "wg genkey").trim().to_string();
+    s.lab.sh(
+        "node2",
+        &format!(
+            "umask 077; printf '# node2, written by hand from the wiki\\n[Interface]\\nAddress = 10.100.0.2/16\\nPrivateKey = {key}\\nListenPort = 51820\\nMTU = 1380\\nPostUp = true hand-made hook\\n\\n[Peer]\\n# the old next-hop entry\\nPublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\\nAllowedIPs = 10.100.0.0/16\\nEndpoint = 192.168.0.10:51820\\n' > /etc/wireguard/wg0.conf; \
+             printf '# kubelet flags of this node\\nKUBELET_EXTRA_ARGS=\"--max-pods=200 --node-ip=192.168.0.11 --v=2\"\\n' > /etc/default/kubelet"
+        ),
+    );
+    let r = s.apply(&["--diff"]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let conf = s.lab.sh("node2", "cat /etc/wireguard/wg0.conf");
+    assert!(
+        conf.contains(&format!("PrivateKey = {key}")),
+        "the node's key was replaced:\n{conf}"
+    );
+    assert!(
+        conf.contains("MTU = 1380")
+            && conf.contains("PostUp = true hand-made hook")
+            && conf.contains("# node2, written by hand"),
+        "{conf}"
+    );
+    assert!(!conf.contains("xTIBA5rb"), "the stale peer stayed:\n{conf}");
+    assert_eq!(
+        s.lab.sh("node2", "cat /etc/default/kubelet"),
+        "# kubelet flags of this node\nKUBELET_EXTRA_ARGS=\"--max-pods=200 --node-ip=10.100.0.2 --v=2\"\n"
+    );
+    // the diff shows exactly that, with the key redacted
+    assert!(
+        r.stdout
+            .contains("-KUBELET_EXTRA_ARGS=\"--max-pods=200 --node-ip=192.168.0.11 --v=2\""),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("+KUBELET_EXTRA_ARGS=\"--max-pods=200 --node-ip=10.100.0.2 --v=2\""),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout
+            .contains("-PublicKey = xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg="),
+        "{}",
+        r.stdout
+    );
+    assert!(!r.stdout.contains(&key));
+    // node1 peers with node2's own (kept) key
+    let pubkey = s
+        .lab
+        .sh("node2", &format!("echo {key} | wg pubkey"))
+        .trim()
+        .to_string();
+    assert!(s.lab.sh("node1", "wg show wg0 peers").contains(&pubkey));
+    assert!(s.ping("node2", "10.100.1.1"));
+    s.assert_no_key_leaked();
+}
+
+#[test]
+fn a_failing_host_is_rolled_back_byte_for_byte_and_a_fixed_apply_converges() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::demo("k");
+    assert_eq!(s.apply(&[]).code, 0);
+    let before =
+        s.stat("node2", "/etc/wireguard/wg0.conf") + &s.stat("node2", "/etc/default/kubelet");
+    // something else already holds the new port on node2
+    s.lab.sh(
+        "node2",
+        "wireguard-go blocker >/dev/null 2>&1 && wg set blocker listen-port 51830",
+    );
+    std::fs::write(
+        &s.inv,
+        demo_yaml().replace("  cluster_cidrs:", "  listen_port: 51830\n  cluster_cidrs:"),
+    )
+    .unwrap();
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 1, "{v}");
+    let st: std::collections::HashMap<String, String> = statuses(&v).into_iter().collect();
+    assert_eq!(st["node2"], "rolled_back", "{v}");
+    for n in ["node1", "node3", "office1", "office2", "cabin1"] {
+        assert_eq!(st[n], "changed", "{n}: {v}");
+    }
+    let err = v["hosts"]["node2"]["error"].as_str().unwrap();
+    assert!(
+        err.contains("handler wireguard") && err.contains("rolled back"),
+        "{err}"
+    );
+    assert_eq!(v["summary"]["failed"], 1);
+    let after =
+        s.stat("node2", "/etc/wireguard/wg0.conf") + &s.stat("node2", "/etc/default/kubelet");
+    assert_eq!(
+        before, after,
+        "node2's files are not byte-identical to before"
+    );
+    assert_eq!(
+        s.lab.sh("node2", "wg show wg0 listen-port").trim(),
+        "51820",
+        "the old interface is not back"
+    );
+    // fixed: the port is free again
+    s.lab.sh("node2", "ip link del blocker");
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v}");
+    assert_eq!(s.lab.sh("node2", "wg show wg0 listen-port").trim(), "51830");
+    // (cross-site links would also need the routers' port-forwards moved to 51830)
+    assert!(s.ping("node2", "10.100.0.3"));
+    // rollback on demand puts back the previous apply's files
+    let r = s.wgprov(&[
+        "rollback",
+        "-i",
+        s.inv.to_str().unwrap(),
+        "--limit",
+        "node2",
+    ]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert_eq!(s.lab.sh("node2", "wg show wg0 listen-port").trim(), "51820");
+    s.assert_no_key_leaked();
+}
+
+#[test]
+fn a_missing_port_forward_shows_in_status() {
+    if !lab_available() {
+        return;
+    }
+    // cabin has no endpoint; office's router forgot its port-forward
+    let yaml = demo_yaml().replace("    endpoint: cabin.example.net:51821\n", "");
+    let s = Scenario::new("l", &yaml, &yaml, &["office"]);
+    assert_eq!(s.apply(&[]).code, 0);
+    let inv = s.inv.to_str().unwrap().to_string();
+    // bounded: wait until the links that can work have handshaken
+    let mut last = String::new();
+    for _ in 0..30 {
+        let r = s.wgprov(&["status", "-i", &inv, "--format", "json"]);
+        last = r.stdout.clone();
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        let only_broken = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|f| f.as_str().unwrap().contains("sites cabin and office"));
+        if only_broken {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    let v: serde_json::Value = serde_json::from_str(&last).unwrap();
+    let findings: Vec<String> = v["findings"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|f| f.as_str().unwrap().to_string())
+        .collect();
+    assert!(
+        findings.iter().any(|f| f.contains("sites cabin and office")
+            && f.contains("port-forward on office's router")),
+        "{findings:#?}"
+    );
+    assert!(
+        !findings
+            .iter()
+            .any(|f| f.contains("sites home and office") || f.contains("sites cabin and home")),
+        "{findings:#?}"
+    );
+    let text = s.wgprov(&["status", "-i", &inv]);
+    assert_eq!(text.code, 1);
+    assert!(
+        text.stdout
+            .contains("check the UDP port-forward on office's router"),
+        "{}",
+        text.stdout
+    );
+    s.assert_no_key_leaked();
+}
+
+#[test]
+fn host_keys_unknown_refused_changed_refused_loudly() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::demo("m");
+    let kh = "/root/.ssh/known_hosts";
+    // node2's line now carries another key: interception or a reinstalled host
+    s.lab.sh("controller", &format!("cp {kh} {kh}.orig && ssh-keygen -q -t ed25519 -N '' -f /tmp/wgprov-other-key-$$ && k=$(cut -d' ' -f1,2 /tmp/wgprov-other-key-$$.pub) && rm -f /tmp/wgprov-other-key-$$* && sed -i \"s|^192.168.0.11 .*|192.168.0.11 $k|\" {kh} && sed -i '/^192.168.0.12 /d' {kh}"));
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 1);
+    let st: std::collections::HashMap<String, String> = statuses(&v).into_iter().collect();
+    assert_eq!(st["node2"], "unreachable");
+    assert_eq!(st["node3"], "unreachable");
+    let e2 = v["hosts"]["node2"]["error"].as_str().unwrap();
+    assert!(
+        e2.contains("HAS CHANGED") && e2.contains("intercept"),
+        "{e2}"
+    );
+    let e3 = v["hosts"]["node3"]["error"].as_str().unwrap();
+    assert!(
+        e3.contains("not in") && e3.contains("--accept-new-host-keys"),
+        "{e3}"
+    );
+    assert_eq!(
+        s.lab
+            .exec("node2", &["test", "-e", "/etc/wireguard/wg0.conf"])
+            .0,
+        1,
+        "node2 was changed despite a changed host key"
+    );
+    // trust on first use records node3; a changed key stays refused even then
+    let (code, v) = s.apply_json(&["--accept-new-host-keys"]);
+    assert_eq!(code, 1);
+    let st: std::collections::HashMap<String, String> = statuses(&v).into_iter().collect();
+    assert_eq!(st["node3"], "changed");
+    assert_eq!(st["node2"], "unreachable");
+    assert!(
+        s.lab
+            .sh("controller", &format!("grep -c '^192.168.0.12 ' {kh}"))
+            .trim()
+            == "1"
+    );
+    s.assert_no_key_leaked();
+}
+
+#[test]
+fn validation_errors_touch_no_host() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::demo("n");
+    std::fs::write(
+        &s.inv,
+        demo_yaml().replace("next_hop: office1", "next_hop: office9"),
+    )
+    .unwrap();
+    let r = s.apply(&[]);
+    assert_eq!(r.code, 2);
+    assert!(r.stderr.contains("sites.office.next_hop"), "{}", r.stderr);
+    assert_ne!(
+        s.lab.exec("office1", &["test", "-e", "/var/lib/wgprov"]).0,
+        0
+    );
+}
