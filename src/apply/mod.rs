@@ -188,6 +188,15 @@ pub fn matches_limit(limit: &str, node: &NodePlan) -> bool {
         .any(|l| l == node.name || l == node.site || glob(l, &node.name))
 }
 
+/// The nodes `--limit` selects (every node without it).
+fn targeted_nodes<'a>(topo: &'a Topology, settings: &Settings) -> Vec<&'a NodePlan> {
+    let limit = settings.limit.as_deref();
+    topo.nodes
+        .iter()
+        .filter(|n| limit.is_none_or(|l| matches_limit(l, n)))
+        .collect()
+}
+
 fn glob(pattern: &str, name: &str) -> bool {
     fn go(p: &[u8], n: &[u8]) -> bool {
         match (p.first(), n.first()) {
@@ -408,16 +417,7 @@ pub async fn apply(
     let topo = &planned.topology;
     let iface = topo.network.interface.clone();
     let wg_path = format!("/etc/wireguard/{iface}.conf");
-    let targeted: Vec<&NodePlan> = topo
-        .nodes
-        .iter()
-        .filter(|n| {
-            settings
-                .limit
-                .as_deref()
-                .is_none_or(|l| matches_limit(l, n))
-        })
-        .collect();
+    let targeted = targeted_nodes(topo, settings);
     if targeted.is_empty() {
         return Err(Error::Usage(format!(
             "--limit {} matches no managed node",
@@ -728,15 +728,8 @@ pub async fn rollback(
 ) -> Result<Report> {
     let topo = &planned.topology;
     let iface = topo.network.interface.clone();
-    let targeted: Vec<String> = topo
-        .nodes
-        .iter()
-        .filter(|n| {
-            settings
-                .limit
-                .as_deref()
-                .is_none_or(|l| matches_limit(l, n))
-        })
+    let targeted: Vec<String> = targeted_nodes(topo, settings)
+        .into_iter()
         .map(|n| n.name.clone())
         .collect();
     if targeted.is_empty() {
@@ -815,4 +808,94 @@ pub async fn rollback(
         warnings: Vec::new(),
         check: false,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn node(name: &str, site: &str) -> NodePlan {
+        NodePlan {
+            name: name.into(),
+            site: site.into(),
+            address: "192.168.0.1".into(),
+            wireguard_ip: "10.100.0.1".parse().unwrap(),
+            is_next_hop: false,
+            os_family: None,
+            ssh: crate::inventory::SshSettings {
+                host: "x".into(),
+                user: "root".into(),
+                port: 22,
+                identity_file: None,
+                known_hosts: "k".into(),
+                become_root: false,
+                proxy_jump: None,
+            },
+        }
+    }
+
+    #[test]
+    fn limit_matches_node_site_and_glob() {
+        let n = node("office1", "office");
+        for yes in ["office1", "office", "off*", "*1", "office?", "home,office"] {
+            assert!(matches_limit(yes, &n), "{yes}");
+        }
+        for no in ["office2", "home", "of", "*2", "o?"] {
+            assert!(!matches_limit(no, &n), "{no}");
+        }
+    }
+
+    #[test]
+    fn verify_compares_key_and_peers() {
+        let conf =
+            "[Interface]\nPrivateKey = x\n\n[Peer]\nPublicKey = P1\nAllowedIPs = 10.100.0.0/16\n";
+        let live = |key: &str, peers: Vec<(&str, &str)>| WgState {
+            public_key: key.into(),
+            listen_port: 51820,
+            peers: peers
+                .into_iter()
+                .map(|(k, a)| gather::PeerState {
+                    public_key: k.into(),
+                    endpoint: None,
+                    allowed_ips: vec![a.into()],
+                    latest_handshake: 0,
+                    rx: 0,
+                    tx: 0,
+                    keepalive: 0,
+                })
+                .collect(),
+        };
+        assert!(verify(Some(&live("ME", vec![("P1", "10.100.0.0/16")])), conf, "ME").is_ok());
+        assert!(verify(None, conf, "ME").unwrap_err().contains("not up"));
+        assert!(
+            verify(
+                Some(&live("OTHER", vec![("P1", "10.100.0.0/16")])),
+                conf,
+                "ME"
+            )
+            .is_err()
+        );
+        assert!(
+            verify(Some(&live("ME", vec![("P2", "10.100.0.0/16")])), conf, "ME")
+                .unwrap_err()
+                .contains("P1")
+        );
+    }
+
+    #[test]
+    fn exit_codes_follow_spec() {
+        let mut r = Report {
+            hosts: vec![HostReport::new("a")],
+            warnings: vec![],
+            check: true,
+        };
+        assert_eq!(r.exit_code(true), 0);
+        r.hosts[0].status = HostStatus::Changed;
+        assert_eq!(r.exit_code(true), 3);
+        assert_eq!(r.exit_code(false), 0);
+        r.hosts[0].status = HostStatus::RolledBack;
+        assert_eq!(r.exit_code(true), 1);
+        r.hosts[0].status = HostStatus::Unreachable;
+        assert_eq!(r.exit_code(false), 1);
+    }
 }

@@ -309,3 +309,114 @@ pub fn parse_result(stdout: &str) -> ScriptResult {
     }
     r
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::desired::DesiredFile;
+    use crate::facts::FileFact;
+    use crate::facts::gather::WgState;
+
+    fn change(old: Option<&str>, new: &str) -> Change {
+        Change {
+            desired: DesiredFile {
+                role: "wireguard".into(),
+                path: "/etc/wireguard/wg0.conf".into(),
+                state: FileState::Present {
+                    content: new.into(),
+                    mode: 0o600,
+                },
+                notify: vec!["wireguard".into()],
+            },
+            current: old.map_or(FileFact::Absent, |c| FileFact::Present {
+                mode: 0o600,
+                content: c.into(),
+            }),
+            action: if old == Some(new) {
+                Action::Unchanged
+            } else if old.is_some() {
+                Action::Updated
+            } else {
+                Action::Created
+            },
+        }
+    }
+
+    fn up() -> Facts {
+        Facts {
+            wg: Some(WgState {
+                public_key: "K".into(),
+                listen_port: 51820,
+                peers: vec![],
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn peers_only_means_syncconf_interface_changes_mean_restart() {
+        let base = "[Interface]\nAddress = 10.100.0.1/16\nListenPort = 51820\nPrivateKey = A\n";
+        let peers = format!("{base}\n[Peer]\nPublicKey = P\nAllowedIPs = 10.100.0.2/32\n");
+        let p = "/etc/wireguard/wg0.conf";
+        assert_eq!(
+            plan_handlers(&[change(Some(base), &peers)], &up(), p).wireguard,
+            Some(false)
+        );
+        let key = base.replace("PrivateKey = A", "PrivateKey = B");
+        assert_eq!(
+            plan_handlers(&[change(Some(base), &key)], &up(), p).wireguard,
+            Some(false)
+        );
+        let port = base.replace("51820", "51821");
+        assert_eq!(
+            plan_handlers(&[change(Some(base), &port)], &up(), p).wireguard,
+            Some(true)
+        );
+        let mtu = format!("{base}MTU = 1380\n");
+        assert_eq!(
+            plan_handlers(&[change(Some(base), &mtu)], &up(), p).wireguard,
+            Some(true)
+        );
+        // interface down: restart; unchanged and up: nothing; unchanged and down: bring it up
+        assert_eq!(
+            plan_handlers(&[change(Some(base), &peers)], &Facts::default(), p).wireguard,
+            Some(true)
+        );
+        assert_eq!(
+            plan_handlers(&[change(Some(base), base)], &up(), p),
+            HandlerPlan::default()
+        );
+        assert_eq!(
+            plan_handlers(&[change(Some(base), base)], &Facts::default(), p).wireguard,
+            Some(true)
+        );
+    }
+
+    #[test]
+    fn transaction_backs_up_before_writing_and_never_feeds_syncconf_empty_input() {
+        let c = change(
+            Some("[Interface]\nPrivateKey = A\n"),
+            "[Interface]\nPrivateKey = A\n\n[Peer]\nPublicKey = P\n",
+        );
+        let h = HandlerPlan {
+            wireguard: Some(false),
+            ..Default::default()
+        };
+        let s = apply_script(&[c], &h, "wg0", &up());
+        let backup = s.find("cp -p '/etc/wireguard/wg0.conf'").unwrap();
+        let write = s.find("mv -f \"$t\" '/etc/wireguard/wg0.conf'").unwrap();
+        let sync = s.find("wg syncconf").unwrap();
+        assert!(backup < write && write < sync);
+        assert!(s.contains("grep -q '^PrivateKey' \"$t\""));
+        assert!(
+            !s.contains("PrivateKey = A"),
+            "contents travel base64-encoded"
+        );
+        let r = parse_result(&format!("x\n{FAIL} handler wireguard: wg-quick up\n"));
+        assert_eq!(
+            r.failed_step.as_deref(),
+            Some("handler wireguard: wg-quick up")
+        );
+        assert!(!r.done);
+    }
+}

@@ -95,6 +95,16 @@ fn write(path: &Path, content: &str, mode: u32) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// Makes an ed25519 key pair at `path` (no passphrase); returns the public key line.
+fn keygen(path: &Path, comment: &str) -> Result<String> {
+    let p = path.to_str().ok_or_else(|| lab_err("non-UTF-8 lab path"))?;
+    run(
+        "ssh-keygen",
+        &["-q", "-t", "ed25519", "-N", "", "-C", comment, "-f", p],
+    )?;
+    std::fs::read_to_string(path.with_extension("pub")).map_err(|e| Error::io(path, e))
+}
+
 fn mkdirs(dirs: &[PathBuf]) -> Result<()> {
     for d in dirs {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
@@ -494,22 +504,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
         ctl_dir.join("etc.work"),
     ])?;
     let id = ctl_root.join(".ssh/id_ed25519");
-    run(
-        "ssh-keygen",
-        &[
-            "-q",
-            "-t",
-            "ed25519",
-            "-N",
-            "",
-            "-C",
-            &format!("wgprov-lab-{}", p.prefix),
-            "-f",
-            id.to_str().unwrap(),
-        ],
-    )?;
-    let client_pub =
-        std::fs::read_to_string(id.with_extension("pub")).map_err(|e| Error::io(&id, e))?;
+    let client_pub = keygen(&id, &format!("wgprov-lab-{}", p.prefix))?;
     let mut known_hosts = String::new();
     for n in &p.nodes {
         let d = &n.dir;
@@ -521,22 +516,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
             d.join("root"),
         ])?;
         let hk = d.join("ssh_host_ed25519_key");
-        run(
-            "ssh-keygen",
-            &[
-                "-q",
-                "-t",
-                "ed25519",
-                "-N",
-                "",
-                "-C",
-                &n.name,
-                "-f",
-                hk.to_str().unwrap(),
-            ],
-        )?;
-        let host_pub =
-            std::fs::read_to_string(hk.with_extension("pub")).map_err(|e| Error::io(&hk, e))?;
+        let host_pub = keygen(&hk, &n.name)?;
         let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
         let host = if n.ssh_port == 22 {
             n.address.to_string()
