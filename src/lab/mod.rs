@@ -524,7 +524,8 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
             format!("[{}]:{}", n.address, n.ssh_port)
         };
         known_hosts.push_str(&format!("{host} {}\n", key.join(" ")));
-        write(&d.join("authorized_keys"), &client_pub, 0o600)?;
+        // readable by every user: sshd reads it after dropping to the login user
+        write(&d.join("authorized_keys"), &client_pub, 0o644)?;
         write(
             &d.join("etc.upper/os-release"),
             os_release(n.os_family),

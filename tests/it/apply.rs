@@ -596,3 +596,116 @@ fn validation_errors_touch_no_host() {
         0
     );
 }
+
+#[test]
+fn encrypted_ecdsa_key_rsa_key_proxy_jump_and_become() {
+    if !lab_available() || !super::common::require("sudo") {
+        return;
+    }
+    let base = demo_yaml();
+    let s = Scenario::new("o", &base, &base, &[]);
+    let labdir = wgprov::lab::lab_dir(&s.lab.prefix);
+    // keys: an encrypted ECDSA key for everyone, an RSA key for office1
+    s.lab.sh(
+        "controller",
+        "ssh-keygen -q -t ecdsa -N 'sesame' -f /root/.ssh/ops_ecdsa && ssh-keygen -q -t rsa -b 2048 -N '' -f /root/.ssh/ops_rsa",
+    );
+    let ecdsa = s.lab.sh("controller", "cat /root/.ssh/ops_ecdsa.pub");
+    let rsa = s.lab.sh("controller", "cat /root/.ssh/ops_rsa.pub");
+    for n in s.lab.state.nodes.keys() {
+        let ak = labdir.join("nodes").join(n).join("authorized_keys");
+        let line = if n == "office1" { &rsa } else { &ecdsa };
+        std::fs::write(&ak, line).unwrap();
+    }
+    // node3: a user who becomes root through sudo -n; the user exists only in node3's /etc
+    s.lab.sh("node3", "useradd -M -p '*' -s /bin/sh ops && echo 'ops ALL=(ALL) NOPASSWD: ALL' > /etc/sudoers.d/ops && chmod 440 /etc/sudoers.d/ops");
+    // node2: reachable only through node1 (the controller's direct route is gone)
+    s.lab.sh("controller", "ip route del 192.168.0.11/32");
+    assert_ne!(
+        s.lab
+            .exec(
+                "controller",
+                &["bash", "-c", "exec 3<>/dev/tcp/192.168.0.11/22"]
+            )
+            .0,
+        0
+    );
+    let yaml = base
+        .replace(
+            "network:\n",
+            "ssh:\n  identity_file: ~/.ssh/ops_ecdsa\nnetwork:\n",
+        )
+        .replace(
+            "        address: 192.168.0.11\n",
+            "        address: 192.168.0.11\n        ssh: {proxy_jump: node1}\n",
+        )
+        .replace(
+            "        address: 192.168.0.12\n",
+            "        address: 192.168.0.12\n        ssh: {user: ops, become: true}\n",
+        )
+        .replace(
+            "        address: 192.168.10.5\n",
+            "        address: 192.168.10.5\n        ssh: {identity_file: ~/.ssh/ops_rsa}\n",
+        );
+    std::fs::write(&s.inv, &yaml).unwrap();
+
+    // without the passphrase the encrypted key cannot be used: a clear error, nothing touched
+    let (code, v) = s.apply_json(&["--check"]);
+    assert_eq!(code, 1, "{v}");
+    assert!(
+        v["hosts"]["node1"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("WGPROV_KEY_PASSPHRASE"),
+        "{v}"
+    );
+    assert_eq!(
+        v["hosts"]["office1"]["status"], "changed",
+        "the RSA key needs no passphrase: {v}"
+    );
+
+    let mut cmd: Vec<String> = vec![
+        env!("CARGO_BIN_EXE_wgprov").into(),
+        "apply".into(),
+        "-i".into(),
+        s.inv.display().to_string(),
+        "--format".into(),
+        "json".into(),
+    ];
+    let out = wgprov::lab::command(&s.lab.prefix, "controller", &cmd)
+        .unwrap()
+        .env("WGPROV_KEY_PASSPHRASE", "sesame")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    s.outputs.lock().unwrap().push(stdout.clone());
+    let v: serde_json::Value = serde_json::from_str(&stdout).unwrap();
+    assert_eq!(out.status.code(), Some(0), "{v}");
+    assert_eq!(changed_hosts(&v).len(), 6, "{v}");
+    // become: files written as root although ops logged in
+    assert_eq!(
+        s.lab
+            .sh("node3", "stat -c %U /etc/wireguard/wg0.conf")
+            .trim(),
+        "root"
+    );
+    assert!(s.ping("node2", "10.100.1.1") && s.ping("node3", "10.100.2.1"));
+    // become without a sudo rule fails cleanly
+    s.lab.sh("node3", "rm /etc/sudoers.d/ops");
+    cmd.push("--check".into());
+    let out = wgprov::lab::command(&s.lab.prefix, "controller", &cmd)
+        .unwrap()
+        .env("WGPROV_KEY_PASSPHRASE", "sesame")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["hosts"]["node3"]["status"], "failed", "{v}");
+    assert!(
+        v["hosts"]["node3"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("sudo"),
+        "{v}"
+    );
+    s.assert_no_key_leaked();
+}
