@@ -23,8 +23,8 @@ pub type HostFiles = (String, Vec<DesiredFile>);
 /// The keys known for this run: node name to key pair.
 pub type KeyRing = HashMap<String, Keypair>;
 
-/// What a file should be.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// What a file should be. `Debug` shows the content with private keys redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub enum FileState {
     /// Present with this content and mode.
     Present {
@@ -35,6 +35,19 @@ pub enum FileState {
     },
     /// Absent (a role whose `when` is false for this node).
     Absent,
+}
+
+impl std::fmt::Debug for FileState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileState::Absent => f.write_str("Absent"),
+            FileState::Present { content, mode } => f
+                .debug_struct("Present")
+                .field("content", &crate::facts::wgconf::redact(content))
+                .field("mode", &format_args!("{mode:o}"))
+                .finish(),
+        }
+    }
 }
 
 /// One file a host should have (or not have).

@@ -14,8 +14,8 @@ use crate::inventory::OsFamily;
 /// Delimiter that starts a section of the facts output.
 pub const MARK: &str = "@@WGPROV-FACT@@";
 
-/// A file as found on the host.
-#[derive(Clone, Debug, PartialEq, Eq)]
+/// A file as found on the host. `Debug` shows it with private keys redacted.
+#[derive(Clone, PartialEq, Eq)]
 pub enum FileFact {
     /// Not there.
     Absent,
@@ -26,6 +26,19 @@ pub enum FileFact {
         /// Content (lossy UTF-8 when the bytes were not text).
         content: String,
     },
+}
+
+impl std::fmt::Debug for FileFact {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            FileFact::Absent => f.write_str("Absent"),
+            FileFact::Present { mode, content } => f
+                .debug_struct("Present")
+                .field("mode", &format_args!("{mode:o}"))
+                .field("content", &crate::facts::wgconf::redact(content))
+                .finish(),
+        }
+    }
 }
 
 impl FileFact {
@@ -270,7 +283,7 @@ mod tests {
             }
         );
         assert_eq!(f.files["/etc/default/kubelet"], FileFact::Absent);
-        let wg = f.wg.unwrap();
+        let wg = f.wg.clone().unwrap();
         assert_eq!((wg.public_key.as_str(), wg.listen_port), ("PUB", 51820));
         assert_eq!(wg.peers[0].endpoint.as_deref(), Some("1.2.3.4:51820"));
         assert_eq!(wg.peers[0].latest_handshake, 1699999990);

@@ -1,0 +1,318 @@
+#!/usr/bin/env python3
+"""Fleet benchmark: wgprov against the SSH floor, pyinfra and Ansible on the same lab hosts.
+
+Run through benches/fleet/run.sh (it installs the tools and builds wgprov). For each N it builds
+a lab of N nodes over 5 sites with `wgprov lab up`, then from the lab's controller measures, each
+figure the median of RUNS runs after a warm-up:
+
+  floor        N parallel `ssh -o ControlMaster=no -o KexAlgorithms=curve25519-sha256 host true`
+               (and with OpenSSH's default key exchange)
+  wgprov       first apply (from an empty network), no-change apply, apply --check --diff
+               (on the empty network, so that every diff is computed and printed)
+  pyinfra      first run and no-change run (parallel = N)
+  ansible      first run and no-change run (forks = N, pipelining, interpreter pinned, no facts)
+
+pyinfra and Ansible write the files `wgprov render` produced, so every tool writes identical
+bytes, and run the same handlers (wg-quick down/up when wg0.conf changed, sysctl -p).
+
+Controller CPU and peak memory come from GNU time around the tool (peak = largest process);
+target CPU is the growth of utime+stime+cutime+cstime of every node's sshd (pid 1 of the node's
+PID namespace, which reaps all its sessions). The lab is torn down at the end, on error and on
+SIGINT/SIGTERM.
+"""
+
+import json
+import os
+import platform
+import signal
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parent.parent
+WGPROV = str(ROOT / "target" / "release" / "wgprov")
+VENV = HERE / ".venv" / "bin"
+RUNS = int(os.environ.get("FLEET_RUNS", "5"))
+SITES = 5
+CLK = os.sysconf("SC_CLK_TCK")
+
+live_labs = []
+
+
+def sh(cmd, check=True, **kw):
+    r = subprocess.run(cmd, capture_output=True, text=True, **kw)
+    if check and r.returncode != 0:
+        raise RuntimeError(f"{cmd[:6]}... exited {r.returncode}: {r.stderr.strip()[-2000:]}")
+    return r
+
+
+def teardown(*_):
+    while live_labs:
+        p = live_labs.pop()
+        subprocess.run([WGPROV, "lab", "down", "--prefix", p], capture_output=True)
+    if _:
+        sys.exit(130)
+
+
+signal.signal(signal.SIGINT, teardown)
+signal.signal(signal.SIGTERM, teardown)
+
+
+def inventory(n):
+    per = [n // SITES + (1 if i < n % SITES else 0) for i in range(SITES)]
+    y = ["network:", "  wireguard_cidr: 10.100.0.0/16", "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]", "sites:"]
+    nodes = []
+    for s in range(SITES):
+        if per[s] == 0:
+            continue
+        y += [f"  site{s}:", f"    lan_cidrs: [192.168.{10 + s}.0/24]", f"    endpoint: 203.0.113.{10 + s}:51820",
+              f"    next_hop: s{s}n0", "    router: openwrt", "    nodes:"]
+        for i in range(per[s]):
+            addr = f"192.168.{10 + s}.{10 + i}"
+            y += [f"      s{s}n{i}:", f"        address: {addr}"]
+            nodes.append((f"s{s}n{i}", addr, i == 0))
+    return "\n".join(y) + "\n", nodes
+
+
+class Lab:
+    def __init__(self, n, work):
+        self.n = n
+        self.prefix = f"fleet{n}"
+        self.work = work
+        self.inv = work / "inv.yaml"
+        text, self.nodes = inventory(n)
+        self.inv.write_text(text)
+        subprocess.run([WGPROV, "lab", "down", "--prefix", self.prefix], capture_output=True)
+        live_labs.append(self.prefix)
+        sh([WGPROV, "lab", "up", "-i", str(self.inv), "--prefix", self.prefix])
+        self.state = json.loads(Path(f"/tmp/wgprov-lab/{self.prefix}/state.json").read_text())
+
+    def exec(self, name, cmd, check=True):
+        return sh([WGPROV, "lab", "exec", "--prefix", self.prefix, name, "--"] + cmd, check=check)
+
+    def reset(self):
+        """Back to an empty network: no interface, none of the managed files, no backups."""
+        script = ("wg-quick down wg0 >/dev/null 2>&1; rm -rf /etc/wireguard/wg0.conf /etc/default/kubelet "
+                  "/etc/sysctl.d/99-wgprov.conf /etc/wgprov /var/lib/wgprov; true")
+        with ThreadPoolExecutor(8) as ex:
+            list(ex.map(lambda nd: self.exec(nd[0], ["sh", "-c", script]), self.nodes))
+
+    def target_cpu(self):
+        """CPU seconds used so far by every process in the nodes' namespaces: live processes'
+        own time plus what they reaped (sessions that ended, daemons that exited)."""
+        inodes = {os.stat(f"/run/netns/{ns}").st_ino for ns in self.state["nodes"].values()}
+        total = 0
+        for pid in os.listdir("/proc"):
+            if not pid.isdigit():
+                continue
+            try:
+                if os.stat(f"/proc/{pid}/ns/net").st_ino not in inodes:
+                    continue
+                f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            # after the comm: state is [0]; utime [11], stime [12], cutime [13], cstime [14]
+            total += sum(int(x) for x in f[11:15])
+        return total / CLK
+
+    def timed(self, cmd):
+        """Runs cmd in the controller under GNU time: (wall s, controller cpu s, peak MiB, target cpu s)."""
+        out = self.work / "time.out"
+        t0 = self.target_cpu()
+        start = time.monotonic()
+        r = self.exec("controller", ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(out)] + cmd, check=False)
+        wall = time.monotonic() - start
+        t1 = self.target_cpu()
+        if r.returncode != 0:
+            raise RuntimeError(f"{' '.join(cmd[:4])} exited {r.returncode}: {(r.stdout + r.stderr)[-3000:]}")
+        e, u, s_, m = out.read_text().split()[-4:]
+        return wall, float(u) + float(s_), int(m) / 1024, t1 - t0
+
+    def down(self):
+        sh([WGPROV, "lab", "down", "--prefix", self.prefix])
+        live_labs.remove(self.prefix)
+
+
+def median_of(fn, before=None):
+    """A warm-up, then RUNS runs; the median of each figure."""
+    samples = []
+    for i in range(RUNS + 1):
+        if before:
+            before()
+        r = fn()
+        if i > 0:
+            samples.append(r)
+    return tuple(statistics.median(x[k] for x in samples) for k in range(4))
+
+
+def ssh_floor(lab, kex):
+    opts = "-o BatchMode=yes -o ControlMaster=no" + (f" -o KexAlgorithms={kex}" if kex else "")
+    hosts = " ".join(addr for _, addr, _ in lab.nodes)
+    script = f"for h in {hosts}; do ssh {opts} root@$h true & done; wait"
+    return lambda: lab.timed(["bash", "-c", script])
+
+
+def write_pyinfra(lab, render):
+    inv = ["hosts = ["]
+    for name, addr, nh in lab.nodes:
+        inv.append(f"    ({addr!r}, {{'ssh_user': 'root', 'render': {str(render / name)!r}, 'next_hop': {nh}}}),")
+    inv.append("]")
+    (lab.work / "pyinfra_inventory.py").write_text("\n".join(inv) + "\n")
+    (lab.work / "pyinfra_deploy.py").write_text('''from pyinfra import host
+from pyinfra.operations import files, server
+
+r = host.data.render
+wg = files.put(name="wg0.conf", src=r + "/etc/wireguard/wg0.conf", dest="/etc/wireguard/wg0.conf", mode="600")
+files.put(name="kubelet", src=r + "/etc/default/kubelet", dest="/etc/default/kubelet", mode="644")
+if host.data.next_hop:
+    files.directory(name="/etc/wgprov", path="/etc/wgprov", mode="755")
+    files.put(name="port-forward", src=r + "/etc/wgprov/port-forward.md", dest="/etc/wgprov/port-forward.md", mode="644")
+    sc = files.put(name="sysctl", src=r + "/etc/sysctl.d/99-wgprov.conf", dest="/etc/sysctl.d/99-wgprov.conf", mode="644")
+    server.shell(name="sysctl -p", commands=["sysctl -q -p /etc/sysctl.d/99-wgprov.conf"], _if=sc.did_change)
+server.shell(name="wg-quick", commands=["wg-quick down wg0 >/dev/null 2>&1; wg-quick up wg0"], _if=wg.did_change)
+''')
+    return [str(VENV / "pyinfra"), "-y", "--parallel", str(lab.n), str(lab.work / "pyinfra_inventory.py"),
+            str(lab.work / "pyinfra_deploy.py")]
+
+
+def write_ansible(lab, render):
+    hosts = ["[all]"]
+    for name, addr, nh in lab.nodes:
+        hosts.append(f"{name} ansible_host={addr} render={render / name} next_hop={'true' if nh else 'false'}")
+    (lab.work / "hosts.ini").write_text("\n".join(hosts) + "\n")
+    (lab.work / "ansible.cfg").write_text(f"""[defaults]
+forks = {lab.n}
+gathering = explicit
+host_key_checking = True
+interpreter_python = /usr/bin/python3
+remote_user = root
+stdout_callback = default
+[ssh_connection]
+pipelining = True
+""")
+    (lab.work / "site.yml").write_text("""- hosts: all
+  gather_facts: false
+  tasks:
+    - copy: {src: "{{ render }}/etc/wireguard/wg0.conf", dest: /etc/wireguard/wg0.conf, mode: "0600"}
+      notify: wg-quick
+    - copy: {src: "{{ render }}/etc/default/kubelet", dest: /etc/default/kubelet, mode: "0644"}
+    - file: {path: /etc/wgprov, state: directory, mode: "0755"}
+      when: next_hop | bool
+    - copy: {src: "{{ render }}/etc/wgprov/port-forward.md", dest: /etc/wgprov/port-forward.md, mode: "0644"}
+      when: next_hop | bool
+    - copy: {src: "{{ render }}/etc/sysctl.d/99-wgprov.conf", dest: /etc/sysctl.d/99-wgprov.conf, mode: "0644"}
+      when: next_hop | bool
+      notify: sysctl
+  handlers:
+    - name: wg-quick
+      shell: wg-quick down wg0 >/dev/null 2>&1; wg-quick up wg0
+    - name: sysctl
+      command: sysctl -q -p /etc/sysctl.d/99-wgprov.conf
+""")
+    return ["env", f"ANSIBLE_CONFIG={lab.work / 'ansible.cfg'}", f"PATH={VENV}:/usr/sbin:/usr/bin:/sbin:/bin",
+            str(VENV / "ansible-playbook"), "-i", str(lab.work / "hosts.ini"), str(lab.work / "site.yml")]
+
+
+def versions():
+    v = {}
+    v["wgprov"] = sh([WGPROV, "--version"]).stdout.strip()
+    v["OpenSSH"] = sh(["ssh", "-V"]).stderr.strip()
+    v["pyinfra"] = sh([str(VENV / "pyinfra"), "--version"]).stdout.strip().splitlines()[0]
+    v["ansible-core"] = sh([str(VENV / "ansible-playbook"), "--version"]).stdout.splitlines()[0]
+    v["wireguard-go"] = sh(["wireguard-go", "--version"]).stdout.strip().splitlines()[0]
+    return v
+
+
+def bench(n):
+    work = HERE / "work" / str(n)
+    work.mkdir(parents=True, exist_ok=True)
+    lab = Lab(n, work)
+    try:
+        render = work / "render"
+        sh(["rm", "-rf", str(render)])
+        sh([WGPROV, "render", "-i", str(lab.inv), "--out", str(render)])
+        inv = str(lab.inv)
+        forks = ["--forks", str(n)]
+        rows = {}
+        print(f"N={n}: floor", flush=True)
+        rows["floor (ssh true, curve25519)"] = median_of(ssh_floor(lab, "curve25519-sha256"))
+        rows["floor (ssh true, default kex)"] = median_of(ssh_floor(lab, None))
+        print(f"N={n}: wgprov", flush=True)
+        rows["wgprov first apply"] = median_of(lambda: lab.timed([WGPROV, "apply", "-i", inv] + forks), lab.reset)
+        rows["wgprov no-change apply"] = median_of(lambda: lab.timed([WGPROV, "apply", "-i", inv] + forks))
+        timings = lab.exec("controller", [WGPROV, "apply", "-i", inv, "--timings"] + forks).stdout
+        rows["wgprov apply --check --diff"] = median_of(
+            lambda: lab.timed(["sh", "-c", f"{WGPROV} apply -i {inv} --forks {n} --check --diff >/dev/null"]), lab.reset)
+        print(f"N={n}: pyinfra", flush=True)
+        py = write_pyinfra(lab, render)
+        rows["pyinfra first run"] = median_of(lambda: lab.timed(py), lab.reset)
+        rows["pyinfra no-change run"] = median_of(lambda: lab.timed(py))
+        print(f"N={n}: ansible", flush=True)
+        an = write_ansible(lab, render)
+        rows["ansible first run"] = median_of(lambda: lab.timed(an), lab.reset)
+        rows["ansible no-change run"] = median_of(lambda: lab.timed(an))
+        # every host ok after the tools ran: wgprov still sees nothing to change? (it must not:
+        # the others wrote other keys, so wgprov adopts them and everything stays consistent)
+        check = lab.exec("controller", [WGPROV, "apply", "-i", inv, "--format", "json"] + forks, check=False)
+        summary = json.loads(check.stdout)["summary"]
+        return rows, timings, summary
+    finally:
+        lab.down()
+
+
+def table(n, rows):
+    floor = rows["floor (ssh true, curve25519)"][0]
+    wg_nc = rows["wgprov no-change apply"][0]
+    out = [f"### N = {n} hosts (5 sites)", "",
+           "| run | wall s | controller CPU s | controller peak MiB | target CPU s |",
+           "| --- | ---: | ---: | ---: | ---: |"]
+    for k, (w, c, m, t) in rows.items():
+        out.append(f"| {k} | {w:.2f} | {c:.2f} | {m:.0f} | {t:.2f} |")
+    out += ["", "| ratio | value |", "| --- | ---: |",
+            f"| wgprov no-change / floor | {wg_nc / floor:.2f} |",
+            f"| pyinfra / wgprov, no-change | {rows['pyinfra no-change run'][0] / wg_nc:.1f} |",
+            f"| Ansible / wgprov, no-change | {rows['ansible no-change run'][0] / wg_nc:.1f} |",
+            f"| pyinfra / wgprov, first run | {rows['pyinfra first run'][0] / rows['wgprov first apply'][0]:.1f} |",
+            f"| Ansible / wgprov, first run | {rows['ansible first run'][0] / rows['wgprov first apply'][0]:.1f} |",
+            f"| pyinfra no-change / wgprov --check --diff | {rows['pyinfra no-change run'][0] / rows['wgprov apply --check --diff'][0]:.1f} |",
+            f"| Ansible no-change / wgprov --check --diff | {rows['ansible no-change run'][0] / rows['wgprov apply --check --diff'][0]:.1f} |",
+            ""]
+    return "\n".join(out)
+
+
+def main():
+    ns = [int(a) for a in sys.argv[1:]] or [10, 50]
+    v = versions()
+    parts = ["# Fleet benchmark results", "",
+             f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}; "
+             f"medians of {RUNS} runs after a warm-up; all hosts are lab namespaces on this machine, "
+             "so targets' CPU competes with the controller's.", "",
+             "Versions: " + "; ".join(f"{k}: {x}" for k, x in v.items()), "",
+             f"Command: `benches/fleet/run.sh {' '.join(map(str, ns))}`. Exact tool commands: "
+             "`wgprov apply -i inv.yaml --forks N` (first run after a reset of every node; `--check --diff` "
+             "on the reset network); `pyinfra -y --parallel N pyinfra_inventory.py pyinfra_deploy.py`; "
+             "`ansible-playbook -i hosts.ini site.yml` (forks = N, pipelining, gathering explicit, "
+             "interpreter /usr/bin/python3); floor: `ssh -o BatchMode=yes -o ControlMaster=no "
+             "-o KexAlgorithms=curve25519-sha256 root@host true` for every host at once. The generated "
+             "files are in benches/fleet/work/N/.", ""]
+    try:
+        for n in ns:
+            rows, timings, summary = bench(n)
+            t = table(n, rows)
+            print(t, flush=True)
+            parts.append(t)
+            parts += ["wgprov per-host phases (one no-change apply, `--timings`):", "", "```",
+                      "\n".join(l for l in timings.splitlines() if "connect=" in l)[:6000], "```", "",
+                      f"After pyinfra and Ansible wrote the same bytes, a wgprov apply reports: {summary}", ""]
+    finally:
+        teardown()
+    (HERE / "RESULTS.md").write_text("\n".join(parts) + "\n")
+    print(f"wrote {HERE / 'RESULTS.md'}")
+
+
+if __name__ == "__main__":
+    main()
