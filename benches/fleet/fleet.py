@@ -289,27 +289,33 @@ def main():
     v = versions()
     parts = ["# Fleet benchmark results", "",
              f"Machine: {platform.node()}, {os.cpu_count()} cores, {platform.platform()}; "
-             f"medians of {RUNS} runs after a warm-up; all hosts are lab namespaces on this machine, "
+             "each figure the median of the runs after a warm-up; all hosts are lab namespaces on this machine, "
              "so targets' CPU competes with the controller's.", "",
-             "Versions: " + "; ".join(f"{k}: {x}" for k, x in v.items()), "",
-             f"Command: `benches/fleet/run.sh {' '.join(map(str, ns))}`. Exact tool commands: "
+             "Command: `benches/fleet/run.sh [N…]` (FLEET_RUNS sets the runs per figure). Exact tool commands: "
              "`wgprov apply -i inv.yaml --forks N` (first run after a reset of every node; `--check --diff` "
              "on the reset network); `pyinfra -y --parallel N pyinfra_inventory.py pyinfra_deploy.py`; "
              "`ansible-playbook -i hosts.ini site.yml` (forks = N, pipelining, gathering explicit, "
              "interpreter /usr/bin/python3); floor: `ssh -o BatchMode=yes -o ControlMaster=no "
              "-o KexAlgorithms=curve25519-sha256 root@host true` for every host at once. The generated "
              "files are in benches/fleet/work/N/.", ""]
+    # sections per N are kept across invocations (results.json), so that `run.sh 200` adds to
+    # an earlier `run.sh 10 50` instead of replacing it
+    store = HERE / "results.json"
+    sections = json.loads(store.read_text()) if store.exists() else {}
     try:
         for n in ns:
             rows, timings, summary = bench(n)
             t = table(n, rows)
             print(t, flush=True)
-            parts.append(t)
-            parts += ["wgprov per-host phases (one no-change apply, `--timings`):", "", "```",
-                      "\n".join(l for l in timings.splitlines() if "connect=" in l)[:6000], "```", "",
-                      f"After pyinfra and Ansible wrote the same bytes, a wgprov apply reports: {summary}", ""]
+            phases = "\n".join(l for l in timings.splitlines() if "connect=" in l)[:6000]
+            sections[str(n)] = "\n".join([
+                t, f"Runs per figure: {RUNS} (after a warm-up). Versions: " + "; ".join(f"{k}: {x}" for k, x in v.items()), "",
+                "wgprov per-host phases (one no-change apply, `--timings`):", "", "```", phases, "```", "",
+                f"After pyinfra and Ansible wrote the same bytes, a wgprov apply reports: {summary}", ""])
+            store.write_text(json.dumps(sections, indent=1))
     finally:
         teardown()
+    parts += [sections[k] for k in sorted(sections, key=int)]
     (HERE / "RESULTS.md").write_text("\n".join(parts) + "\n")
     print(f"wrote {HERE / 'RESULTS.md'}")
 

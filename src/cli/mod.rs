@@ -494,6 +494,9 @@ fn lab(cmd: LabCommand) -> Result<u8> {
             let p = planned(&inv.inventory, true)?;
             let layout = lab::plan::plan(&p.inventory, &p.topology, &prefix, &no_port_forward)?;
             let st = lab::up(&inv.inventory, &layout)?;
+            if let Some(w) = lab::inotify_warning(st.nodes.len()) {
+                eprintln!("{w}");
+            }
             println!(
                 "lab {prefix} is up: {} sites, {} nodes, controller reaches them over SSH",
                 st.routers.len(),

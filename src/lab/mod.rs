@@ -167,6 +167,24 @@ pub fn preflight() -> Result<()> {
     }
 }
 
+/// A warning when the lab has more nodes than wireguard-go processes can start: each one takes
+/// an inotify instance, and `fs.inotify.max_user_instances` (128 by default) is per user for
+/// the whole machine. The 129th `wg-quick up` then fails with "Unable to modify interface".
+pub fn inotify_warning(nodes: usize) -> Option<String> {
+    let max: usize = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
+        .ok()?
+        .trim()
+        .parse()
+        .ok()?;
+    (nodes + 16 > max).then(|| {
+        format!(
+            "warning: {nodes} nodes, but fs.inotify.max_user_instances is {max} and every node's wireguard-go takes one: \
+             past that, wg-quick up fails. For a lab this large: sysctl -w fs.inotify.max_user_instances={}",
+            (nodes * 2 + 64).next_power_of_two()
+        )
+    })
+}
+
 /// Namespaces that exist now and carry this prefix.
 pub fn existing_namespaces(prefix: &str) -> Result<Vec<String>> {
     let out = run("ip", &["netns", "list"])?;
