@@ -272,3 +272,78 @@ pub fn text(r: &StatusReport) -> String {
     }
     o
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::facts::gather::PeerState;
+    use std::path::Path;
+
+    const INV: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.96.0.0/16]\nsites:\n  a:\n    endpoint: 198.51.100.1:51820\n    nodes:\n      a1: {address: 192.168.0.10}\n  b:\n    endpoint: 198.51.100.2:51821\n    nodes:\n      b1: {address: 192.168.1.10}\n  c:\n    nodes:\n      c1: {address: 192.168.2.10}\n";
+
+    fn peer(key: &str, ep: Option<&str>, allowed: &str, hs: u64) -> PeerState {
+        PeerState {
+            public_key: key.into(),
+            endpoint: ep.map(str::to_string),
+            allowed_ips: vec![allowed.into()],
+            latest_handshake: hs,
+            rx: 0,
+            tx: 0,
+            keepalive: 25,
+        }
+    }
+
+    #[test]
+    fn flags_never_handshaking_pairs_and_unexpected_endpoints() {
+        let inv = crate::inventory::load_str(Path::new("s.yaml"), INV)
+            .unwrap()
+            .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        let now = 1000;
+        let mut live = HashMap::new();
+        // a sees b at port 51820 although b's endpoint says 51821; c never handshook with b
+        live.insert(
+            "a1".to_string(),
+            Some(WgState {
+                public_key: "A".into(),
+                listen_port: 51820,
+                peers: vec![
+                    peer("B", Some("198.51.100.2:51820"), "10.100.1.0/24", 990),
+                    peer("C", Some("198.51.100.3:40000"), "10.100.2.0/24", 995),
+                ],
+            }),
+        );
+        live.insert(
+            "b1".to_string(),
+            Some(WgState {
+                public_key: "B".into(),
+                listen_port: 51820,
+                peers: vec![
+                    peer("A", Some("198.51.100.1:51820"), "10.100.0.0/24", 990),
+                    peer("C", None, "10.100.2.0/24", 0),
+                ],
+            }),
+        );
+        live.insert(
+            "c1".to_string(),
+            Some(WgState {
+                public_key: "C".into(),
+                listen_port: 51820,
+                peers: vec![
+                    peer("A", Some("198.51.100.1:51820"), "10.100.0.0/24", 995),
+                    peer("B", Some("198.51.100.2:51821"), "10.100.1.0/24", 0),
+                ],
+            }),
+        );
+        let r = diagnose(&topo, &live, now);
+        let all = r.findings.join("\n");
+        assert!(all.contains("a1: site b's next-hop b1 is seen at 198.51.100.2:51820, not at its configured endpoint 198.51.100.2:51821"), "{all}");
+        assert!(all.contains("sites b and c: their next-hops never completed a handshake: c has no endpoint, so b must accept the first packet: check the UDP port-forward on b's router (udp 51821 -> 192.168.1.10:51820)"), "{all}");
+        assert!(!all.contains("sites a and"), "{all}");
+        assert_eq!(r.findings.len(), 2, "{all}");
+        let a1 = &r.nodes[0];
+        assert_eq!(a1.peers[0].peer, "b1");
+        assert_eq!(a1.peers[0].handshake_age, Some(10));
+        assert_eq!(r.exit_code(), 1);
+    }
+}

@@ -60,6 +60,19 @@ pub enum HostStatus {
     RolledBack,
 }
 
+impl HostStatus {
+    /// The word used in JSON and progress lines.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            HostStatus::Ok => "ok",
+            HostStatus::Changed => "changed",
+            HostStatus::Failed => "failed",
+            HostStatus::Unreachable => "unreachable",
+            HostStatus::RolledBack => "rolled_back",
+        }
+    }
+}
+
 /// One file of a host's report.
 #[derive(Clone, Debug, Serialize)]
 pub struct FileReport {
@@ -641,7 +654,7 @@ pub async fn apply(
         }
     }
     for r in &reports {
-        progress.done(&r.name, &format!("{:?}", r.status).to_lowercase());
+        progress.done(&r.name, r.status.as_str());
     }
     for s in sessions.values().flatten() {
         s.close().await;
@@ -797,7 +810,7 @@ pub async fn rollback(
                 r.error = Some(e.clone());
             }
         }
-        progress.done(n, &format!("{:?}", r.status).to_lowercase());
+        progress.done(n, r.status.as_str());
         hosts.push(r);
     }
     for s in sessions.values().flatten() {

@@ -709,3 +709,44 @@ fn encrypted_ecdsa_key_rsa_key_proxy_jump_and_become() {
     );
     s.assert_no_key_leaked();
 }
+
+#[test]
+fn a_next_hop_seen_at_another_port_than_its_endpoint_is_flagged() {
+    if !lab_available() {
+        return;
+    }
+    // cabin's endpoint is cabin.example.net:51821 (forwarded to cabin1:51820); without the
+    // forward, cabin1 still reaches the others, but its NAT shows it at <wan>:51820
+    let y = demo_yaml();
+    let s = Scenario::new("p", &y, &y, &["cabin"]);
+    assert_eq!(s.apply(&[]).code, 0);
+    let inv = s.inv.to_str().unwrap().to_string();
+    let wan = s.lab.state.wan["cabin"].to_string();
+    let mut findings = Vec::new();
+    for _ in 0..30 {
+        let r = s.wgprov(&["status", "-i", &inv, "--format", "json"]);
+        let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+        findings = v["findings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|f| f.as_str().unwrap().to_string())
+            .collect();
+        if findings
+            .iter()
+            .any(|f| f.contains(&format!("seen at {wan}:51820")))
+        {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+    assert!(
+        findings
+            .iter()
+            .any(|f| f.contains(&format!("seen at {wan}:51820"))
+                && f.contains("cabin.example.net:51821")
+                && f.contains("port-forward on cabin's router")),
+        "{findings:#?}"
+    );
+    s.assert_no_key_leaked();
+}
