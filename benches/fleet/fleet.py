@@ -37,6 +37,9 @@ ROOT = HERE.parent.parent
 WGPROV = str(ROOT / "target" / "release" / "wgprov")
 VENV = HERE / ".venv" / "bin"
 RUNS = int(os.environ.get("FLEET_RUNS", "5"))
+# FLEET_ONLY=wgprov measures the floor and wgprov only (quick before/after checks; RESULTS.md
+# is not written then)
+ONLY = os.environ.get("FLEET_ONLY", "")
 SITES = 5
 CLK = os.sysconf("SC_CLK_TCK")
 
@@ -247,6 +250,10 @@ def bench(n):
         timings = lab.exec("controller", [WGPROV, "apply", "-i", inv, "--timings"] + forks).stdout
         rows["wgprov apply --check --diff"] = median_of(
             lambda: lab.timed(["sh", "-c", f"{WGPROV} apply -i {inv} --forks {n} --check --diff >/dev/null"]), lab.reset)
+        if ONLY == "wgprov":
+            for k, (w, c, m, t) in rows.items():
+                print(f"  {k:<32} wall {w:.3f} s  controller CPU {c:.2f} s  peak {m:.0f} MiB  target CPU {t:.2f} s")
+            return rows, timings, {}
         print(f"N={n}: pyinfra", flush=True)
         py = write_pyinfra(lab, render)
         rows["pyinfra first run"] = median_of(lambda: lab.timed(py), lab.reset)
@@ -305,6 +312,8 @@ def main():
     try:
         for n in ns:
             rows, timings, summary = bench(n)
+            if ONLY == "wgprov":
+                continue
             t = table(n, rows)
             print(t, flush=True)
             phases = "\n".join(l for l in timings.splitlines() if "connect=" in l)[:6000]

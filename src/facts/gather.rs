@@ -96,8 +96,6 @@ pub struct Facts {
     pub tools: BTreeSet<String>,
     /// True when systemd is the running init.
     pub systemd: bool,
-    /// The remote user id the script ran as.
-    pub uid: u32,
     /// Unix time on the host when the facts were read.
     pub now: u64,
 }
@@ -111,30 +109,31 @@ pub fn sh_quote(s: &str) -> String {
 pub const PATH_PRELUDE: &str =
     "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C\n";
 
-/// The gathering script for `iface` and the given file paths.
+/// The gathering script for `iface` and the given file paths. It spawns as few processes as it
+/// can (they are what a facts round trip costs on the target): shell builtins for os-release and
+/// the tool checks, one `stat` for every mode, one `base64` per present file, one `wg show`.
 pub fn script(iface: &str, paths: &[String]) -> String {
     let mut s = String::from(PATH_PRELUDE);
     s.push_str(&format!(
         "M='{MARK}'\nsec() {{ printf '%s %s\\n' \"$M\" \"$*\"; }}\n"
     ));
     s.push_str(
-        "sec os_release; if [ -r /etc/os-release ]; then base64 -w0 < /etc/os-release; fi; echo\n",
+        "sec os_release\nif [ -r /etc/os-release ]; then while IFS= read -r l || [ -n \"$l\" ]; do printf '%s\\n' \"$l\"; done < /etc/os-release; fi\n",
     );
-    s.push_str("for f in");
-    for p in paths {
-        s.push(' ');
-        s.push_str(&sh_quote(p));
-    }
-    s.push_str(
-        "; do\n  sec file \"$f\"\n  if [ -f \"$f\" ]; then printf 'present %s ' \"$(stat -c %a \"$f\")\"; base64 -w0 < \"$f\"; echo; else echo absent; fi\ndone\n",
-    );
-    let q = sh_quote(iface);
+    let quoted: Vec<String> = paths.iter().map(|p| sh_quote(p)).collect();
+    let list = quoted.join(" ");
     s.push_str(&format!(
-        "sec wg; if command -v wg >/dev/null 2>&1 && ip link show {q} >/dev/null 2>&1; then wg show {q} dump | base64 -w0; fi; echo\n"
+        "set --\nfor f in {list}; do [ -f \"$f\" ] && set -- \"$@\" \"$f\"; done\n\
+         sec modes\nif [ $# -gt 0 ]; then stat -c '%a %n' -- \"$@\"; fi\n\
+         for f in {list}; do\n  sec file \"$f\"\n  if [ -f \"$f\" ]; then base64 -w0 < \"$f\"; echo; else echo absent; fi\ndone\n"
     ));
-    s.push_str("sec tools; for t in systemctl wg wg-quick kubelet iptables sudo; do command -v $t >/dev/null 2>&1 && printf '%s ' $t; done; echo\n");
-    s.push_str("sec systemd; if [ -d /run/systemd/system ]; then echo yes; else echo no; fi\n");
-    s.push_str("sec uid; id -u\nsec now; date +%s\nsec end\n");
+    s.push_str(&format!(
+        "sec wg\nwg show {} dump 2>/dev/null\n",
+        sh_quote(iface)
+    ));
+    s.push_str("sec tools\nfor t in systemctl wg wg-quick kubelet iptables sudo; do command -v $t >/dev/null 2>&1 && printf '%s ' $t; done; echo\n");
+    s.push_str("sec systemd\nif [ -d /run/systemd/system ]; then echo yes; else echo no; fi\n");
+    s.push_str("sec now\ndate +%s\nsec end\n");
     s
 }
 
@@ -214,6 +213,7 @@ pub fn parse_wg_dump(text: &str) -> Option<WgState> {
 pub fn parse(output: &str) -> Result<Facts, String> {
     let mut facts = Facts::default();
     let mut complete = false;
+    let mut modes: BTreeMap<String, u32> = BTreeMap::new();
     let mut sections: Vec<(String, Vec<&str>)> = Vec::new();
     for line in output.lines() {
         if let Some(rest) = line.strip_prefix(MARK) {
@@ -226,29 +226,31 @@ pub fn parse(output: &str) -> Result<Facts, String> {
         let value = body.join("\n");
         let (name, arg) = head.split_once(' ').unwrap_or((head.as_str(), ""));
         match name {
-            "os_release" => {
-                let text = b64(&value)?;
-                (facts.os_family, facts.os_id) = os_family_of(&text);
+            "os_release" => (facts.os_family, facts.os_id) = os_family_of(&value),
+            "modes" => {
+                for l in value.lines() {
+                    if let Some((m, path)) = l.split_once(' ') {
+                        let m = u32::from_str_radix(m, 8)
+                            .map_err(|_| format!("bad mode for {path}"))?;
+                        modes.insert(path.to_string(), m);
+                    }
+                }
             }
             "file" => {
                 let v = value.trim();
                 let fact = if v == "absent" {
                     FileFact::Absent
                 } else {
-                    let mut parts = v.splitn(3, ' ');
-                    let (_, mode, data) = (parts.next(), parts.next(), parts.next().unwrap_or(""));
                     FileFact::Present {
-                        mode: u32::from_str_radix(mode.unwrap_or("0"), 8)
-                            .map_err(|_| format!("bad mode for {arg}"))?,
-                        content: b64(data)?,
+                        mode: *modes.get(arg).ok_or_else(|| format!("no mode for {arg}"))?,
+                        content: b64(v)?,
                     }
                 };
                 facts.files.insert(arg.to_string(), fact);
             }
-            "wg" => facts.wg = parse_wg_dump(&b64(&value)?),
+            "wg" => facts.wg = parse_wg_dump(&value),
             "tools" => facts.tools = value.split_whitespace().map(str::to_string).collect(),
             "systemd" => facts.systemd = value.trim() == "yes",
-            "uid" => facts.uid = value.trim().parse().unwrap_or(u32::MAX),
             "now" => facts.now = value.trim().parse().unwrap_or(0),
             "end" => complete = true,
             _ => {}
@@ -268,10 +270,8 @@ mod tests {
     fn parses_what_the_script_prints() {
         let conf = "[Interface]\nPrivateKey = SECRET\n";
         let out = format!(
-            "{MARK} os_release\n{}\n{MARK} file /etc/wireguard/wg0.conf\npresent 600 {}\n{MARK} file /etc/default/kubelet\nabsent\n{MARK} wg\n{}\n{MARK} tools\nwg wg-quick iptables \n{MARK} systemd\nno\n{MARK} uid\n0\n{MARK} now\n1700000000\n{MARK} end\n",
-            STANDARD.encode("ID=rocky\nID_LIKE=\"rhel centos fedora\"\n"),
+            "{MARK} os_release\nID=rocky\nID_LIKE=\"rhel centos fedora\"\n{MARK} modes\n600 /etc/wireguard/wg0.conf\n{MARK} file /etc/wireguard/wg0.conf\n{}\n{MARK} file /etc/default/kubelet\nabsent\n{MARK} wg\nPRIV\tPUB\t51820\toff\nPEER\t(none)\t1.2.3.4:51820\t10.100.0.2/32\t1699999990\t100\t200\t25\n{MARK} tools\nwg wg-quick iptables \n{MARK} systemd\nno\n{MARK} now\n1700000000\n{MARK} end\n",
             STANDARD.encode(conf),
-            STANDARD.encode("PRIV\tPUB\t51820\toff\nPEER\t(none)\t1.2.3.4:51820\t10.100.0.2/32\t1699999990\t100\t200\t25\n"),
         );
         let f = parse(&out).unwrap();
         assert_eq!(f.os_family, Some(OsFamily::Redhat));
@@ -291,7 +291,7 @@ mod tests {
             !format!("{wg:?}").contains("PRIV"),
             "the dump's private key is dropped"
         );
-        assert!(f.tools.contains("wg-quick") && !f.systemd && f.uid == 0);
+        assert!(f.tools.contains("wg-quick") && !f.systemd && f.now == 1_700_000_000);
     }
 
     #[test]
