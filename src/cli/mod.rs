@@ -535,6 +535,23 @@ fn lab(cmd: LabCommand) -> Result<u8> {
     }
 }
 
+/// Set by SIGINT/SIGTERM during `lab demo`, so that the demo stops at the next step and still
+/// tears its lab down.
+static INTERRUPTED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+extern "C" fn on_interrupt(_: libc::c_int) {
+    // only an atomic store: async-signal-safe
+    INTERRUPTED.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+fn interrupted() -> Result<()> {
+    if INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst) {
+        Err(Error::Lab("interrupted".into()))
+    } else {
+        Ok(())
+    }
+}
+
 /// Removes the demo lab and its inventory however the demo ends.
 struct DemoGuard {
     prefix: String,
@@ -573,6 +590,18 @@ fn lab_demo(prefix: &str) -> Result<u8> {
         layout.routers.len(),
         layout.nodes.len()
     );
+    // Ctrl-C stops the demo at the next step; the guard then tears the lab down
+    // SAFETY: installs a handler that only stores to an atomic.
+    unsafe {
+        libc::signal(
+            libc::SIGINT,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+        libc::signal(
+            libc::SIGTERM,
+            on_interrupt as *const () as libc::sighandler_t,
+        );
+    }
     let st = lab::up(&inv, &layout)?;
     let guard = DemoGuard {
         prefix: prefix.to_string(),
@@ -582,6 +611,7 @@ fn lab_demo(prefix: &str) -> Result<u8> {
     let exe = exe.display().to_string();
     let inv_s = inv.display().to_string();
     let in_controller = |args: &[&str]| -> Result<i32> {
+        interrupted()?;
         let mut cmd = vec![exe.clone()];
         cmd.extend(args.iter().map(|a| a.to_string()));
         lab::exec(prefix, "controller", &cmd)
@@ -617,26 +647,28 @@ fn lab_demo(prefix: &str) -> Result<u8> {
         for b in nodes.iter().filter(|b| b.site != a.site) {
             let ip = b.wireguard_ip.to_string();
             // bounded: a lost first handshake is retried by WireGuard after 5 s
+            interrupted()?;
             let ok = (0..10).any(|_| {
-                lab::command(
-                    prefix,
-                    &a.name,
-                    &[
-                        "ping".into(),
-                        "-c".into(),
-                        "1".into(),
-                        "-W".into(),
-                        "1".into(),
-                        ip.clone(),
-                    ],
-                )
-                .and_then(|mut c| {
-                    c.stdout(std::process::Stdio::null())
-                        .status()
-                        .map_err(|e| Error::Lab(e.to_string()))
-                })
-                .map(|s| s.success())
-                .unwrap_or(false)
+                !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+                    && lab::command(
+                        prefix,
+                        &a.name,
+                        &[
+                            "ping".into(),
+                            "-c".into(),
+                            "1".into(),
+                            "-W".into(),
+                            "1".into(),
+                            ip.clone(),
+                        ],
+                    )
+                    .and_then(|mut c| {
+                        c.stdout(std::process::Stdio::null())
+                            .status()
+                            .map_err(|e| Error::Lab(e.to_string()))
+                    })
+                    .map(|s| s.success())
+                    .unwrap_or(false)
             });
             println!(
                 "  {:<8} ({:<6}) -> {:<8} ({:<6}) {:<12} {}",
