@@ -750,3 +750,51 @@ fn a_next_hop_seen_at_another_port_than_its_endpoint_is_flagged() {
     );
     s.assert_no_key_leaked();
 }
+
+#[test]
+fn a_hung_host_is_unreachable_not_a_hang_and_its_peers_keep_their_entry() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::demo("q");
+    assert_eq!(s.apply(&[]).code, 0);
+    let node3_key = s
+        .lab
+        .sh("node3", "wg show wg0 public-key")
+        .trim()
+        .to_string();
+    // node3's sshd stops answering: TCP still connects, the SSH banner never comes
+    let pid = s.lab.state.inner["node3"] as i32;
+    // SAFETY: stopping the lab's own sshd (pid 1 of node3's PID namespace).
+    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    std::fs::write(
+        &s.inv,
+        demo_yaml().replace(
+            "  cluster_cidrs:",
+            "  persistent_keepalive: 22\n  cluster_cidrs:",
+        ),
+    )
+    .unwrap();
+    let started = std::time::Instant::now();
+    let (code, v) = s.apply_json(&["--connect-timeout", "2"]);
+    let took = started.elapsed();
+    unsafe { libc::kill(pid, libc::SIGCONT) };
+    assert_eq!(code, 1, "{v}");
+    assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
+    assert_eq!(v["hosts"]["node3"]["status"], "unreachable", "{v}");
+    assert!(
+        v["hosts"]["node3"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("no answer within 2 s"),
+        "{v}"
+    );
+    assert_eq!(v["hosts"]["node1"]["status"], "changed", "{v}");
+    // node1 could not learn node3's key this run, and kept its entry for it
+    let conf = s.lab.sh("node1", "cat /etc/wireguard/wg0.conf");
+    assert!(
+        conf.contains(&node3_key) && conf.contains("PersistentKeepalive = 22"),
+        "{conf}"
+    );
+    assert!(s.ping("node1", "10.100.0.3"));
+}
