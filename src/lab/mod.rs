@@ -79,6 +79,13 @@ fn ip(ns: &str, args: &[&str]) -> Result<()> {
     run("ip", &a).map(drop)
 }
 
+/// A bridge `name` in `ns` with address `addr`, up.
+fn bridge(ns: &str, name: &str, addr: &str) -> Result<()> {
+    ip(ns, &["link", "add", name, "type", "bridge"])?;
+    ip(ns, &["addr", "add", addr, "dev", name])?;
+    ip(ns, &["link", "set", name, "up"])
+}
+
 fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
     let mut a = vec!["netns", "exec", ns];
     a.extend_from_slice(args);
@@ -337,18 +344,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
 
     // the internet: one bridge; every WAN address is on-link
     let inet = p.inet_ns.as_str();
-    ip(inet, &["link", "add", "br0", "type", "bridge"])?;
-    ip(inet, &["link", "set", "br0", "up"])?;
-    ip(
-        inet,
-        &[
-            "addr",
-            "add",
-            &format!("{}/24", plan::INTERNET_IP),
-            "dev",
-            "br0",
-        ],
-    )?;
+    bridge(inet, "br0", &format!("{}/24", plan::INTERNET_IP))?;
     let inet_net: ipnet::Ipv4Net = ipnet::Ipv4Net::new(plan::INTERNET_IP, 24)
         .expect("net")
         .trunc();
@@ -388,18 +384,11 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
                 )?;
             }
         }
-        ip(ns, &["link", "add", "br-lan", "type", "bridge"])?;
-        ip(
+        bridge(
             ns,
-            &[
-                "addr",
-                "add",
-                &format!("{}/{}", r.lan_ip, r.lan.prefix_len()),
-                "dev",
-                "br-lan",
-            ],
+            "br-lan",
+            &format!("{}/{}", r.lan_ip, r.lan.prefix_len()),
         )?;
-        ip(ns, &["link", "set", "br-lan", "up"])?;
         in_ns(ns, &["sysctl", "-qw", "net.ipv4.ip_forward=1"])?;
         in_ns(
             ns,
@@ -441,18 +430,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
 
     // controller: management bridge
     let ctl = p.ctl_ns.as_str();
-    ip(ctl, &["link", "add", "mgmt", "type", "bridge"])?;
-    ip(ctl, &["link", "set", "mgmt", "up"])?;
-    ip(
-        ctl,
-        &[
-            "addr",
-            "add",
-            &format!("{}/32", p.controller_ip),
-            "dev",
-            "mgmt",
-        ],
-    )?;
+    bridge(ctl, "mgmt", &format!("{}/32", p.controller_ip))?;
 
     // nodes: LAN leg to the router, management leg to the controller
     for (k, n) in p.nodes.iter().enumerate() {

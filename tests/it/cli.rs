@@ -157,20 +157,20 @@ fn roles_path_overrides_the_embedded_roles_and_strict_templates_fail_cleanly() {
         }
     }
     let out = inv.dir.path().join("out");
+    let render_with_roles = || {
+        let (i, o, r) = (
+            inv.path.to_str().unwrap(),
+            out.to_str().unwrap(),
+            roles.to_str().unwrap(),
+        );
+        wgprov(&["render", "-i", i, "--out", o, "--roles-path", r])
+    };
     std::fs::write(
         roles.join("forwarding/templates/sysctl.conf.j2"),
         "net.ipv4.ip_forward = 1\n# custom\n",
     )
     .unwrap();
-    let o = wgprov(&[
-        "render",
-        "-i",
-        inv.path.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--roles-path",
-        roles.to_str().unwrap(),
-    ]);
+    let o = render_with_roles();
     assert_eq!(o.status.code(), Some(0), "{:?}", text(&o));
     let s = std::fs::read_to_string(out.join("node1/etc/sysctl.d/99-wgprov.conf")).unwrap();
     assert!(s.contains("# custom"));
@@ -179,15 +179,7 @@ fn roles_path_overrides_the_embedded_roles_and_strict_templates_fail_cleanly() {
         "x = {{ no_such_variable }}\n",
     )
     .unwrap();
-    let o = wgprov(&[
-        "render",
-        "-i",
-        inv.path.to_str().unwrap(),
-        "--out",
-        out.to_str().unwrap(),
-        "--roles-path",
-        roles.to_str().unwrap(),
-    ]);
+    let o = render_with_roles();
     let (_, err) = text(&o);
     assert_eq!(o.status.code(), Some(2));
     assert!(
