@@ -99,10 +99,10 @@ pub fn context(
         let allowed = allowed.join(", ");
         let (pk, comment): (Option<PublicKey>, String) = match &p.peer {
             PeerRef::Node(n) => {
-                let role = if p.site == node.site {
-                    "node"
-                } else {
+                let role = if topo.node(n).is_some_and(|x| x.is_next_hop) {
                     "next-hop"
+                } else {
+                    "node"
                 };
                 (
                     keys.get(n).map(|k| k.public),
