@@ -411,6 +411,24 @@ fn verify(
     Ok(())
 }
 
+/// What an operator should know about a config wgprov is about to keep (adopted keys that
+/// wg-quick treats specially).
+fn config_warnings(conf: &str, facts: &Facts) -> Vec<String> {
+    let mut w = Vec::new();
+    let c = WgConfig::parse(conf);
+    if let Some(i) = c.interface() {
+        if i.get("SaveConfig")
+            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
+        {
+            w.push("the config has SaveConfig = true: wg-quick down rewrites the file from the running interface, which can undo wgprov's changes; remove it".into());
+        }
+        if i.get("DNS").is_some() && !facts.tools.contains("resolvconf") {
+            w.push("the config sets DNS but the node has no resolvconf: wg-quick up will fail (install resolvconf or openresolv, or remove DNS)".into());
+        }
+    }
+    w
+}
+
 /// Host work computed from the facts: what to change and how to verify it.
 struct HostPlan {
     changes: Vec<Change>,
@@ -602,6 +620,9 @@ pub async fn apply(
                         FileState::Present { content, .. } => Some(content.clone()),
                         FileState::Absent => None,
                     });
+                if let Some(c) = &planned_conf {
+                    r.warnings.extend(config_warnings(c, f));
+                }
                 plans.insert(
                     n.name.clone(),
                     HostPlan {
@@ -892,6 +913,19 @@ mod tests {
             verify(Some(&live("ME", vec![("P2", "10.100.0.0/16")])), conf, "ME")
                 .unwrap_err()
                 .contains("P1")
+        );
+    }
+
+    #[test]
+    fn adopted_configs_get_warnings_wg_quick_would_bite_on() {
+        let f = Facts::default();
+        let w = config_warnings("[Interface]\nSaveConfig = true\nDNS = 1.1.1.1\n", &f);
+        assert_eq!(w.len(), 2, "{w:?}");
+        let mut with = Facts::default();
+        with.tools.insert("resolvconf".into());
+        assert_eq!(
+            config_warnings("[Interface]\nDNS = 1.1.1.1\n", &with).len(),
+            0
         );
     }
 

@@ -92,7 +92,7 @@ pub struct Facts {
     pub files: BTreeMap<String, FileFact>,
     /// The live interface, when it exists.
     pub wg: Option<WgState>,
-    /// Tools found on PATH (systemctl, wg, wg-quick, kubelet, iptables, sudo).
+    /// Tools found on PATH (systemctl, wg, wg-quick, kubelet, iptables, sudo, resolvconf).
     pub tools: BTreeSet<String>,
     /// True when systemd is the running init.
     pub systemd: bool,
@@ -131,7 +131,7 @@ pub fn script(iface: &str, paths: &[String]) -> String {
         "sec wg\nwg show {} dump 2>/dev/null\n",
         sh_quote(iface)
     ));
-    s.push_str("sec tools\nfor t in systemctl wg wg-quick kubelet iptables sudo; do command -v $t >/dev/null 2>&1 && printf '%s ' $t; done; echo\n");
+    s.push_str("sec tools\nfor t in systemctl wg wg-quick kubelet iptables sudo resolvconf; do command -v $t >/dev/null 2>&1 && printf '%s ' $t; done; echo\n");
     s.push_str("sec systemd\nif [ -d /run/systemd/system ]; then echo yes; else echo no; fi\n");
     s.push_str("sec now\ndate +%s\nsec end\n");
     s
