@@ -798,3 +798,53 @@ fn a_hung_host_is_unreachable_not_a_hang_and_its_peers_keep_their_entry() {
     );
     assert!(s.ping("node1", "10.100.0.3"));
 }
+
+#[test]
+fn keys_from_the_ssh_agent() {
+    if !lab_available() || !super::common::require("ssh-agent") {
+        return;
+    }
+    let s = Scenario::demo("r");
+    // the only copy of the key is in an agent; no identity_file, no default key file
+    let sock = "/root/agent.sock";
+    s.lab.sh(
+        "controller",
+        &format!("mv /root/.ssh/id_ed25519 /root/agent-key && ssh-agent -a {sock} > /root/agent.env && SSH_AUTH_SOCK={sock} ssh-add -q /root/agent-key && rm /root/agent-key"),
+    );
+    let mut cmd: Vec<String> = vec![
+        env!("CARGO_BIN_EXE_wgprov").into(),
+        "apply".into(),
+        "-i".into(),
+        s.inv.display().to_string(),
+        "--check".into(),
+        "--format".into(),
+        "json".into(),
+    ];
+    let without = wgprov::lab::command(&s.lab.prefix, "controller", &cmd)
+        .unwrap()
+        .env_remove("SSH_AUTH_SOCK")
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&without.stdout).unwrap();
+    assert_eq!(v["summary"]["unreachable"], 6, "no key anywhere: {v}");
+    assert!(
+        v["hosts"]["node1"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("ssh-agent: not running"),
+        "{v}"
+    );
+    cmd.push("--detailed-exitcode".into());
+    let with = wgprov::lab::command(&s.lab.prefix, "controller", &cmd)
+        .unwrap()
+        .env("SSH_AUTH_SOCK", sock)
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&with.stdout).unwrap();
+    assert_eq!(with.status.code(), Some(3), "{v}");
+    assert_eq!(v["summary"]["changed"], 6, "{v}");
+    s.lab.sh(
+        "controller",
+        ". /root/agent.env >/dev/null && ssh-agent -k >/dev/null",
+    );
+}
