@@ -502,8 +502,9 @@ pub async fn apply(
     let mut warnings = Vec::new();
     let mut keys = KeyRing::new();
     let mut new_keys = BTreeSet::new();
+    let target_names: BTreeSet<&str> = targeted.iter().map(|t| t.name.as_str()).collect();
     for n in &topo.nodes {
-        let is_target = targeted.iter().any(|t| t.name == n.name);
+        let is_target = target_names.contains(n.name.as_str());
         match facts.get(&n.name).map(|f| &f.0) {
             Some(Ok(f)) => match existing_key(f, &wg_path) {
                 Some(k) => {

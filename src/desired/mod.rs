@@ -209,17 +209,7 @@ pub fn desired_files_with_skips(
     let (base, skipped) = context(topo, input.node, input.os_family, keys, input.peer_fallback)?;
     let mut out = Vec::new();
     for role in &roles.roles {
-        // role defaults first, the node's own variables over them
-        let mut ctx = serde_json::Map::new();
-        for (k, v) in &role.defaults {
-            ctx.insert(k.clone(), v.clone());
-        }
-        if let Json::Object(m) = &base {
-            for (k, v) in m {
-                ctx.insert(k.clone(), v.clone());
-            }
-        }
-        let ctx = minijinja::Value::from(minijinja::value::Serde(&ctx));
+        let ctx = role_context(role, &base);
         let active = match &role.when {
             None => true,
             Some(w) => roles
@@ -230,16 +220,7 @@ pub fn desired_files_with_skips(
                 .is_true(),
         };
         for f in &role.files {
-            let path = roles
-                .env
-                .render_str(&f.path, ctx.clone())
-                .map_err(|e| render_err(&role.name, &format!("path `{}`", f.path), e))?;
-            if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-                return Err(Error::Role {
-                    role: role.name.clone(),
-                    message: format!("path `{path}` must be absolute, without `..`"),
-                });
-            }
+            let path = render_path(roles, role, f, &ctx)?;
             let state = if !active {
                 FileState::Absent
             } else {
@@ -290,26 +271,57 @@ pub fn desired_files_with_skips(
 
 /// Every path the roles may manage on `node`, for either OS family: what facts must read.
 pub fn candidate_paths(roles: &Roles, topo: &Topology, node: &NodePlan) -> Result<Vec<String>> {
+    // only the paths are rendered: the node's own (placeholder) key is all the context needs
     let mut keys = KeyRing::new();
-    let placeholder = Keypair::generate();
-    for n in &topo.nodes {
-        keys.insert(n.name.clone(), placeholder.clone());
-    }
+    keys.insert(node.name.clone(), Keypair::generate());
     let mut paths = Vec::new();
     for os in [OsFamily::Debian, OsFamily::Redhat] {
-        let input = HostInput {
-            node,
-            os_family: os,
-            existing: &|_| None,
-            peer_fallback: Some(&|_| Some(String::new())),
-        };
-        for f in desired_files_with_skips(roles, topo, &keys, &input)?.0 {
-            if !paths.contains(&f.path) {
-                paths.push(f.path);
+        let (base, _) = context(topo, node, os, &keys, Some(&|_| Some(String::new())))?;
+        for role in &roles.roles {
+            let ctx = role_context(role, &base);
+            for f in &role.files {
+                let path = render_path(roles, role, f, &ctx)?;
+                if !paths.contains(&path) {
+                    paths.push(path);
+                }
             }
         }
     }
     Ok(paths)
+}
+
+/// A role's template context: its defaults, with the node's own variables over them.
+fn role_context(role: &crate::roles::Role, base: &Json) -> minijinja::Value {
+    let mut ctx = serde_json::Map::new();
+    for (k, v) in &role.defaults {
+        ctx.insert(k.clone(), v.clone());
+    }
+    if let Json::Object(m) = base {
+        for (k, v) in m {
+            ctx.insert(k.clone(), v.clone());
+        }
+    }
+    minijinja::Value::from(minijinja::value::Serde(&ctx))
+}
+
+/// A managed file's path for this node: rendered, absolute, without `..`.
+fn render_path(
+    roles: &Roles,
+    role: &crate::roles::Role,
+    f: &crate::roles::ManagedFile,
+    ctx: &minijinja::Value,
+) -> Result<String> {
+    let path = roles
+        .env
+        .render_str(&f.path, ctx.clone())
+        .map_err(|e| render_err(&role.name, &format!("path `{}`", f.path), e))?;
+    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        return Err(Error::Role {
+            role: role.name.clone(),
+            message: format!("path `{path}` must be absolute, without `..`"),
+        });
+    }
+    Ok(path)
 }
 
 /// The OS family to plan with when no facts are known: the inventory's, else Debian.
