@@ -8,7 +8,6 @@ use std::collections::HashMap;
 use std::net::Ipv4Addr;
 
 use ipnet::Ipv4Net;
-use serde::Serialize;
 
 use crate::error::{Diagnostic, Result};
 use crate::inventory::lock::Lock;
@@ -30,7 +29,7 @@ pub struct Topology {
 }
 
 /// One site with its block.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug)]
 pub struct SitePlan {
     /// Name.
     pub name: String,
@@ -39,17 +38,14 @@ pub struct SitePlan {
     /// False for someone else's site.
     pub managed: bool,
     /// Public endpoint, if any.
-    #[serde(serialize_with = "ser_display_opt")]
     pub endpoint: Option<Endpoint>,
     /// The next-hop node (managed sites).
     pub next_hop: Option<String>,
     /// Router kind.
     pub router: RouterKind,
     /// LAN networks.
-    #[serde(serialize_with = "ser_display_vec")]
     pub lan_cidrs: Vec<ipnet::IpNet>,
     /// Next-hop public key of an unmanaged site.
-    #[serde(serialize_with = "ser_display_opt")]
     pub public_key: Option<PublicKey>,
     /// Node names.
     pub nodes: Vec<String>,
@@ -75,8 +71,7 @@ pub struct NodePlan {
 }
 
 /// Who a peer is.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
-#[serde(tag = "kind", content = "name", rename_all = "lowercase")]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum PeerRef {
     /// A managed node (its key lives on it).
     Node(String),
@@ -85,7 +80,7 @@ pub enum PeerRef {
 }
 
 /// One `[Peer]` of a node's config.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
     /// Who it is.
     pub peer: PeerRef,
@@ -225,23 +220,6 @@ pub fn host_port(host: &str, port: u16) -> String {
     } else {
         format!("{host}:{port}")
     }
-}
-
-fn ser_display_opt<T: std::fmt::Display, S: serde::Serializer>(
-    v: &Option<T>,
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    match v {
-        Some(v) => s.collect_str(v),
-        None => s.serialize_none(),
-    }
-}
-
-fn ser_display_vec<T: std::fmt::Display, S: serde::Serializer>(
-    v: &[T],
-    s: S,
-) -> std::result::Result<S::Ok, S::Error> {
-    s.collect_seq(v.iter().map(|x| x.to_string()))
 }
 
 /// An inventory loaded, validated and planned.
