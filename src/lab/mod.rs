@@ -86,6 +86,18 @@ fn bridge(ns: &str, name: &str, addr: &str) -> Result<()> {
     ip(ns, &["link", "set", name, "up"])
 }
 
+/// A veth pair made directly between two lab namespaces (never through the machine's own):
+/// `leg` in `ns`, enslaved to `bridge` and up; `peer` in `other`, left down for its owner.
+fn veth_into_bridge(ns: &str, leg: &str, bridge: &str, other: &str, peer: &str) -> Result<()> {
+    ip(
+        ns,
+        &[
+            "link", "add", leg, "type", "veth", "peer", "name", peer, "netns", other,
+        ],
+    )?;
+    ip(ns, &["link", "set", leg, "master", bridge, "up"])
+}
+
 fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
     let mut a = vec!["netns", "exec", ns];
     a.extend_from_slice(args);
@@ -350,13 +362,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
         .trunc();
     for (i, r) in p.routers.iter().enumerate() {
         let leg = format!("r{i}");
-        ip(
-            inet,
-            &[
-                "link", "add", &leg, "type", "veth", "peer", "name", "wan0", "netns", &r.ns,
-            ],
-        )?;
-        ip(inet, &["link", "set", &leg, "master", "br0", "up"])?;
+        veth_into_bridge(inet, &leg, "br0", &r.ns, "wan0")?;
         if !inet_net.contains(&r.wan_ip) {
             ip(
                 inet,
@@ -440,13 +446,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
             .find(|r| r.site == n.site)
             .expect("node's router");
         let leg = format!("n{k}");
-        ip(
-            &r.ns,
-            &[
-                "link", "add", &leg, "type", "veth", "peer", "name", "eth0", "netns", &n.ns,
-            ],
-        )?;
-        ip(&r.ns, &["link", "set", &leg, "master", "br-lan", "up"])?;
+        veth_into_bridge(&r.ns, &leg, "br-lan", &n.ns, "eth0")?;
         ip(
             &n.ns,
             &[
@@ -463,13 +463,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
             &["route", "add", "default", "via", &n.gateway.to_string()],
         )?;
         let m = format!("m{k}");
-        ip(
-            ctl,
-            &[
-                "link", "add", &m, "type", "veth", "peer", "name", "mgmt0", "netns", &n.ns,
-            ],
-        )?;
-        ip(ctl, &["link", "set", &m, "master", "mgmt", "up"])?;
+        veth_into_bridge(ctl, &m, "mgmt", &n.ns, "mgmt0")?;
         ip(&n.ns, &["link", "set", "mgmt0", "up"])?;
         ip(
             &n.ns,
