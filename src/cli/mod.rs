@@ -616,25 +616,25 @@ fn lab_demo(prefix: &str) -> Result<u8> {
         cmd.extend(args.iter().map(|a| a.to_string()));
         lab::exec(prefix, "controller", &cmd)
     };
-    println!("\n== wgprov apply --check --diff (from the controller)");
-    let code = in_controller(&["apply", "-i", &inv_s, "--check", "--diff"])?;
-    if code != 0 {
-        return Err(Error::Lab(format!("apply --check exited {code}")));
-    }
-    println!("\n== wgprov apply");
-    let t = std::time::Instant::now();
-    let code = in_controller(&["apply", "-i", &inv_s])?;
-    let first = t.elapsed();
-    if code != 0 {
-        return Err(Error::Lab(format!("apply exited {code}")));
-    }
-    println!("\n== wgprov apply again: nothing to change");
-    let t = std::time::Instant::now();
-    let code = in_controller(&["apply", "-i", &inv_s])?;
-    let second = t.elapsed();
-    if code != 0 {
-        return Err(Error::Lab(format!("second apply exited {code}")));
-    }
+    // a step of the demo: a wgprov command in the controller that must exit 0; its wall time
+    let step = |title: &str, args: &[&str]| -> Result<std::time::Duration> {
+        println!("\n== {title}");
+        let t = std::time::Instant::now();
+        let code = in_controller(args)?;
+        if code != 0 {
+            return Err(Error::Lab(format!("{title}: exited {code}")));
+        }
+        Ok(t.elapsed())
+    };
+    step(
+        "wgprov apply --check --diff (from the controller)",
+        &["apply", "-i", &inv_s, "--check", "--diff"],
+    )?;
+    let first = step("wgprov apply", &["apply", "-i", &inv_s])?;
+    let second = step(
+        "wgprov apply again: nothing to change",
+        &["apply", "-i", &inv_s],
+    )?;
 
     println!(
         "\n== pings over {} between every pair of nodes in different sites",

@@ -86,6 +86,11 @@ fn bridge(ns: &str, name: &str, addr: &str) -> Result<()> {
     ip(ns, &["link", "set", name, "up"])
 }
 
+/// An on-link route to one address.
+fn host_route(ns: &str, addr: impl std::fmt::Display, dev: &str) -> Result<()> {
+    ip(ns, &["route", "add", &format!("{addr}/32"), "dev", dev])
+}
+
 /// A veth pair made directly between two lab namespaces (never through the machine's own):
 /// `leg` in `ns`, enslaved to `bridge` and up; `peer` in `other`, left down for its owner.
 fn veth_into_bridge(ns: &str, leg: &str, bridge: &str, other: &str, peer: &str) -> Result<()> {
@@ -364,10 +369,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
         let leg = format!("r{i}");
         veth_into_bridge(inet, &leg, "br0", &r.ns, "wan0")?;
         if !inet_net.contains(&r.wan_ip) {
-            ip(
-                inet,
-                &["route", "add", &format!("{}/32", r.wan_ip), "dev", "br0"],
-            )?;
+            host_route(inet, r.wan_ip, "br0")?;
         }
         st.routers.insert(r.site.clone(), r.ns.clone());
         st.wan.insert(r.site.clone(), r.wan_ip);
@@ -384,10 +386,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
         ip(ns, &["route", "add", &inet_net.to_string(), "dev", "wan0"])?;
         for o in p.routers.iter().filter(|o| o.site != r.site) {
             if !inet_net.contains(&o.wan_ip) {
-                ip(
-                    ns,
-                    &["route", "add", &format!("{}/32", o.wan_ip), "dev", "wan0"],
-                )?;
+                host_route(ns, o.wan_ip, "wan0")?;
             }
         }
         bridge(
@@ -477,10 +476,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
                 &n.address.to_string(),
             ],
         )?;
-        ip(
-            ctl,
-            &["route", "add", &format!("{}/32", n.address), "dev", "mgmt"],
-        )?;
+        host_route(ctl, n.address, "mgmt")?;
         st.nodes.insert(n.name.clone(), n.ns.clone());
         st.addresses.insert(n.name.clone(), n.address);
     }
