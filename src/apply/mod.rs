@@ -6,27 +6,32 @@
 //! `--limit` narrows which hosts are changed, never who their peers are: facts are read from
 //! every node so that every config lists every peer.
 
+pub mod guard;
+pub mod host;
+pub mod runner;
 pub mod script;
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
-use std::time::Instant;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
-use tokio::sync::Semaphore;
 
 use crate::desired::{self, FileState, HostInput, KeyRing};
 use crate::diff::{self, Action, Change};
 use crate::error::{Error, Result};
-use crate::facts::gather::{self, WgState};
+use crate::facts::Facts;
+use crate::facts::FileFact;
+use crate::facts::gather;
 use crate::facts::wgconf::WgConfig;
-use crate::facts::{Facts, FileFact};
 use crate::inventory::OsFamily;
 use crate::roles::Roles;
 use crate::topology::keys::{Keypair, PrivateKey};
 use crate::topology::{NodePlan, Planned, Topology};
-use crate::transport::ssh::{self, KeyCache, SshOptions, SshSession};
-use crate::transport::{Transport, TransportError};
+use crate::transport::Transport;
+use crate::transport::ssh::{SshOptions, SshSession};
+pub use runner::{Sessions, connect_all, run_all, with_jumps};
 use script::HandlerPlan;
 
 /// Settings of one apply (resolved from the command line).
@@ -40,8 +45,19 @@ pub struct Settings {
     pub forks: usize,
     /// Leave a failed host as it is, for inspection.
     pub no_rollback: bool,
+    /// The guard's confirmation timeout; `None` with `--no-guard`.
+    pub guard: Option<Duration>,
+    /// Set when the operator asks to stop (Ctrl-C): no new host is started, hosts in flight
+    /// finish, and under the guard every changed host is put back.
+    pub stop: Arc<AtomicBool>,
     /// SSH settings.
     pub ssh: SshOptions,
+}
+
+impl Settings {
+    fn stopped(&self) -> bool {
+        self.stop.load(Ordering::SeqCst)
+    }
 }
 
 /// How a host ended.
@@ -58,6 +74,8 @@ pub enum HostStatus {
     Unreachable,
     /// Failed and was put back as it was.
     RolledBack,
+    /// Changed, then put back by the guard (the network would have been worse).
+    Reverted,
 }
 
 impl HostStatus {
@@ -69,6 +87,7 @@ impl HostStatus {
             HostStatus::Failed => "failed",
             HostStatus::Unreachable => "unreachable",
             HostStatus::RolledBack => "rolled_back",
+            HostStatus::Reverted => "reverted",
         }
     }
 }
@@ -96,6 +115,8 @@ pub struct Timings {
     pub apply: f64,
     /// The rollback exec, if one ran.
     pub rollback: f64,
+    /// The confirmation or put-back over a fresh connection, if one ran.
+    pub guard: f64,
 }
 
 /// What happened on one host.
@@ -141,6 +162,30 @@ impl HostReport {
     }
 }
 
+/// What the guard did.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct GuardReport {
+    /// `confirmed`, `reverted` or `skipped`.
+    pub outcome: String,
+    /// Links up before the change (among those it could touch).
+    pub links_before: usize,
+    /// Probed links that answered after it.
+    pub links_after: usize,
+    /// Links up before and down after.
+    pub broken: Vec<guard::Link>,
+    /// New links that did not come up.
+    pub new_down: Vec<guard::Link>,
+    /// Why this outcome.
+    pub why: String,
+    /// Hosts the controller could not put back: their dead-man does it.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub left_to_dead_man: Vec<String>,
+    /// The confirmation timeout, seconds (0 without the guard).
+    pub confirm_timeout: u64,
+    /// Seconds spent probing links.
+    pub gate_seconds: f64,
+}
+
 /// The whole run.
 #[derive(Clone, Debug, Serialize)]
 pub struct Report {
@@ -150,6 +195,10 @@ pub struct Report {
     pub warnings: Vec<String>,
     /// True for `--check`.
     pub check: bool,
+    /// What the guard did (apply only).
+    pub guard: Option<GuardReport>,
+    /// True when the operator stopped the run (exit 130).
+    pub interrupted: bool,
 }
 
 /// Counts for the recap.
@@ -173,7 +222,9 @@ impl Report {
             match h.status {
                 HostStatus::Ok => s.ok += 1,
                 HostStatus::Changed => s.changed += 1,
-                HostStatus::Failed | HostStatus::RolledBack => s.failed += 1,
+                HostStatus::Failed | HostStatus::RolledBack | HostStatus::Reverted => {
+                    s.failed += 1
+                }
                 HostStatus::Unreachable => s.unreachable += 1,
             }
         }
@@ -183,7 +234,10 @@ impl Report {
     /// `--check --detailed-exitcode` when changes are pending; else 0.
     pub fn exit_code(&self, detailed: bool) -> u8 {
         let s = self.summary();
-        if s.failed > 0 || s.unreachable > 0 {
+        let new_down = self.guard.as_ref().is_some_and(|g| !g.new_down.is_empty());
+        if self.interrupted {
+            130
+        } else if s.failed > 0 || s.unreachable > 0 || new_down {
             1
         } else if self.check && detailed && s.changed > 0 {
             3
@@ -229,6 +283,8 @@ pub trait Progress: Send + Sync {
     fn phase(&self, host: &str, phase: &str);
     /// `host` is done with `outcome`.
     fn done(&self, host: &str, outcome: &str);
+    /// A line about the whole run (the guard's steps, announcements).
+    fn note(&self, _line: &str) {}
 }
 
 /// No progress output.
@@ -238,177 +294,21 @@ impl Progress for Quiet {
     fn done(&self, _: &str, _: &str) {}
 }
 
-pub(crate) type Sessions = HashMap<String, std::result::Result<Arc<SshSession>, TransportError>>;
-
-/// The nodes named, with the jump hosts they need (transitively), in inventory order.
-fn with_jumps<'a>(topo: &'a Topology, names: &[String]) -> Vec<&'a NodePlan> {
-    let mut want: BTreeSet<String> = names.iter().cloned().collect();
-    let mut grew = true;
-    while grew {
-        grew = false;
-        for n in &topo.nodes {
-            if want.contains(&n.name)
-                && let Some(j) = &n.ssh.proxy_jump
-                && want.insert(j.clone())
-            {
-                grew = true;
-            }
-        }
-    }
-    topo.nodes
-        .iter()
-        .filter(|n| want.contains(&n.name))
-        .collect()
-}
-
-pub(crate) async fn connect_all(
-    nodes: Vec<&NodePlan>,
-    settings: &Settings,
-    progress: &Arc<dyn Progress>,
-) -> Sessions {
-    let keys = Arc::new(KeyCache::default());
-    let sem = Arc::new(Semaphore::new(settings.forks.max(1)));
-    let mut sessions: Sessions = HashMap::new();
-    let mut pending = nodes;
-    // rounds: nodes whose jump host is connected (or who need none) go next
-    while !pending.is_empty() {
-        let (ready, later): (Vec<&NodePlan>, Vec<&NodePlan>) =
-            pending.into_iter().partition(|n| match &n.ssh.proxy_jump {
-                None => true,
-                Some(j) => sessions.contains_key(j),
-            });
-        if ready.is_empty() {
-            for n in later {
-                sessions.insert(
-                    n.name.clone(),
-                    Err(TransportError::Unreachable("proxy_jump loop".into())),
-                );
-            }
-            break;
-        }
-        let mut set = tokio::task::JoinSet::new();
-        for n in ready {
-            let jump = match &n.ssh.proxy_jump {
-                None => None,
-                Some(j) => match &sessions[j] {
-                    Ok(s) => Some(s.clone()),
-                    Err(e) => {
-                        sessions.insert(
-                            n.name.clone(),
-                            Err(TransportError::Unreachable(format!("jump host {j}: {e}"))),
-                        );
-                        continue;
-                    }
-                },
-            };
-            let (name, ssh_settings) = (n.name.clone(), n.ssh.clone());
-            let (keys, sem, opts, progress) = (
-                keys.clone(),
-                sem.clone(),
-                settings.ssh.clone(),
-                progress.clone(),
-            );
-            set.spawn(async move {
-                let _permit = sem.acquire_owned().await.expect("semaphore");
-                progress.phase(&name, "connecting");
-                let r = ssh::connect(&ssh_settings, jump, &keys, &opts)
-                    .await
-                    .map(Arc::new);
-                (name, r)
-            });
-        }
-        while let Some(r) = set.join_next().await {
-            let (name, s) = r.expect("connect task");
-            sessions.insert(name, s);
-        }
-        pending = later;
-    }
-    sessions
-}
-
-pub(crate) async fn run_all<F, Fut, T>(names: Vec<String>, forks: usize, f: F) -> HashMap<String, T>
-where
-    F: Fn(String) -> Fut,
-    Fut: std::future::Future<Output = T> + Send + 'static,
-    T: Send + 'static,
-{
-    let sem = Arc::new(Semaphore::new(forks.max(1)));
-    let mut set = tokio::task::JoinSet::new();
-    for n in names {
-        let fut = f(n.clone());
-        let sem = sem.clone();
-        set.spawn(async move {
-            let _p = sem.acquire_owned().await.expect("semaphore");
-            (n, fut.await)
-        });
-    }
-    let mut out = HashMap::new();
-    while let Some(r) = set.join_next().await {
-        let (n, t) = r.expect("host task");
-        out.insert(n, t);
-    }
-    out
-}
-
-/// The key pair a node already has, read from its config.
-fn existing_key(facts: &Facts, wg_path: &str) -> Option<Keypair> {
+/// The key pair a node already has, read from its config: `None` when it has none, an error
+/// when its `PrivateKey` is malformed (never silently replaced: that would change the node's
+/// identity behind its peers' backs).
+fn existing_key(facts: &Facts, wg_path: &str) -> Option<std::result::Result<Keypair, String>> {
     let conf = facts.files.get(wg_path)?.content()?;
     let k = WgConfig::parse(conf).private_key()?.to_string();
-    PrivateKey::from_base64(&k).ok().map(|k| k.into_keypair())
-}
-
-/// Expected peers (public key, sorted AllowedIPs) of a config text.
-fn peer_set(conf: &str) -> BTreeSet<(String, Vec<String>)> {
-    WgConfig::parse(conf)
-        .peers()
-        .map(|p| {
-            let mut a: Vec<String> = p
-                .get("AllowedIPs")
-                .unwrap_or("")
-                .split(',')
-                .map(|x| x.trim().to_string())
-                .filter(|x| !x.is_empty())
-                .collect();
-            a.sort();
-            (p.get("PublicKey").unwrap_or("").to_string(), a)
-        })
-        .collect()
-}
-
-fn live_peer_set(wg: &WgState) -> BTreeSet<(String, Vec<String>)> {
-    wg.peers
-        .iter()
-        .map(|p| {
-            let mut a = p.allowed_ips.clone();
-            a.sort();
-            (p.public_key.clone(), a)
-        })
-        .collect()
-}
-
-/// Checks the read-back interface against the planned config.
-fn verify(
-    wg: Option<&WgState>,
-    planned_conf: &str,
-    planned_key: &str,
-) -> std::result::Result<(), String> {
-    let wg = wg.ok_or("the interface is not up after the handlers")?;
-    if wg.public_key != planned_key {
-        return Err(format!(
-            "the interface has public key {} instead of {planned_key}",
-            wg.public_key
-        ));
-    }
-    let want = peer_set(planned_conf);
-    let have = live_peer_set(wg);
-    if want != have {
-        let missing: Vec<&String> = want.difference(&have).map(|p| &p.0).collect();
-        let extra: Vec<&String> = have.difference(&want).map(|p| &p.0).collect();
-        return Err(format!(
-            "the interface's peers differ from the config: missing {missing:?}, unexpected {extra:?}"
-        ));
-    }
-    Ok(())
+    Some(
+        PrivateKey::from_base64(&k)
+            .map(|k| k.into_keypair())
+            .map_err(|_| {
+                format!(
+                    "{wg_path} has a malformed PrivateKey: wgprov will not replace the node's identity; fix the key, or remove the line to have a new one made"
+                )
+            }),
+    )
 }
 
 /// What an operator should know about a config wgprov is about to keep (adopted keys that
@@ -429,12 +329,11 @@ fn config_warnings(conf: &str, facts: &Facts) -> Vec<String> {
     w
 }
 
-/// Host work computed from the facts: what to change and how to verify it.
+/// Host work computed from the facts: what to change and how to check it.
 struct HostPlan {
     changes: Vec<Change>,
     handlers: HandlerPlan,
-    planned_conf: Option<String>,
-    public_key: String,
+    expect: Option<script::Expect>,
     facts: Facts,
 }
 
@@ -502,13 +401,17 @@ pub async fn apply(
     let mut warnings = Vec::new();
     let mut keys = KeyRing::new();
     let mut new_keys = BTreeSet::new();
+    let mut bad_keys: HashMap<String, String> = HashMap::new();
     let target_names: BTreeSet<&str> = targeted.iter().map(|t| t.name.as_str()).collect();
     for n in &topo.nodes {
         let is_target = target_names.contains(n.name.as_str());
         match facts.get(&n.name).map(|f| &f.0) {
             Some(Ok(f)) => match existing_key(f, &wg_path) {
-                Some(k) => {
+                Some(Ok(k)) => {
                     keys.insert(n.name.clone(), k);
+                }
+                Some(Err(e)) => {
+                    bad_keys.insert(n.name.clone(), e);
                 }
                 None if is_target => {
                     keys.insert(n.name.clone(), Keypair::generate());
@@ -544,6 +447,11 @@ pub async fn apply(
                 r.timings.facts = *t;
                 r.status = HostStatus::Failed;
                 r.error = Some(format!("gathering facts: {e}"));
+            }
+            (_, Some((Ok(_), t))) if bad_keys.contains_key(&n.name) => {
+                r.timings.facts = *t;
+                r.status = HostStatus::Failed;
+                r.error = Some(bad_keys[&n.name].clone());
             }
             (_, Some((Ok(f), t))) => {
                 r.timings.facts = *t;
@@ -624,13 +532,15 @@ pub async fn apply(
                 if let Some(c) = &planned_conf {
                     r.warnings.extend(config_warnings(c, f));
                 }
+                let public_key = keys[&n.name].public.to_base64();
                 plans.insert(
                     n.name.clone(),
                     HostPlan {
                         changes,
                         handlers,
-                        planned_conf,
-                        public_key: keys[&n.name].public.to_base64(),
+                        expect: planned_conf
+                            .as_deref()
+                            .map(|c| script::Expect::from_conf(&public_key, c)),
                         facts: f.clone(),
                     },
                 );
@@ -643,116 +553,485 @@ pub async fn apply(
         reports.push(r);
     }
 
-    // 5. change the hosts that need it
+    // 5. change the hosts that need it (never under --check), then the guard
+    let mut guard_report = None;
+    let mut fresh: Sessions = HashMap::new();
     if !settings.check {
         let to_change: Vec<String> = reports
             .iter()
             .filter(|r| r.status == HostStatus::Changed)
             .map(|r| r.name.clone())
             .collect();
-        let plans = Arc::new(plans);
-        let outcomes = {
-            let sessions = &sessions;
-            let iface = iface.clone();
-            run_all(to_change, settings.forks, |n| {
-                let s = sessions[&n].as_ref().expect("reachable").clone();
-                let plans = plans.clone();
-                let iface = iface.clone();
-                let progress = progress.clone();
-                let no_rollback = settings.no_rollback;
-                async move {
-                    change_host(&n, &s, &plans[&n], &iface, no_rollback, progress.as_ref()).await
-                }
-            })
-            .await
+        for w in router_announcements(topo, &plans, &wg_path) {
+            progress.note(&format!("router change needed: {w}"));
+            warnings.push(format!("router change needed: {w}"));
+        }
+        let run = host::RunId::new();
+        let owner = host::owner();
+        let cx = RunCx {
+            topo,
+            settings,
+            progress: &progress,
+            sessions: &sessions,
+            iface: &iface,
+            run: &run,
         };
+        let outcomes = change_hosts(&cx, &owner, &to_change, &plans).await;
+        let mut pending = Vec::new();
+        let mut lost = Vec::new();
+        let mut touched = BTreeSet::new();
         for r in &mut reports {
-            if let Some((status, error, timings)) = outcomes.get(&r.name) {
-                r.status = *status;
-                r.error = error.clone();
-                r.timings.apply = timings.0;
-                r.timings.rollback = timings.1;
+            if !to_change.contains(&r.name) {
+                continue;
+            }
+            let Some((o, secs)) = outcomes.get(&r.name) else {
+                r.status = HostStatus::Failed;
+                r.error = Some("not changed: the run was stopped before this host's turn".into());
+                continue;
+            };
+            r.timings.apply = *secs;
+            touched.insert(r.name.clone());
+            match o {
+                host::ChangeOutcome::Changed { .. } => pending.push(r.name.clone()),
+                host::ChangeOutcome::RolledBack { error, restored } => {
+                    r.status = if *restored {
+                        HostStatus::RolledBack
+                    } else {
+                        HostStatus::Failed
+                    };
+                    r.error = Some(if *restored {
+                        format!("{error}; put back: files restored byte for byte, handlers re-run")
+                    } else {
+                        format!("{error}; PUTTING IT BACK FAILED: see /var/lib/wgprov/log on the host")
+                    });
+                }
+                host::ChangeOutcome::Failed { error } => {
+                    r.status = HostStatus::Failed;
+                    r.error = Some(error.clone());
+                }
+                host::ChangeOutcome::Locked { owner } => {
+                    r.status = HostStatus::Failed;
+                    r.error = Some(format!(
+                        "locked by another apply ({owner}): nothing was touched on this host"
+                    ));
+                }
+                host::ChangeOutcome::Lost { error } => {
+                    r.status = HostStatus::Failed;
+                    r.error = Some(error.clone());
+                    lost.push(r.name.clone());
+                }
             }
         }
+        guard_report = Some(match settings.guard {
+            None => GuardReport {
+                outcome: "skipped".into(),
+                why: "--no-guard: the change was neither gated nor confirmed".into(),
+                ..Default::default()
+            },
+            Some(_) if pending.is_empty() && lost.is_empty() => GuardReport {
+                outcome: "skipped".into(),
+                why: "no host changed".into(),
+                ..Default::default()
+            },
+            Some(timeout) => {
+                let changes: HashMap<String, Vec<Change>> = plans
+                    .iter()
+                    .filter(|(n, _)| touched.contains(*n))
+                    .map(|(n, p)| (n.clone(), p.changes.clone()))
+                    .collect();
+                let ok_facts: BTreeMap<String, &Facts> = facts
+                    .iter()
+                    .filter_map(|(n, (f, _))| f.as_ref().ok().map(|f| (n.clone(), f)))
+                    .collect();
+                let owners: HashMap<String, String> = keys
+                    .iter()
+                    .map(|(n, k)| (k.public.to_base64(), n.clone()))
+                    .collect();
+                let g = GuardInput {
+                    timeout,
+                    pending: &pending,
+                    lost: &lost,
+                    touched: &touched,
+                    before: guard::links_up_before(&ok_facts, &owners),
+                    changes: &changes,
+                    wg_path: &wg_path,
+                };
+                let (report, statuses) = run_guard(&cx, &g, &mut fresh).await;
+                for r in &mut reports {
+                    if let Some((st, err, secs)) = statuses.get(&r.name) {
+                        r.status = *st;
+                        if let Some(e) = err {
+                            r.error = Some(match r.error.take() {
+                                Some(old) if *st == HostStatus::Reverted && lost.contains(&r.name) => {
+                                    format!("{old}; {e}")
+                                }
+                                _ => e.clone(),
+                            });
+                        }
+                        r.timings.guard = *secs;
+                    }
+                }
+                report
+            }
+        });
     }
     for r in &reports {
         progress.done(&r.name, r.status.as_str());
     }
-    for s in sessions.values().flatten() {
+    for s in sessions.values().chain(fresh.values()).flatten() {
         s.close().await;
     }
     Ok(Report {
         hosts: reports,
         warnings,
         check: settings.check,
+        guard: guard_report,
+        interrupted: settings.stopped(),
     })
 }
 
-async fn change_host(
-    name: &str,
-    s: &SshSession,
-    plan: &HostPlan,
-    iface: &str,
-    no_rollback: bool,
-    progress: &dyn Progress,
-) -> (HostStatus, Option<String>, (f64, f64)) {
-    progress.phase(name, "applying");
-    let t = Instant::now();
-    let any_file = plan.changes.iter().any(|c| c.action != Action::Unchanged);
-    let text = if any_file {
-        script::apply_script(&plan.changes, &plan.handlers, iface, &plan.facts)
-    } else {
-        script::handlers_only_script(&plan.handlers, iface, &plan.facts)
-    };
-    let outcome = s.run_script(&text).await;
-    let apply_s = t.elapsed().as_secs_f64();
-    let failure = match &outcome {
-        Err(e) => Some(format!("during the change: {e}")),
-        Ok(out) => {
-            let r = script::parse_result(&out.stdout_text());
-            match (&r.failed_step, r.done) {
-                (Some(step), _) => Some(format!("{step}: {}", out.stderr_text().trim())),
-                (None, false) => Some(format!(
-                    "the change script stopped (exit {}): {}",
-                    out.status,
-                    out.stderr_text().trim()
-                )),
-                (None, true) => plan.planned_conf.as_deref().and_then(|c| {
-                    verify(r.wg.as_ref(), c, &plan.public_key)
-                        .err()
-                        .map(|e| format!("verify: {e}"))
-                }),
-            }
+/// What every step of a changing run shares.
+struct RunCx<'a> {
+    topo: &'a Topology,
+    settings: &'a Settings,
+    progress: &'a Arc<dyn Progress>,
+    sessions: &'a Sessions,
+    iface: &'a str,
+    run: &'a host::RunId,
+}
+
+/// Router rules a change needs, announced before anything is touched: a next-hop that will
+/// listen on another port, or a site whose next-hop moves.
+fn router_announcements(
+    topo: &Topology,
+    plans: &HashMap<String, HostPlan>,
+    wg_path: &str,
+) -> Vec<String> {
+    let mut out = Vec::new();
+    for site in topo.sites.iter().filter(|s| s.managed) {
+        let Some(nh) = site.next_hop.as_deref().and_then(|n| topo.node(n)) else {
+            continue;
+        };
+        let Some(c) = plans
+            .get(&nh.name)
+            .and_then(|p| p.changes.iter().find(|c| c.desired.path == wg_path))
+        else {
+            continue;
+        };
+        let Some(old) = c.current.content() else {
+            continue;
+        };
+        let new_port = topo.network.listen_port;
+        let public = site
+            .endpoint
+            .as_ref()
+            .map(|e| e.port)
+            .unwrap_or(new_port);
+        let old_conf = WgConfig::parse(old);
+        let iface = old_conf.interface();
+        let old_port = iface
+            .and_then(|i| i.get("ListenPort"))
+            .and_then(|p| p.trim().parse::<u16>().ok());
+        let was_hub = iface.is_some_and(|i| i.get("PostUp").is_some());
+        if let Some(op) = old_port
+            && op != new_port
+        {
+            out.push(format!(
+                "site {}: {} will listen on UDP {new_port} instead of {op}: the router ({}) must forward UDP {public} to {}:{new_port}; change it first, or the guard will find the links between sites down and put everything back",
+                site.name,
+                nh.name,
+                site.router.as_str(),
+                nh.address
+            ));
+        } else if !was_hub {
+            out.push(format!(
+                "site {}: the next-hop moves to {}: the router ({}) must forward UDP {public} to {}:{new_port}",
+                site.name,
+                nh.name,
+                site.router.as_str(),
+                nh.address
+            ));
         }
-    };
-    let Some(failure) = failure else {
-        return (HostStatus::Changed, None, (apply_s, 0.0));
-    };
-    if no_rollback || !any_file {
-        return (HostStatus::Failed, Some(failure), (apply_s, 0.0));
     }
-    progress.phase(name, "rolling back");
-    let t = Instant::now();
-    let rb = s
-        .run_script(&script::rollback_script(iface, &plan.facts))
+    out
+}
+
+/// Runs each changed host's transaction, in waves (hosts reached through the mesh before the
+/// hosts their path crosses); stops starting waves once the operator asked to stop.
+async fn change_hosts(
+    cx: &RunCx<'_>,
+    owner: &str,
+    to_change: &[String],
+    plans: &HashMap<String, HostPlan>,
+) -> HashMap<String, (host::ChangeOutcome, f64)> {
+    let paths = guard::paths(cx.topo);
+    let waves = guard::waves(to_change, &paths);
+    let mut out = HashMap::new();
+    for (i, wave) in waves.iter().enumerate() {
+        if cx.settings.stopped() {
+            break;
+        }
+        if waves.len() > 1 {
+            cx.progress.note(&format!(
+                "changing wave {}/{} (hosts behind the mesh first): {}",
+                i + 1,
+                waves.len(),
+                wave.join(", ")
+            ));
+        }
+        let scripts: HashMap<String, String> = wave
+            .iter()
+            .map(|n| {
+                let p = &plans[n];
+                let spec = host::ChangeSpec {
+                    run: cx.run,
+                    owner,
+                    changes: &p.changes,
+                    handlers: &p.handlers,
+                    iface: cx.iface,
+                    facts: &p.facts,
+                    expect: p.expect.as_ref(),
+                    rollback: !cx.settings.no_rollback,
+                    confirm_timeout: cx.settings.guard,
+                    lock_ttl: cx.settings.ssh.command_timeout,
+                };
+                (n.clone(), host::change_script(&spec))
+            })
+            .collect();
+        let res = run_all(wave.clone(), cx.settings.forks, |n| {
+            let s = cx.sessions[&n]
+                .as_ref()
+                .expect("only reachable hosts are changed")
+                .clone();
+            let script = scripts[&n].clone();
+            let timeout = cx.settings.ssh.command_timeout;
+            let progress = cx.progress.clone();
+            async move {
+                progress.phase(&n, "applying");
+                let t = Instant::now();
+                let o = host::change(&*s, &script, timeout).await;
+                (o, t.elapsed().as_secs_f64())
+            }
+        })
         .await;
-    let rb_s = t.elapsed().as_secs_f64();
-    let note = match rb {
-        Ok(out) => {
-            let r = script::parse_result(&out.stdout_text());
-            match r.failed_step {
-                None if r.done => "files restored byte for byte, handlers re-run".to_string(),
-                Some(step) => format!("ROLLBACK FAILED at {step}: {}", out.stderr_text().trim()),
-                None => format!("ROLLBACK INCOMPLETE (exit {})", out.status),
+        out.extend(res);
+    }
+    out
+}
+
+/// What the guard works from.
+struct GuardInput<'a> {
+    timeout: Duration,
+    /// Hosts changed and waiting for confirmation.
+    pending: &'a [String],
+    /// Hosts whose change outcome is unknown.
+    lost: &'a [String],
+    /// Every host a change was attempted on.
+    touched: &'a BTreeSet<String>,
+    before: BTreeSet<guard::Link>,
+    changes: &'a HashMap<String, Vec<Change>>,
+    wg_path: &'a str,
+}
+
+type GuardStatuses = HashMap<String, (HostStatus, Option<String>, f64)>;
+
+/// The health gate, then confirmation over fresh connections, or the network-wide put-back.
+async fn run_guard(
+    cx: &RunCx<'_>,
+    g: &GuardInput<'_>,
+    fresh_out: &mut Sessions,
+) -> (GuardReport, GuardStatuses) {
+    let topo = cx.topo;
+    let wait = (g.timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
+    let paths = guard::paths(topo);
+    let to_probe: BTreeSet<guard::Link> = guard::planned_links(topo)
+        .into_iter()
+        .filter(|l| g.touched.iter().any(|t| l.has(t)))
+        .collect();
+    cx.progress.note(&format!(
+        "guard: probing {} link{} over {} (up to {} s), {} up before the change",
+        to_probe.len(),
+        if to_probe.len() == 1 { "" } else { "s" },
+        cx.iface,
+        wait.as_secs(),
+        g.before.iter().filter(|l| to_probe.contains(l)).count()
+    ));
+    let live: HashMap<String, Arc<SshSession>> = cx
+        .sessions
+        .iter()
+        .filter_map(|(n, s)| s.as_ref().ok().map(|s| (n.clone(), s.clone())))
+        .collect();
+    let t = Instant::now();
+    // fresh connections for the confirmation open while the links are probed
+    let fresh_fut = connect_all(with_jumps(topo, g.pending), cx.settings, cx.progress);
+    let probe_fut = guard::probe_links(topo, &to_probe, &paths, &live, cx.iface, wait);
+    tokio::pin!(fresh_fut);
+    tokio::pin!(probe_fut);
+    let mut fresh_done: Option<Sessions> = None;
+    let after = loop {
+        tokio::select! {
+            a = &mut probe_fut => break a,
+            f = &mut fresh_fut, if fresh_done.is_none() => fresh_done = Some(f),
+        }
+    };
+    let gate_seconds = t.elapsed().as_secs_f64();
+    let health = guard::health(&g.before, &after);
+    let cause = if health.broken.is_empty() {
+        String::new()
+    } else {
+        guard::likely_cause(topo, &health.broken, g.changes, g.wg_path)
+    };
+    let fresh = if health.broken.is_empty() && !cx.settings.stopped() {
+        match fresh_done {
+            Some(f) => f,
+            None => fresh_fut.await,
+        }
+    } else {
+        fresh_done.unwrap_or_default()
+    };
+    let not_reached: Vec<String> = g
+        .pending
+        .iter()
+        .filter(|n| !matches!(fresh.get(*n), Some(Ok(_))))
+        .cloned()
+        .collect();
+    let verdict = guard::verdict(
+        &health,
+        g.lost,
+        &not_reached,
+        cx.settings.stopped(),
+        &cause,
+    );
+    let mut report = GuardReport {
+        links_before: health.links_before,
+        links_after: health.links_after,
+        broken: health.broken.clone(),
+        new_down: health.new_down.clone(),
+        confirm_timeout: g.timeout.as_secs(),
+        gate_seconds,
+        ..Default::default()
+    };
+    let mut statuses: GuardStatuses = HashMap::new();
+    let step_timeout = cx.settings.ssh.command_timeout.min(Duration::from_secs(30));
+    match verdict {
+        guard::Verdict::Confirm => {
+            cx.progress.note("guard: every link that was up is up; confirming over fresh connections");
+            let res = run_all(g.pending.to_vec(), cx.settings.forks, |n| {
+                let s = fresh[&n].as_ref().expect("reached anew").clone();
+                let run = cx.run.clone();
+                async move {
+                    let t = Instant::now();
+                    (host::confirm(&*s, &run, step_timeout).await, t.elapsed().as_secs_f64())
+                }
+            })
+            .await;
+            let mut unconfirmed = Vec::new();
+            for (n, (o, secs)) in res {
+                let (st, err) = match o {
+                    host::Settled::Done => (HostStatus::Changed, None),
+                    host::Settled::NotPending(m) => (
+                        HostStatus::Reverted,
+                        Some(format!("put itself back before it could be confirmed: {m}")),
+                    ),
+                    host::Settled::Failed(e) | host::Settled::Lost(e) => (
+                        HostStatus::Reverted,
+                        Some(format!(
+                            "could not be confirmed ({e}): its dead-man puts it back within {} s",
+                            g.timeout.as_secs()
+                        )),
+                    ),
+                };
+                if st != HostStatus::Changed {
+                    unconfirmed.push(n.clone());
+                }
+                statuses.insert(n, (st, err, secs));
+            }
+            if unconfirmed.is_empty() {
+                report.outcome = "confirmed".into();
+                report.why = if health.new_down.is_empty() {
+                    "every link that was up before is up, and every changed host was confirmed over a fresh connection".into()
+                } else {
+                    format!(
+                        "kept: every link that was up before is up; but {} new link{} did not come up: {}",
+                        health.new_down.len(),
+                        if health.new_down.len() == 1 { "" } else { "s" },
+                        health
+                            .new_down
+                            .iter()
+                            .map(|l| l.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                };
+            } else {
+                unconfirmed.sort();
+                report.outcome = "reverted".into();
+                report.why = format!(
+                    "{} could not be confirmed and put itself back",
+                    unconfirmed.join(", ")
+                );
             }
         }
-        Err(e) => format!("ROLLBACK FAILED: {e}"),
-    };
-    (
-        HostStatus::RolledBack,
-        Some(format!("{failure}; rolled back: {note}")),
-        (apply_s, rb_s),
-    )
+        guard::Verdict::Revert(why) => {
+            cx.progress.note(&format!("guard: putting the change back everywhere: {why}"));
+            report.outcome = "reverted".into();
+            report.why = why.clone();
+            let mut targets: Vec<String> = g.pending.to_vec();
+            targets.extend(g.lost.iter().cloned());
+            let res = run_all(targets, cx.settings.forks, |n| {
+                let s = match (fresh.get(&n), cx.sessions.get(&n)) {
+                    (Some(Ok(s)), _) | (_, Some(Ok(s))) => Some(s.clone()),
+                    _ => None,
+                };
+                let run = cx.run.clone();
+                let why = why.clone();
+                let quick = if matches!(fresh.get(&n), Some(Ok(_))) {
+                    step_timeout
+                } else {
+                    Duration::from_secs(10)
+                };
+                async move {
+                    let t = Instant::now();
+                    let o = match s {
+                        Some(s) => host::revert(&*s, &run, &why, quick).await,
+                        None => host::Settled::Lost("no connection".into()),
+                    };
+                    (o, t.elapsed().as_secs_f64())
+                }
+            })
+            .await;
+            for (n, (o, secs)) in res {
+                let (st, err) = match o {
+                    host::Settled::Done => (
+                        HostStatus::Reverted,
+                        Some("put back by the guard: files restored byte for byte, handlers re-run".to_string()),
+                    ),
+                    host::Settled::NotPending(m) => (
+                        HostStatus::Reverted,
+                        Some(format!("had already put itself back: {m}")),
+                    ),
+                    host::Settled::Failed(e) => (
+                        HostStatus::Failed,
+                        Some(format!("PUTTING IT BACK FAILED: {e}")),
+                    ),
+                    host::Settled::Lost(e) => {
+                        report.left_to_dead_man.push(n.clone());
+                        (
+                            HostStatus::Reverted,
+                            Some(format!(
+                                "not reachable now ({e}): its dead-man puts it back within {} s of its change",
+                                g.timeout.as_secs()
+                            )),
+                        )
+                    }
+                };
+                statuses.insert(n, (st, err, secs));
+            }
+            report.left_to_dead_man.sort();
+        }
+    }
+    *fresh_out = fresh;
+    (report, statuses)
 }
 
 /// Restores the last apply's backups on every targeted host and re-runs the handlers.
@@ -786,7 +1065,7 @@ pub async fn rollback(
                 let facts =
                     gather::parse(&out.stdout_text()).map_err(|e| (HostStatus::Failed, e))?;
                 let out = s
-                    .run_script(&script::rollback_script(&iface, &facts))
+                    .run_script(&host::rollback_script(&iface, &facts))
                     .await
                     .map_err(|e| (HostStatus::Failed, e.to_string()))?;
                 let r = script::parse_result(&out.stdout_text());
@@ -842,6 +1121,8 @@ pub async fn rollback(
         hosts,
         warnings: Vec::new(),
         check: false,
+        guard: None,
+        interrupted: false,
     })
 }
 
@@ -881,40 +1162,16 @@ mod tests {
     }
 
     #[test]
-    fn verify_compares_key_and_peers() {
-        let conf =
-            "[Interface]\nPrivateKey = x\n\n[Peer]\nPublicKey = P1\nAllowedIPs = 10.100.0.0/16\n";
-        let live = |key: &str, peers: Vec<(&str, &str)>| WgState {
-            public_key: key.into(),
-            listen_port: 51820,
-            peers: peers
-                .into_iter()
-                .map(|(k, a)| gather::PeerState {
-                    public_key: k.into(),
-                    endpoint: None,
-                    allowed_ips: vec![a.into()],
-                    latest_handshake: 0,
-                    rx: 0,
-                    tx: 0,
-                    keepalive: 0,
-                })
-                .collect(),
-        };
-        assert!(verify(Some(&live("ME", vec![("P1", "10.100.0.0/16")])), conf, "ME").is_ok());
-        assert!(verify(None, conf, "ME").unwrap_err().contains("not up"));
-        assert!(
-            verify(
-                Some(&live("OTHER", vec![("P1", "10.100.0.0/16")])),
-                conf,
-                "ME"
-            )
-            .is_err()
+    fn the_host_checks_its_interface_against_the_planned_peers() {
+        let conf = "[Interface]\nPrivateKey = x\n\n[Peer]\nPublicKey = P2\nAllowedIPs = 10.100.1.0/24, 10.100.0.2/32\n\n[Peer]\nPublicKey = P1\nAllowedIPs = 10.100.0.0/16\n";
+        let e = script::Expect::from_conf("ME", conf);
+        assert_eq!(
+            e.tokens,
+            vec!["10.100.0.0/16", "10.100.0.2/32", "10.100.1.0/24", "P1", "P2"]
         );
-        assert!(
-            verify(Some(&live("ME", vec![("P2", "10.100.0.0/16")])), conf, "ME")
-                .unwrap_err()
-                .contains("P1")
-        );
+        let check = e.check("wg0");
+        assert!(check.contains("= 'ME' ] || fail 'verify: the interface is not up with the planned key'"));
+        assert!(check.contains("'10.100.0.0/16\n10.100.0.2/32\n10.100.1.0/24\nP1\nP2'"));
     }
 
     #[test]
@@ -936,6 +1193,8 @@ mod tests {
             hosts: vec![HostReport::new("a")],
             warnings: vec![],
             check: true,
+            guard: None,
+            interrupted: false,
         };
         assert_eq!(r.exit_code(true), 0);
         r.hosts[0].status = HostStatus::Changed;
@@ -945,5 +1204,16 @@ mod tests {
         assert_eq!(r.exit_code(true), 1);
         r.hosts[0].status = HostStatus::Unreachable;
         assert_eq!(r.exit_code(false), 1);
+        r.hosts[0].status = HostStatus::Reverted;
+        assert_eq!(r.exit_code(false), 1, "the guard put the change back");
+        r.hosts[0].status = HostStatus::Changed;
+        r.check = false;
+        r.guard = Some(GuardReport {
+            new_down: vec![guard::Link::new("a", "b")],
+            ..Default::default()
+        });
+        assert_eq!(r.exit_code(false), 1, "a new link did not come up");
+        r.interrupted = true;
+        assert_eq!(r.exit_code(false), 130);
     }
 }

@@ -114,51 +114,59 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
     h
 }
 
-fn handlers_script(h: &HandlerPlan, iface: &str, facts: &Facts, restore: bool) -> String {
+/// The handlers as shell text. Their failures call the shell function `fail_fn` (`fail` in a
+/// change, `rfail` while putting files back).
+pub(crate) fn handlers_script(
+    h: &HandlerPlan,
+    iface: &str,
+    facts: &Facts,
+    restore: bool,
+    fail_fn: &str,
+) -> String {
     let q = sh_quote(iface);
+    let unit = sh_quote(&format!("wg-quick@{iface}"));
+    let f = fail_fn;
     let mut s = String::new();
     if let Some(restart) = h.wireguard {
         if facts.systemd {
-            s.push_str(&format!(
-                "systemctl enable -q wg-quick@{iface} 2>/dev/null || true\n"
-            ));
+            s.push_str(&format!("systemctl enable -q {unit} 2>/dev/null || true\n"));
         }
         let conf = format!("/etc/wireguard/{iface}.conf");
         if restore {
             // back to the old interface: up with the restored config, or gone if there was none
             s.push_str(&format!(
-                "wg-quick down {q} >/dev/null 2>&1 || true\nif [ -f {c} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; fail 'handler wireguard: wg-quick up (restored config)'; }}; fi\n",
+                "wg-quick down {q} >/dev/null 2>&1 || true\nif [ -f {c} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up (restored config)'; }}; fi\n",
                 c = sh_quote(&conf)
             ));
         } else if restart {
             if facts.systemd {
                 s.push_str(&format!(
-                    "out=$(systemctl restart wg-quick@{iface} 2>&1) || {{ echo \"$out\" >&2; fail 'handler wireguard: systemctl restart wg-quick@{iface}'; }}\n"
+                    "out=$(systemctl restart {unit} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: systemctl restart wg-quick'; }}\n"
                 ));
             } else {
                 s.push_str(&format!(
-                    "wg-quick down {q} >/dev/null 2>&1 || true\nout=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; fail 'handler wireguard: wg-quick up'; }}\n"
+                    "wg-quick down {q} >/dev/null 2>&1 || true\nout=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up'; }}\n"
                 ));
             }
         } else {
             // never feed syncconf empty input: strip to a file and check it first
             s.push_str(&format!(
-                "t=$(mktemp) || fail 'handler wireguard: mktemp'\n\
-                 wg-quick strip {q} > \"$t\" 2>/dev/null || {{ rm -f \"$t\"; fail 'handler wireguard: wg-quick strip'; }}\n\
-                 if ! grep -q '^PrivateKey' \"$t\"; then rm -f \"$t\"; fail 'handler wireguard: stripped config is empty'; fi\n\
-                 out=$(wg syncconf {q} \"$t\" 2>&1) || {{ rm -f \"$t\"; echo \"$out\" >&2; fail 'handler wireguard: wg syncconf'; }}\n\
+                "t=$(mktemp) || {f} 'handler wireguard: mktemp'\n\
+                 wg-quick strip {q} > \"$t\" 2>/dev/null || {{ rm -f \"$t\"; {f} 'handler wireguard: wg-quick strip'; }}\n\
+                 if ! grep -q '^PrivateKey' \"$t\"; then rm -f \"$t\"; {f} 'handler wireguard: stripped config is empty'; fi\n\
+                 out=$(wg syncconf {q} \"$t\" 2>&1) || {{ rm -f \"$t\"; echo \"$out\" >&2; {f} 'handler wireguard: wg syncconf'; }}\n\
                  rm -f \"$t\"\n"
             ));
         }
     }
     if h.sysctl {
-        s.push_str(
-            "if [ -f /etc/sysctl.d/99-wgprov.conf ]; then out=$(sysctl -q -p /etc/sysctl.d/99-wgprov.conf 2>&1) || { echo \"$out\" >&2; fail 'handler sysctl'; }; fi\n",
-        );
+        s.push_str(&format!(
+            "if [ -f /etc/sysctl.d/99-wgprov.conf ]; then out=$(sysctl -q -p /etc/sysctl.d/99-wgprov.conf 2>&1) || {{ echo \"$out\" >&2; {f} 'handler sysctl'; }}; fi\n",
+        ));
     }
     if h.kubelet && facts.tools.contains("kubelet") {
         if facts.systemd {
-            s.push_str("out=$(systemctl restart kubelet 2>&1) || { echo \"$out\" >&2; fail 'handler kubelet: systemctl restart kubelet'; }\n");
+            s.push_str(&format!("out=$(systemctl restart kubelet 2>&1) || {{ echo \"$out\" >&2; {f} 'handler kubelet: systemctl restart kubelet'; }}\n"));
         } else {
             s.push_str("echo 'kubelet is installed but systemd is not running: restart kubelet yourself' >&2\n");
         }
@@ -166,27 +174,26 @@ fn handlers_script(h: &HandlerPlan, iface: &str, facts: &Facts, restore: bool) -
     s
 }
 
-fn prelude() -> String {
+/// The start of every remote script: a known PATH, `set -u`, private files, and `fail`.
+pub(crate) fn prelude() -> String {
     format!("{PATH_PRELUDE}set -u\numask 077\nfail() {{ echo \"{FAIL} $1\"; exit 1; }}\n")
 }
 
-fn verify_tail(iface: &str) -> String {
+/// Reads back the interface after the handlers (`wg show dump`, base64), then marks the end.
+pub(crate) fn verify_tail(iface: &str) -> String {
     let q = sh_quote(iface);
     format!(
         "echo '{VERIFY}'\nif ip link show {q} >/dev/null 2>&1; then wg show {q} dump | base64 -w0; fi\necho\necho '{DONE}'\n"
     )
 }
 
-/// The change transaction: back up every file it changes to `/var/lib/wgprov/backup` (the
-/// previous backup is replaced only once the new one is complete), write each file atomically
-/// (temp file in the same directory, mode, fsync, rename), run the handlers, read back the
-/// interface.
-pub fn apply_script(changes: &[Change], h: &HandlerPlan, iface: &str, facts: &Facts) -> String {
-    let mut s = prelude();
-    let b = format!("{STATE_DIR}/backup");
-    s.push_str(&format!(
-        "mkdir -p {STATE_DIR} && chmod 700 {STATE_DIR} || fail backup\nB={b}\nrm -rf \"$B.new\" && mkdir \"$B.new\" || fail backup\n"
-    ));
+/// Backs up every file the change touches to `$B.new` (then swaps it in as `$B`, the previous
+/// backup replaced only once the new one is complete), and writes each file atomically (temp
+/// file in the same directory, mode, fsync, rename; nothing is renamed into place unless every
+/// step before it succeeded). Expects `fail` and `$B` to be defined.
+pub(crate) fn backup_and_write(changes: &[Change]) -> String {
+    let mut s = String::new();
+    s.push_str("rm -rf \"$B.new\" && mkdir \"$B.new\" || fail backup\n");
     let changed: Vec<&Change> = changes
         .iter()
         .filter(|c| c.action != Action::Unchanged)
@@ -199,8 +206,10 @@ pub fn apply_script(changes: &[Change], h: &HandlerPlan, iface: &str, facts: &Fa
         ));
     }
     s.push_str("rm -rf \"$B.old\"; if [ -d \"$B\" ]; then mv \"$B\" \"$B.old\" || fail backup; fi\nmv \"$B.new\" \"$B\" && rm -rf \"$B.old\" || fail backup\n");
+    s.push_str(WRITTEN);
     for c in &changed {
         let p = sh_quote(&c.desired.path);
+        let path = c.desired.path.replace('\'', "");
         match &c.desired.state {
             FileState::Present { content, mode } => {
                 let dir = std::path::Path::new(&c.desired.path)
@@ -219,53 +228,93 @@ pub fn apply_script(changes: &[Change], h: &HandlerPlan, iface: &str, facts: &Fa
                     "[ -d {dq} ] || {{ mkdir -p {dq} && chmod {dmode} {dq}; }} || fail 'write {path}'\n\
                      t=$(mktemp {tmpl}) || fail 'write {path}'\n\
                      base64 -d > \"$t\" <<'@@WGPROV-EOF@@' || {{ rm -f \"$t\"; fail 'write {path}'; }}\n{b64}\n@@WGPROV-EOF@@\n\
-                     chmod {mode:o} \"$t\" && sync \"$t\" 2>/dev/null; mv -f \"$t\" {p} || {{ rm -f \"$t\"; fail 'write {path}'; }}\n",
+                     {{ chmod {mode:o} \"$t\" && sync \"$t\" && mv -f \"$t\" {p}; }} || {{ rm -f \"$t\"; fail 'write {path}'; }}\n",
                     tmpl = sh_quote(&format!("{dir}/.wgprov.XXXXXX")),
                     b64 = wrap(&STANDARD.encode(content)),
-                    path = c.desired.path.replace('\'', ""),
                 ));
             }
             FileState::Absent => {
-                s.push_str(&format!(
-                    "rm -f {p} || fail 'remove {}'\n",
-                    c.desired.path.replace('\'', "")
-                ));
+                s.push_str(&format!("rm -f {p} || fail 'remove {path}'\n"));
             }
         }
     }
-    s.push_str(&handlers_script(h, iface, facts, false));
-    s.push_str(&verify_tail(iface));
     s
 }
 
-/// Only the handlers and the read-back (an unchanged config whose interface is down).
-pub fn handlers_only_script(h: &HandlerPlan, iface: &str, facts: &Facts) -> String {
-    let mut s = prelude();
-    s.push_str(&handlers_script(h, iface, facts, false));
-    s.push_str(&verify_tail(iface));
-    s
-}
+/// Marks, in a change script, the moment the backup is complete and files start to change:
+/// from here on a failure puts the backup back.
+const WRITTEN: &str = "STAGE=written; [ -z \"${R:-}\" ] || echo written > \"$R/stage\"\n";
 
-/// Puts back every file of the last apply's backup byte for byte (mode and times too), then
-/// re-runs the handlers with the restored files.
-pub fn rollback_script(iface: &str, facts: &Facts) -> String {
-    let mut s = prelude();
-    s.push_str(&format!(
-        "B={STATE_DIR}/backup\n[ -f \"$B/manifest\" ] || fail 'no backup to restore in {STATE_DIR}'\n\
+/// Puts back every file of the backup in `$B` byte for byte (mode and times too), then re-runs
+/// every handler with the restored files. Failures call `fail_fn`.
+pub(crate) fn restore_body(iface: &str, facts: &Facts, fail_fn: &str) -> String {
+    let f = fail_fn;
+    // a file already as it was is left alone (a full disk cannot fail its put-back), and the
+    // handlers re-run only when a file was put back
+    let mut s = format!(
+        "[ -f \"$B/manifest\" ] || {f} 'no backup to restore in {STATE_DIR}'\n\
+         same() {{ cmp -s \"$1\" \"$2\" && [ \"$(stat -c %a \"$1\")\" = \"$(stat -c %a \"$2\")\" ]; }}\n\
+         n=0\n\
          while read -r i state path; do\n\
-           if [ \"$state\" = present ]; then cp -p \"$B/$i\" \"$path.wgprov-restore\" && mv -f \"$path.wgprov-restore\" \"$path\" || fail \"restore $path\"\n\
-           else rm -f \"$path\" || fail \"restore $path\"; fi\n\
+           if [ \"$state\" = present ]; then\n\
+             if ! same \"$B/$i\" \"$path\"; then cp -p \"$B/$i\" \"$path.wgprov-restore\" && mv -f \"$path.wgprov-restore\" \"$path\" || {f} \"restore $path\"; n=$((n+1)); fi\n\
+           elif [ -e \"$path\" ]; then rm -f \"$path\" || {f} \"restore $path\"; n=$((n+1)); fi\n\
            echo \"restored $path\"\n\
-         done < \"$B/manifest\"\n"
-    ));
+         done < \"$B/manifest\"\n\
+         if [ \"$n\" -gt 0 ]; then\n"
+    );
     let h = HandlerPlan {
         wireguard: Some(true),
         sysctl: true,
         kubelet: true,
     };
-    s.push_str(&handlers_script(&h, iface, facts, true));
-    s.push_str(&verify_tail(iface));
+    s.push_str(&handlers_script(&h, iface, facts, true, f));
+    s.push_str("fi\n");
     s
+}
+
+/// What the change checks on the host itself once the handlers ran: the interface's public key,
+/// and its peers with their AllowedIPs (as sorted tokens of `wg show IFACE allowed-ips`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Expect {
+    /// The planned public key.
+    pub public_key: String,
+    /// Sorted peer keys and AllowedIPs.
+    pub tokens: Vec<String>,
+}
+
+impl Expect {
+    /// The expectation for a planned config text.
+    pub fn from_conf(public_key: &str, conf: &str) -> Expect {
+        let mut tokens = Vec::new();
+        for p in WgConfig::parse(conf).peers() {
+            tokens.push(p.get("PublicKey").unwrap_or("").to_string());
+            tokens.extend(
+                p.get("AllowedIPs")
+                    .unwrap_or("")
+                    .split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty()),
+            );
+        }
+        tokens.sort();
+        Expect {
+            public_key: public_key.to_string(),
+            tokens,
+        }
+    }
+
+    /// Shell text that calls `fail` unless the live interface matches.
+    pub(crate) fn check(&self, iface: &str) -> String {
+        let q = sh_quote(iface);
+        format!(
+            "[ \"$(wg show {q} public-key 2>/dev/null)\" = {k} ] || fail 'verify: the interface is not up with the planned key'\n\
+             got=$(wg show {q} allowed-ips 2>/dev/null | tr '\\t ' '\\n\\n' | sed '/^$/d' | LC_ALL=C sort)\n\
+             [ \"$got\" = {want} ] || fail 'verify: the interface has other peers than the config'\n",
+            k = sh_quote(&self.public_key),
+            want = sh_quote(&self.tokens.join("\n")),
+        )
+    }
 }
 
 fn wrap(b64: &str) -> String {
@@ -288,6 +337,8 @@ pub struct ScriptResult {
     pub wg: Option<crate::facts::gather::WgState>,
     /// True when the script ran to its end.
     pub done: bool,
+    /// Every other line it printed (what failed commands said).
+    pub log: Vec<String>,
 }
 
 /// Reads a transaction's output.
@@ -305,6 +356,8 @@ pub fn parse_result(stdout: &str) -> ScriptResult {
                 .and_then(|b| crate::facts::gather::parse_wg_dump(&String::from_utf8_lossy(&b)));
         } else if l == DONE {
             r.done = true;
+        } else if !l.starts_with("@@WGPROV-") {
+            r.log.push(l.to_string());
         }
     }
     r
@@ -402,7 +455,7 @@ mod tests {
             wireguard: Some(false),
             ..Default::default()
         };
-        let s = apply_script(&[c], &h, "wg0", &up());
+        let s = backup_and_write(std::slice::from_ref(&c)) + &handlers_script(&h, "wg0", &up(), false, "fail");
         let backup = s.find("cp -p '/etc/wireguard/wg0.conf'").unwrap();
         let write = s.find("mv -f \"$t\" '/etc/wireguard/wg0.conf'").unwrap();
         let sync = s.find("wg syncconf").unwrap();

@@ -79,6 +79,8 @@ impl RunArgs {
             check,
             forks: self.forks.max(1),
             no_rollback,
+            guard: None,
+            stop: Default::default(),
             ssh: crate::transport::ssh::SshOptions {
                 accept_new_host_keys: self.accept_new_host_keys,
                 connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
@@ -154,6 +156,12 @@ pub enum Command {
         /// Print per-host phase timings in the recap.
         #[arg(long)]
         timings: bool,
+        /// Seconds a changed host waits for confirmation before it puts itself back.
+        #[arg(long, default_value_t = 90, value_name = "SECS")]
+        confirm_timeout: u64,
+        /// No health gate, no dead-man, no confirmation (labs and emergencies).
+        #[arg(long)]
+        no_guard: bool,
     },
     /// Put back the files of the last apply as they were before it, and re-run the handlers.
     Rollback {
@@ -189,6 +197,16 @@ pub enum LabCommand {
         /// Build SITE's router without the UDP port-forward (the "forgot the port-forward" case).
         #[arg(long = "no-port-forward", value_name = "SITE")]
         no_port_forward: Vec<String>,
+        /// Also put the controller on SITE's LAN, like an operator's laptop (default route via
+        /// the router, the WireGuard space via the next-hop); see `lab mesh-only`.
+        #[arg(long, value_name = "SITE")]
+        controller_at: Option<String>,
+    },
+    /// Cut the controller's management path: from now on it reaches nodes only over its LAN
+    /// leg (`up --controller-at`) and the other sites only through the mesh.
+    MeshOnly {
+        #[arg(long, default_value = "lab")]
+        prefix: String,
     },
     /// Remove exactly what `up` made.
     Down {
@@ -252,6 +270,8 @@ pub fn run(cli: Cli) -> u8 {
             no_rollback,
             detailed_exitcode,
             timings,
+            confirm_timeout,
+            no_guard,
         } => apply(
             &inv.inventory,
             roles.roles_path.as_deref(),
@@ -262,6 +282,7 @@ pub fn run(cli: Cli) -> u8 {
                 no_rollback,
                 detailed_exitcode,
                 timings,
+                guard: (!no_guard).then(|| std::time::Duration::from_secs(confirm_timeout.max(5))),
             },
         ),
         Command::Rollback { inv, run } => rollback(&inv.inventory, &run),
@@ -388,6 +409,7 @@ struct ApplyFlags {
     no_rollback: bool,
     detailed_exitcode: bool,
     timings: bool,
+    guard: Option<std::time::Duration>,
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -440,6 +462,13 @@ impl crate::apply::Progress for CliProgress {
             eprintln!("{host}: {outcome}");
         }
     }
+    fn note(&self, line: &str) {
+        if let Some((mp, _)) = &self.bars {
+            let _ = mp.println(line);
+        } else if self.plain {
+            eprintln!("{line}");
+        }
+    }
 }
 
 fn print_report(report: &crate::apply::Report, format: Format, diff: bool, timings: bool) {
@@ -455,9 +484,32 @@ fn print_report(report: &crate::apply::Report, format: Format, diff: bool, timin
 fn apply(path: &Path, roles_path: Option<&Path>, run: &RunArgs, f: ApplyFlags) -> Result<u8> {
     let roles = Roles::load(RoleSource::resolve(roles_path, path))?;
     let p = planned(path, !f.check)?;
-    let settings = run.settings(f.check, f.no_rollback);
+    let mut settings = run.settings(f.check, f.no_rollback);
+    settings.guard = f.guard;
     let progress = std::sync::Arc::new(CliProgress::new(run.format));
-    let report = runtime()?.block_on(crate::apply::apply(&p, &roles, &settings, progress))?;
+    let stop = settings.stop.clone();
+    let report = runtime()?.block_on(async {
+        // Ctrl-C (or SIGTERM): start no new host, let hosts in flight finish, put the change
+        // back; a second one leaves at once (each changed host's dead-man still puts it back)
+        tokio::spawn(async move {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+            for i in 0..2 {
+                tokio::select! {
+                    r = tokio::signal::ctrl_c() => if r.is_err() { return },
+                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+                }
+                if i == 0 {
+                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                    eprintln!("wgprov: stopping: no new host is started; hosts in flight finish, then every change is put back (again to leave at once)");
+                } else {
+                    eprintln!("wgprov: leaving now: each changed host's dead-man puts it back");
+                    std::process::exit(130);
+                }
+            }
+        });
+        crate::apply::apply(&p, &roles, &settings, progress).await
+    })?;
     print_report(&report, run.format, f.diff, f.timings);
     Ok(report.exit_code(f.detailed_exitcode))
 }
@@ -490,9 +542,16 @@ fn lab(cmd: LabCommand) -> Result<u8> {
             inv,
             prefix,
             no_port_forward,
+            controller_at,
         } => {
             let p = planned(&inv.inventory, true)?;
-            let layout = lab::plan::plan(&p.inventory, &p.topology, &prefix, &no_port_forward)?;
+            let layout = lab::plan::plan(
+                &p.inventory,
+                &p.topology,
+                &prefix,
+                &no_port_forward,
+                controller_at.as_deref(),
+            )?;
             let st = lab::up(&inv.inventory, &layout)?;
             if let Some(w) = lab::inotify_warning(st.nodes.len()) {
                 eprintln!("{w}");
@@ -526,6 +585,14 @@ fn lab(cmd: LabCommand) -> Result<u8> {
         LabCommand::Exec { prefix, name, cmd } => {
             let code = lab::exec(&prefix, &name, &cmd)?;
             Ok(u8::try_from(code).unwrap_or(EXIT_FAILED))
+        }
+        LabCommand::MeshOnly { prefix } => {
+            let removed = lab::mesh_only(&prefix)?;
+            println!(
+                "lab {prefix}: removed the controller's {} management routes; it reaches nodes over its LAN leg and the mesh only",
+                removed.len()
+            );
+            Ok(EXIT_OK)
         }
         LabCommand::Status { prefix } => {
             print!("{}", lab::status(&prefix)?);
@@ -584,7 +651,7 @@ fn lab_demo(prefix: &str) -> Result<u8> {
     std::fs::write(&inv, include_str!("../../inventories/demo.yaml"))
         .map_err(|e| Error::io(&inv, e))?;
     let p = topology::plan_inventory(&inv, true)?;
-    let layout = lab::plan::plan(&p.inventory, &p.topology, prefix, &[])?;
+    let layout = lab::plan::plan(&p.inventory, &p.topology, prefix, &[], None)?;
     println!(
         "== lab up: {} sites behind NAT, {} nodes with sshd, a controller",
         layout.routers.len(),

@@ -12,7 +12,7 @@ use crate::facts::kubelet;
 use crate::inventory::OsFamily;
 use crate::roles::{ContentSpec, EditKind, MergeKind, Roles};
 use crate::topology::keys::{Keypair, PublicKey};
-use crate::topology::{NodePlan, PeerRef, Topology};
+use crate::topology::{NodePlan, PeerRef, SitePlan, Topology};
 
 /// Given a peer's AllowedIPs (`a, b`), the public key of an existing entry with them.
 pub type PeerFallback<'a> = dyn Fn(&str) -> Option<String> + 'a;
@@ -169,11 +169,43 @@ pub fn context(
         "address": format!("{}/{}", node.wireguard_ip, net.wireguard_cidr.prefix_len()),
         "private_key": kp.private.expose_base64(),
         "public_key": kp.public.to_base64(),
-        "forward_up": "iptables -C FORWARD -i %i -o %i -j ACCEPT 2>/dev/null || iptables -I FORWARD -i %i -o %i -j ACCEPT",
-        "forward_down": "iptables -D FORWARD -i %i -o %i -j ACCEPT 2>/dev/null || true",
+        "forward_up": forward_rules(site, true),
+        "forward_down": forward_rules(site, false),
         "peers": peers,
     });
     Ok((ctx, skipped))
+}
+
+/// The next-hop's PostUp (`up`) or PostDown rules: wg0→wg0 traffic through the FORWARD chain,
+/// and with `lan_access` the site's LANs into the mesh (forwarded, and masqueraded to the
+/// next-hop's WireGuard address, since peers accept only WireGuard sources).
+fn forward_rules(site: &SitePlan, up: bool) -> String {
+    let mut rules = vec![("", "FORWARD -i %i -o %i -j ACCEPT".to_string())];
+    if site.lan_access {
+        for lan in site.lan_cidrs.iter().filter(|n| matches!(n, ipnet::IpNet::V4(_))) {
+            rules.push(("", format!("FORWARD -s {lan} -o %i -j ACCEPT")));
+            rules.push((
+                "",
+                format!("FORWARD -i %i -d {lan} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+            ));
+            rules.push(("-t nat ", format!("POSTROUTING -s {lan} -o %i -j MASQUERADE")));
+        }
+    }
+    rules
+        .iter()
+        .map(|(table, r)| {
+            if up {
+                let (chain, rest) = r.split_once(' ').expect("rule has a chain");
+                let add = if table.is_empty() { "-I" } else { "-A" };
+                format!(
+                    "iptables {table}-C {r} 2>/dev/null || iptables {table}{add} {chain} {rest}"
+                )
+            } else {
+                format!("iptables {table}-D {r} 2>/dev/null || true")
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 fn render_err(role: &str, what: &str, e: minijinja::Error) -> Error {

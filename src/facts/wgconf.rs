@@ -236,7 +236,7 @@ impl WgConfig {
     }
 }
 
-/// Replaces the value of every `PrivateKey` line with `(redacted)`: the form in which any
+/// Replaces the value of every `PrivateKey` and `PresharedKey` line with `(redacted)`: the form in which any
 /// config text may be shown.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
@@ -246,7 +246,10 @@ pub fn redact(text: &str) -> String {
         }
         let stripped = raw.split('#').next().unwrap_or("");
         match stripped.split_once('=') {
-            Some((k, _)) if k.trim().eq_ignore_ascii_case("PrivateKey") => {
+            Some((k, _))
+                if k.trim().eq_ignore_ascii_case("PrivateKey")
+                    || k.trim().eq_ignore_ascii_case("PresharedKey") =>
+            {
                 let _ = write!(
                     out,
                     "{} = {}",
@@ -305,6 +308,15 @@ mod tests {
             .unwrap()
             .set("address", "10.100.0.1/16");
         assert_eq!(same.render(), HAND);
+    }
+
+    #[test]
+    fn preshared_key_in_an_existing_config_is_redacted_in_diffs() {
+        let conf = "[Interface]\nPrivateKey = AAAA\n\n[Peer]\nPublicKey = PUB\npresharedkey=SECRETPSK= # hand-made\nPresharedKey = OTHERPSK\n";
+        let r = redact(conf);
+        assert!(!r.contains("SECRETPSK") && !r.contains("OTHERPSK"), "{r}");
+        assert!(r.contains("PublicKey = PUB"), "{r}");
+        assert_eq!(r.matches("(redacted)").count(), 3, "{r}");
     }
 
     #[test]

@@ -214,6 +214,8 @@ pub struct Site {
     pub wireguard_cidr: Option<Ipv4Net>,
     /// LAN networks.
     pub lan_cidrs: Vec<IpNet>,
+    /// The next-hop masquerades `lan_cidrs` into the mesh.
+    pub lan_access: bool,
     /// Public endpoint of the site's router.
     pub endpoint: Option<Endpoint>,
     /// Next-hop node (resolved: a one-node site's only node).

@@ -89,6 +89,10 @@ pub struct RawSite {
     /// Public `host:port` of the site's router, forwarded to the next-hop.
     #[serde(default)]
     pub endpoint: Option<S<String>>,
+    /// The next-hop masquerades the site's `lan_cidrs` into the mesh (an operator's laptop or a
+    /// CI runner on the LAN reaches every node's WireGuard address).
+    #[serde(default)]
+    pub lan_access: Option<S<bool>>,
     /// The node that peers with other sites.
     #[serde(default)]
     pub next_hop: Option<S<String>>,

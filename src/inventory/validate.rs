@@ -370,6 +370,25 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             }
         }
 
+        let lan_access = site.lan_access.as_ref().map(|a| a.value).unwrap_or(false);
+        if let Some(a) = &site.lan_access
+            && a.value
+        {
+            if !managed {
+                d.error(
+                    loc(a),
+                    format!("{sp}.lan_access"),
+                    "an unmanaged site is never configured: lan_access does nothing there",
+                );
+            } else if !lan_cidrs.iter().any(|n| matches!(n, IpNet::V4(_))) {
+                d.error(
+                    loc(a),
+                    format!("{sp}.lan_access"),
+                    "needs the site's IPv4 lan_cidrs: they are what the next-hop lets into the mesh",
+                );
+            }
+        }
+
         let endpoint = site.endpoint.as_ref().and_then(|e| {
             Endpoint::parse(e.value.trim())
                 .map_err(|m| d.error(loc(e), format!("{sp}.endpoint"), m))
@@ -655,6 +674,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             managed,
             wireguard_cidr: block.map(|b| b.0),
             lan_cidrs,
+            lan_access,
             endpoint,
             next_hop,
             router,

@@ -49,6 +49,9 @@ pub struct LabState {
     pub inet_ns: String,
     /// The controller namespace.
     pub ctl_ns: String,
+    /// The site whose LAN the controller also sits on (`--controller-at`).
+    #[serde(default)]
+    pub controller_lan: Option<String>,
 }
 
 fn lab_err(m: impl Into<String>) -> Error {
@@ -436,6 +439,42 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
     // controller: management bridge
     let ctl = p.ctl_ns.as_str();
     bridge(ctl, "mgmt", &format!("{}/32", p.controller_ip))?;
+    // --controller-at SITE: a leg on that site's LAN, default route via its router and the
+    // WireGuard space via its next-hop (what an operator adds on a laptop)
+    if let Some(c) = &p.controller_lan {
+        let r = p
+            .routers
+            .iter()
+            .find(|r| r.site == c.site)
+            .expect("controller's router");
+        veth_into_bridge(&r.ns, "ctl0", "br-lan", ctl, "lan0")?;
+        ip(
+            ctl,
+            &[
+                "addr",
+                "add",
+                &format!("{}/{}", c.address, c.prefix),
+                "dev",
+                "lan0",
+            ],
+        )?;
+        ip(ctl, &["link", "set", "lan0", "up"])?;
+        ip(
+            ctl,
+            &["route", "add", "default", "via", &c.gateway.to_string()],
+        )?;
+        ip(
+            ctl,
+            &[
+                "route",
+                "add",
+                &c.wireguard_cidr.to_string(),
+                "via",
+                &c.next_hop.to_string(),
+            ],
+        )?;
+        st.controller_lan = Some(c.site.clone());
+    }
 
     // nodes: LAN leg to the router, management leg to the controller
     for (k, n) in p.nodes.iter().enumerate() {
@@ -500,6 +539,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
             d.join("varlib.upper"),
             d.join("varlib.work"),
             d.join("root"),
+            d.join("sbin"),
         ])?;
         let hk = d.join("ssh_host_ed25519_key");
         let host_pub = keygen(&hk, &n.name)?;
@@ -510,6 +550,12 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
             format!("[{}]:{}", n.address, n.ssh_port)
         };
         known_hosts.push_str(&format!("{host} {}\n", key.join(" ")));
+        let wg_host = if n.ssh_port == 22 {
+            n.wireguard_ip.to_string()
+        } else {
+            format!("[{}]:{}", n.wireguard_ip, n.ssh_port)
+        };
+        known_hosts.push_str(&format!("{wg_host} {}\n", key.join(" ")));
         // readable by every user: sshd reads it after dropping to the login user
         write(&d.join("authorized_keys"), &client_pub, 0o644)?;
         write(
@@ -554,10 +600,12 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
              mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc.upper,workdir={d}/etc.work /etc\n\
              mount -t overlay overlay -o lowerdir=/var/lib,upperdir={d}/varlib.upper,workdir={d}/varlib.work /var/lib\n\
              mount --bind {d}/root /root\n\
+             mount --bind {d}/sbin /usr/local/sbin\n\
              mount -t tmpfs -o mode=0755 tmpfs /run/wireguard\n\
              {hide_systemd}\n\
              hostname {name}\n\
-             exec /usr/sbin/sshd -D -e -f {d}/sshd_config\n",
+             /usr/sbin/sshd -D -e -f {d}/sshd_config &\n\
+             while :; do sleep 3600; done\n",
             name = n.name
         );
         let (holder, inner) = spawn_holder(&n.ns, &script, &n.dir.join("sshd.log"))?;
@@ -622,6 +670,41 @@ fn alive(pid: u32) -> bool {
                 .unwrap_or(false)
         })
         .unwrap_or(false)
+}
+
+/// True when the node's sshd (a child of its PID 1) is running.
+fn sshd_alive(ns: &str, init: u32) -> bool {
+    pids_in(ns).into_iter().any(|pid| {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+        // pid (comm) state ppid ...
+        let comm_ok = stat.contains("(sshd)");
+        let ppid = stat
+            .rsplit_once(')')
+            .and_then(|(_, rest)| rest.split_whitespace().nth(1))
+            .and_then(|p| p.parse::<u32>().ok());
+        comm_ok && ppid == Some(init) && alive(pid as u32)
+    })
+}
+
+/// Cuts the controller's out-of-band management path: from now on it reaches the nodes only
+/// over its leg on a site's LAN (`--controller-at`), and the other sites only through the
+/// mesh — as an operator does. Returns the routes removed.
+pub fn mesh_only(prefix: &str) -> Result<Vec<Ipv4Addr>> {
+    let st = read_state(prefix)?
+        .ok_or_else(|| Error::Usage(format!("no lab with prefix `{prefix}`")))?;
+    if st.controller_lan.is_none() {
+        return Err(Error::Usage(format!(
+            "lab {prefix} was built without --controller-at SITE: the controller would reach nothing"
+        )));
+    }
+    let mut removed = Vec::new();
+    for a in st.addresses.values() {
+        let dst = format!("{a}/32");
+        if ip(&st.ctl_ns, &["route", "del", &dst, "dev", "mgmt"]).is_ok() {
+            removed.push(*a);
+        }
+    }
+    Ok(removed)
 }
 
 /// What `down` removed.
@@ -808,7 +891,7 @@ pub fn status(prefix: &str) -> Result<String> {
             );
         }
         for (node, ns) in &st.nodes {
-            let sshd = st.inner.get(node).is_some_and(|p| alive(*p));
+            let sshd = st.inner.get(node).is_some_and(|p| sshd_alive(ns, *p));
             let _ = writeln!(
                 o,
                 "  node   {node:<14} {:<16} {} sshd {}",

@@ -72,6 +72,25 @@ pub struct NodeLab {
     pub os_family: OsFamily,
     /// Its directory.
     pub dir: PathBuf,
+    /// Its WireGuard address (the controller knows its host key under it too).
+    pub wireguard_ip: Ipv4Addr,
+}
+
+/// The controller's leg on a site's LAN (`--controller-at SITE`), like an operator's laptop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ControllerLan {
+    /// The site.
+    pub site: String,
+    /// The controller's LAN address (the first free one).
+    pub address: Ipv4Addr,
+    /// The LAN's prefix length.
+    pub prefix: u8,
+    /// The site's router (the default route).
+    pub gateway: Ipv4Addr,
+    /// The site's next-hop: the route to the WireGuard space.
+    pub next_hop: Ipv4Addr,
+    /// The WireGuard space.
+    pub wireguard_cidr: Ipv4Net,
 }
 
 /// The whole lab.
@@ -93,6 +112,8 @@ pub struct LabPlan {
     pub nodes: Vec<NodeLab>,
     /// Names that resolve inside the lab (endpoint host names).
     pub hosts: Vec<(Ipv4Addr, String)>,
+    /// The controller's leg on a site's LAN, if any.
+    pub controller_lan: Option<ControllerLan>,
 }
 
 impl LabPlan {
@@ -136,8 +157,16 @@ pub fn plan(
     topo: &Topology,
     prefix: &str,
     no_port_forward: &[String],
+    controller_at: Option<&str>,
 ) -> Result<LabPlan> {
     check_prefix(prefix)?;
+    if let Some(s) = controller_at
+        && !inv.sites.iter().any(|x| x.managed && x.name == s)
+    {
+        return Err(Error::Usage(format!(
+            "--controller-at {s}: no managed site of that name"
+        )));
+    }
     for s in no_port_forward {
         if !inv.sites.iter().any(|x| x.managed && x.name == *s) {
             return Err(Error::Usage(format!(
@@ -212,9 +241,10 @@ pub fn plan(
                     n.name
                 )));
             }
-            if n.ssh.host != n.address {
+            let wg_ip = topo.node(&n.name).map(|x| x.wireguard_ip.to_string());
+            if n.ssh.host != n.address && Some(&n.ssh.host) != wg_ip.as_ref() {
                 return Err(lab_err(format!(
-                    "node {}: ssh.host {} differs from its address; the lab reaches nodes at their address",
+                    "node {}: ssh.host {} is neither its address nor its WireGuard address; the lab reaches nodes at one of those",
                     n.name, n.ssh.host
                 )));
             }
@@ -283,9 +313,48 @@ pub fn plan(
                 ssh_port: n.ssh.port,
                 os_family: n.os_family.unwrap_or(OsFamily::Debian),
                 dir: dir.join("nodes").join(&n.name),
+                wireguard_ip: topo
+                    .node(&n.name)
+                    .map(|x| x.wireguard_ip)
+                    .expect("managed node is planned"),
             });
         }
     }
+    let controller_lan = match controller_at {
+        None => None,
+        Some(site) => {
+            let r = routers
+                .iter()
+                .find(|r: &&RouterPlan| r.site == site)
+                .expect("checked above");
+            let taken: Vec<Ipv4Addr> = nodes
+                .iter()
+                .filter(|n: &&NodeLab| n.site == site)
+                .map(|n| n.address)
+                .chain([r.lan_ip])
+                .collect();
+            let address = r
+                .lan
+                .hosts()
+                .rev()
+                .find(|h| !taken.contains(h))
+                .ok_or_else(|| lab_err(format!("site {site}: no LAN address left for the controller")))?;
+            let nh = inv
+                .site(site)
+                .and_then(|s| s.next_hop.as_deref())
+                .and_then(|n| nodes.iter().find(|x| x.name == n))
+                .map(|n| n.address)
+                .expect("managed site has a next-hop");
+            Some(ControllerLan {
+                site: site.to_string(),
+                address,
+                prefix: r.lan.prefix_len(),
+                gateway: r.lan_ip,
+                next_hop: nh,
+                wireguard_cidr: inv.network.wireguard_cidr,
+            })
+        }
+    };
     Ok(LabPlan {
         prefix: prefix.to_string(),
         dir,
@@ -295,6 +364,7 @@ pub fn plan(
         routers,
         nodes,
         hosts,
+        controller_lan,
     })
 }
 
@@ -309,7 +379,7 @@ mod tests {
             .unwrap()
             .inventory;
         let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
-        plan(&inv, &topo, "t1", &["cabin".to_string()]).unwrap()
+        plan(&inv, &topo, "t1", &["cabin".to_string()], None).unwrap()
     }
 
     #[test]
@@ -348,7 +418,7 @@ mod tests {
             .unwrap()
             .inventory;
         let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
-        let err = plan(&inv, &topo, "t1", &[]).unwrap_err().to_string();
+        let err = plan(&inv, &topo, "t1", &[], None).unwrap_err().to_string();
         assert!(err.contains("share the address 192.168.0.10"), "{err}");
     }
 }

@@ -307,6 +307,8 @@ pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool)
             let what = match h.status {
                 HostStatus::Unreachable => "UNREACHABLE",
                 HostStatus::RolledBack => "FAILED, ROLLED BACK",
+                HostStatus::Reverted => "REVERTED",
+                HostStatus::Changed => "NOTE",
                 _ => "FAILED",
             };
             let _ = writeln!(o, "{}: {what}: {e}", h.name);
@@ -314,6 +316,34 @@ pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool)
     }
     for w in &report.warnings {
         let _ = writeln!(o, "warning: {w}");
+    }
+    if let Some(g) = &report.guard {
+        let _ = writeln!(
+            o,
+            "\nGUARD {}: {} (links up before: {}, answering after: {}; gate {:.1} s)",
+            g.outcome.to_uppercase(),
+            g.why,
+            g.links_before,
+            g.links_after,
+            g.gate_seconds
+        );
+        for l in &g.broken {
+            let _ = writeln!(o, "  broken: {l}");
+        }
+        for l in &g.new_down {
+            let _ = writeln!(o, "  new link down: {l}");
+        }
+        if !g.left_to_dead_man.is_empty() {
+            let _ = writeln!(
+                o,
+                "  not reachable now, put back by their own dead-man within {} s of their change: {}",
+                g.confirm_timeout,
+                g.left_to_dead_man.join(", ")
+            );
+        }
+    }
+    if report.interrupted {
+        let _ = writeln!(o, "\nSTOPPED by the operator: no new host was started");
     }
     let _ = writeln!(
         o,
@@ -329,14 +359,17 @@ pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool)
         .unwrap_or(4)
         .max(4);
     for h in &report.hosts {
-        let changed = if matches!(h.status, HostStatus::Changed | HostStatus::RolledBack) {
+        let changed = if matches!(
+            h.status,
+            HostStatus::Changed | HostStatus::RolledBack | HostStatus::Reverted
+        ) {
             h.changed()
         } else {
             0
         };
         let failed = usize::from(matches!(
             h.status,
-            HostStatus::Failed | HostStatus::RolledBack
+            HostStatus::Failed | HostStatus::RolledBack | HostStatus::Reverted
         ));
         let unreachable = usize::from(h.status == HostStatus::Unreachable);
         let ok = if unreachable + failed > 0 {
@@ -352,12 +385,15 @@ pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool)
         if h.status == HostStatus::RolledBack {
             o.push_str(" rolled_back=1");
         }
+        if h.status == HostStatus::Reverted {
+            o.push_str(" reverted=1");
+        }
         if timings {
             let t = &h.timings;
             let _ = write!(
                 o,
-                "  connect={:.3}s facts={:.3}s apply={:.3}s rollback={:.3}s",
-                t.connect, t.facts, t.apply, t.rollback
+                "  connect={:.3}s facts={:.3}s apply={:.3}s guard={:.3}s",
+                t.connect, t.facts, t.apply, t.guard
             );
         }
         o.push('\n');
@@ -374,10 +410,17 @@ pub fn apply_json(report: &crate::apply::Report) -> serde_json::Value {
             serde_json::to_value(h).expect("host report serializes"),
         );
     }
-    serde_json::json!({
+    let mut doc = serde_json::json!({
         "hosts": hosts,
         "summary": report.summary(),
         "check": report.check,
         "warnings": report.warnings,
-    })
+    });
+    if let Some(g) = &report.guard {
+        doc["guard"] = serde_json::to_value(g).expect("guard report serializes");
+    }
+    if report.interrupted {
+        doc["interrupted"] = serde_json::Value::Bool(true);
+    }
+    doc
 }

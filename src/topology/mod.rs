@@ -45,6 +45,8 @@ pub struct SitePlan {
     pub router: RouterKind,
     /// LAN networks.
     pub lan_cidrs: Vec<ipnet::IpNet>,
+    /// The next-hop masquerades `lan_cidrs` into the mesh.
+    pub lan_access: bool,
     /// Next-hop public key of an unmanaged site.
     pub public_key: Option<PublicKey>,
     /// Node names.
@@ -109,6 +111,7 @@ impl Topology {
                 next_hop: s.next_hop.clone(),
                 router: s.router,
                 lan_cidrs: s.lan_cidrs.clone(),
+                lan_access: s.lan_access,
                 public_key: s.public_key,
                 nodes: s.nodes.iter().map(|n| n.name.clone()).collect(),
             });

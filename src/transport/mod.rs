@@ -1,9 +1,11 @@
 //! How wgprov reaches a host: one SSH connection per host ([`ssh`]), on which every step runs
 //! as an exec with a script on stdin. [`Transport`] is all the rest of wgprov needs.
 
+pub mod fake;
 pub mod ssh;
 
 use std::future::Future;
+use std::time::Duration;
 
 /// What one remote command returned.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -44,7 +46,15 @@ pub enum TransportError {
 /// Runs a shell script on a host: `script` is fed to `sh -s` on stdin (as root through
 /// `sudo -n` when the host needs `become`).
 pub trait Transport: Send + Sync {
-    /// Runs the script; returns its output once the channel closes.
+    /// Runs the script within `timeout`; returns its output once the channel closes. A script
+    /// that does not finish in time is reported as [`TransportError::Lost`].
+    fn run_script_within(
+        &self,
+        script: &str,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput, TransportError>> + Send;
+
+    /// Runs the script within the transport's default command timeout.
     fn run_script(
         &self,
         script: &str,

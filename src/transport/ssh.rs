@@ -388,19 +388,24 @@ impl SshSession {
 }
 
 impl Transport for SshSession {
-    async fn run_script(&self, script: &str) -> Result<ExecOutput, TransportError> {
+    async fn run_script_within(
+        &self,
+        script: &str,
+        timeout: Duration,
+    ) -> Result<ExecOutput, TransportError> {
         let command = if self.become_root {
             "sudo -n sh -s"
         } else {
             "sh -s"
         };
-        tokio::time::timeout(self.command_timeout, self.exec(command, script.as_bytes()))
+        tokio::time::timeout(timeout, self.exec(command, script.as_bytes()))
             .await
             .map_err(|_| {
-                TransportError::Lost(format!(
-                    "no answer within {} s",
-                    self.command_timeout.as_secs()
-                ))
+                TransportError::Lost(format!("no answer within {} s", timeout.as_secs()))
             })?
+    }
+
+    async fn run_script(&self, script: &str) -> Result<ExecOutput, TransportError> {
+        self.run_script_within(script, self.command_timeout).await
     }
 }

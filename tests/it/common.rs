@@ -138,12 +138,23 @@ pub struct LabGuard {
 impl LabGuard {
     /// Builds a lab from `inventory` with a prefix unique to this process and `tag`.
     pub fn up(inventory: &Path, tag: &str, no_port_forward: &[&str]) -> LabGuard {
+        LabGuard::up_at(inventory, tag, no_port_forward, None)
+    }
+
+    /// Like [`LabGuard::up`], with the controller also on `controller_at`'s LAN.
+    pub fn up_at(
+        inventory: &Path,
+        tag: &str,
+        no_port_forward: &[&str],
+        controller_at: Option<&str>,
+    ) -> LabGuard {
         let lock = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let prefix = format!("t{}{tag}", std::process::id() % 100_000);
         let _ = wgprov::lab::down(&prefix);
         let p = plan_inventory(inventory, true).unwrap();
         let npf: Vec<String> = no_port_forward.iter().map(|s| s.to_string()).collect();
-        let layout = wgprov::lab::plan::plan(&p.inventory, &p.topology, &prefix, &npf).unwrap();
+        let layout = wgprov::lab::plan::plan(&p.inventory, &p.topology, &prefix, &npf, controller_at)
+                .unwrap();
         let state = wgprov::lab::up(inventory, &layout).unwrap_or_else(|e| panic!("lab up: {e}"));
         LabGuard {
             prefix,

@@ -245,7 +245,7 @@ fn up_refuses_an_existing_prefix_and_a_failed_up_leaves_nothing() {
     let (_dir, inv) = demo("e");
     let lab = LabGuard::up(&inv, "e", &[]);
     let p = wgprov::topology::plan_inventory(&inv, false).unwrap();
-    let layout = wgprov::lab::plan::plan(&p.inventory, &p.topology, &lab.prefix, &[]).unwrap();
+    let layout = wgprov::lab::plan::plan(&p.inventory, &p.topology, &lab.prefix, &[], None).unwrap();
     let err = wgprov::lab::up(&inv, &layout).unwrap_err().to_string();
     assert!(
         err.contains("already exists") && err.contains("lab down"),
@@ -267,6 +267,7 @@ fn up_refuses_an_existing_prefix_and_a_failed_up_leaves_nothing() {
         &p.topology,
         &format!("t{}f", std::process::id() % 100_000),
         &[],
+        None,
     )
     .unwrap();
     bad.nodes[4].lan_prefix = 33;

@@ -1,0 +1,59 @@
+//! Link health by packets, not by strings: from one end of a WireGuard link, ping the other
+//! end's WireGuard address over the interface until one answer comes back or the wait runs
+//! out. One exec per probing host, every target at once. Shared by the guard's health gate
+//! (and meant for `status`).
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::time::Duration;
+
+use crate::facts::gather::{PATH_PRELUDE, sh_quote};
+
+/// Marker of one probe result line.
+pub const PROBE: &str = "@@WGPROV-PROBE@@";
+
+/// The script that pings every target from this host over `iface`, each until its first
+/// answer or `wait`.
+pub fn ping_script(iface: &str, targets: &[Ipv4Addr], wait: Duration) -> String {
+    let secs = wait.as_secs().max(1);
+    let list: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    format!(
+        "# wgprov:probe\n{PATH_PRELUDE}\
+         p() {{ if ping -c 1 -i 0.5 -w {secs} -q -I {q} \"$1\" >/dev/null 2>&1; then echo \"{PROBE} up $1\"; else echo \"{PROBE} down $1\"; fi; }}\n\
+         for t in {targets}; do p \"$t\" & done\nwait\n",
+        q = sh_quote(iface),
+        targets = list.join(" "),
+    )
+}
+
+/// Reads a probe's output: target address to whether it answered. Targets missing from the
+/// output did not answer.
+pub fn parse(stdout: &str, targets: &[Ipv4Addr]) -> BTreeMap<Ipv4Addr, bool> {
+    let mut r: BTreeMap<Ipv4Addr, bool> = targets.iter().map(|t| (*t, false)).collect();
+    for l in stdout.lines() {
+        let mut w = l.strip_prefix(PROBE).unwrap_or("").split_whitespace();
+        if let (Some(state), Some(ip)) = (w.next(), w.next())
+            && let Ok(ip) = ip.parse::<Ipv4Addr>()
+            && let Some(v) = r.get_mut(&ip)
+        {
+            *v = state == "up";
+        }
+    }
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_target_is_pinged_at_once_and_a_missing_answer_is_down() {
+        let t: Vec<Ipv4Addr> = vec!["10.100.1.1".parse().unwrap(), "10.100.2.1".parse().unwrap()];
+        let s = ping_script("wg0", &t, Duration::from_secs(7));
+        assert!(s.contains("-w 7 -q -I 'wg0'"));
+        assert!(s.contains("for t in 10.100.1.1 10.100.2.1; do p \"$t\" & done\nwait"));
+        let r = parse(&format!("{PROBE} up 10.100.1.1\nnoise\n"), &t);
+        assert_eq!(r[&t[0]], true);
+        assert_eq!(r[&t[1]], false);
+    }
+}

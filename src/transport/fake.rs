@@ -1,0 +1,105 @@
+//! A scripted stand-in for a host, for unit tests of the code that drives hosts: it answers
+//! each script by its first line's kind (`# wgprov:change …`, `# wgprov:probe`, …) from replies
+//! queued per kind, records every script it receives, and can drop the connection from the
+//! N-th script on. Real hosts are proven in the lab; this proves the decisions around them.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use super::{ExecOutput, Transport, TransportError};
+
+/// One fake host.
+#[derive(Default)]
+pub struct FakeHost {
+    replies: Mutex<HashMap<String, VecDeque<Result<ExecOutput, TransportError>>>>,
+    received: Mutex<Vec<String>>,
+    drop_from: Mutex<Option<usize>>,
+}
+
+/// The kind of a script: the word after `# wgprov:` on its first line (`other` without one).
+pub fn kind_of(script: &str) -> String {
+    script
+        .lines()
+        .next()
+        .and_then(|l| l.strip_prefix("# wgprov:"))
+        .and_then(|r| r.split_whitespace().next())
+        .unwrap_or("other")
+        .to_string()
+}
+
+impl FakeHost {
+    /// A host with no replies queued.
+    pub fn new() -> Self {
+        Self::default()
+    }
+    /// Queues `stdout` (exit 0) as the answer to the next script of `kind`.
+    pub fn reply(&self, kind: &str, stdout: &str) -> &Self {
+        self.replies
+            .lock()
+            .unwrap()
+            .entry(kind.to_string())
+            .or_default()
+            .push_back(Ok(ExecOutput {
+                status: 0,
+                stdout: stdout.as_bytes().to_vec(),
+                stderr: Vec::new(),
+            }));
+        self
+    }
+    /// Queues a transport error as the answer to the next script of `kind`.
+    pub fn fail(&self, kind: &str, e: TransportError) -> &Self {
+        self.replies
+            .lock()
+            .unwrap()
+            .entry(kind.to_string())
+            .or_default()
+            .push_back(Err(e));
+        self
+    }
+    /// From the `n`-th script on (0-based), the connection is gone.
+    pub fn drop_from(&self, n: usize) -> &Self {
+        *self.drop_from.lock().unwrap() = Some(n);
+        self
+    }
+    /// Every script received, in order.
+    pub fn received(&self) -> Vec<String> {
+        self.received.lock().unwrap().clone()
+    }
+    /// The kinds of the scripts received, in order.
+    pub fn kinds(&self) -> Vec<String> {
+        self.received().iter().map(|s| kind_of(s)).collect()
+    }
+}
+
+impl Transport for FakeHost {
+    async fn run_script_within(
+        &self,
+        script: &str,
+        _timeout: Duration,
+    ) -> Result<ExecOutput, TransportError> {
+        let n = {
+            let mut r = self.received.lock().unwrap();
+            r.push(script.to_string());
+            r.len() - 1
+        };
+        if self.drop_from.lock().unwrap().is_some_and(|d| n >= d) {
+            return Err(TransportError::Lost("connection dropped (fake)".into()));
+        }
+        let kind = kind_of(script);
+        self.replies
+            .lock()
+            .unwrap()
+            .get_mut(&kind)
+            .and_then(|q| q.pop_front())
+            .unwrap_or_else(|| {
+                Err(TransportError::Lost(format!(
+                    "the fake host has no reply for a `{kind}` script"
+                )))
+            })
+    }
+
+    async fn run_script(&self, script: &str) -> Result<ExecOutput, TransportError> {
+        self.run_script_within(script, Duration::from_secs(1)).await
+    }
+}
