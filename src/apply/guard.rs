@@ -185,22 +185,27 @@ pub struct Health {
     pub broken: Vec<Link>,
     /// New links that did not come up (reported; nothing that works is put back for them).
     pub new_down: Vec<Link>,
+    /// Links that were up before and could not be probed from either end (no connection).
+    pub unknown: Vec<Link>,
 }
 
-/// Compares the links before with the probe results (`after`: link → answered).
-pub fn health(before: &BTreeSet<Link>, after: &BTreeMap<Link, bool>) -> Health {
+/// Compares the links before with the probe results (`after`: link → answered, `None` when
+/// neither end could be asked).
+pub fn health(before: &BTreeSet<Link>, after: &BTreeMap<Link, Option<bool>>) -> Health {
     let mut h = Health::default();
     for (l, up) in after {
-        if *up {
+        if *up == Some(true) {
             h.links_after += 1;
         }
-        if before.contains(l) {
+        let was = before.contains(l);
+        if was {
             h.links_before += 1;
-            if !up {
-                h.broken.push(l.clone());
-            }
-        } else if !up {
-            h.new_down.push(l.clone());
+        }
+        match (was, up) {
+            (true, Some(false)) => h.broken.push(l.clone()),
+            (true, None) => h.unknown.push(l.clone()),
+            (false, Some(false) | None) => h.new_down.push(l.clone()),
+            _ => {}
         }
     }
     h
@@ -235,6 +240,13 @@ pub fn verdict(
             l.len(),
             if l.len() == 1 { "" } else { "s" },
             if l.len() == 1 { "is" } else { "are" },
+            l.join(", ")
+        ));
+    }
+    if !health.unknown.is_empty() {
+        let l: Vec<String> = health.unknown.iter().map(|l| l.to_string()).collect();
+        return Verdict::Revert(format!(
+            "{} could not be probed from either end after the change (no connection): the network cannot be vouched for",
             l.join(", ")
         ));
     }
@@ -356,7 +368,7 @@ pub fn likely_cause(
 }
 
 /// Probes `links` (each from its prober, see [`prober`]) over the given sessions, every prober
-/// at once, each for at most `wait`. A link whose prober cannot be asked counts as down.
+/// at once, each for at most `wait`. A link whose prober cannot be asked is `None`.
 pub async fn probe_links<T: Transport + 'static>(
     topo: &Topology,
     links: &BTreeSet<Link>,
@@ -364,10 +376,10 @@ pub async fn probe_links<T: Transport + 'static>(
     sessions: &HashMap<String, Arc<T>>,
     iface: &str,
     wait: Duration,
-) -> BTreeMap<Link, bool> {
+) -> BTreeMap<Link, Option<bool>> {
     let ip_of = |n: &str| -> Option<Ipv4Addr> { topo.node(n).map(|x| x.wireguard_ip) };
     let mut by_prober: BTreeMap<String, Vec<(Link, Ipv4Addr)>> = BTreeMap::new();
-    let mut out: BTreeMap<Link, bool> = BTreeMap::new();
+    let mut out: BTreeMap<Link, Option<bool>> = BTreeMap::new();
     for l in links {
         let (near, far) = prober(l, paths);
         let (near, far) = if sessions.contains_key(near) {
@@ -381,7 +393,7 @@ pub async fn probe_links<T: Transport + 'static>(
                 .or_default()
                 .push((l.clone(), ip)),
             _ => {
-                out.insert(l.clone(), false);
+                out.insert(l.clone(), None);
             }
         }
     }
@@ -395,12 +407,14 @@ pub async fn probe_links<T: Transport + 'static>(
                 .run_script_within(&script, wait + Duration::from_secs(5))
                 .await;
             let answers = match res {
-                Ok(o) => probe::parse(&o.stdout_text(), &ips),
-                Err(_) => ips.iter().map(|i| (*i, false)).collect(),
+                Ok(o) if o.stdout_text().contains(probe::PROBE) => {
+                    Some(probe::parse(&o.stdout_text(), &ips))
+                }
+                _ => None,
             };
             targets
                 .into_iter()
-                .map(|(l, ip)| (l, answers.get(&ip).copied().unwrap_or(false)))
+                .map(|(l, ip)| (l, answers.as_ref().map(|a| a.get(&ip) == Some(&true))))
                 .collect::<Vec<_>>()
         });
     }
@@ -491,10 +505,10 @@ mod tests {
     #[test]
     fn a_link_that_was_up_and_is_down_reverts_everything_a_new_link_down_does_not() {
         let before: BTreeSet<Link> = [Link::new("a", "b"), Link::new("a", "c")].into();
-        let after: BTreeMap<Link, bool> = [
-            (Link::new("a", "b"), true),
-            (Link::new("a", "c"), true),
-            (Link::new("a", "n"), false),
+        let after: BTreeMap<Link, Option<bool>> = [
+            (Link::new("a", "b"), Some(true)),
+            (Link::new("a", "c"), Some(true)),
+            (Link::new("a", "n"), Some(false)),
         ]
         .into();
         let h = health(&before, &after);
@@ -502,9 +516,14 @@ mod tests {
         assert_eq!(h.new_down, vec![Link::new("a", "n")]);
         assert_eq!(verdict(&h, &[], &[], false, "x"), Verdict::Confirm);
 
-        let after: BTreeMap<Link, bool> =
-            [(Link::new("a", "b"), false), (Link::new("a", "c"), true)].into();
+        let after: BTreeMap<Link, Option<bool>> = [
+            (Link::new("a", "b"), Some(false)),
+            (Link::new("a", "c"), None),
+        ]
+        .into();
         let h = health(&before, &after);
+        assert_eq!(h.broken, vec![Link::new("a", "b")], "measured down");
+        assert_eq!(h.unknown, vec![Link::new("a", "c")], "not measured is not broken");
         match verdict(&h, &[], &[], false, "the port-forward") {
             Verdict::Revert(why) => {
                 assert!(why.contains("a <-> b"), "{why}");
@@ -512,7 +531,12 @@ mod tests {
             }
             v => panic!("{v:?}"),
         }
-        let ok = health(&before, &[(Link::new("a", "b"), true)].into());
+        let unknown = health(&before, &[(Link::new("a", "c"), None)].into());
+        assert!(matches!(
+            verdict(&unknown, &[], &[], false, ""),
+            Verdict::Revert(w) if w.contains("could not be probed")
+        ));
+        let ok = health(&before, &[(Link::new("a", "b"), Some(true))].into());
         assert!(matches!(
             verdict(&ok, &names(&["b"]), &[], false, ""),
             Verdict::Revert(w) if w.contains("unknown on b")
@@ -582,8 +606,8 @@ mod tests {
             [("h1".to_string(), h1.clone()), ("o1".to_string(), o1)].into();
         let links: BTreeSet<Link> = [Link::new("h1", "o1"), Link::new("o1", "o2")].into();
         let r = probe_links(&t, &links, &p, &sessions, "wg0", Duration::from_secs(1)).await;
-        assert_eq!(r[&Link::new("h1", "o1")], true);
-        assert_eq!(r[&Link::new("o1", "o2")], false);
+        assert_eq!(r[&Link::new("h1", "o1")], Some(true));
+        assert_eq!(r[&Link::new("o1", "o2")], None);
         assert_eq!(h1.kinds(), vec!["probe"]);
     }
 }

@@ -175,6 +175,8 @@ pub struct GuardReport {
     pub broken: Vec<guard::Link>,
     /// New links that did not come up.
     pub new_down: Vec<guard::Link>,
+    /// Links up before that could not be probed after (no connection to either end).
+    pub unknown: Vec<guard::Link>,
     /// Why this outcome.
     pub why: String,
     /// Hosts the controller could not put back: their dead-man does it.
@@ -907,6 +909,7 @@ async fn run_guard(
         links_after: health.links_after,
         broken: health.broken.clone(),
         new_down: health.new_down.clone(),
+        unknown: health.unknown.clone(),
         confirm_timeout: g.timeout.as_secs(),
         gate_seconds,
         ..Default::default()

@@ -333,6 +333,9 @@ pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool)
         for l in &g.new_down {
             let _ = writeln!(o, "  new link down: {l}");
         }
+        for l in &g.unknown {
+            let _ = writeln!(o, "  could not be probed: {l}");
+        }
         if !g.left_to_dead_man.is_empty() {
             let _ = writeln!(
                 o,

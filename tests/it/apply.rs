@@ -8,29 +8,40 @@ use super::common::{LabGuard, lab_available, root};
 
 /// A lab plus the inventory the controller applies, and every output captured (searched for
 /// private keys at the end).
-struct Scenario {
-    lab: LabGuard,
+pub(super) struct Scenario {
+    pub(super) lab: LabGuard,
     _dir: tempfile::TempDir,
-    inv: PathBuf,
+    pub(super) inv: PathBuf,
     outputs: Mutex<Vec<String>>,
 }
 
-struct Run {
-    code: i32,
-    stdout: String,
-    stderr: String,
+pub(super) struct Run {
+    pub(super) code: i32,
+    pub(super) stdout: String,
+    pub(super) stderr: String,
 }
 
 impl Scenario {
     /// A lab built from `lab_yaml`, applying `yaml` (they differ when a test adds a node later).
-    fn new(tag: &str, lab_yaml: &str, yaml: &str, no_port_forward: &[&str]) -> Scenario {
+    pub(super) fn new(tag: &str, lab_yaml: &str, yaml: &str, no_port_forward: &[&str]) -> Scenario {
+        Scenario::new_at(tag, lab_yaml, yaml, no_port_forward, None)
+    }
+
+    /// Like `new`, with the controller also on `controller_at`'s LAN.
+    pub(super) fn new_at(
+        tag: &str,
+        lab_yaml: &str,
+        yaml: &str,
+        no_port_forward: &[&str],
+        controller_at: Option<&str>,
+    ) -> Scenario {
         let dir = tempfile::tempdir().unwrap();
         let lab_inv = dir.path().join("lab").join("inv.yaml");
         std::fs::create_dir_all(lab_inv.parent().unwrap()).unwrap();
         std::fs::write(&lab_inv, lab_yaml).unwrap();
         let inv = dir.path().join("inv.yaml");
         std::fs::write(&inv, yaml).unwrap();
-        let lab = LabGuard::up(&lab_inv, tag, no_port_forward);
+        let lab = LabGuard::up_at(&lab_inv, tag, no_port_forward, controller_at);
         Scenario {
             lab,
             _dir: dir,
@@ -39,12 +50,12 @@ impl Scenario {
         }
     }
 
-    fn demo(tag: &str) -> Scenario {
+    pub(super) fn demo(tag: &str) -> Scenario {
         let y = demo_yaml();
         Scenario::new(tag, &y, &y, &[])
     }
 
-    fn wgprov(&self, args: &[&str]) -> Run {
+    pub(super) fn wgprov(&self, args: &[&str]) -> Run {
         let mut cmd: Vec<String> = vec![env!("CARGO_BIN_EXE_wgprov").to_string()];
         cmd.extend(args.iter().map(|a| a.to_string()));
         let out = wgprov::lab::command(&self.lab.prefix, "controller", &cmd)
@@ -63,14 +74,14 @@ impl Scenario {
         run
     }
 
-    fn apply(&self, extra: &[&str]) -> Run {
+    pub(super) fn apply(&self, extra: &[&str]) -> Run {
         let inv = self.inv.to_str().unwrap().to_string();
         let mut args = vec!["apply", "-i", inv.as_str()];
         args.extend_from_slice(extra);
         self.wgprov(&args)
     }
 
-    fn apply_json(&self, extra: &[&str]) -> (i32, serde_json::Value) {
+    pub(super) fn apply_json(&self, extra: &[&str]) -> (i32, serde_json::Value) {
         let mut args = vec!["--format", "json"];
         args.extend_from_slice(extra);
         let r = self.apply(&args);
@@ -80,14 +91,14 @@ impl Scenario {
     }
 
     /// A file's bytes and mtime on a node.
-    fn stat(&self, node: &str, path: &str) -> String {
+    pub(super) fn stat(&self, node: &str, path: &str) -> String {
         self.lab.sh(
             node,
             &format!("stat -c '%Y.%y %a' {path} && sha256sum {path}"),
         )
     }
 
-    fn private_keys(&self) -> Vec<String> {
+    pub(super) fn private_keys(&self) -> Vec<String> {
         self.lab
             .state
             .nodes
@@ -107,7 +118,7 @@ impl Scenario {
     }
 
     /// No private key of any node appears in anything wgprov printed in this scenario.
-    fn assert_no_key_leaked(&self) {
+    pub(super) fn assert_no_key_leaked(&self) {
         let keys = self.private_keys();
         assert!(!keys.is_empty(), "no keys to look for");
         for out in self.outputs.lock().unwrap().iter() {
@@ -120,16 +131,16 @@ impl Scenario {
         }
     }
 
-    fn ping(&self, from: &str, ip: &str) -> bool {
+    pub(super) fn ping(&self, from: &str, ip: &str) -> bool {
         (0..10).any(|_| self.lab.exec(from, &["ping", "-c", "1", "-W", "1", ip]).0 == 0)
     }
 }
 
-fn demo_yaml() -> String {
+pub(super) fn demo_yaml() -> String {
     std::fs::read_to_string(root().join("inventories/demo.yaml")).unwrap()
 }
 
-fn statuses(v: &serde_json::Value) -> Vec<(String, String)> {
+pub(super) fn statuses(v: &serde_json::Value) -> Vec<(String, String)> {
     let mut s: Vec<(String, String)> = v["hosts"]
         .as_object()
         .unwrap()
@@ -140,7 +151,7 @@ fn statuses(v: &serde_json::Value) -> Vec<(String, String)> {
     s
 }
 
-fn changed_hosts(v: &serde_json::Value) -> Vec<String> {
+pub(super) fn changed_hosts(v: &serde_json::Value) -> Vec<String> {
     statuses(v)
         .into_iter()
         .filter(|(_, s)| s == "changed")
@@ -148,7 +159,7 @@ fn changed_hosts(v: &serde_json::Value) -> Vec<String> {
         .collect()
 }
 
-fn wg_ips(s: &Scenario) -> Vec<(String, String, String)> {
+pub(super) fn wg_ips(s: &Scenario) -> Vec<(String, String, String)> {
     let p = wgprov::topology::plan_inventory(&s.inv, false).unwrap();
     p.topology
         .nodes
@@ -432,7 +443,8 @@ fn a_failing_host_is_rolled_back_byte_for_byte_and_a_fixed_apply_converges() {
         demo_yaml().replace("  cluster_cidrs:", "  listen_port: 51830\n  cluster_cidrs:"),
     )
     .unwrap();
-    let (code, v) = s.apply_json(&[]);
+    // (without the guard: the routers still forward 51820, so the guard would put it all back)
+    let (code, v) = s.apply_json(&["--no-guard"]);
     assert_eq!(code, 1, "{v}");
     let st: std::collections::HashMap<String, String> = statuses(&v).into_iter().collect();
     assert_eq!(st["node2"], "rolled_back", "{v}");
@@ -441,7 +453,7 @@ fn a_failing_host_is_rolled_back_byte_for_byte_and_a_fixed_apply_converges() {
     }
     let err = v["hosts"]["node2"]["error"].as_str().unwrap();
     assert!(
-        err.contains("handler wireguard") && err.contains("rolled back"),
+        err.contains("handler wireguard") && err.contains("put back"),
         "{err}"
     );
     assert_eq!(v["summary"]["failed"], 1);
@@ -458,7 +470,7 @@ fn a_failing_host_is_rolled_back_byte_for_byte_and_a_fixed_apply_converges() {
     );
     // fixed: the port is free again
     s.lab.sh("node2", "ip link del blocker");
-    let (code, v) = s.apply_json(&[]);
+    let (code, v) = s.apply_json(&["--no-guard"]);
     assert_eq!(code, 0, "{v}");
     assert_eq!(s.lab.sh("node2", "wg show wg0 listen-port").trim(), "51830");
     // (cross-site links would also need the routers' port-forwards moved to 51830)
@@ -484,7 +496,17 @@ fn a_missing_port_forward_shows_in_status() {
     // cabin has no endpoint; office's router forgot its port-forward
     let yaml = demo_yaml().replace("    endpoint: cabin.example.net:51821\n", "");
     let s = Scenario::new("l", &yaml, &yaml, &["office"]);
-    assert_eq!(s.apply(&[]).code, 0);
+    // the new link between cabin and office cannot come up: the guard reports it (exit 1) and
+    // keeps everything that works
+    let (code, v) = s.apply_json(&["--confirm-timeout", "15"]);
+    assert_eq!(code, 1, "{v}");
+    assert_eq!(v["guard"]["outcome"], "confirmed", "{v}");
+    assert_eq!(
+        v["guard"]["new_down"],
+        serde_json::json!([{"from": "cabin1", "to": "office1"}]),
+        "{v}"
+    );
+    assert_eq!(changed_hosts(&v).len(), 6, "{v}");
     let inv = s.inv.to_str().unwrap().to_string();
     // bounded: wait until the links that can work have handshaken
     let mut last = String::new();
@@ -764,9 +786,7 @@ fn a_hung_host_is_unreachable_not_a_hang_and_its_peers_keep_their_entry() {
         .trim()
         .to_string();
     // node3's sshd stops answering: TCP still connects, the SSH banner never comes
-    let pid = s.lab.state.inner["node3"] as i32;
-    // SAFETY: stopping the lab's own sshd (pid 1 of node3's PID namespace).
-    unsafe { libc::kill(pid, libc::SIGSTOP) };
+    s.lab.signal_sshd("node3", "STOP");
     std::fs::write(
         &s.inv,
         demo_yaml().replace(
@@ -778,7 +798,7 @@ fn a_hung_host_is_unreachable_not_a_hang_and_its_peers_keep_their_entry() {
     let started = std::time::Instant::now();
     let (code, v) = s.apply_json(&["--connect-timeout", "2"]);
     let took = started.elapsed();
-    unsafe { libc::kill(pid, libc::SIGCONT) };
+    s.lab.signal_sshd("node3", "CONT");
     assert_eq!(code, 1, "{v}");
     assert!(took < std::time::Duration::from_secs(20), "took {took:?}");
     assert_eq!(v["hosts"]["node3"]["status"], "unreachable", "{v}");

@@ -177,6 +177,41 @@ impl LabGuard {
         )
     }
 
+    /// Sends `signal` (e.g. `STOP`, `KILL`) to `node`'s sshd, from inside the node.
+    pub fn signal_sshd(&self, node: &str, signal: &str) {
+        let pidfile = wgprov::lab::lab_dir(&self.prefix)
+            .join("nodes")
+            .join(node)
+            .join("sshd.pid");
+        self.sh(
+            node,
+            &format!("kill -{signal} $(cat {})", pidfile.display()),
+        );
+    }
+
+    /// Puts an executable `name` with `script` in `node`'s own `/usr/local/sbin` (first on the
+    /// PATH of every wgprov script): a wrapper around a real tool, to inject a fault.
+    pub fn wrap_tool(&self, node: &str, name: &str, script: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let p = wgprov::lab::lab_dir(&self.prefix)
+            .join("nodes")
+            .join(node)
+            .join("sbin")
+            .join(name);
+        std::fs::write(&p, script).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// Removes a wrapper put there by [`LabGuard::wrap_tool`].
+    pub fn unwrap_tool(&self, node: &str, name: &str) {
+        let p = wgprov::lab::lab_dir(&self.prefix)
+            .join("nodes")
+            .join(node)
+            .join("sbin")
+            .join(name);
+        let _ = std::fs::remove_file(p);
+    }
+
     /// Runs a shell command inside `name` and expects success; returns stdout.
     pub fn sh(&self, name: &str, script: &str) -> String {
         let (code, out, err) = self.exec(name, &["sh", "-c", script]);

@@ -7,3 +7,4 @@ pub mod lab;
 pub mod properties;
 pub mod validation;
 pub mod wgtools;
+pub mod guard;
