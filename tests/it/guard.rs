@@ -224,8 +224,12 @@ fn a_listen_port_the_routers_do_not_forward_is_put_back_everywhere() {
     assert!(back, "not every host is back: {:?} vs {before:?}", snapshot(&s));
     assert!(started.elapsed() < Duration::from_secs(80));
     assert!(eventually(Duration::from_secs(20), || nothing_held(&s).is_empty()));
-    let failed = mesh_pings(&s);
-    assert!(failed.is_empty(), "links down after the put-back: {failed:?}");
+    // every handshake is redone after the restarts (retries every 5 s; keepalive 25 s): bounded
+    assert!(
+        eventually(Duration::from_secs(40), || mesh_pings(&s).is_empty()),
+        "links down after the put-back: {:?}",
+        mesh_pings(&s)
+    );
     s.assert_no_key_leaked();
 }
 
