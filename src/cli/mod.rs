@@ -234,8 +234,23 @@ pub fn main() -> ExitCode {
     ExitCode::from(run(cli))
 }
 
+/// The global `-v` count, set once by [`run`].
+static VERBOSE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn verbose() -> u8 {
+    VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// With `-v`: per node, each SSH setting and where it came from (inventory, ssh config, default).
+fn explain_ssh(inv: &inventory::Inventory) {
+    if verbose() > 0 {
+        eprint!("{}", inventory::sshconfig::explain(inv));
+    }
+}
+
 /// Runs a parsed command line; returns the exit status.
 pub fn run(cli: Cli) -> u8 {
+    VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
     let result = match cli.command {
         Command::Validate { inv, format } => validate(&inv.inventory, format),
         Command::Plan { inv, format } => plan(&inv.inventory, format),
@@ -290,6 +305,7 @@ fn print_warnings(w: &[Diagnostic]) {
 fn planned(path: &Path, write_lock: bool) -> Result<Planned> {
     let p = topology::plan_inventory(path, write_lock)?;
     print_warnings(&p.warnings);
+    explain_ssh(&p.inventory);
     if p.lock_written {
         eprintln!("wrote {}", inventory::lock_path(path).display());
     }
@@ -299,6 +315,9 @@ fn planned(path: &Path, write_lock: bool) -> Result<Planned> {
 fn validate(path: &Path, format: Format) -> Result<u8> {
     // validate never writes: allocation runs in memory only, to catch an exhausted space.
     let result = topology::plan_inventory(path, false);
+    if let Ok(p) = &result {
+        explain_ssh(&p.inventory);
+    }
     let (diags, ok, summary) = match &result {
         Ok(p) => (
             p.warnings.clone(),

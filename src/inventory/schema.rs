@@ -71,6 +71,10 @@ pub struct RawSsh {
     /// Reach this node through another node of the inventory.
     #[serde(default)]
     pub proxy_jump: Option<S<String>>,
+    /// OpenSSH client config read for what the inventory leaves unset (default `~/.ssh/config`;
+    /// `none`: read none).
+    #[serde(default)]
+    pub config_file: Option<S<String>>,
 }
 
 /// One site.

@@ -4,6 +4,7 @@ pub mod cli;
 pub mod common;
 pub mod fuzz;
 pub mod lab;
+pub mod operator;
 pub mod properties;
 pub mod validation;
 pub mod wgtools;
