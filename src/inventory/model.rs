@@ -60,6 +60,8 @@ pub enum RouterKind {
 }
 
 impl RouterKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [RouterKind; 4] = [Self::Opnsense, Self::Pfsense, Self::Openwrt, Self::Other];
     /// Parses the inventory spelling.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -92,6 +94,8 @@ pub enum OsFamily {
 }
 
 impl OsFamily {
+    /// Every family.
+    pub const ALL: [OsFamily; 2] = [Self::Debian, Self::Redhat];
     /// Parses the inventory spelling.
     pub fn parse(s: &str) -> Option<Self> {
         match s {

@@ -77,3 +77,182 @@ fn proxy_jump_outside_the_inventory_exits_2() {
         out(&o)
     );
 }
+
+#[test]
+fn completions_for_bash_zsh_and_fish_know_the_commands_and_flags() {
+    for shell in ["bash", "zsh", "fish"] {
+        let o = wgprov(&["completions", shell]);
+        assert_eq!(o.status.code(), Some(0), "{shell}: {}", err(&o));
+        let s = out(&o);
+        assert!(
+            s.contains("apply") && s.contains("inventory"),
+            "{shell}:\n{s}"
+        );
+        assert!(
+            s.contains("--inventory") || s.contains("-l inventory"),
+            "{shell}:\n{s}"
+        );
+    }
+    let bash = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(bash.path(), out(&wgprov(&["completions", "bash"]))).unwrap();
+    let n = Command::new("bash")
+        .arg("-n")
+        .arg(bash.path())
+        .output()
+        .unwrap();
+    assert!(n.status.success(), "bash -n: {}", err(&n));
+    assert!(out(&wgprov(&["completions", "bash"])).contains("--inventory"));
+    let bad = wgprov(&["completions", "tcsh"]);
+    assert_eq!(bad.status.code(), Some(2));
+}
+
+#[test]
+fn man_page_is_roff_with_every_subcommand() {
+    let o = wgprov(&["man"]);
+    assert_eq!(o.status.code(), Some(0));
+    let m = out(&o);
+    assert!(m.contains(".TH wgprov 1"), "{m}");
+    for sub in [
+        "validate",
+        "plan",
+        "render",
+        "graph",
+        "apply",
+        "rollback",
+        "status",
+        "lab",
+        "schema",
+        "completions",
+        "man",
+    ] {
+        assert!(
+            m.contains(&format!(".SH \"WGPROV {}\"", sub.to_uppercase())),
+            "{sub} missing:\n{m}"
+        );
+    }
+    assert!(
+        m.contains("\\-\\-inventory") && m.contains("\\-\\-detailed\\-exitcode"),
+        "{m}"
+    );
+    assert!(m.contains(".SH \"EXIT STATUS\""));
+}
+
+fn schema_validator() -> jsonschema::Validator {
+    let o = wgprov(&["schema"]);
+    assert_eq!(o.status.code(), Some(0));
+    let schema: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    jsonschema::validator_for(&schema).unwrap()
+}
+
+fn yaml_as_json(text: &str) -> serde_json::Value {
+    serde_saphyr::from_str(text).unwrap()
+}
+
+#[test]
+fn every_shipped_inventory_validates_against_the_schema() {
+    let v = schema_validator();
+    let mut n = 0;
+    for e in std::fs::read_dir(root().join("inventories")).unwrap() {
+        let p = e.unwrap().path();
+        let name = p.file_name().unwrap().to_string_lossy().into_owned();
+        if !name.ends_with(".yaml") || name.ends_with(".lock.yaml") {
+            continue;
+        }
+        let doc = yaml_as_json(&std::fs::read_to_string(&p).unwrap());
+        let errors: Vec<String> = v.iter_errors(&doc).map(|e| e.to_string()).collect();
+        assert!(errors.is_empty(), "{name}: {errors:?}");
+        n += 1;
+    }
+    assert!(n >= 2, "found {n} inventories");
+}
+
+#[test]
+fn schema_refuses_what_the_loader_refuses() {
+    let v = schema_validator();
+    let good = "network: {wireguard_cidr: 10.100.0.0/16}\nssh: {config_file: none, become: true}\nsites:\n  a:\n    router: openwrt\n    nodes:\n      n1: {address: 192.168.0.1, os_family: redhat, ssh: {port: 2222}}\n";
+    assert!(v.is_valid(&yaml_as_json(good)));
+    for (bad, why) in [
+        (good.replace("address:", "adress:"), "unknown node key"),
+        (good.replace("config_file", "confg_file"), "unknown ssh key"),
+        (
+            good.replace("network:", "network:\n  bogus: 1\nx:"),
+            "unknown top-level key",
+        ),
+        (good.replace("openwrt", "mikrotik"), "router kind"),
+        (good.replace("2222", "70000"), "port range"),
+        (good.replace("become: true", "become: yes please"), "bool"),
+    ] {
+        assert!(
+            !v.is_valid(&yaml_as_json(&bad)),
+            "schema accepted {why}:\n{bad}"
+        );
+    }
+    // and the loader agrees on the unknown key
+    let inv = Inv::new(&good.replace("address:", "adress:"));
+    let d = inv.diagnostics();
+    assert!(
+        d.iter()
+            .any(|d| d.is_error() && d.message.contains("adress")),
+        "{d:?}"
+    );
+}
+
+#[test]
+fn the_committed_schema_is_the_generated_one() {
+    let committed = std::fs::read_to_string(root().join("inventories/wgprov.schema.json")).unwrap();
+    assert_eq!(
+        committed,
+        out(&wgprov(&["schema"])),
+        "inventories/wgprov.schema.json is stale: wgprov schema > inventories/wgprov.schema.json"
+    );
+}
+
+#[test]
+fn graph_svg_is_drawn_by_graphviz_and_dot_stays_the_default() {
+    let inv = Inv::new(&std::fs::read_to_string(root().join("inventories/home.yaml")).unwrap());
+    let p = inv.path.to_str().unwrap();
+    let dot = wgprov(&["graph", "-i", p]);
+    assert!(out(&dot).starts_with("graph wgprov {"));
+    assert_eq!(
+        out(&dot),
+        out(&wgprov(&["graph", "-i", p, "--format", "dot"]))
+    );
+    if !super::common::have("dot") {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "dot is missing under CI: scripts/install-deps installs graphviz"
+        );
+        eprintln!(
+            "SKIPPED: Graphviz `dot` not installed (scripts/install-deps, or apt-get install graphviz)"
+        );
+        return;
+    }
+    let o = wgprov(&["graph", "-i", p, "--format", "svg"]);
+    assert_eq!(o.status.code(), Some(0), "{}", err(&o));
+    let svg = out(&o);
+    assert!(
+        svg.contains("<svg") && svg.contains("cluster_home"),
+        "{svg}"
+    );
+    assert!(
+        svg.contains("next&#45;hop") || svg.contains("next-hop"),
+        "{svg}"
+    );
+}
+
+#[test]
+fn graph_svg_without_graphviz_says_how_to_get_it() {
+    let inv = Inv::new(&std::fs::read_to_string(root().join("inventories/home.yaml")).unwrap());
+    let o = Command::new(env!("CARGO_BIN_EXE_wgprov"))
+        .args(["graph", "-i", inv.path.to_str().unwrap(), "--format", "svg"])
+        .env("PATH", "/nonexistent")
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(out(&o).is_empty());
+    let e = err(&o);
+    assert!(
+        e.contains("install graphviz") && e.contains("--format dot | dot -Tsvg"),
+        "{e}"
+    );
+}
