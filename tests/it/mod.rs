@@ -1,5 +1,6 @@
 pub mod allocation;
 pub mod apply;
+pub mod cirecipe;
 pub mod cli;
 pub mod common;
 pub mod fuzz;
