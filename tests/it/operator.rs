@@ -256,3 +256,81 @@ fn graph_svg_without_graphviz_says_how_to_get_it() {
         "{e}"
     );
 }
+
+/// The `assets` of Cargo.toml's `[package.metadata.deb]`: (source, destination).
+fn deb_assets() -> Vec<(String, String)> {
+    let toml = std::fs::read_to_string(root().join("Cargo.toml")).unwrap();
+    let section = toml
+        .split("[package.metadata.deb]")
+        .nth(1)
+        .expect("Cargo.toml has [package.metadata.deb]");
+    let list = section
+        .split("assets = [")
+        .nth(1)
+        .unwrap()
+        .split("\n]")
+        .next()
+        .unwrap();
+    list.lines()
+        .filter_map(|l| {
+            let f: Vec<&str> = l.split('"').collect();
+            (f.len() >= 4).then(|| (f[1].to_string(), f[3].to_string()))
+        })
+        .collect()
+}
+
+#[test]
+fn deb_package_has_binary_man_page_and_completions_that_scripts_package_generates() {
+    let assets = deb_assets();
+    let dests: Vec<&str> = assets.iter().map(|(_, d)| d.as_str()).collect();
+    for want in [
+        "usr/bin/",
+        "usr/share/man/man1/",
+        "usr/share/bash-completion/completions/wgprov",
+        "usr/share/zsh/vendor-completions/",
+        "usr/share/fish/vendor_completions.d/",
+    ] {
+        assert!(
+            dests.contains(&want),
+            "no asset installed to {want}: {assets:?}"
+        );
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let gen_dir = dir.path().join("package");
+    let o = Command::new(root().join("scripts/package"))
+        .args([
+            "--assets",
+            env!("CARGO_BIN_EXE_wgprov"),
+            gen_dir.to_str().unwrap(),
+        ])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", err(&o));
+    for (src, _) in &assets {
+        if let Some(generated) = src.strip_prefix("target/release/package/") {
+            let p = gen_dir.join(generated);
+            let len = std::fs::metadata(&p).map(|m| m.len()).unwrap_or(0);
+            assert!(len > 100, "scripts/package did not generate {src}");
+        } else if src != "target/release/wgprov" {
+            // files shipped from the repository: globs name at least one file
+            let (dirpart, pat) = src.rsplit_once('/').unwrap_or((".", src.as_str()));
+            let found = std::fs::read_dir(root().join(dirpart)).unwrap().any(|e| {
+                let n = e.unwrap().file_name().to_string_lossy().into_owned();
+                pat == "*" || n == pat || pat.strip_prefix('*').is_some_and(|s| n.ends_with(s))
+            });
+            assert!(found, "asset {src} names no file");
+        }
+    }
+    let man = Command::new("gzip")
+        .arg("-dc")
+        .arg(gen_dir.join("wgprov.1.gz"))
+        .output()
+        .unwrap();
+    assert!(out(&man).contains(".TH wgprov 1"));
+    let n = Command::new("bash")
+        .arg("-n")
+        .arg(gen_dir.join("wgprov.bash"))
+        .output()
+        .unwrap();
+    assert!(n.status.success());
+}
