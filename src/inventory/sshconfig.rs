@@ -5,8 +5,9 @@
 //!
 //! Precedence per setting: a value written in the inventory (top, site or node `ssh:`) wins;
 //! else the config file's; else wgprov's default. The name looked up is the node's `ssh.host`
-//! when the inventory writes one (an alias, as typed after `ssh`), else the node's `address`;
-//! a `HostName` for that name is where SSH connects.
+//! when the inventory writes one (an alias, as typed after `ssh`), else the node's name when a
+//! `Host` line names it literally, else the node's `address`; a `HostName` for that name is
+//! where SSH connects.
 //! A ProxyJump hop must be a node of the inventory: it maps to the node whose name, address or
 //! `ssh.host` it is (after its own HostName), and anything else is an inventory error.
 
@@ -110,6 +111,17 @@ impl ConfigFile {
         Ok(ConfigFile {
             path: path.to_path_buf(),
             config,
+        })
+    }
+
+    /// True when a `Host` line names `name` literally (not through a wildcard or negation).
+    pub fn names(&self, name: &str) -> bool {
+        self.config.get_hosts().iter().any(|h| {
+            h.pattern.iter().any(|c| {
+                !c.negated
+                    && !c.pattern.contains(['*', '?'])
+                    && c.pattern.eq_ignore_ascii_case(name)
+            })
         })
     }
 
@@ -322,6 +334,8 @@ pub fn apply(
             let o = &mut node.ssh_origin;
             let alias = if matches!(o.host, Origin::Inventory { .. }) {
                 node.ssh.host.clone()
+            } else if cf.names(&node.name) {
+                node.name.clone()
             } else {
                 node.address.clone()
             };
@@ -690,6 +704,21 @@ Host *
                 .any(|x| x.contains("become") && x.contains("from default")),
             "{text}"
         );
+    }
+
+    #[test]
+    fn a_host_line_naming_the_node_is_its_alias() {
+        // db has no ssh.host: `Host db` names it literally, so it is looked up as `db`, not by
+        // its address (which would have matched 192.168.0.*)
+        let config = "Host db\n  HostName 198.51.100.12\n  Port 2022\nHost 192.168.0.*\n  Port 2222\nHost bast*\n  Port 2323\n";
+        let (_d, inv) = setup("", TWO_SITES, config);
+        let l = load(&inv);
+        let db = node(&l, "db");
+        assert_eq!((db.ssh.host.as_str(), db.ssh.port), ("198.51.100.12", 2022));
+        assert_eq!(db.ssh_origin.config.as_ref().unwrap().1, "db");
+        // a wildcard does not make an alias: bastion is looked up by its address
+        let b = node(&l, "bastion");
+        assert_eq!((b.ssh.host.as_str(), b.ssh.port), ("192.168.0.10", 2222));
     }
 
     #[test]
