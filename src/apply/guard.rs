@@ -488,7 +488,12 @@ mod tests {
             wg: Some(WgState {
                 public_key: "A".into(),
                 listen_port: 51820,
-                peers: vec![peer("B", 1000), peer("C", 0), peer("D", 100), peer("X", 1000)],
+                peers: vec![
+                    peer("B", 1000),
+                    peer("C", 0),
+                    peer("D", 100),
+                    peer("X", 1000),
+                ],
             }),
             now: 1010,
             ..Default::default()
@@ -499,7 +504,11 @@ mod tests {
             .map(|(k, n)| (k.to_string(), n.to_string()))
             .collect();
         let up = links_up_before(&facts, &owner);
-        assert_eq!(up, [Link::new("a", "b")].into(), "C never, D stale, X unknown");
+        assert_eq!(
+            up,
+            [Link::new("a", "b")].into(),
+            "C never, D stale, X unknown"
+        );
     }
 
     #[test]
@@ -523,7 +532,11 @@ mod tests {
         .into();
         let h = health(&before, &after);
         assert_eq!(h.broken, vec![Link::new("a", "b")], "measured down");
-        assert_eq!(h.unknown, vec![Link::new("a", "c")], "not measured is not broken");
+        assert_eq!(
+            h.unknown,
+            vec![Link::new("a", "c")],
+            "not measured is not broken"
+        );
         match verdict(&h, &[], &[], false, "the port-forward") {
             Verdict::Revert(why) => {
                 assert!(why.contains("a <-> b"), "{why}");

@@ -592,7 +592,10 @@ mod tests {
         let txn = txn_sh(&spec(&run, &c, &h, &f, None));
         assert!(txn.contains("\nunlock\n"));
         let start = start_sh(&spec(&run, &c, &h, &f, None));
-        assert!(!start.contains("pending/run\" &&"), "no dead-man without the guard");
+        assert!(
+            !start.contains("pending/run\" &&"),
+            "no dead-man without the guard"
+        );
     }
 
     #[test]
@@ -626,7 +629,9 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert!(matches!(
-            parse_change(&format!("{FAIL} a file changed since the facts were read\n")),
+            parse_change(&format!(
+                "{FAIL} a file changed since the facts were read\n"
+            )),
             ChangeOutcome::Failed { .. }
         ));
         assert!(matches!(
@@ -646,8 +651,14 @@ mod tests {
         assert!(c.contains("/var/lib/wgprov/runs/feed-2/lib.sh"));
         assert!(c.contains("if claim confirmed; then disarm confirmed; unlock"));
         let r = revert_script(&run, "links broke: a-b");
-        assert!(r.contains("exec sh '/var/lib/wgprov/runs/feed-2/revert.sh' controller 'links broke: a-b'"));
+        assert!(r.contains(
+            "exec sh '/var/lib/wgprov/runs/feed-2/revert.sh' controller 'links broke: a-b'"
+        ));
         let lib = lib_sh(&run, "wg0", &Facts::default());
-        assert!(lib.contains("claim() { [ \"$(cat \"$D/pending/run\" 2>/dev/null)\" = \"$RUN\" ] && mv"));
+        assert!(
+            lib.contains(
+                "claim() { [ \"$(cat \"$D/pending/run\" 2>/dev/null)\" = \"$RUN\" ] && mv"
+            )
+        );
     }
 }

@@ -224,9 +224,7 @@ impl Report {
             match h.status {
                 HostStatus::Ok => s.ok += 1,
                 HostStatus::Changed => s.changed += 1,
-                HostStatus::Failed | HostStatus::RolledBack | HostStatus::Reverted => {
-                    s.failed += 1
-                }
+                HostStatus::Failed | HostStatus::RolledBack | HostStatus::Reverted => s.failed += 1,
                 HostStatus::Unreachable => s.unreachable += 1,
             }
         }
@@ -604,7 +602,9 @@ pub async fn apply(
                     r.error = Some(if *restored {
                         format!("{error}; put back: files restored byte for byte, handlers re-run")
                     } else {
-                        format!("{error}; PUTTING IT BACK FAILED: see /var/lib/wgprov/log on the host")
+                        format!(
+                            "{error}; PUTTING IT BACK FAILED: see /var/lib/wgprov/log on the host"
+                        )
                     });
                 }
                 host::ChangeOutcome::Failed { error } => {
@@ -664,7 +664,9 @@ pub async fn apply(
                         r.status = *st;
                         if let Some(e) = err {
                             r.error = Some(match r.error.take() {
-                                Some(old) if *st == HostStatus::Reverted && lost.contains(&r.name) => {
+                                Some(old)
+                                    if *st == HostStatus::Reverted && lost.contains(&r.name) =>
+                                {
                                     format!("{old}; {e}")
                                 }
                                 _ => e.clone(),
@@ -724,11 +726,7 @@ fn router_announcements(
             continue;
         };
         let new_port = topo.network.listen_port;
-        let public = site
-            .endpoint
-            .as_ref()
-            .map(|e| e.port)
-            .unwrap_or(new_port);
+        let public = site.endpoint.as_ref().map(|e| e.port).unwrap_or(new_port);
         let old_conf = WgConfig::parse(old);
         let iface = old_conf.interface();
         let old_port = iface
@@ -897,13 +895,7 @@ async fn run_guard(
         .filter(|n| !matches!(fresh.get(*n), Some(Ok(_))))
         .cloned()
         .collect();
-    let verdict = guard::verdict(
-        &health,
-        g.lost,
-        &not_reached,
-        cx.settings.stopped(),
-        &cause,
-    );
+    let verdict = guard::verdict(&health, g.lost, &not_reached, cx.settings.stopped(), &cause);
     let mut report = GuardReport {
         links_before: health.links_before,
         links_after: health.links_after,
@@ -918,13 +910,17 @@ async fn run_guard(
     let step_timeout = cx.settings.ssh.command_timeout.min(Duration::from_secs(30));
     match verdict {
         guard::Verdict::Confirm => {
-            cx.progress.note("guard: every link that was up is up; confirming over fresh connections");
+            cx.progress
+                .note("guard: every link that was up is up; confirming over fresh connections");
             let res = run_all(g.pending.to_vec(), cx.settings.forks, |n| {
                 let s = fresh[&n].as_ref().expect("reached anew").clone();
                 let run = cx.run.clone();
                 async move {
                     let t = Instant::now();
-                    (host::confirm(&*s, &run, step_timeout).await, t.elapsed().as_secs_f64())
+                    (
+                        host::confirm(&*s, &run, step_timeout).await,
+                        t.elapsed().as_secs_f64(),
+                    )
                 }
             })
             .await;
@@ -976,7 +972,8 @@ async fn run_guard(
             }
         }
         guard::Verdict::Revert(why) => {
-            cx.progress.note(&format!("guard: putting the change back everywhere: {why}"));
+            cx.progress
+                .note(&format!("guard: putting the change back everywhere: {why}"));
             report.outcome = "reverted".into();
             report.why = why.clone();
             let mut targets: Vec<String> = g.pending.to_vec();
@@ -1007,7 +1004,10 @@ async fn run_guard(
                 let (st, err) = match o {
                     host::Settled::Done => (
                         HostStatus::Reverted,
-                        Some("put back by the guard: files restored byte for byte, handlers re-run".to_string()),
+                        Some(
+                            "put back by the guard: files restored byte for byte, handlers re-run"
+                                .to_string(),
+                        ),
                     ),
                     host::Settled::NotPending(m) => (
                         HostStatus::Reverted,
@@ -1170,10 +1170,20 @@ mod tests {
         let e = script::Expect::from_conf("ME", conf);
         assert_eq!(
             e.tokens,
-            vec!["10.100.0.0/16", "10.100.0.2/32", "10.100.1.0/24", "P1", "P2"]
+            vec![
+                "10.100.0.0/16",
+                "10.100.0.2/32",
+                "10.100.1.0/24",
+                "P1",
+                "P2"
+            ]
         );
         let check = e.check("wg0");
-        assert!(check.contains("= 'ME' ] || fail 'verify: the interface is not up with the planned key'"));
+        assert!(
+            check.contains(
+                "= 'ME' ] || fail 'verify: the interface is not up with the planned key'"
+            )
+        );
         assert!(check.contains("'10.100.0.0/16\n10.100.0.2/32\n10.100.1.0/24\nP1\nP2'"));
     }
 

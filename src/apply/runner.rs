@@ -105,9 +105,11 @@ pub async fn connect_all(
             }
         }
         for n in &started {
-            sessions
-                .entry(n.clone())
-                .or_insert_with(|| Err(TransportError::Unreachable("the connect task failed".into())));
+            sessions.entry(n.clone()).or_insert_with(|| {
+                Err(TransportError::Unreachable(
+                    "the connect task failed".into(),
+                ))
+            });
         }
         pending = later;
     }
@@ -143,4 +145,3 @@ where
     }
     out
 }
-

@@ -455,7 +455,8 @@ mod tests {
             wireguard: Some(false),
             ..Default::default()
         };
-        let s = backup_and_write(std::slice::from_ref(&c)) + &handlers_script(&h, "wg0", &up(), false, "fail");
+        let s = backup_and_write(std::slice::from_ref(&c))
+            + &handlers_script(&h, "wg0", &up(), false, "fail");
         let backup = s.find("cp -p '/etc/wireguard/wg0.conf'").unwrap();
         let write = s.find("mv -f \"$t\" '/etc/wireguard/wg0.conf'").unwrap();
         let sync = s.find("wg syncconf").unwrap();

@@ -128,10 +128,13 @@ pub enum Command {
         #[arg(long, value_name = "DIR")]
         out: PathBuf,
     },
-    /// Print the topology as Graphviz DOT (offline).
+    /// Print the topology as Graphviz DOT, or SVG through Graphviz's `dot` (offline).
     Graph {
         #[command(flatten)]
         inv: InvArgs,
+        /// dot: Graphviz source; svg: rendered by Graphviz `dot -Tsvg` (must be installed).
+        #[arg(long, value_enum, default_value = "dot")]
+        format: GraphFormat,
     },
     /// Gather facts over SSH, plan the whole network, show and apply the changes.
     Apply {
@@ -181,6 +184,24 @@ pub enum Command {
     /// A local testbed of the inventory's sites in network namespaces (needs root).
     #[command(subcommand)]
     Lab(LabCommand),
+    /// Print the inventory's JSON Schema (for editors: yaml-language-server).
+    Schema,
+    /// Print a shell completion script.
+    Completions {
+        /// The shell.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+}
+
+/// Output format of `graph`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum GraphFormat {
+    /// Graphviz source.
+    Dot,
+    /// SVG, rendered by Graphviz `dot`.
+    Svg,
 }
 
 /// `wgprov lab …`.
@@ -252,15 +273,30 @@ pub fn main() -> ExitCode {
     ExitCode::from(run(cli))
 }
 
+/// The global `-v` count, set once by [`run`].
+static VERBOSE: std::sync::atomic::AtomicU8 = std::sync::atomic::AtomicU8::new(0);
+
+fn verbose() -> u8 {
+    VERBOSE.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// With `-v`: per node, each SSH setting and where it came from (inventory, ssh config, default).
+fn explain_ssh(inv: &inventory::Inventory) {
+    if verbose() > 0 {
+        eprint!("{}", inventory::sshconfig::explain(inv));
+    }
+}
+
 /// Runs a parsed command line; returns the exit status.
 pub fn run(cli: Cli) -> u8 {
+    VERBOSE.store(cli.verbose, std::sync::atomic::Ordering::Relaxed);
     let result = match cli.command {
         Command::Validate { inv, format } => validate(&inv.inventory, format),
         Command::Plan { inv, format } => plan(&inv.inventory, format),
         Command::Render { inv, roles, out } => {
             render(&inv.inventory, roles.roles_path.as_deref(), &out)
         }
-        Command::Graph { inv } => graph(&inv.inventory),
+        Command::Graph { inv, format } => graph(&inv.inventory, format),
         Command::Apply {
             inv,
             roles,
@@ -288,6 +324,17 @@ pub fn run(cli: Cli) -> u8 {
         Command::Rollback { inv, run } => rollback(&inv.inventory, &run),
         Command::Status { inv, run } => status(&inv.inventory, &run),
         Command::Lab(l) => lab(l),
+        Command::Schema => {
+            println!("{}", inventory::schema::json_schema_text());
+            Ok(EXIT_OK)
+        }
+        Command::Completions { shell } => {
+            use clap::CommandFactory;
+            let mut cmd = Cli::command();
+            clap_complete::generate(shell, &mut cmd, "wgprov", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
+        Command::Man => man(),
     };
     match result {
         Ok(code) => code,
@@ -311,6 +358,7 @@ fn print_warnings(w: &[Diagnostic]) {
 fn planned(path: &Path, write_lock: bool) -> Result<Planned> {
     let p = topology::plan_inventory(path, write_lock)?;
     print_warnings(&p.warnings);
+    explain_ssh(&p.inventory);
     if p.lock_written {
         eprintln!("wrote {}", inventory::lock_path(path).display());
     }
@@ -320,6 +368,9 @@ fn planned(path: &Path, write_lock: bool) -> Result<Planned> {
 fn validate(path: &Path, format: Format) -> Result<u8> {
     // validate never writes: allocation runs in memory only, to catch an exhausted space.
     let result = topology::plan_inventory(path, false);
+    if let Ok(p) = &result {
+        explain_ssh(&p.inventory);
+    }
     let (diags, ok, summary) = match &result {
         Ok(p) => (
             p.warnings.clone(),
@@ -383,10 +434,64 @@ fn plan(path: &Path, format: Format) -> Result<u8> {
     Ok(EXIT_OK)
 }
 
-fn graph(path: &Path) -> Result<u8> {
+fn graph(path: &Path, format: GraphFormat) -> Result<u8> {
     let p = planned(path, false)?;
-    print!("{}", output::graph_dot(&p.topology));
+    let dot = output::graph_dot(&p.topology);
+    match format {
+        GraphFormat::Dot => print!("{dot}"),
+        GraphFormat::Svg => {
+            let svg = output::svg::render_svg(&dot)?;
+            std::io::stdout()
+                .write_all(&svg)
+                .map_err(|e| Error::io("stdout", e))?;
+        }
+    }
     Ok(EXIT_OK)
+}
+
+/// The man page: `wgprov(1)`, every subcommand's options under its own heading.
+fn man() -> Result<u8> {
+    use clap::CommandFactory;
+    let cmd = Cli::command();
+    let mut out = Vec::new();
+    man_page(&cmd, &mut out).map_err(|e| Error::io("man page", e))?;
+    std::io::stdout()
+        .write_all(&out)
+        .map_err(|e| Error::io("stdout", e))?;
+    Ok(EXIT_OK)
+}
+
+fn man_page(cmd: &clap::Command, out: &mut Vec<u8>) -> std::io::Result<()> {
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    man.render_subcommands_section(out)?;
+    // each subcommand's own synopsis and options (clap_mangen renders one command per page)
+    for sub in cmd.get_subcommands() {
+        writeln!(out, ".SH \"WGPROV {}\"", sub.get_name().to_uppercase())?;
+        let page =
+            clap_mangen::Man::new(sub.clone().bin_name(format!("wgprov {}", sub.get_name())));
+        let mut body = Vec::new();
+        page.render_synopsis_section(&mut body)?;
+        page.render_description_section(&mut body)?;
+        page.render_options_section(&mut body)?;
+        if sub.has_subcommands() {
+            page.render_subcommands_section(&mut body)?;
+        }
+        // demote the sub-page's sections to subsections of this one
+        let body = String::from_utf8_lossy(&body).replace(".SH ", ".SS ");
+        out.extend_from_slice(body.as_bytes());
+    }
+    writeln!(out, ".SH \"EXIT STATUS\"")?;
+    writeln!(
+        out,
+        "0 done; 1 a host failed, was unreachable or was rolled back; 2 bad usage or an invalid inventory (nothing contacted); 3 with apply --check --detailed-exitcode: changes are pending."
+    )?;
+    man.render_version_section(out)?;
+    Ok(())
 }
 
 fn render(path: &Path, roles_path: Option<&Path>, out: &Path) -> Result<u8> {

@@ -182,13 +182,22 @@ pub fn context(
 fn forward_rules(site: &SitePlan, up: bool) -> String {
     let mut rules = vec![("", "FORWARD -i %i -o %i -j ACCEPT".to_string())];
     if site.lan_access {
-        for lan in site.lan_cidrs.iter().filter(|n| matches!(n, ipnet::IpNet::V4(_))) {
+        for lan in site
+            .lan_cidrs
+            .iter()
+            .filter(|n| matches!(n, ipnet::IpNet::V4(_)))
+        {
             rules.push(("", format!("FORWARD -s {lan} -o %i -j ACCEPT")));
             rules.push((
                 "",
-                format!("FORWARD -i %i -d {lan} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"),
+                format!(
+                    "FORWARD -i %i -d {lan} -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT"
+                ),
             ));
-            rules.push(("-t nat ", format!("POSTROUTING -s {lan} -o %i -j MASQUERADE")));
+            rules.push((
+                "-t nat ",
+                format!("POSTROUTING -s {lan} -o %i -j MASQUERADE"),
+            ));
         }
     }
     rules

@@ -4,6 +4,7 @@
 pub mod lock;
 pub mod model;
 pub mod schema;
+pub mod sshconfig;
 pub mod validate;
 
 use std::path::{Path, PathBuf};

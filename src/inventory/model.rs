@@ -60,6 +60,8 @@ pub enum RouterKind {
 }
 
 impl RouterKind {
+    /// Every kind, in the order the docs list them.
+    pub const ALL: [RouterKind; 4] = [Self::Opnsense, Self::Pfsense, Self::Openwrt, Self::Other];
     /// Parses the inventory spelling.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -92,6 +94,8 @@ pub enum OsFamily {
 }
 
 impl OsFamily {
+    /// Every family.
+    pub const ALL: [OsFamily; 2] = [Self::Debian, Self::Redhat];
     /// Parses the inventory spelling.
     pub fn parse(s: &str) -> Option<Self> {
         match s {
@@ -201,6 +205,61 @@ pub struct SshSettings {
     pub proxy_jump: Option<String>,
 }
 
+/// Where one SSH setting of a node came from (printed by `-v`).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum Origin {
+    /// wgprov's built-in default.
+    #[default]
+    Default,
+    /// Written in the inventory.
+    Inventory {
+        /// Dotted path of the field, e.g. `sites.home.ssh.user`.
+        field: String,
+        /// Where it is written.
+        loc: Loc,
+    },
+    /// From an OpenSSH client config file.
+    SshConfig {
+        /// The file.
+        file: PathBuf,
+        /// The `Host` line whose block gave the value, e.g. `Host web-* !web-0`.
+        host: String,
+    },
+}
+
+impl std::fmt::Display for Origin {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Origin::Default => write!(f, "default"),
+            Origin::Inventory { field, loc } => {
+                write!(f, "inventory {field} (line {}:{})", loc.line, loc.column)
+            }
+            Origin::SshConfig { file, host } => write!(f, "{} ({host})", file.display()),
+        }
+    }
+}
+
+/// Where each of a node's [`SshSettings`] came from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SshOrigins {
+    /// The OpenSSH config file read for this node and the name looked up in it, if one was read.
+    pub config: Option<(PathBuf, String)>,
+    /// Of `host`.
+    pub host: Origin,
+    /// Of `user`.
+    pub user: Origin,
+    /// Of `port`.
+    pub port: Origin,
+    /// Of `identity_file`.
+    pub identity_file: Origin,
+    /// Of `known_hosts`.
+    pub known_hosts: Origin,
+    /// Of `become_root`.
+    pub become_root: Origin,
+    /// Of `proxy_jump`.
+    pub proxy_jump: Origin,
+}
+
 /// One site.
 #[derive(Clone, Debug)]
 pub struct Site {
@@ -245,6 +304,8 @@ pub struct Node {
     pub os_family: Option<OsFamily>,
     /// Resolved SSH settings.
     pub ssh: SshSettings,
+    /// Where each SSH setting came from.
+    pub ssh_origin: SshOrigins,
 }
 
 impl Inventory {

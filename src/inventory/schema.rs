@@ -3,126 +3,195 @@
 //! by `deny_unknown_fields`; values are kept as written (strings for CIDRs, wide integers for
 //! ports) so that validation can report every bad value at once instead of stopping at the first.
 
+use std::collections::BTreeMap;
+
 use indexmap::IndexMap;
+use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
+
+use super::model::{OsFamily, RouterKind};
 
 /// A value with the place it came from.
 pub type S<T> = Spanned<T>;
 
 /// The whole inventory file.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawInventory {
     /// The WireGuard address space and interface settings.
+    #[schemars(with = "RawNetwork")]
     pub network: S<RawNetwork>,
     /// Default SSH settings for every node.
     #[serde(default)]
+    #[schemars(with = "Option<RawSsh>")]
     pub ssh: Option<S<RawSsh>>,
     /// Sites by name, in the order written.
+    #[schemars(with = "BTreeMap<String, RawSite>")]
     pub sites: S<IndexMap<S<String>, S<RawSite>>>,
 }
 
 /// `network:`.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
     /// The whole WireGuard space, e.g. `10.100.0.0/16`.
+    #[schemars(with = "String")]
     pub wireguard_cidr: S<String>,
     /// Prefix length of each site's block (default 24).
     #[serde(default)]
+    #[schemars(with = "Option<i64>", range(min = 0, max = 30))]
     pub site_prefix: Option<S<i64>>,
     /// UDP port WireGuard listens on (default 51820).
     #[serde(default)]
+    #[schemars(with = "Option<i64>", range(min = 1, max = 65535))]
     pub listen_port: Option<S<i64>>,
     /// Interface name (default `wg0`).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub interface: Option<S<String>>,
     /// The cluster's pod and service CIDRs.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
     pub cluster_cidrs: Option<S<Vec<S<String>>>>,
     /// Keepalive on links between sites, seconds (default 25; 0 turns it off).
     #[serde(default)]
+    #[schemars(with = "Option<i64>", range(min = 0, max = 65535))]
     pub persistent_keepalive: Option<S<i64>>,
 }
 
 /// `ssh:` at the top, in a site or in a node.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSsh {
     /// Where SSH connects when not the node's address (node level only).
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub host: Option<S<String>>,
     /// Login user.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub user: Option<S<String>>,
     /// TCP port.
     #[serde(default)]
+    #[schemars(with = "Option<i64>", range(min = 1, max = 65535))]
     pub port: Option<S<i64>>,
     /// Private key file; else the ssh-agent.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub identity_file: Option<S<String>>,
     /// known_hosts file.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub known_hosts: Option<S<String>>,
     /// Run as root through `sudo -n`.
     #[serde(default, rename = "become")]
+    #[schemars(with = "Option<bool>")]
     pub become_root: Option<S<bool>>,
     /// Reach this node through another node of the inventory.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub proxy_jump: Option<S<String>>,
+    /// OpenSSH client config read for what the inventory leaves unset (default `~/.ssh/config`;
+    /// `none`: read none).
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub config_file: Option<S<String>>,
 }
 
 /// One site.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawSite {
     /// False for someone else's site: peered with, never contacted.
     #[serde(default)]
+    #[schemars(with = "Option<bool>")]
     pub managed: Option<S<bool>>,
     /// The site's block; allocated when absent.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub wireguard_cidr: Option<S<String>>,
     /// The site's own networks.
     #[serde(default)]
+    #[schemars(with = "Option<Vec<String>>")]
     pub lan_cidrs: Option<S<Vec<S<String>>>>,
     /// Public `host:port` of the site's router, forwarded to the next-hop.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub endpoint: Option<S<String>>,
     /// The next-hop masquerades the site's `lan_cidrs` into the mesh (an operator's laptop or a
     /// CI runner on the LAN reaches every node's WireGuard address).
     #[serde(default)]
+    #[schemars(with = "Option<bool>")]
     pub lan_access: Option<S<bool>>,
     /// The node that peers with other sites.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub next_hop: Option<S<String>>,
     /// Router kind, for the port-forward notes.
     #[serde(default)]
+    #[schemars(schema_with = "router_kinds")]
     pub router: Option<S<String>>,
     /// Public key of an unmanaged site's next-hop.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub public_key: Option<S<String>>,
     /// SSH overrides for the site's nodes.
     #[serde(default)]
+    #[schemars(with = "Option<RawSsh>")]
     pub ssh: Option<S<RawSsh>>,
     /// Nodes by name, in the order written.
     #[serde(default)]
+    #[schemars(with = "Option<BTreeMap<String, RawNode>>")]
     pub nodes: Option<S<IndexMap<S<String>, S<RawNode>>>>,
 }
 
 /// One node.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawNode {
     /// Where SSH reaches it and the LAN address its site's peers use.
+    #[schemars(with = "String")]
     pub address: S<String>,
     /// Its WireGuard address; allocated when absent.
     #[serde(default)]
+    #[schemars(with = "Option<String>")]
     pub wireguard_ip: Option<S<String>>,
     /// `debian` or `redhat`.
     #[serde(default)]
+    #[schemars(schema_with = "os_families")]
     pub os_family: Option<S<String>>,
     /// SSH overrides for this node.
     #[serde(default)]
+    #[schemars(with = "Option<RawSsh>")]
     pub ssh: Option<S<RawSsh>>,
+}
+
+fn router_kinds(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut kinds: Vec<serde_json::Value> =
+        RouterKind::ALL.iter().map(|k| k.as_str().into()).collect();
+    kinds.push(serde_json::Value::Null);
+    schemars::json_schema!({ "type": ["string", "null"], "enum": kinds })
+}
+
+fn os_families(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut families: Vec<serde_json::Value> =
+        OsFamily::ALL.iter().map(|k| k.as_str().into()).collect();
+    families.push(serde_json::Value::Null);
+    schemars::json_schema!({ "type": ["string", "null"], "enum": families })
+}
+
+/// The inventory's JSON Schema (draft 7, which editors' YAML plugins read), generated from
+/// [`RawInventory`], the very types the loader deserializes: unknown keys are refused
+/// (`additionalProperties: false`) as the loader refuses them.
+pub fn json_schema() -> serde_json::Value {
+    let generator = schemars::generate::SchemaSettings::draft07().into_generator();
+    let mut schema = generator.into_root_schema_for::<RawInventory>();
+    schema.insert("title".into(), "wgprov inventory".into());
+    schema.to_value()
+}
+
+/// [`json_schema`] as pretty-printed JSON.
+pub fn json_schema_text() -> String {
+    serde_json::to_string_pretty(&json_schema()).expect("a schema serializes")
 }

@@ -11,6 +11,7 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::model::*;
 use super::schema::*;
+use super::sshconfig::{self, ConfigRef};
 use crate::error::{Diagnostic, Severity};
 use crate::topology::keys::PublicKey;
 
@@ -290,6 +291,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
     let mut site_blocks: Vec<(Ipv4Net, String, Loc)> = Vec::new();
     let mut node_ips: HashMap<Ipv4Addr, (String, Loc)> = HashMap::new();
     let mut jumps: Vec<(String, S<String>, String)> = Vec::new();
+    let mut config_refs: HashMap<String, ConfigRef> = HashMap::new();
     if raw.sites.value.is_empty() {
         d.error(loc(&raw.sites), "sites", "no sites: nothing to build");
     }
@@ -606,7 +608,8 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                     path: format!("{np}.ssh"),
                 }),
             ];
-            let ssh = resolve_ssh(&mut d, &address, &layers);
+            let (ssh, ssh_origin, config) = resolve_ssh(&mut d, &address, &layers);
+            config_refs.insert(nname.value.clone(), config);
             if let Some(j) = node
                 .ssh
                 .as_ref()
@@ -624,6 +627,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                 wireguard_ip,
                 os_family,
                 ssh,
+                ssh_origin,
             });
         }
         if let Some(s) = &site.ssh
@@ -702,23 +706,32 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
         }
     }
 
-    // ---- proxy_jump names a node, not itself, no loop ----
-    let jump_of: HashMap<&str, &str> = jumps
-        .iter()
-        .map(|(n, j, _)| (n.as_str(), j.value.as_str()))
-        .collect();
-    for (node, j, np) in &jumps {
-        let f = format!("{np}.ssh.proxy_jump");
+    // ---- proxy_jump names a node ----
+    for (_, j, np) in &jumps {
         if !node_names.contains_key(&j.value) {
             d.error(
                 loc(j),
-                &f,
+                format!("{np}.ssh.proxy_jump"),
                 format!("`{}` is not a node of the inventory", j.value),
             );
-            continue;
         }
-        let mut seen = vec![node.as_str()];
-        let mut cur = j.value.as_str();
+    }
+
+    // ---- what the inventory leaves unset, from the OpenSSH config (ssh.config_file) ----
+    sshconfig::apply(file, &mut sites, &config_refs, &mut d);
+
+    // ---- no proxy_jump loops (inventory and ssh config together) ----
+    let all_nodes = || sites.iter().flat_map(|s| s.nodes.iter());
+    let jump_of: HashMap<&str, &str> = all_nodes()
+        .filter_map(|n| Some((n.name.as_str(), n.ssh.proxy_jump.as_deref()?)))
+        .filter(|(_, j)| node_names.contains_key(*j))
+        .collect();
+    for n in all_nodes() {
+        let Some(j) = jump_of.get(n.name.as_str()) else {
+            continue;
+        };
+        let mut seen = vec![n.name.as_str()];
+        let mut cur = *j;
         while let Some(next) = jump_of.get(cur) {
             if seen.contains(&cur) {
                 break;
@@ -726,11 +739,23 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             seen.push(cur);
             cur = next;
         }
-        if seen.contains(&cur) {
+        // only the members of a loop are told (a node that jumps into one is fine itself)
+        if cur == n.name {
+            let (l, field) = match &n.ssh_origin.proxy_jump {
+                Origin::Inventory { field, loc } => (*loc, field.clone()),
+                _ => (
+                    n.loc,
+                    format!("sites.{}.nodes.{}.ssh.proxy_jump", n.site, n.name),
+                ),
+            };
+            let from = match &n.ssh_origin.proxy_jump {
+                o @ Origin::SshConfig { .. } => format!(" (from {o})"),
+                _ => String::new(),
+            };
             d.error(
-                loc(j),
-                &f,
-                format!("jumping through `{}` loops back to {node}", j.value),
+                l,
+                field,
+                format!("jumping through `{j}`{from} loops back to {}", n.name),
             );
         }
     }
@@ -751,7 +776,11 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
     (inv, d.list)
 }
 
-fn resolve_ssh(d: &mut Diags, address: &str, layers: &[Option<SshLayer>]) -> SshSettings {
+fn resolve_ssh(
+    d: &mut Diags,
+    address: &str,
+    layers: &[Option<SshLayer>],
+) -> (SshSettings, SshOrigins, ConfigRef) {
     let mut s = SshSettings {
         host: address.to_string(),
         user: "root".into(),
@@ -761,14 +790,22 @@ fn resolve_ssh(d: &mut Diags, address: &str, layers: &[Option<SshLayer>]) -> Ssh
         become_root: false,
         proxy_jump: None,
     };
+    let mut o = SshOrigins::default();
+    let mut config = ConfigRef::default();
     for l in layers.iter().flatten() {
         let r = l.raw;
+        let at = |field: &str, loc: Loc| Origin::Inventory {
+            field: format!("{}.{field}", l.path),
+            loc,
+        };
         if let Some(h) = &r.host {
             s.host = h.value.clone();
+            o.host = at("host", loc(h));
         }
         if let Some(u) = &r.user {
             if is_safe_user(&u.value) {
                 s.user = u.value.clone();
+                o.user = at("user", loc(u));
             } else {
                 d.error(
                     loc(u),
@@ -778,27 +815,39 @@ fn resolve_ssh(d: &mut Diags, address: &str, layers: &[Option<SshLayer>]) -> Ssh
             }
         }
         if let Some(p) = &r.port
-            && let Some(p) = port(d, p, &format!("{}.port", l.path))
+            && let Some(pv) = port(d, p, &format!("{}.port", l.path))
         {
-            s.port = p;
+            s.port = pv;
+            o.port = at("port", loc(p));
         }
         if let Some(i) = &r.identity_file {
             s.identity_file = Some(i.value.clone());
+            o.identity_file = at("identity_file", loc(i));
         }
         if let Some(k) = &r.known_hosts {
             s.known_hosts = k.value.clone();
+            o.known_hosts = at("known_hosts", loc(k));
         }
         if let Some(b) = &r.become_root {
             s.become_root = b.value;
+            o.become_root = at("become", loc(b));
         }
         if let Some(j) = &r.proxy_jump {
             s.proxy_jump = Some(j.value.clone());
+            o.proxy_jump = at("proxy_jump", loc(j));
+        }
+        if let Some(c) = &r.config_file {
+            config = ConfigRef {
+                spec: c.value.clone(),
+                origin: at("config_file", loc(c)),
+            };
         }
     }
-    s
+    (s, o, config)
 }
 
-fn is_safe_user(u: &str) -> bool {
+/// True when `u` is a plausible login name (letters, digits, `_-.`, not starting with `-`).
+pub fn is_safe_user(u: &str) -> bool {
     !u.is_empty()
         && u.len() <= 32
         && u.bytes()

@@ -338,7 +338,11 @@ pub fn plan(
                 .hosts()
                 .rev()
                 .find(|h| !taken.contains(h))
-                .ok_or_else(|| lab_err(format!("site {site}: no LAN address left for the controller")))?;
+                .ok_or_else(|| {
+                    lab_err(format!(
+                        "site {site}: no LAN address left for the controller"
+                    ))
+                })?;
             let nh = inv
                 .site(site)
                 .and_then(|s| s.next_hop.as_deref())

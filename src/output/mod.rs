@@ -6,6 +6,8 @@ use serde::Serialize;
 
 use crate::topology::{PeerRef, Topology};
 
+pub mod svg;
+
 #[derive(Serialize)]
 struct PlanDoc<'a> {
     network: NetworkDoc<'a>,
@@ -196,86 +198,10 @@ pub fn plan_text(topo: &Topology) -> String {
     o
 }
 
-fn q(s: &str) -> String {
-    format!("\"{}\"", s.replace('"', "\\\""))
-}
-
 /// The topology as Graphviz DOT: sites as clusters, next-hops drawn double, links between
-/// sites bold.
+/// sites bold, every link labelled with the endpoints its two ends use.
 pub fn graph_dot(topo: &Topology) -> String {
-    let mut o = String::from("graph wgprov {\n  node [shape=box, fontname=\"monospace\"];\n");
-    for s in &topo.sites {
-        let ep = s
-            .endpoint
-            .as_ref()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "no endpoint".into());
-        let _ = writeln!(o, "  subgraph {} {{", q(&format!("cluster_{}", s.name)));
-        let _ = writeln!(
-            o,
-            "    label={};",
-            q(&format!(
-                "{}{} {} ({})",
-                s.name,
-                if s.managed { "" } else { " (unmanaged)" },
-                s.wireguard_cidr,
-                ep
-            ))
-        );
-        if !s.managed {
-            let _ = writeln!(
-                o,
-                "    {} [label={}, style=dashed];",
-                q(&format!("site:{}", s.name)),
-                q(&format!("{} next-hop", s.name))
-            );
-        }
-        for n in s.nodes.iter().filter_map(|n| topo.node(n)) {
-            let style = if n.is_next_hop {
-                ", peripheries=2, style=bold"
-            } else {
-                ""
-            };
-            let _ = writeln!(
-                o,
-                "    {} [label={}{}];",
-                q(&n.name),
-                q(&format!(
-                    "{}\\n{}{}",
-                    n.name,
-                    n.wireguard_ip,
-                    if n.is_next_hop { "\\nnext-hop" } else { "" }
-                )),
-                style
-            );
-        }
-        o.push_str("  }\n");
-    }
-    let mut seen = std::collections::HashSet::new();
-    for n in &topo.nodes {
-        for p in topo.peers(n) {
-            let other = match &p.peer {
-                PeerRef::Node(x) => x.clone(),
-                PeerRef::Site(x) => format!("site:{x}"),
-            };
-            let key = if n.name < other {
-                (n.name.clone(), other.clone())
-            } else {
-                (other.clone(), n.name.clone())
-            };
-            if !seen.insert(key) {
-                continue;
-            }
-            let attrs = if p.site != n.site {
-                " [style=bold]"
-            } else {
-                ""
-            };
-            let _ = writeln!(o, "  {} -- {}{};", q(&n.name), q(&other), attrs);
-        }
-    }
-    o.push_str("}\n");
-    o
+    svg::picture(topo, None)
 }
 
 /// `apply` as text: one line per host per file, diffs with `--diff`, handlers, warnings, and

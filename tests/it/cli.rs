@@ -197,7 +197,10 @@ fn graph_is_dot_with_sites_as_clusters() {
     let (out, _) = text(&o);
     assert!(out.starts_with("graph wgprov {"));
     assert!(out.contains("subgraph \"cluster_home\""));
-    assert!(out.contains("\"node1\" -- \"office1\" [style=bold];"));
+    assert!(
+        out.contains("\"node1\" -- \"office1\" [style=bold, label="),
+        "{out}"
+    );
     assert!(out.contains("peripheries=2"));
     assert!(out.trim_end().ends_with('}'));
 }

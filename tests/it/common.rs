@@ -153,7 +153,8 @@ impl LabGuard {
         let _ = wgprov::lab::down(&prefix);
         let p = plan_inventory(inventory, true).unwrap();
         let npf: Vec<String> = no_port_forward.iter().map(|s| s.to_string()).collect();
-        let layout = wgprov::lab::plan::plan(&p.inventory, &p.topology, &prefix, &npf, controller_at)
+        let layout =
+            wgprov::lab::plan::plan(&p.inventory, &p.topology, &prefix, &npf, controller_at)
                 .unwrap();
         let state = wgprov::lab::up(inventory, &layout).unwrap_or_else(|e| panic!("lab up: {e}"));
         LabGuard {

@@ -82,7 +82,11 @@ fn nothing_held(s: &Scenario) -> Vec<String> {
             s.lab
                 .exec(
                     n,
-                    &["sh", "-c", "[ -e /var/lib/wgprov/lock ] || [ -e /var/lib/wgprov/pending ]"],
+                    &[
+                        "sh",
+                        "-c",
+                        "[ -e /var/lib/wgprov/lock ] || [ -e /var/lib/wgprov/pending ]",
+                    ],
                 )
                 .0
                 == 0
@@ -218,10 +222,15 @@ fn a_listen_port_the_routers_do_not_forward_is_put_back_everywhere() {
         r.stderr
     );
     // every host back byte for byte within --confirm-timeout + 60 s
-    let back = eventually(Duration::from_secs(80) - started.elapsed().min(Duration::from_secs(20)), || {
-        snapshot(&s) == before
-    });
-    assert!(back, "not every host is back: {:?} vs {before:?}", snapshot(&s));
+    let back = eventually(
+        Duration::from_secs(80) - started.elapsed().min(Duration::from_secs(20)),
+        || snapshot(&s) == before,
+    );
+    assert!(
+        back,
+        "not every host is back: {:?} vs {before:?}",
+        snapshot(&s)
+    );
     assert!(started.elapsed() < Duration::from_secs(80));
     assert!(eventually(Duration::from_secs(20), || nothing_held(&s).is_empty()));
     // every handshake is redone after the restarts (retries every 5 s; keepalive 25 s): bounded
@@ -258,7 +267,10 @@ fn a_good_change_is_still_in_place_after_the_confirm_timeout() {
             .contains("PersistentKeepalive = 21")
     );
     let log = s.lab.sh("office1", "cat /var/lib/wgprov/log");
-    assert!(log.contains("confirmed") && !log.contains("put back"), "{log}");
+    assert!(
+        log.contains("confirmed") && !log.contains("put back"),
+        "{log}"
+    );
     // nothing to change: no guard step runs
     let (code, v) = s.apply_json(&[]);
     assert_eq!(code, 0, "{v}");
@@ -359,7 +371,10 @@ fn two_applies_at_once_never_interleave() {
     let took = t.elapsed();
     assert_eq!(code, 1, "{v}");
     let err = v["hosts"]["office1"]["error"].as_str().unwrap();
-    assert!(err.contains("locked by another apply") && err.contains("pid"), "{err}");
+    assert!(
+        err.contains("locked by another apply") && err.contains("pid"),
+        "{err}"
+    );
     assert!(took < Duration::from_secs(15), "failed fast: {took:?}");
     let (code1, out1) = first.wait();
     assert_eq!(code1, 0, "{out1}");
@@ -384,7 +399,10 @@ fn a_controller_killed_mid_run_leaves_every_host_whole() {
     let s = Scenario::demo("gf");
     assert_eq!(s.apply(&[]).code, 0);
     let before = snapshot(&s);
-    for (moment, marker) in [("during the change", "applying"), ("during the gate", "guard: probing")] {
+    for (moment, marker) in [
+        ("during the change", "applying"),
+        ("during the gate", "guard: probing"),
+    ] {
         slow_wg_quick(&s, "office1", 3);
         std::fs::write(&s.inv, keepalive(&demo_yaml(), 26)).unwrap();
         let bg = Background::start(&s, &["--confirm-timeout", "8"]);

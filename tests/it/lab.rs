@@ -245,7 +245,8 @@ fn up_refuses_an_existing_prefix_and_a_failed_up_leaves_nothing() {
     let (_dir, inv) = demo("e");
     let lab = LabGuard::up(&inv, "e", &[]);
     let p = wgprov::topology::plan_inventory(&inv, false).unwrap();
-    let layout = wgprov::lab::plan::plan(&p.inventory, &p.topology, &lab.prefix, &[], None).unwrap();
+    let layout =
+        wgprov::lab::plan::plan(&p.inventory, &p.topology, &lab.prefix, &[], None).unwrap();
     let err = wgprov::lab::up(&inv, &layout).unwrap_err().to_string();
     assert!(
         err.contains("already exists") && err.contains("lab down"),

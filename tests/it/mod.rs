@@ -1,10 +1,12 @@
 pub mod allocation;
 pub mod apply;
+pub mod cirecipe;
 pub mod cli;
 pub mod common;
 pub mod fuzz;
+pub mod guard;
 pub mod lab;
+pub mod operator;
 pub mod properties;
 pub mod validation;
 pub mod wgtools;
-pub mod guard;
