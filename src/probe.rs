@@ -53,7 +53,7 @@ mod tests {
         assert!(s.contains("-w 7 -q -I 'wg0'"));
         assert!(s.contains("for t in 10.100.1.1 10.100.2.1; do p \"$t\" & done\nwait"));
         let r = parse(&format!("{PROBE} up 10.100.1.1\nnoise\n"), &t);
-        assert_eq!(r[&t[0]], true);
-        assert_eq!(r[&t[1]], false);
+        assert!(r[&t[0]]);
+        assert!(!r[&t[1]]);
     }
 }

@@ -250,6 +250,19 @@ def bench(n):
         timings = lab.exec("controller", [WGPROV, "apply", "-i", inv, "--timings"] + forks).stdout
         rows["wgprov apply --check --diff"] = median_of(
             lambda: lab.timed(["sh", "-c", f"{WGPROV} apply -i {inv} --forks {n} --check --diff >/dev/null"]), lab.reset)
+        # a changing apply (every next-hop's keepalive toggles, so each run changes the same
+        # hosts), with the guard (gate, fresh connections, confirm) and without
+        base = lab.inv.read_text()
+        keepalive = [20]
+
+        def bump():
+            keepalive[0] = 21 if keepalive[0] != 21 else 22
+            lab.inv.write_text(base.replace("  cluster_cidrs:", f"  persistent_keepalive: {keepalive[0]}\n  cluster_cidrs:", 1))
+        rows["wgprov changing apply, guard"] = median_of(lambda: lab.timed([WGPROV, "apply", "-i", inv] + forks), bump)
+        rows["wgprov changing apply, --no-guard"] = median_of(
+            lambda: lab.timed([WGPROV, "apply", "-i", inv, "--no-guard"] + forks), bump)
+        lab.inv.write_text(base)
+        lab.exec("controller", [WGPROV, "apply", "-i", inv, "--no-guard"] + forks)
         if ONLY == "wgprov":
             for k, (w, c, m, t) in rows.items():
                 print(f"  {k:<32} wall {w:.3f} s  controller CPU {c:.2f} s  peak {m:.0f} MiB  target CPU {t:.2f} s")
@@ -281,6 +294,7 @@ def table(n, rows):
         out.append(f"| {k} | {w:.2f} | {c:.2f} | {m:.0f} | {t:.2f} |")
     out += ["", "| ratio | value |", "| --- | ---: |",
             f"| wgprov no-change / floor | {wg_nc / floor:.2f} |",
+            f"| wgprov changing apply, guard / --no-guard | {rows['wgprov changing apply, guard'][0] / rows['wgprov changing apply, --no-guard'][0]:.2f} |",
             f"| pyinfra / wgprov, no-change | {rows['pyinfra no-change run'][0] / wg_nc:.1f} |",
             f"| Ansible / wgprov, no-change | {rows['ansible no-change run'][0] / wg_nc:.1f} |",
             f"| pyinfra / wgprov, first run | {rows['pyinfra first run'][0] / rows['wgprov first apply'][0]:.1f} |",

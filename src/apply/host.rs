@@ -309,11 +309,11 @@ pub fn change_script(spec: &ChangeSpec) -> String {
         "REVERT",
     ));
     s.push_str(&heredoc("start.sh", &start_sh(spec), "START"));
-    s.push_str(&format!(
+    s.push_str(
         "setsid sh \"$R/start.sh\" </dev/null >\"$R/out\" 2>&1 &\npid=$!\necho \"$pid\" > \"$R/pid\"\n\
          tail --pid=\"$pid\" -s 0.02 -f /dev/null 2>/dev/null || while kill -0 \"$pid\" 2>/dev/null; do sleep 0.05; done\n\
-         cat \"$R/out\"\n}}\nmain\n"
-    ));
+         cat \"$R/out\"\n}\nmain\n",
+    );
     s
 }
 

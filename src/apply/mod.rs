@@ -1188,6 +1188,36 @@ mod tests {
     }
 
     #[test]
+    fn a_malformed_existing_private_key_is_an_error_not_a_new_identity() {
+        let path = "/etc/wireguard/wg0.conf";
+        let facts = |conf: &str| {
+            let mut f = Facts::default();
+            f.files.insert(
+                path.into(),
+                FileFact::Present {
+                    mode: 0o600,
+                    content: conf.into(),
+                },
+            );
+            f
+        };
+        let err = existing_key(&facts("[Interface]\nPrivateKey = not-a-key\n"), path)
+            .unwrap()
+            .err()
+            .unwrap();
+        assert!(
+            err.contains("malformed PrivateKey") && !err.contains("not-a-key"),
+            "{err}"
+        );
+        let good = Keypair::generate().private.expose_base64();
+        assert!(matches!(
+            existing_key(&facts(&format!("[Interface]\nPrivateKey = {good}\n")), path),
+            Some(Ok(_))
+        ));
+        assert!(existing_key(&facts("[Interface]\n"), path).is_none());
+    }
+
+    #[test]
     fn adopted_configs_get_warnings_wg_quick_would_bite_on() {
         let f = Facts::default();
         let w = config_warnings("[Interface]\nSaveConfig = true\nDNS = 1.1.1.1\n", &f);

@@ -96,12 +96,9 @@ pub async fn connect_all(
             });
         }
         while let Some(r) = set.join_next().await {
-            match r {
-                Ok((name, s)) => {
-                    sessions.insert(name, s);
-                }
-                // a connect task that panicked: its host counts as unreachable below
-                Err(_) => {}
+            // a connect task that panicked: its host counts as unreachable below
+            if let Ok((name, s)) = r {
+                sessions.insert(name, s);
             }
         }
         for n in &started {
