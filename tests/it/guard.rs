@@ -429,8 +429,12 @@ fn a_controller_killed_mid_run_leaves_every_host_whole() {
             "{moment}: still held: {:?}",
             nothing_held(&s)
         );
-        let failed = mesh_pings(&s);
-        assert!(failed.is_empty(), "{moment}: {failed:?}");
+        // the put-back restarts wg0: handshakes are redone (bounded wait)
+        assert!(
+            eventually(Duration::from_secs(40), || mesh_pings(&s).is_empty()),
+            "{moment}: {:?}",
+            mesh_pings(&s)
+        );
         std::fs::write(&s.inv, demo_yaml()).unwrap();
     }
     std::fs::write(&s.inv, keepalive(&demo_yaml(), 26)).unwrap();
@@ -468,7 +472,7 @@ fn ctrl_c_mid_run_exits_130_with_every_host_whole() {
         "not every host is whole at its old state"
     );
     assert!(nothing_held(&s).is_empty(), "{:?}", nothing_held(&s));
-    assert!(mesh_pings(&s).is_empty());
+    assert!(eventually(Duration::from_secs(40), || mesh_pings(&s).is_empty()));
 }
 
 /// Fault 3: sshd killed on a host while its change runs (the connection drops mid-script): the
@@ -508,7 +512,7 @@ fn sshd_killed_mid_change_the_host_finishes_or_puts_itself_back() {
     let log = s.lab.sh("office1", "cat /var/lib/wgprov/log");
     assert!(log.contains("put back (deadman)"), "{log}");
     assert!(nothing_held(&s).is_empty(), "{:?}", nothing_held(&s));
-    assert!(mesh_pings(&s).is_empty());
+    assert!(eventually(Duration::from_secs(40), || mesh_pings(&s).is_empty()));
 }
 
 /// Fault 9: adding a node is hitless: a continuous ping over existing links loses nothing.
