@@ -158,6 +158,16 @@ impl Background {
     }
 }
 
+/// Waits (bounded) until `node` has a change in flight (its pending record exists).
+fn change_in_flight(s: &Scenario, node: &str) -> bool {
+    eventually(Duration::from_secs(20), || {
+        s.lab
+            .exec(node, &["test", "-d", "/var/lib/wgprov/pending"])
+            .0
+            == 0
+    })
+}
+
 /// A change every next-hop takes with `wg syncconf` (peers only).
 fn keepalive(yaml: &str, secs: u32) -> String {
     yaml.replace(
@@ -454,12 +464,7 @@ fn ctrl_c_mid_run_exits_130_with_every_host_whole() {
     slow_wg_quick(&s, "office1", 3);
     std::fs::write(&s.inv, keepalive(&demo_yaml(), 27)).unwrap();
     let bg = Background::start(&s, &["--confirm-timeout", "20", "--format", "json"]);
-    assert!(eventually(Duration::from_secs(20), || {
-        s.lab
-            .exec("office1", &["test", "-d", "/var/lib/wgprov/pending"])
-            .0
-            == 0
-    }));
+    assert!(change_in_flight(&s, "office1"), "the change never started");
     bg.signal(libc::SIGINT);
     let (code, out) = bg.wait();
     assert_eq!(code, 130, "{out}");
@@ -488,12 +493,7 @@ fn sshd_killed_mid_change_the_host_finishes_or_puts_itself_back() {
     slow_wg_quick(&s, "office1", 3);
     std::fs::write(&s.inv, keepalive(&demo_yaml(), 28)).unwrap();
     let bg = Background::start(&s, &["--confirm-timeout", "10", "--format", "json"]);
-    assert!(eventually(Duration::from_secs(20), || {
-        s.lab
-            .exec("office1", &["test", "-d", "/var/lib/wgprov/pending"])
-            .0
-            == 0
-    }));
+    assert!(change_in_flight(&s, "office1"), "the change never started");
     // sshd and every session process of office1 gone: the connection drops mid-script
     s.lab.sh(
         "office1",
