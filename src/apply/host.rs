@@ -21,13 +21,13 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 
 use super::script::{
-    self, DONE, Expect, FAIL, HandlerPlan, STATE_DIR, ScriptResult, backup_and_write,
-    handlers_script, restore_body, verify_tail,
+    self, Expect, FAIL, HandlerPlan, STATE_DIR, ScriptResult, backup_and_write, done_tail,
+    handlers_script, restore_body,
 };
 use crate::diff::{Action, Change};
 use crate::facts::Facts;
 use crate::facts::FileFact;
-use crate::facts::gather::{PATH_PRELUDE, WgState, sh_quote};
+use crate::facts::gather::{PATH_PRELUDE, sh_quote};
 use crate::transport::{Transport, TransportError};
 
 /// Printed when the host is locked by another apply (followed by the owner).
@@ -179,14 +179,14 @@ fn txn_sh(spec: &ChangeSpec) -> String {
         s.push_str("unlock\n");
     }
     s.push_str("log changed\n");
-    s.push_str(&verify_tail(spec.iface));
+    s.push_str(&done_tail());
     s
 }
 
 /// The put-back of this run (`runs/<run>/revert.sh MODE WHY`), run by the controller, by the
 /// dead-man (`MODE` = `deadman`) or by a later run that finds this one's lock expired. Claims
 /// the pending record first: when it is gone (confirmed, or already put back) it does nothing.
-fn revert_sh(run: &RunId, iface: &str) -> String {
+fn revert_sh(run: &RunId) -> String {
     let r = run_dir(run);
     format!(
         "{PATH_PRELUDE}set -u\numask 077\n. {lib}\nmode=${{1:-controller}}; why=${{2:-}}\n\
@@ -200,7 +200,7 @@ fn revert_sh(run: &RunId, iface: &str) -> String {
          else log \"released ($mode), nothing had been written: $why\"; echo '{REVERTED}'; fi\n\
          unlock\n{tail}",
         lib = sh_quote(&format!("{r}/lib.sh")),
-        tail = verify_tail(iface),
+        tail = done_tail(),
     )
 }
 
@@ -303,11 +303,7 @@ pub fn change_script(spec: &ChangeSpec) -> String {
         "LIB",
     ));
     s.push_str(&heredoc("txn.sh", &txn_sh(spec), "TXN"));
-    s.push_str(&heredoc(
-        "revert.sh",
-        &revert_sh(spec.run, spec.iface),
-        "REVERT",
-    ));
+    s.push_str(&heredoc("revert.sh", &revert_sh(spec.run), "REVERT"));
     s.push_str(&heredoc("start.sh", &start_sh(spec), "START"));
     s.push_str(
         "setsid sh \"$R/start.sh\" </dev/null >\"$R/out\" 2>&1 &\npid=$!\necho \"$pid\" > \"$R/pid\"\n\
@@ -348,10 +344,7 @@ pub fn revert_script(run: &RunId, why: &str) -> String {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ChangeOutcome {
     /// Changed and self-checked (pending confirmation under the guard).
-    Changed {
-        /// The interface read back.
-        wg: Option<WgState>,
-    },
+    Changed,
     /// A step failed after files changed, and the host put itself back (`restored` false: the
     /// put-back failed too).
     RolledBack {
@@ -408,7 +401,7 @@ pub fn parse_change(stdout: &str) -> ChangeOutcome {
         }
     };
     match (&r.failed_step, r.done) {
-        (None, true) => ChangeOutcome::Changed { wg: r.wg },
+        (None, true) => ChangeOutcome::Changed,
         (Some(step), _) if stdout.contains(ROLLED_BACK) => ChangeOutcome::RolledBack {
             error: with_detail(step),
             restored: true,
@@ -500,42 +493,14 @@ pub fn rollback_script(iface: &str, facts: &Facts) -> String {
          fail \"an apply holds this host ($(cat \"$D/lock/owner\" 2>/dev/null))\"; fi\n"
     ));
     s.push_str(&restore_body(iface, facts, "fail"));
-    s.push_str(&verify_tail(iface));
+    s.push_str(&done_tail());
     s
-}
-
-/// `DONE` is what a complete script prints last.
-pub fn completed(stdout: &str) -> bool {
-    stdout.lines().any(|l| l == DONE)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::desired::{DesiredFile, FileState};
-
-    fn change_of(old: Option<&str>, new: &str) -> Change {
-        Change {
-            desired: DesiredFile {
-                role: "wireguard".into(),
-                path: "/etc/wireguard/wg0.conf".into(),
-                state: FileState::Present {
-                    content: new.into(),
-                    mode: 0o600,
-                },
-                notify: vec!["wireguard".into()],
-            },
-            current: old.map_or(FileFact::Absent, |c| FileFact::Present {
-                mode: 0o600,
-                content: c.into(),
-            }),
-            action: if old.is_some() {
-                Action::Updated
-            } else {
-                Action::Created
-            },
-        }
-    }
+    use crate::apply::script::tests::change as change_of;
 
     fn spec<'a>(
         run: &'a RunId,
@@ -639,8 +604,8 @@ mod tests {
             ChangeOutcome::Lost { .. }
         ));
         assert!(matches!(
-            parse_change(&format!("{}\n\n{DONE}\n", script::VERIFY)),
-            ChangeOutcome::Changed { wg: None }
+            parse_change(&format!("{}\n", script::DONE)),
+            ChangeOutcome::Changed
         ));
     }
 

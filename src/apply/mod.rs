@@ -113,8 +113,6 @@ pub struct Timings {
     pub facts: f64,
     /// The transaction exec (writes, handlers, read-back).
     pub apply: f64,
-    /// The rollback exec, if one ran.
-    pub rollback: f64,
     /// The confirmation or put-back over a fresh connection, if one ran.
     pub guard: f64,
 }
@@ -592,7 +590,7 @@ pub async fn apply(
             r.timings.apply = *secs;
             touched.insert(r.name.clone());
             match o {
-                host::ChangeOutcome::Changed { .. } => pending.push(r.name.clone()),
+                host::ChangeOutcome::Changed => pending.push(r.name.clone()),
                 host::ChangeOutcome::RolledBack { error, restored } => {
                     r.status = if *restored {
                         HostStatus::RolledBack

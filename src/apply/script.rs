@@ -18,8 +18,6 @@ use crate::facts::wgconf::WgConfig;
 pub const STATE_DIR: &str = "/var/lib/wgprov";
 /// Marker of a failed step in a script's output.
 pub const FAIL: &str = "@@WGPROV-FAIL@@";
-/// Marker before the read-back of the interface.
-pub const VERIFY: &str = "@@WGPROV-VERIFY@@";
 /// Marker printed when a script completed.
 pub const DONE: &str = "@@WGPROV-DONE@@";
 
@@ -179,12 +177,9 @@ pub(crate) fn prelude() -> String {
     format!("{PATH_PRELUDE}set -u\numask 077\nfail() {{ echo \"{FAIL} $1\"; exit 1; }}\n")
 }
 
-/// Reads back the interface after the handlers (`wg show dump`, base64), then marks the end.
-pub(crate) fn verify_tail(iface: &str) -> String {
-    let q = sh_quote(iface);
-    format!(
-        "echo '{VERIFY}'\nif ip link show {q} >/dev/null 2>&1; then wg show {q} dump | base64 -w0; fi\necho\necho '{DONE}'\n"
-    )
+/// Marks the end of a script that ran to completion.
+pub(crate) fn done_tail() -> String {
+    format!("echo '{DONE}'\n")
 }
 
 /// Backs up every file the change touches to `$B.new` (then swaps it in as `$B`, the previous
@@ -333,8 +328,6 @@ fn wrap(b64: &str) -> String {
 pub struct ScriptResult {
     /// The failed step, if one failed.
     pub failed_step: Option<String>,
-    /// The interface read back after the handlers (`wg show dump`, private key dropped).
-    pub wg: Option<crate::facts::gather::WgState>,
     /// True when the script ran to its end.
     pub done: bool,
     /// Every other line it printed (what failed commands said).
@@ -344,16 +337,9 @@ pub struct ScriptResult {
 /// Reads a transaction's output.
 pub fn parse_result(stdout: &str) -> ScriptResult {
     let mut r = ScriptResult::default();
-    let mut lines = stdout.lines();
-    while let Some(l) = lines.next() {
+    for l in stdout.lines() {
         if let Some(step) = l.strip_prefix(FAIL) {
             r.failed_step = Some(step.trim().to_string());
-        } else if l == VERIFY {
-            let dump = lines.next().unwrap_or("");
-            r.wg = STANDARD
-                .decode(dump.trim())
-                .ok()
-                .and_then(|b| crate::facts::gather::parse_wg_dump(&String::from_utf8_lossy(&b)));
         } else if l == DONE {
             r.done = true;
         } else if !l.starts_with("@@WGPROV-") {
@@ -364,13 +350,14 @@ pub fn parse_result(stdout: &str) -> ScriptResult {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::desired::DesiredFile;
     use crate::facts::FileFact;
     use crate::facts::gather::WgState;
 
-    fn change(old: Option<&str>, new: &str) -> Change {
+    /// A change of `/etc/wireguard/wg0.conf` from `old` to `new`.
+    pub(crate) fn change(old: Option<&str>, new: &str) -> Change {
         Change {
             desired: DesiredFile {
                 role: "wireguard".into(),
