@@ -228,6 +228,7 @@ pub fn verdict(
     lost: &[String],
     not_reached_anew: &[String],
     interrupted: bool,
+    too_late: bool,
     cause: &str,
 ) -> Verdict {
     if interrupted {
@@ -255,6 +256,11 @@ pub fn verdict(
             "the change's outcome is unknown on {} (connection lost): the network cannot be vouched for",
             lost.join(", ")
         ));
+    }
+    if too_late {
+        return Verdict::Revert(
+            "the run took too long: a changed host's dead-man fires before it could be confirmed, so every host is put back (raise --confirm-timeout)".into(),
+        );
     }
     if !not_reached_anew.is_empty() {
         return Verdict::Revert(format!(
@@ -523,7 +529,7 @@ mod tests {
         let h = health(&before, &after);
         assert_eq!((h.links_before, h.links_after), (2, 2));
         assert_eq!(h.new_down, vec![Link::new("a", "n")]);
-        assert_eq!(verdict(&h, &[], &[], false, "x"), Verdict::Confirm);
+        assert_eq!(verdict(&h, &[], &[], false, false, "x"), Verdict::Confirm);
 
         let after: BTreeMap<Link, Option<bool>> = [
             (Link::new("a", "b"), Some(false)),
@@ -537,7 +543,7 @@ mod tests {
             vec![Link::new("a", "c")],
             "not measured is not broken"
         );
-        match verdict(&h, &[], &[], false, "the port-forward") {
+        match verdict(&h, &[], &[], false, false, "the port-forward") {
             Verdict::Revert(why) => {
                 assert!(why.contains("a <-> b"), "{why}");
                 assert!(why.contains("Likely cause: the port-forward"), "{why}");
@@ -546,20 +552,24 @@ mod tests {
         }
         let unknown = health(&before, &[(Link::new("a", "c"), None)].into());
         assert!(matches!(
-            verdict(&unknown, &[], &[], false, ""),
+            verdict(&unknown, &[], &[], false, false, ""),
             Verdict::Revert(w) if w.contains("could not be probed")
         ));
         let ok = health(&before, &[(Link::new("a", "b"), Some(true))].into());
         assert!(matches!(
-            verdict(&ok, &names(&["b"]), &[], false, ""),
+            verdict(&ok, &names(&["b"]), &[], false, false, ""),
             Verdict::Revert(w) if w.contains("unknown on b")
         ));
         assert!(matches!(
-            verdict(&ok, &[], &names(&["c"]), false, ""),
+            verdict(&ok, &[], &names(&["c"]), false, false, ""),
             Verdict::Revert(w) if w.contains("fresh connection")
         ));
         assert!(matches!(
-            verdict(&ok, &[], &[], true, ""),
+            verdict(&ok, &[], &[], false, true, ""),
+            Verdict::Revert(w) if w.contains("took too long")
+        ));
+        assert!(matches!(
+            verdict(&ok, &[], &[], true, false, ""),
             Verdict::Revert(w) if w.contains("interrupted")
         ));
     }

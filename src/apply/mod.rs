@@ -577,18 +577,22 @@ pub async fn apply(
         let outcomes = change_hosts(&cx, &owner, &to_change, &plans).await;
         let mut pending = Vec::new();
         let mut lost = Vec::new();
+        let mut deadlines = Vec::new();
         let mut touched = BTreeSet::new();
         for r in &mut reports {
             if !to_change.contains(&r.name) {
                 continue;
             }
-            let Some((o, secs)) = outcomes.get(&r.name) else {
+            let Some((o, secs, due)) = outcomes.get(&r.name) else {
                 r.status = HostStatus::Failed;
                 r.error = Some("not changed: the run was stopped before this host's turn".into());
                 continue;
             };
             r.timings.apply = *secs;
             touched.insert(r.name.clone());
+            if let Some(d) = due {
+                deadlines.push(*d);
+            }
             match o {
                 host::ChangeOutcome::Changed => pending.push(r.name.clone()),
                 host::ChangeOutcome::RolledBack { error, restored } => {
@@ -655,6 +659,7 @@ pub async fn apply(
                     before: guard::links_up_before(&ok_facts, &owners),
                     changes: &changes,
                     wg_path: &wg_path,
+                    first_dead_man: deadlines.iter().min().copied(),
                 };
                 let (report, statuses) = run_guard(&cx, &g, &mut fresh).await;
                 for r in &mut reports {
@@ -754,6 +759,28 @@ fn router_announcements(
     out
 }
 
+/// How long the controller waits for one wave's changes under the guard: a third of the
+/// confirmation timeout, 5 to 30 s (never more than `--command-timeout`). A host whose change
+/// cuts its own path (its SSH runs over the link it changes) is then `Lost` instead of stalling
+/// the run while the dead-men of earlier waves run out; its change goes on, detached.
+fn wave_bound(settings: &Settings) -> Duration {
+    match settings.guard {
+        Some(t) => (t / 3)
+            .clamp(Duration::from_secs(5), Duration::from_secs(30))
+            .min(settings.ssh.command_timeout),
+        None => settings.ssh.command_timeout,
+    }
+}
+
+/// The dead-man timeout of a host changed in wave `i` of `n`: the confirmation timeout, plus
+/// the time the later waves may take, so that every host still waits for the same decision.
+fn dead_man_timeout(confirm: Duration, bound: Duration, i: usize, n: usize) -> Duration {
+    confirm + bound * (n.saturating_sub(i + 1) as u32)
+}
+
+/// What a changed host's outcome was, when its change ran, and when its dead-man fires.
+type Outcomes = HashMap<String, (host::ChangeOutcome, f64, Option<Instant>)>;
+
 /// Runs each changed host's transaction, in waves (hosts reached through the mesh before the
 /// hosts their path crosses); stops starting waves once the operator asked to stop.
 async fn change_hosts(
@@ -761,9 +788,10 @@ async fn change_hosts(
     owner: &str,
     to_change: &[String],
     plans: &HashMap<String, HostPlan>,
-) -> HashMap<String, (host::ChangeOutcome, f64)> {
+) -> Outcomes {
     let paths = guard::paths(cx.topo);
     let waves = guard::waves(to_change, &paths);
+    let bound = wave_bound(cx.settings);
     let mut out = HashMap::new();
     for (i, wave) in waves.iter().enumerate() {
         if cx.settings.stopped() {
@@ -777,6 +805,10 @@ async fn change_hosts(
                 wave.join(", ")
             ));
         }
+        let dead_man = cx
+            .settings
+            .guard
+            .map(|t| dead_man_timeout(t, bound, i, waves.len()));
         let scripts: HashMap<String, String> = wave
             .iter()
             .map(|n| {
@@ -790,7 +822,7 @@ async fn change_hosts(
                     facts: &p.facts,
                     expect: p.expect.as_ref(),
                     rollback: !cx.settings.no_rollback,
-                    confirm_timeout: cx.settings.guard,
+                    confirm_timeout: dead_man,
                     lock_ttl: cx.settings.ssh.command_timeout,
                 };
                 (n.clone(), host::change_script(&spec))
@@ -802,13 +834,12 @@ async fn change_hosts(
                 .expect("only reachable hosts are changed")
                 .clone();
             let script = scripts[&n].clone();
-            let timeout = cx.settings.ssh.command_timeout;
             let progress = cx.progress.clone();
             async move {
                 progress.phase(&n, "applying");
                 let t = Instant::now();
-                let o = host::change(&*s, &script, timeout).await;
-                (o, t.elapsed().as_secs_f64())
+                let o = host::change(&*s, &script, bound).await;
+                (o, t.elapsed().as_secs_f64(), dead_man.map(|d| t + d))
             }
         })
         .await;
@@ -829,6 +860,8 @@ struct GuardInput<'a> {
     before: BTreeSet<guard::Link>,
     changes: &'a HashMap<String, Vec<Change>>,
     wg_path: &'a str,
+    /// When the first changed host's dead-man fires.
+    first_dead_man: Option<Instant>,
 }
 
 type GuardStatuses = HashMap<String, (HostStatus, Option<String>, f64)>;
@@ -893,7 +926,18 @@ async fn run_guard(
         .filter(|n| !matches!(fresh.get(*n), Some(Ok(_))))
         .cloned()
         .collect();
-    let verdict = guard::verdict(&health, g.lost, &not_reached, cx.settings.stopped(), &cause);
+    // a confirmation must land before any dead-man fires, or the network ends up mixed
+    let too_late = g
+        .first_dead_man
+        .is_some_and(|d| d.saturating_duration_since(Instant::now()) < Duration::from_secs(3));
+    let verdict = guard::verdict(
+        &health,
+        g.lost,
+        &not_reached,
+        cx.settings.stopped(),
+        too_late,
+        &cause,
+    );
     let mut report = GuardReport {
         links_before: health.links_before,
         links_after: health.links_after,
@@ -933,8 +977,7 @@ async fn run_guard(
                     host::Settled::Failed(e) | host::Settled::Lost(e) => (
                         HostStatus::Reverted,
                         Some(format!(
-                            "could not be confirmed ({e}): its dead-man puts it back within {} s",
-                            g.timeout.as_secs()
+                            "could not be confirmed ({e}): its dead-man puts it back by itself"
                         )),
                     ),
                 };
@@ -1020,8 +1063,7 @@ async fn run_guard(
                         (
                             HostStatus::Reverted,
                             Some(format!(
-                                "not reachable now ({e}): its dead-man puts it back within {} s of its change",
-                                g.timeout.as_secs()
+                                "not reachable now ({e}): its dead-man puts it back by itself"
                             )),
                         )
                     }
@@ -1213,6 +1255,28 @@ mod tests {
             Some(Ok(_))
         ));
         assert!(existing_key(&facts("[Interface]\n"), path).is_none());
+    }
+
+    #[test]
+    fn earlier_waves_wait_for_the_later_ones_before_their_dead_man_fires() {
+        let t = Duration::from_secs(20);
+        let b = Duration::from_secs(7);
+        assert_eq!(dead_man_timeout(t, b, 0, 3), Duration::from_secs(34));
+        assert_eq!(dead_man_timeout(t, b, 2, 3), t);
+        let mut s = Settings {
+            limit: None,
+            check: false,
+            forks: 1,
+            no_rollback: false,
+            guard: Some(Duration::from_secs(90)),
+            stop: Default::default(),
+            ssh: SshOptions::default(),
+        };
+        assert_eq!(wave_bound(&s), Duration::from_secs(30));
+        s.guard = Some(Duration::from_secs(6));
+        assert_eq!(wave_bound(&s), Duration::from_secs(5));
+        s.guard = None;
+        assert_eq!(wave_bound(&s), s.ssh.command_timeout);
     }
 
     #[test]

@@ -265,8 +265,7 @@ pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool)
         if !g.left_to_dead_man.is_empty() {
             let _ = writeln!(
                 o,
-                "  not reachable now, put back by their own dead-man within {} s of their change: {}",
-                g.confirm_timeout,
+                "  not reachable now, put back by their own dead-man: {}",
                 g.left_to_dead_man.join(", ")
             );
         }
