@@ -59,6 +59,27 @@ pub struct StatusReport {
 }
 
 impl StatusReport {
+    /// Every link between two managed nodes that either end reports, up when either end saw a
+    /// handshake in the last 180 s (WireGuard's session lifetime): what `status --picture`
+    /// colours.
+    pub fn links(&self) -> Vec<crate::output::svg::LinkHealth> {
+        let mut up: std::collections::BTreeMap<(String, String), bool> = Default::default();
+        let names: std::collections::BTreeSet<&str> =
+            self.nodes.iter().map(|n| n.name.as_str()).collect();
+        for n in &self.nodes {
+            for p in n.peers.iter().filter(|p| names.contains(p.peer.as_str())) {
+                let key = if n.name <= p.peer {
+                    (n.name.clone(), p.peer.clone())
+                } else {
+                    (p.peer.clone(), n.name.clone())
+                };
+                let fresh = p.handshake_age.is_some_and(|a| a <= 180);
+                *up.entry(key).or_default() |= fresh;
+            }
+        }
+        up.into_iter().map(|((a, b), u)| (a, b, u)).collect()
+    }
+
     /// 0 when every node is up and nothing was found; else 1.
     pub fn exit_code(&self) -> u8 {
         u8::from(!self.findings.is_empty() || self.nodes.iter().any(|n| n.state != "up"))
@@ -291,6 +312,43 @@ mod tests {
             tx: 0,
             keepalive: 25,
         }
+    }
+
+    #[test]
+    fn a_link_is_up_when_either_end_saw_a_recent_handshake() {
+        let ps = |peer: &str, age: Option<u64>| PeerStatus {
+            peer: peer.into(),
+            public_key: String::new(),
+            configured_endpoint: None,
+            seen_endpoint: None,
+            handshake_age: age,
+            rx: 0,
+            tx: 0,
+        };
+        let node = |name: &str, peers: Vec<PeerStatus>| NodeStatus {
+            name: name.into(),
+            site: "s".into(),
+            state: "up".into(),
+            peers,
+        };
+        let r = StatusReport {
+            nodes: vec![
+                node(
+                    "a1",
+                    vec![ps("b1", None), ps("c1", Some(500)), ps("site x", Some(1))],
+                ),
+                node("b1", vec![ps("a1", Some(20))]),
+                node("c1", vec![ps("a1", Some(400))]),
+            ],
+            findings: vec![],
+        };
+        assert_eq!(
+            r.links(),
+            vec![
+                ("a1".to_string(), "b1".to_string(), true),
+                ("a1".to_string(), "c1".to_string(), false),
+            ]
+        );
     }
 
     #[test]

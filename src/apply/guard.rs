@@ -161,17 +161,36 @@ pub fn waves(changed: &[String], paths: &HashMap<String, Vec<String>>) -> Vec<Ve
 }
 
 /// Which end probes a link: the one the controller reaches without crossing it (the other end
-/// is behind it), else the one with the shorter path.
-pub fn prober<'a>(l: &'a Link, paths: &HashMap<String, Vec<String>>) -> (&'a str, &'a str) {
+/// is behind it); else the one that can start a handshake (it has an endpoint for the other:
+/// its ping brings the link up at once instead of waiting for the other side's retry); else
+/// the one with the shorter path.
+pub fn prober<'a>(
+    l: &'a Link,
+    paths: &HashMap<String, Vec<String>>,
+    initiates: impl Fn(&str, &str) -> bool,
+) -> (&'a str, &'a str) {
     let p = |n: &str| paths.get(n).cloned().unwrap_or_default();
     let (a, b) = (l.from.as_str(), l.to.as_str());
     if p(a).iter().any(|x| x == b) {
         (b, a)
-    } else if p(b).iter().any(|x| x == a) || p(a).len() <= p(b).len() {
+    } else if p(b).iter().any(|x| x == a) {
+        (a, b)
+    } else if initiates(a, b) != initiates(b, a) {
+        if initiates(a, b) { (a, b) } else { (b, a) }
+    } else if p(a).len() <= p(b).len() {
         (a, b)
     } else {
         (b, a)
     }
+}
+
+/// True when `from` has an endpoint for `to` (it can start their handshake).
+pub fn initiates(topo: &Topology, from: &str, to: &str) -> bool {
+    topo.node(from).is_some_and(|n| {
+        topo.peers(n)
+            .iter()
+            .any(|p| p.peer == PeerRef::Node(to.to_string()) && p.endpoint.is_some())
+    })
 }
 
 /// How the network looked after the change.
@@ -387,7 +406,7 @@ pub async fn probe_links<T: Transport + 'static>(
     let mut by_prober: BTreeMap<String, Vec<(Link, Ipv4Addr)>> = BTreeMap::new();
     let mut out: BTreeMap<Link, Option<bool>> = BTreeMap::new();
     for l in links {
-        let (near, far) = prober(l, paths);
+        let (near, far) = prober(l, paths, |a, b| initiates(topo, a, b));
         let (near, far) = if sessions.contains_key(near) {
             (near, far)
         } else {
@@ -474,9 +493,20 @@ mod tests {
         let t = topo(MESH);
         let p = paths(&t);
         let l = Link::new("o1", "h1");
-        assert_eq!(prober(&l, &p), ("h1", "o1"));
+        let never = |_: &str, _: &str| false;
+        assert_eq!(prober(&l, &p, never), ("h1", "o1"));
         let l = Link::new("o2", "o1");
-        assert_eq!(prober(&l, &p), ("o1", "o2"));
+        assert_eq!(prober(&l, &p, never), ("o1", "o2"));
+        // neither behind the other: the end that can start the handshake
+        let l = Link::new("c1", "h1");
+        let p: HashMap<String, Vec<String>> = HashMap::new();
+        let only_c1 = |a: &str, _: &str| a == "c1";
+        assert_eq!(prober(&l, &p, only_c1), ("c1", "h1"));
+        assert!(initiates(&t, "h1", "o1"), "office has an endpoint");
+        assert!(
+            initiates(&t, "o2", "o1") && initiates(&t, "o1", "o2"),
+            "LAN endpoints"
+        );
     }
 
     #[test]

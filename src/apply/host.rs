@@ -131,9 +131,16 @@ fn run_dir(run: &RunId) -> String {
 }
 
 /// The functions every script of a run shares (`runs/<run>/lib.sh`).
-fn lib_sh(run: &RunId, iface: &str, facts: &Facts) -> String {
+fn lib_sh(run: &RunId, iface: &str, facts: &Facts, put_back: &HandlerPlan) -> String {
     let r = run_dir(run);
-    let restore = restore_body(iface, facts, "rfail");
+    // a change that went through is put back as gently as it was made (peers only: `wg
+    // syncconf`); one that failed half-way leaves the interface in doubt: restart it
+    let restore = restore_body(iface, facts, "rfail", put_back);
+    let restart = HandlerPlan {
+        wireguard: put_back.wireguard.map(|_| true),
+        ..put_back.clone()
+    };
+    let restore_failed = restore_body(iface, facts, "rfail", &restart);
     format!(
         "D={STATE_DIR}\nR={r}\nRUN={run}\nB=$D/backup\n\
          log() {{ echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) run $RUN: $*\" >> \"$D/log\"; }}\n\
@@ -142,7 +149,8 @@ fn lib_sh(run: &RunId, iface: &str, facts: &Facts) -> String {
          disarm() {{ if [ -f \"$R/$1/unit\" ]; then systemctl stop \"$(cat \"$R/$1/unit\").timer\" >/dev/null 2>&1 || true; fi; \
          if [ -f \"$R/$1/deadman.pid\" ]; then kill -- \"-$(cat \"$R/$1/deadman.pid\")\" 2>/dev/null || true; fi; }}\n\
          rfail() {{ echo \"{FAIL} putting back: $1\"; exit 1; }}\n\
-         restore() {{\n{restore}}}\n",
+         restore() {{\n{restore}}}\n\
+         restore_failed() {{\n{restore_failed}}}\n",
         run = run.as_str(),
     )
 }
@@ -156,7 +164,7 @@ fn txn_sh(spec: &ChangeSpec) -> String {
     let mut s = format!(
         "{PATH_PRELUDE}set -u\numask 077\n. {lib}\nSTAGE=start\n\
          fail() {{\n  echo \"{FAIL} $1\"\n  if [ \"$STAGE\" = written ] && [ {rb} = 1 ]; then\n    \
-         if ( restore ); then echo '{ROLLED_BACK}'; log \"change failed ($1): put back\"; \
+         if ( restore_failed ); then echo '{ROLLED_BACK}'; log \"change failed ($1): put back\"; \
          else echo '{ROLLBACK_FAILED}'; log \"change failed ($1); putting it back failed too\"; fi\n  \
          fi\n  if claim failed; then disarm failed; fi\n  unlock\n  exit 1\n}}\n",
         lib = sh_quote(&format!("{r}/lib.sh")),
@@ -299,7 +307,12 @@ pub fn change_script(spec: &ChangeSpec) -> String {
     );
     s.push_str(&heredoc(
         "lib.sh",
-        &lib_sh(spec.run, spec.iface, spec.facts),
+        &lib_sh(
+            spec.run,
+            spec.iface,
+            spec.facts,
+            &spec.handlers.to_put_back(spec.changes),
+        ),
         "LIB",
     ));
     s.push_str(&heredoc("txn.sh", &txn_sh(spec), "TXN"));
@@ -492,7 +505,12 @@ pub fn rollback_script(iface: &str, facts: &Facts) -> String {
          if [ -d \"$D/lock\" ] && [ \"$(date +%s)\" -le \"$(cat \"$D/lock/deadline\" 2>/dev/null || echo 0)\" ]; then \
          fail \"an apply holds this host ($(cat \"$D/lock/owner\" 2>/dev/null))\"; fi\n"
     ));
-    s.push_str(&restore_body(iface, facts, "fail"));
+    s.push_str(&restore_body(
+        iface,
+        facts,
+        "fail",
+        &HandlerPlan::everything(),
+    ));
     s.push_str(&done_tail());
     s
 }
@@ -619,7 +637,8 @@ mod tests {
         assert!(r.contains(
             "exec sh '/var/lib/wgprov/runs/feed-2/revert.sh' controller 'links broke: a-b'"
         ));
-        let lib = lib_sh(&run, "wg0", &Facts::default());
+        let lib = lib_sh(&run, "wg0", &Facts::default(), &HandlerPlan::everything());
+        assert!(lib.contains("restore() {") && lib.contains("restore_failed() {"));
         assert!(
             lib.contains(
                 "claim() { [ \"$(cat \"$D/pending/run\" 2>/dev/null)\" = \"$RUN\" ] && mv"

@@ -82,6 +82,35 @@ fn interface_changed(old: Option<&str>, new: Option<&str>) -> bool {
     norm(old) != norm(new)
 }
 
+impl HandlerPlan {
+    /// Every handler, the interface restarted: what putting back an unknown set of files needs
+    /// (`wgprov rollback`).
+    pub fn everything() -> HandlerPlan {
+        HandlerPlan {
+            wireguard: Some(true),
+            sysctl: true,
+            kubelet: true,
+        }
+    }
+
+    /// The handlers that put this change back: the same interface handling as the change (a
+    /// peers-only change goes back with `wg syncconf`, without a restart), and the handlers of
+    /// every file it touched.
+    pub fn to_put_back(&self, changes: &[Change]) -> HandlerPlan {
+        let notified = |h: &str| {
+            changes
+                .iter()
+                .filter(|c| c.action != Action::Unchanged)
+                .any(|c| c.desired.notify.iter().any(|n| n == h))
+        };
+        HandlerPlan {
+            wireguard: self.wireguard,
+            sysctl: notified("sysctl"),
+            kubelet: notified("kubelet"),
+        }
+    }
+}
+
 /// Decides the handlers from the changes, and whether the interface is up now.
 pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> HandlerPlan {
     let mut h = HandlerPlan::default();
@@ -130,7 +159,7 @@ pub(crate) fn handlers_script(
             s.push_str(&format!("systemctl enable -q {unit} 2>/dev/null || true\n"));
         }
         let conf = format!("/etc/wireguard/{iface}.conf");
-        if restore {
+        if restore && restart {
             // back to the old interface: up with the restored config, or gone if there was none
             s.push_str(&format!(
                 "wg-quick down {q} >/dev/null 2>&1 || true\nif [ -f {c} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up (restored config)'; }}; fi\n",
@@ -242,7 +271,7 @@ const WRITTEN: &str = "STAGE=written; [ -z \"${R:-}\" ] || echo written > \"$R/s
 
 /// Puts back every file of the backup in `$B` byte for byte (mode and times too), then re-runs
 /// every handler with the restored files. Failures call `fail_fn`.
-pub(crate) fn restore_body(iface: &str, facts: &Facts, fail_fn: &str) -> String {
+pub(crate) fn restore_body(iface: &str, facts: &Facts, fail_fn: &str, h: &HandlerPlan) -> String {
     let f = fail_fn;
     // a file already as it was is left alone (a full disk cannot fail its put-back), and the
     // handlers re-run only when a file was put back
@@ -258,12 +287,7 @@ pub(crate) fn restore_body(iface: &str, facts: &Facts, fail_fn: &str) -> String 
          done < \"$B/manifest\"\n\
          if [ \"$n\" -gt 0 ]; then\n"
     );
-    let h = HandlerPlan {
-        wireguard: Some(true),
-        sysctl: true,
-        kubelet: true,
-    };
-    s.push_str(&handlers_script(&h, iface, facts, true, f));
+    s.push_str(&handlers_script(h, iface, facts, true, f));
     s.push_str("fi\n");
     s
 }
@@ -429,6 +453,35 @@ pub(crate) mod tests {
         assert_eq!(
             plan_handlers(&[change(Some(base), base)], &Facts::default(), p).wireguard,
             Some(true)
+        );
+    }
+
+    #[test]
+    fn a_peers_only_change_is_put_back_without_a_restart() {
+        let c = change(
+            Some("[Interface]\nPrivateKey = A\n"),
+            "[Interface]\nPrivateKey = A\n\n[Peer]\nPublicKey = P\n",
+        );
+        let fwd = plan_handlers(std::slice::from_ref(&c), &up(), "/etc/wireguard/wg0.conf");
+        assert_eq!(fwd.wireguard, Some(false));
+        let back = fwd.to_put_back(std::slice::from_ref(&c));
+        assert_eq!(
+            back,
+            HandlerPlan {
+                wireguard: Some(false),
+                sysctl: false,
+                kubelet: false
+            }
+        );
+        let s = restore_body("wg0", &up(), "rfail", &back);
+        assert!(
+            s.contains("wg syncconf") && !s.contains("wg-quick down"),
+            "{s}"
+        );
+        let all = restore_body("wg0", &up(), "rfail", &HandlerPlan::everything());
+        assert!(
+            all.contains("wg-quick down") && all.contains("sysctl -q -p"),
+            "{all}"
         );
     }
 

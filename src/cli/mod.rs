@@ -180,6 +180,10 @@ pub enum Command {
         inv: InvArgs,
         #[command(flatten)]
         run: RunArgs,
+        /// Instead of the report: the topology with each link coloured by its health (dot:
+        /// Graphviz source; svg: rendered by Graphviz `dot -Tsvg`).
+        #[arg(long, value_enum, value_name = "dot|svg")]
+        picture: Option<GraphFormat>,
     },
     /// A local testbed of the inventory's sites in network namespaces (needs root).
     #[command(subcommand)]
@@ -322,7 +326,7 @@ pub fn run(cli: Cli) -> u8 {
             },
         ),
         Command::Rollback { inv, run } => rollback(&inv.inventory, &run),
-        Command::Status { inv, run } => status(&inv.inventory, &run),
+        Command::Status { inv, run, picture } => status(&inv.inventory, &run, picture),
         Command::Lab(l) => lab(l),
         Command::Schema => {
             println!("{}", inventory::schema::json_schema_text());
@@ -436,17 +440,22 @@ fn plan(path: &Path, format: Format) -> Result<u8> {
 
 fn graph(path: &Path, format: GraphFormat) -> Result<u8> {
     let p = planned(path, false)?;
-    let dot = output::graph_dot(&p.topology);
+    print_picture(&output::graph_dot(&p.topology), format)?;
+    Ok(EXIT_OK)
+}
+
+/// Prints DOT as it is, or rendered to SVG by Graphviz.
+fn print_picture(dot: &str, format: GraphFormat) -> Result<()> {
     match format {
         GraphFormat::Dot => print!("{dot}"),
         GraphFormat::Svg => {
-            let svg = output::svg::render_svg(&dot)?;
+            let svg = output::svg::render_svg(dot)?;
             std::io::stdout()
                 .write_all(&svg)
                 .map_err(|e| Error::io("stdout", e))?;
         }
     }
-    Ok(EXIT_OK)
+    Ok(())
 }
 
 /// The man page: `wgprov(1)`, every subcommand's options under its own heading.
@@ -628,14 +637,17 @@ fn rollback(path: &Path, run: &RunArgs) -> Result<u8> {
     Ok(report.exit_code(false))
 }
 
-fn status(path: &Path, run: &RunArgs) -> Result<u8> {
+fn status(path: &Path, run: &RunArgs, picture: Option<GraphFormat>) -> Result<u8> {
     let p = planned(path, false)?;
     let settings = run.settings(true, false);
     let progress = std::sync::Arc::new(CliProgress::new(run.format));
     let report = runtime()?.block_on(crate::status::status(&p, &settings, progress))?;
-    match run.format {
-        Format::Text => print!("{}", crate::status::text(&report)),
-        Format::Json => println!("{}", serde_json::to_string_pretty(&report).expect("json")),
+    match (picture, run.format) {
+        (Some(f), _) => print_picture(&output::svg::health_dot(&p.topology, &report.links()), f)?,
+        (None, Format::Text) => print!("{}", crate::status::text(&report)),
+        (None, Format::Json) => {
+            println!("{}", serde_json::to_string_pretty(&report).expect("json"))
+        }
     }
     Ok(report.exit_code())
 }

@@ -550,6 +550,29 @@ fn a_missing_port_forward_shows_in_status() {
         "{}",
         text.stdout
     );
+    // the same, as a picture: the link that never came up is red, the others green
+    let r = s.wgprov(&["status", "-i", &inv, "--picture", "dot"]);
+    assert_eq!(r.code, 1, "{}", r.stderr);
+    let edge = |a: &str, b: &str| -> String {
+        r.stdout
+            .lines()
+            .find(|l| {
+                l.contains(&format!("\"{a}\" -- \"{b}\""))
+                    || l.contains(&format!("\"{b}\" -- \"{a}\""))
+            })
+            .unwrap_or_else(|| panic!("no edge {a} -- {b} in\n{}", r.stdout))
+            .to_string()
+    };
+    assert!(
+        edge("cabin1", "office1").contains("color=red"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        edge("node1", "office1").contains("color=green4"),
+        "{}",
+        r.stdout
+    );
     s.assert_no_key_leaked();
 }
 
