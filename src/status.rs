@@ -6,7 +6,6 @@
 
 use std::collections::HashMap;
 use std::fmt::Write as _;
-use std::net::ToSocketAddrs;
 use std::sync::Arc;
 
 use serde::Serialize;
@@ -86,19 +85,56 @@ impl StatusReport {
     }
 }
 
-fn resolve(ep: &str) -> Option<String> {
-    ep.to_socket_addrs()
-        .ok()?
-        .find(|a| a.is_ipv4())
-        .map(|a| a.to_string())
+/// Resolves every endpoint written as a name (IPv4), all at once and without blocking the
+/// runtime, each within 5 s; literal addresses need no lookup.
+pub async fn resolve_endpoints(topo: &Topology) -> HashMap<String, String> {
+    let mut names: Vec<String> = topo
+        .nodes
+        .iter()
+        .flat_map(|n| topo.peers(n))
+        .filter_map(|p| p.endpoint)
+        .filter(|e| e.parse::<std::net::SocketAddr>().is_err())
+        .collect();
+    names.sort();
+    names.dedup();
+    let mut set = tokio::task::JoinSet::new();
+    for ep in names {
+        set.spawn(async move {
+            let found = tokio::time::timeout(
+                std::time::Duration::from_secs(5),
+                tokio::net::lookup_host(ep.clone()),
+            )
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .and_then(|mut a| a.find(|a| a.is_ipv4()))
+            .map(|a| a.to_string());
+            (ep, found)
+        });
+    }
+    let mut out = HashMap::new();
+    while let Some(r) = set.join_next().await {
+        if let Ok((ep, Some(a))) = r {
+            out.insert(ep, a);
+        }
+    }
+    out
 }
 
-/// The diagnosis, from each node's live interface (pure: unit-tested with fixtures).
+/// The diagnosis, from each node's live interface and the endpoints' addresses (`resolved`:
+/// endpoint name to address, from [`resolve_endpoints`]). Pure: unit-tested with fixtures.
 pub fn diagnose(
     topo: &Topology,
     live: &HashMap<String, Option<WgState>>,
+    resolved: &HashMap<String, String>,
     now: u64,
 ) -> StatusReport {
+    let resolve = |ep: &str| -> Option<String> {
+        match ep.parse::<std::net::SocketAddr>() {
+            Ok(a) => Some(a.to_string()),
+            Err(_) => resolved.get(ep).cloned(),
+        }
+    };
     let key_of: HashMap<&str, &str> = live
         .iter()
         .filter_map(|(n, w)| w.as_ref().map(|w| (w.public_key.as_str(), n.as_str())))
@@ -257,7 +293,8 @@ pub async fn status(
     for s in sessions.values().flatten() {
         s.close().await;
     }
-    let mut report = diagnose(topo, &live, now);
+    let resolved = resolve_endpoints(topo).await;
+    let mut report = diagnose(topo, &live, &resolved, now);
     report.findings.extend(unreachable);
     Ok(report)
 }
@@ -312,6 +349,30 @@ mod tests {
             tx: 0,
             keepalive: 25,
         }
+    }
+
+    #[tokio::test(flavor = "current_thread")]
+    async fn status_resolves_endpoint_names_without_blocking_the_runtime() {
+        let yaml = INV.replace("198.51.100.2:51821", "localhost:51821");
+        let inv = crate::inventory::load_str(Path::new("s.yaml"), &yaml)
+            .unwrap()
+            .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        // on a one-thread runtime, a blocking lookup would stall this timer; an async one does not
+        let ticker = tokio::spawn(async {
+            tokio::time::sleep(std::time::Duration::from_millis(1)).await;
+            true
+        });
+        let r = resolve_endpoints(&topo).await;
+        assert_eq!(
+            r.get("localhost:51821").map(String::as_str),
+            Some("127.0.0.1:51821")
+        );
+        assert!(
+            !r.contains_key("198.51.100.1:51820"),
+            "literals need no lookup"
+        );
+        assert!(ticker.await.unwrap());
     }
 
     #[test]
@@ -393,7 +454,7 @@ mod tests {
                 ],
             }),
         );
-        let r = diagnose(&topo, &live, now);
+        let r = diagnose(&topo, &live, &HashMap::new(), now);
         let all = r.findings.join("\n");
         assert!(all.contains("a1: site b's next-hop b1 is seen at 198.51.100.2:51820, not at its configured endpoint 198.51.100.2:51821"), "{all}");
         assert!(all.contains("sites b and c: their next-hops never completed a handshake: c has no endpoint, so b must accept the first packet: check the UDP port-forward on b's router (udp 51821 -> 192.168.1.10:51820)"), "{all}");

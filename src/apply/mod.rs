@@ -495,8 +495,18 @@ pub async fn apply(
                     existing: &existing,
                     peer_fallback: Some(&fallback),
                 };
+                // hosts were contacted: a template that fails for this host's facts is this
+                // host's failure (exit 1), not an invalid inventory (exit 2)
                 let (files, skipped) =
-                    desired::desired_files_with_skips(roles, topo, &keys, &input)?;
+                    match desired::desired_files_with_skips(roles, topo, &keys, &input) {
+                        Ok(x) => x,
+                        Err(e) => {
+                            r.status = HostStatus::Failed;
+                            r.error = Some(format!("rendering its files: {e}"));
+                            reports.push(r);
+                            continue;
+                        }
+                    };
                 for s in skipped {
                     r.warnings.push(format!("peer {s} left out: its key is unknown (its node could not be read and this host has no entry for it)"));
                 }

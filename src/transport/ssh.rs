@@ -122,36 +122,51 @@ impl client::Handler for Checker {
     }
 }
 
-/// Private keys loaded once per run, shared by every host that uses them.
+/// Private keys loaded once per run, shared by every host that uses them. Each key file is read
+/// (and its passphrase asked) exactly once, however many hosts ask for it at the same moment.
 #[derive(Default)]
 pub struct KeyCache {
-    keys: Mutex<HashMap<PathBuf, Arc<PrivateKey>>>,
+    keys: Mutex<HashMap<PathBuf, KeyCell>>,
 }
+
+type KeyCell = Arc<std::sync::OnceLock<Result<Arc<PrivateKey>, String>>>;
 
 impl KeyCache {
     /// Loads `path`, asking for its passphrase once (`WGPROV_KEY_PASSPHRASE`, else the terminal).
     pub fn load(&self, path: &Path) -> Result<Arc<PrivateKey>, String> {
-        if let Some(k) = self.keys.lock().unwrap().get(path) {
-            return Ok(k.clone());
-        }
-        let key = match russh::keys::load_secret_key(path, None) {
-            Ok(k) => k,
-            Err(russh::keys::Error::KeyIsEncrypted) => {
-                let pass = match std::env::var("WGPROV_KEY_PASSPHRASE") {
-                    Ok(p) => p,
-                    Err(_) => ask_passphrase(path)?,
-                };
-                russh::keys::load_secret_key(path, Some(&pass))
-                    .map_err(|e| format!("{}: {e} (wrong passphrase?)", path.display()))?
-            }
-            Err(e) => return Err(format!("{}: {e}", path.display())),
-        };
-        let key = Arc::new(key);
-        self.keys
+        self.load_with(path, load_key_file)
+    }
+
+    /// [`KeyCache::load`] with the loader given: it runs at most once per path; everyone else
+    /// asking for that path meanwhile waits for its result.
+    pub fn load_with(
+        &self,
+        path: &Path,
+        loader: impl FnOnce(&Path) -> Result<PrivateKey, String>,
+    ) -> Result<Arc<PrivateKey>, String> {
+        let cell = self
+            .keys
             .lock()
-            .unwrap()
-            .insert(path.to_path_buf(), key.clone());
-        Ok(key)
+            .unwrap_or_else(|e| e.into_inner())
+            .entry(path.to_path_buf())
+            .or_default()
+            .clone();
+        cell.get_or_init(|| loader(path).map(Arc::new)).clone()
+    }
+}
+
+fn load_key_file(path: &Path) -> Result<PrivateKey, String> {
+    match russh::keys::load_secret_key(path, None) {
+        Ok(k) => Ok(k),
+        Err(russh::keys::Error::KeyIsEncrypted) => {
+            let pass = match std::env::var("WGPROV_KEY_PASSPHRASE") {
+                Ok(p) => p,
+                Err(_) => ask_passphrase(path)?,
+            };
+            russh::keys::load_secret_key(path, Some(&pass))
+                .map_err(|e| format!("{}: {e} (wrong passphrase?)", path.display()))
+        }
+        Err(e) => Err(format!("{}: {e}", path.display())),
     }
 }
 
@@ -407,5 +422,36 @@ impl Transport for SshSession {
 
     async fn run_script(&self, script: &str) -> Result<ExecOutput, TransportError> {
         self.run_script_within(script, self.command_timeout).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_passphrase_is_asked_once_even_when_many_hosts_need_the_key_at_once() {
+        let cache = Arc::new(KeyCache::default());
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let key = PrivateKey::from(russh::keys::ssh_key::private::Ed25519Keypair::from_seed(
+            &[7u8; 32],
+        ));
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                let (cache, calls, key) = (cache.clone(), calls.clone(), key.clone());
+                std::thread::spawn(move || {
+                    cache
+                        .load_with(Path::new("/k/id_ed25519"), |_| {
+                            calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                            std::thread::sleep(std::time::Duration::from_millis(50));
+                            Ok(key)
+                        })
+                        .unwrap()
+                })
+            })
+            .collect();
+        let got: Vec<Arc<PrivateKey>> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(got.iter().all(|k| Arc::ptr_eq(k, &got[0])));
     }
 }

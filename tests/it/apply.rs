@@ -891,3 +891,43 @@ fn keys_from_the_ssh_agent() {
         ". /root/agent.env >/dev/null && ssh-agent -k >/dev/null",
     );
 }
+
+#[test]
+fn a_template_that_fails_after_hosts_were_contacted_is_a_host_failure_not_exit_2() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::demo("t");
+    // a role whose template fails only for what the facts say (node3 is Rocky Linux)
+    let roles = s.inv.parent().unwrap().join("myroles");
+    let ok = std::process::Command::new("cp")
+        .args([
+            "-r",
+            root().join("roles").to_str().unwrap(),
+            roles.to_str().unwrap(),
+        ])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    let t = roles.join("wireguard/templates/wg0.conf.j2");
+    let text = std::fs::read_to_string(&t).unwrap();
+    std::fs::write(
+        &t,
+        format!("{{% if os_family == \"redhat\" %}}{{{{ no_such_variable }}}}{{% endif %}}{text}"),
+    )
+    .unwrap();
+    let (code, v) = s.apply_json(&["--roles-path", roles.to_str().unwrap()]);
+    assert_eq!(
+        code, 1,
+        "hosts were contacted: not an invalid inventory: {v}"
+    );
+    assert_eq!(v["hosts"]["node3"]["status"], "failed", "{v}");
+    assert!(
+        v["hosts"]["node3"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("rendering its files"),
+        "{v}"
+    );
+    assert_eq!(v["hosts"]["node1"]["status"], "changed", "{v}");
+}

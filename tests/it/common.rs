@@ -78,8 +78,22 @@ pub fn require(prog: &str) -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("{prog} is missing under CI: .ci/run should install it");
     }
-    eprintln!("SKIPPED: {prog} not installed (apt-get install wireguard-tools)");
+    skipped(&format!(
+        "{prog} not installed (apt-get install wireguard-tools)"
+    ));
     false
+}
+
+/// Says, where the person running the tests sees it, that the current test did not run. The
+/// test harness captures `eprintln!` of passing tests, so a skip printed that way would pass
+/// silently: this writes to the process's stderr directly.
+pub fn skipped(why: &str) {
+    use std::io::Write;
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("a test")
+        .to_string();
+    let _ = writeln!(std::io::stderr().lock(), "SKIPPED {name}: {why}");
 }
 
 /// The repository root.
@@ -121,7 +135,7 @@ pub fn require_root() -> bool {
     if std::env::var_os("CI").is_some() {
         panic!("this test needs root, and CI runs as root");
     }
-    eprintln!("SKIPPED: needs root (network namespaces)");
+    skipped("needs root (network namespaces)");
     false
 }
 

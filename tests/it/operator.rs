@@ -222,8 +222,8 @@ fn graph_svg_is_drawn_by_graphviz_and_dot_stays_the_default() {
             std::env::var_os("CI").is_none(),
             "dot is missing under CI: scripts/install-deps installs graphviz"
         );
-        eprintln!(
-            "SKIPPED: Graphviz `dot` not installed (scripts/install-deps, or apt-get install graphviz)"
+        super::common::skipped(
+            "Graphviz `dot` not installed (scripts/install-deps, or apt-get install graphviz)",
         );
         return;
     }
