@@ -967,7 +967,9 @@ async fn run_guard(
             let res = run_all(g.pending.to_vec(), cx.settings.forks, |n| {
                 let s = fresh[&n].as_ref().expect("reached anew").clone();
                 let run = cx.run.clone();
+                let progress = cx.progress.clone();
                 async move {
+                    progress.phase(&n, "confirming over a fresh connection");
                     let t = Instant::now();
                     (
                         host::confirm(&*s, &run, step_timeout).await,
@@ -1041,7 +1043,9 @@ async fn run_guard(
                 } else {
                     Duration::from_secs(10)
                 };
+                let progress = cx.progress.clone();
                 async move {
+                    progress.phase(&n, "putting back");
                     let t = Instant::now();
                     let o = match s {
                         Some(s) => host::revert(&*s, &run, &why, quick).await,

@@ -541,6 +541,9 @@ struct CliProgress {
         std::sync::Mutex<std::collections::HashMap<String, indicatif::ProgressBar>>,
     )>,
     plain: bool,
+    /// `-v`: every step of every host, with the seconds since the run started (on stderr,
+    /// whatever the format; it carries host names and step names only, never file contents).
+    steps: Option<std::time::Instant>,
 }
 
 impl CliProgress {
@@ -551,12 +554,26 @@ impl CliProgress {
             bars: (tty && format == Format::Text)
                 .then(|| (indicatif::MultiProgress::new(), Default::default())),
             plain: !tty && format == Format::Text,
+            steps: (verbose() > 0).then(std::time::Instant::now),
+        }
+    }
+
+    fn step(&self, line: &str) {
+        if let Some(t) = self.steps {
+            let line = format!("[{:7.3}s] {line}", t.elapsed().as_secs_f64());
+            match &self.bars {
+                Some((mp, _)) => {
+                    let _ = mp.println(line);
+                }
+                None => eprintln!("{line}"),
+            }
         }
     }
 }
 
 impl crate::apply::Progress for CliProgress {
     fn phase(&self, host: &str, phase: &str) {
+        self.step(&format!("{host}: {phase}"));
         if let Some((mp, bars)) = &self.bars {
             let mut bars = bars.lock().unwrap();
             let bar = bars.entry(host.to_string()).or_insert_with(|| {
@@ -568,6 +585,7 @@ impl crate::apply::Progress for CliProgress {
         }
     }
     fn done(&self, host: &str, outcome: &str) {
+        self.step(&format!("{host}: done, {outcome}"));
         if let Some((_, bars)) = &self.bars {
             if let Some(b) = bars.lock().unwrap().remove(host) {
                 b.finish_and_clear();
@@ -581,6 +599,8 @@ impl crate::apply::Progress for CliProgress {
             let _ = mp.println(line);
         } else if self.plain {
             eprintln!("{line}");
+        } else {
+            self.step(line);
         }
     }
 }
@@ -624,7 +644,7 @@ fn apply(path: &Path, roles_path: Option<&Path>, run: &RunArgs, f: ApplyFlags) -
         });
         crate::apply::apply(&p, &roles, &settings, progress).await
     })?;
-    print_report(&report, run.format, f.diff, f.timings);
+    print_report(&report, run.format, f.diff, f.timings || verbose() > 0);
     Ok(report.exit_code(f.detailed_exitcode))
 }
 
