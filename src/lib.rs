@@ -18,6 +18,7 @@ pub mod lab;
 pub mod output;
 pub mod probe;
 pub mod roles;
+pub mod shell;
 pub mod status;
 pub mod topology;
 pub mod transport;

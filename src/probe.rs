@@ -7,14 +7,14 @@ use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use crate::facts::gather::{PATH_PRELUDE, sh_quote};
+use crate::shell::{InterfaceName, PATH_PRELUDE, sh_quote};
 
 /// Marker of one probe result line.
 pub const PROBE: &str = "@@WGPROV-PROBE@@";
 
 /// The script that pings every target from this host over `iface`, each until its first
 /// answer or `wait`.
-pub fn ping_script(iface: &str, targets: &[Ipv4Addr], wait: Duration) -> String {
+pub fn ping_script(iface: &InterfaceName, targets: &[Ipv4Addr], wait: Duration) -> String {
     let secs = wait.as_secs().max(1);
     let list: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
     format!(
@@ -49,7 +49,7 @@ mod tests {
     #[test]
     fn every_target_is_pinged_at_once_and_a_missing_answer_is_down() {
         let t: Vec<Ipv4Addr> = vec!["10.100.1.1".parse().unwrap(), "10.100.2.1".parse().unwrap()];
-        let s = ping_script("wg0", &t, Duration::from_secs(7));
+        let s = ping_script(&InterfaceName::default(), &t, Duration::from_secs(7));
         assert!(s.contains("-w 7 -q -I 'wg0'"));
         assert!(s.contains("for t in 10.100.1.1 10.100.2.1; do p \"$t\" & done\nwait"));
         let r = parse(&format!("{PROBE} up 10.100.1.1\nnoise\n"), &t);

@@ -399,7 +399,7 @@ pub async fn probe_links<T: Transport + 'static>(
     links: &BTreeSet<Link>,
     paths: &HashMap<String, Vec<String>>,
     sessions: &HashMap<String, Arc<T>>,
-    iface: &str,
+    iface: &crate::shell::InterfaceName,
     wait: Duration,
 ) -> BTreeMap<Link, Option<bool>> {
     let ip_of = |n: &str| -> Option<Ipv4Addr> { topo.node(n).map(|x| x.wireguard_ip) };
@@ -610,7 +610,7 @@ mod tests {
         let mk = |old: &str, new: &str| Change {
             desired: crate::desired::DesiredFile {
                 role: "wireguard".into(),
-                path: "/etc/wireguard/wg0.conf".into(),
+                path: crate::shell::RemotePath::new("/etc/wireguard/wg0.conf").unwrap(),
                 state: crate::desired::FileState::Present {
                     content: new.into(),
                     mode: 0o600,
@@ -658,7 +658,8 @@ mod tests {
         let sessions: HashMap<String, Arc<FakeHost>> =
             [("h1".to_string(), h1.clone()), ("o1".to_string(), o1)].into();
         let links: BTreeSet<Link> = [Link::new("h1", "o1"), Link::new("o1", "o2")].into();
-        let r = probe_links(&t, &links, &p, &sessions, "wg0", Duration::from_secs(1)).await;
+        let wg0 = crate::shell::InterfaceName::default();
+        let r = probe_links(&t, &links, &p, &sessions, &wg0, Duration::from_secs(1)).await;
         assert_eq!(r[&Link::new("h1", "o1")], Some(true));
         assert_eq!(r[&Link::new("o1", "o2")], None);
         assert_eq!(h1.kinds(), vec!["probe"]);

@@ -27,7 +27,7 @@ use super::script::{
 use crate::diff::{Action, Change};
 use crate::facts::Facts;
 use crate::facts::FileFact;
-use crate::facts::gather::{PATH_PRELUDE, sh_quote};
+use crate::shell::{InterfaceName, PATH_PRELUDE, sh_quote};
 use crate::transport::{Transport, TransportError};
 
 /// Printed when the host is locked by another apply (followed by the owner).
@@ -113,7 +113,7 @@ pub struct ChangeSpec<'a> {
     /// The handlers to run.
     pub handlers: &'a HandlerPlan,
     /// The WireGuard interface.
-    pub iface: &'a str,
+    pub iface: &'a InterfaceName,
     /// The host's facts (init system, tools).
     pub facts: &'a Facts,
     /// What the interface must look like afterwards.
@@ -131,7 +131,7 @@ fn run_dir(run: &RunId) -> String {
 }
 
 /// The functions every script of a run shares (`runs/<run>/lib.sh`).
-fn lib_sh(run: &RunId, iface: &str, facts: &Facts, put_back: &HandlerPlan) -> String {
+fn lib_sh(run: &RunId, iface: &InterfaceName, facts: &Facts, put_back: &HandlerPlan) -> String {
     let r = run_dir(run);
     // a change that went through is put back as gently as it was made (peers only: `wg
     // syncconf`); one that failed half-way leaves the interface in doubt: restart it
@@ -269,7 +269,7 @@ fn cas_check(changes: &[Change]) -> String {
         match &c.current {
             FileFact::Absent => s.push_str(&format!(
                 "if [ -e {p} ]; then unlock; echo \"{FAIL} {} appeared since the facts were read: run again\"; exit 1; fi\n",
-                c.desired.path.replace('\'', "")
+                c.desired.path
             )),
             FileFact::Present { content, .. } => {
                 let sum = Sha256::digest(content.as_bytes());
@@ -498,7 +498,7 @@ pub async fn revert<T: Transport>(t: &T, run: &RunId, why: &str, timeout: Durati
 }
 
 /// `wgprov rollback`: puts the last backup back (refused while an apply holds the host).
-pub fn rollback_script(iface: &str, facts: &Facts) -> String {
+pub fn rollback_script(iface: &InterfaceName, facts: &Facts) -> String {
     let mut s = script::prelude();
     s.push_str(&format!(
         "D={STATE_DIR}\nB=$D/backup\n\
@@ -532,7 +532,7 @@ mod tests {
             owner: "ci@runner pid 1",
             changes,
             handlers: h,
-            iface: "wg0",
+            iface: Box::leak(Box::new(InterfaceName::default())),
             facts: f,
             expect: None,
             rollback: true,
@@ -637,7 +637,12 @@ mod tests {
         assert!(r.contains(
             "exec sh '/var/lib/wgprov/runs/feed-2/revert.sh' controller 'links broke: a-b'"
         ));
-        let lib = lib_sh(&run, "wg0", &Facts::default(), &HandlerPlan::everything());
+        let lib = lib_sh(
+            &run,
+            &InterfaceName::default(),
+            &Facts::default(),
+            &HandlerPlan::everything(),
+        );
         assert!(lib.contains("restore() {") && lib.contains("restore_failed() {"));
         assert!(
             lib.contains(

@@ -352,7 +352,7 @@ pub async fn apply(
             settings.limit.as_deref().unwrap_or("")
         )));
     }
-    let mut paths: HashMap<String, Vec<String>> = HashMap::new();
+    let mut paths: HashMap<String, Vec<crate::shell::RemotePath>> = HashMap::new();
     for n in &topo.nodes {
         paths.insert(n.name.clone(), desired::candidate_paths(roles, topo, n)?);
     }
@@ -517,7 +517,7 @@ pub async fn apply(
                 r.changes = changes
                     .iter()
                     .map(|c| FileReport {
-                        path: c.desired.path.clone(),
+                        path: c.desired.path.to_string(),
                         action: c.action,
                         diff: if c.action == Action::Unchanged {
                             String::new()
@@ -713,7 +713,7 @@ struct RunCx<'a> {
     settings: &'a Settings,
     progress: &'a Arc<dyn Progress>,
     sessions: &'a Sessions,
-    iface: &'a str,
+    iface: &'a crate::shell::InterfaceName,
     run: &'a host::RunId,
 }
 
@@ -1232,7 +1232,7 @@ mod tests {
                 "P2"
             ]
         );
-        let check = e.check("wg0");
+        let check = e.check(&crate::shell::InterfaceName::default());
         assert!(
             check.contains(
                 "= 'ME' ] || fail 'verify: the interface is not up with the planned key'"
@@ -1263,7 +1263,7 @@ mod tests {
             err.contains("malformed PrivateKey") && !err.contains("not-a-key"),
             "{err}"
         );
-        let good = Keypair::generate().private.expose_base64();
+        let good = Keypair::generate().private.expose_base64().to_string();
         assert!(matches!(
             existing_key(&facts(&format!("[Interface]\nPrivateKey = {good}\n")), path),
             Some(Ok(_))

@@ -11,8 +11,8 @@ use base64::engine::general_purpose::STANDARD;
 use crate::desired::FileState;
 use crate::diff::{Action, Change};
 use crate::facts::Facts;
-use crate::facts::gather::{PATH_PRELUDE, sh_quote};
 use crate::facts::wgconf::WgConfig;
+use crate::shell::{Handler, InterfaceName, PATH_PRELUDE, sh_quote};
 
 /// Where backups of the last apply live.
 pub const STATE_DIR: &str = "/var/lib/wgprov";
@@ -34,7 +34,7 @@ pub struct HandlerPlan {
 
 impl HandlerPlan {
     /// Short descriptions, for reports.
-    pub fn describe(&self, iface: &str, facts: &Facts) -> Vec<String> {
+    pub fn describe(&self, iface: &InterfaceName, facts: &Facts) -> Vec<String> {
         let mut v = Vec::new();
         match self.wireguard {
             Some(true) if facts.systemd => {
@@ -97,16 +97,16 @@ impl HandlerPlan {
     /// peers-only change goes back with `wg syncconf`, without a restart), and the handlers of
     /// every file it touched.
     pub fn to_put_back(&self, changes: &[Change]) -> HandlerPlan {
-        let notified = |h: &str| {
+        let notified = |h: Handler| {
             changes
                 .iter()
                 .filter(|c| c.action != Action::Unchanged)
-                .any(|c| c.desired.notify.iter().any(|n| n == h))
+                .any(|c| c.desired.notify.contains(&h))
         };
         HandlerPlan {
             wireguard: self.wireguard,
-            sysctl: notified("sysctl"),
-            kubelet: notified("kubelet"),
+            sysctl: notified(Handler::Sysctl),
+            kubelet: notified(Handler::Kubelet),
         }
     }
 }
@@ -116,8 +116,8 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
     let mut h = HandlerPlan::default();
     for c in changes.iter().filter(|c| c.action != Action::Unchanged) {
         for n in &c.desired.notify {
-            match n.as_str() {
-                "wireguard" => {
+            match n {
+                Handler::Wireguard => {
                     let new = match &c.desired.state {
                         FileState::Present { content, .. } => Some(content.as_str()),
                         FileState::Absent => None,
@@ -125,9 +125,8 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
                     let restart = facts.wg.is_none() || interface_changed(c.current.content(), new);
                     h.wireguard = Some(h.wireguard.unwrap_or(false) || restart);
                 }
-                "sysctl" => h.sysctl = c.action != Action::Removed,
-                "kubelet" => h.kubelet = true,
-                _ => {}
+                Handler::Sysctl => h.sysctl = c.action != Action::Removed,
+                Handler::Kubelet => h.kubelet = true,
             }
         }
     }
@@ -145,7 +144,7 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
 /// change, `rfail` while putting files back).
 pub(crate) fn handlers_script(
     h: &HandlerPlan,
-    iface: &str,
+    iface: &InterfaceName,
     facts: &Facts,
     restore: bool,
     fail_fn: &str,
@@ -226,21 +225,18 @@ pub(crate) fn backup_and_write(changes: &[Change]) -> String {
         let p = sh_quote(&c.desired.path);
         s.push_str(&format!(
             "if [ -e {p} ]; then cp -p {p} \"$B.new/{i}\" && echo '{i} present {path}' >> \"$B.new/manifest\" || fail 'backup {path}'; else echo '{i} absent {path}' >> \"$B.new/manifest\" || fail backup; fi\n",
-            path = c.desired.path.replace('\'', "")
+            path = c.desired.path
         ));
     }
     s.push_str("rm -rf \"$B.old\"; if [ -d \"$B\" ]; then mv \"$B\" \"$B.old\" || fail backup; fi\nmv \"$B.new\" \"$B\" && rm -rf \"$B.old\" || fail backup\n");
     s.push_str(WRITTEN);
     for c in &changed {
         let p = sh_quote(&c.desired.path);
-        let path = c.desired.path.replace('\'', "");
+        let path = &c.desired.path;
         match &c.desired.state {
             FileState::Present { content, mode } => {
-                let dir = std::path::Path::new(&c.desired.path)
-                    .parent()
-                    .map(|d| d.display().to_string())
-                    .unwrap_or_else(|| "/".into());
-                let dq = sh_quote(&dir);
+                let dir = c.desired.path.parent();
+                let dq = sh_quote(dir);
                 // directories wgprov creates get their mode: its own state and notes are readable
                 // by root only where they hold secrets
                 let dmode = if dir.starts_with("/etc/wireguard") || dir.starts_with(STATE_DIR) {
@@ -271,7 +267,12 @@ const WRITTEN: &str = "STAGE=written; [ -z \"${R:-}\" ] || echo written > \"$R/s
 
 /// Puts back every file of the backup in `$B` byte for byte (mode and times too), then re-runs
 /// every handler with the restored files. Failures call `fail_fn`.
-pub(crate) fn restore_body(iface: &str, facts: &Facts, fail_fn: &str, h: &HandlerPlan) -> String {
+pub(crate) fn restore_body(
+    iface: &InterfaceName,
+    facts: &Facts,
+    fail_fn: &str,
+    h: &HandlerPlan,
+) -> String {
     let f = fail_fn;
     // a file already as it was is left alone (a full disk cannot fail its put-back), and the
     // handlers re-run only when a file was put back
@@ -324,7 +325,7 @@ impl Expect {
     }
 
     /// Shell text that calls `fail` unless the live interface matches.
-    pub(crate) fn check(&self, iface: &str) -> String {
+    pub(crate) fn check(&self, iface: &InterfaceName) -> String {
         let q = sh_quote(iface);
         format!(
             "[ \"$(wg show {q} public-key 2>/dev/null)\" = {k} ] || fail 'verify: the interface is not up with the planned key'\n\
@@ -385,12 +386,12 @@ pub(crate) mod tests {
         Change {
             desired: DesiredFile {
                 role: "wireguard".into(),
-                path: "/etc/wireguard/wg0.conf".into(),
+                path: crate::shell::RemotePath::new("/etc/wireguard/wg0.conf").unwrap(),
                 state: FileState::Present {
                     content: new.into(),
                     mode: 0o600,
                 },
-                notify: vec!["wireguard".into()],
+                notify: vec![Handler::Wireguard],
             },
             current: old.map_or(FileFact::Absent, |c| FileFact::Present {
                 mode: 0o600,
@@ -473,12 +474,22 @@ pub(crate) mod tests {
                 kubelet: false
             }
         );
-        let s = restore_body("wg0", &up(), "rfail", &back);
+        let s = restore_body(
+            &crate::shell::InterfaceName::default(),
+            &up(),
+            "rfail",
+            &back,
+        );
         assert!(
             s.contains("wg syncconf") && !s.contains("wg-quick down"),
             "{s}"
         );
-        let all = restore_body("wg0", &up(), "rfail", &HandlerPlan::everything());
+        let all = restore_body(
+            &crate::shell::InterfaceName::default(),
+            &up(),
+            "rfail",
+            &HandlerPlan::everything(),
+        );
         assert!(
             all.contains("wg-quick down") && all.contains("sysctl -q -p"),
             "{all}"
@@ -496,7 +507,13 @@ pub(crate) mod tests {
             ..Default::default()
         };
         let s = backup_and_write(std::slice::from_ref(&c))
-            + &handlers_script(&h, "wg0", &up(), false, "fail");
+            + &handlers_script(
+                &h,
+                &crate::shell::InterfaceName::default(),
+                &up(),
+                false,
+                "fail",
+            );
         let backup = s.find("cp -p '/etc/wireguard/wg0.conf'").unwrap();
         let write = s.find("mv -f \"$t\" '/etc/wireguard/wg0.conf'").unwrap();
         let sync = s.find("wg syncconf").unwrap();

@@ -11,6 +11,7 @@ use crate::error::{Error, Result};
 use crate::facts::kubelet;
 use crate::inventory::OsFamily;
 use crate::roles::{ContentSpec, EditKind, MergeKind, Roles};
+use crate::shell::{Handler, RemotePath};
 use crate::topology::keys::{Keypair, PublicKey};
 use crate::topology::{NodePlan, PeerRef, SitePlan, Topology};
 
@@ -55,12 +56,12 @@ impl std::fmt::Debug for FileState {
 pub struct DesiredFile {
     /// Role that manages it.
     pub role: String,
-    /// Absolute path on the node.
-    pub path: String,
+    /// Absolute path on the node (checked).
+    pub path: RemotePath,
     /// Content and mode, or absent.
     pub state: FileState,
     /// Handlers to run when it changes.
-    pub notify: Vec<String>,
+    pub notify: Vec<Handler>,
 }
 
 /// Inputs for one host besides the topology.
@@ -167,7 +168,7 @@ pub fn context(
         "interface": iface,
         "listen_port": net.listen_port,
         "address": format!("{}/{}", node.wireguard_ip, net.wireguard_cidr.prefix_len()),
-        "private_key": kp.private.expose_base64(),
+        "private_key": kp.private.expose_base64().as_str(),
         "public_key": kp.public.to_base64(),
         "forward_up": forward_rules(site, true),
         "forward_down": forward_rules(site, false),
@@ -311,7 +312,7 @@ pub fn desired_files_with_skips(
 }
 
 /// Every path the roles may manage on `node`, for either OS family: what facts must read.
-pub fn candidate_paths(roles: &Roles, topo: &Topology, node: &NodePlan) -> Result<Vec<String>> {
+pub fn candidate_paths(roles: &Roles, topo: &Topology, node: &NodePlan) -> Result<Vec<RemotePath>> {
     // only the paths are rendered: the node's own (placeholder) key is all the context needs
     let mut keys = KeyRing::new();
     keys.insert(node.name.clone(), Keypair::generate());
@@ -345,24 +346,22 @@ fn role_context(role: &crate::roles::Role, base: &Json) -> minijinja::Value {
     minijinja::Value::from(minijinja::value::Serde(&ctx))
 }
 
-/// A managed file's path for this node: rendered, absolute, without `..`.
+/// A managed file's path for this node: rendered, then checked (absolute, no `..`, no
+/// whitespace, newline or shell metacharacter), before any host is contacted.
 fn render_path(
     roles: &Roles,
     role: &crate::roles::Role,
     f: &crate::roles::ManagedFile,
     ctx: &minijinja::Value,
-) -> Result<String> {
+) -> Result<RemotePath> {
     let path = roles
         .env
         .render_str(&f.path, ctx.clone())
         .map_err(|e| render_err(&role.name, &format!("path `{}`", f.path), e))?;
-    if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
-        return Err(Error::Role {
-            role: role.name.clone(),
-            message: format!("path `{path}` must be absolute, without `..`"),
-        });
-    }
-    Ok(path)
+    RemotePath::new(&path).map_err(|m| Error::Role {
+        role: role.name.clone(),
+        message: format!("path {m}"),
+    })
 }
 
 /// The OS family to plan with when no facts are known: the inventory's, else Debian.

@@ -125,12 +125,12 @@ mod tests {
     fn file(content: &str, mode: u32) -> DesiredFile {
         DesiredFile {
             role: "wireguard".into(),
-            path: "/etc/wireguard/wg0.conf".into(),
+            path: crate::shell::RemotePath::new("/etc/wireguard/wg0.conf").unwrap(),
             state: FileState::Present {
                 content: content.into(),
                 mode,
             },
-            notify: vec!["wireguard".into()],
+            notify: vec![crate::shell::Handler::Wireguard],
         }
     }
 

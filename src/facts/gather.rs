@@ -10,6 +10,7 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::inventory::OsFamily;
+use crate::shell::{InterfaceName, PATH_PRELUDE, RemotePath, sh_quote};
 
 /// Delimiter that starts a section of the facts output.
 pub const MARK: &str = "@@WGPROV-FACT@@";
@@ -100,19 +101,10 @@ pub struct Facts {
     pub now: u64,
 }
 
-/// Quotes a string for the shell.
-pub fn sh_quote(s: &str) -> String {
-    format!("'{}'", s.replace('\'', "'\\''"))
-}
-
-/// The PATH every remote script starts with (sshd's default PATH may lack sbin).
-pub const PATH_PRELUDE: &str =
-    "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C\n";
-
 /// The gathering script for `iface` and the given file paths. It spawns as few processes as it
 /// can (they are what a facts round trip costs on the target): shell builtins for os-release and
 /// the tool checks, one `stat` for every mode, one `base64` per present file, one `wg show`.
-pub fn script(iface: &str, paths: &[String]) -> String {
+pub fn script(iface: &InterfaceName, paths: &[RemotePath]) -> String {
     let mut s = String::from(PATH_PRELUDE);
     s.push_str(&format!(
         "M='{MARK}'\nsec() {{ printf '%s %s\\n' \"$M\" \"$*\"; }}\n"
@@ -297,10 +289,5 @@ mod tests {
     #[test]
     fn truncated_output_is_an_error() {
         assert!(parse(&format!("{MARK} os_release\n\n")).is_err());
-    }
-
-    #[test]
-    fn quoting_survives_odd_paths() {
-        assert_eq!(sh_quote("/a b/it's"), "'/a b/it'\\''s'");
     }
 }

@@ -37,8 +37,8 @@ pub struct Network {
     pub site_prefix: u8,
     /// WireGuard UDP port on every managed node.
     pub listen_port: u16,
-    /// Interface name.
-    pub interface: String,
+    /// Interface name (checked).
+    pub interface: crate::shell::InterfaceName,
     /// Pod and service CIDRs, when given.
     pub cluster_cidrs: Option<Vec<IpNet>>,
     /// Keepalive on links between sites (0: off).

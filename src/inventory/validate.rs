@@ -181,25 +181,11 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
         Some(p) => port(&mut d, p, "network.listen_port"),
     };
     let interface = match &net.interface {
-        None => "wg0".to_string(),
-        Some(i) => {
-            let ok = !i.value.is_empty()
-                && i.value.len() <= 15
-                && i.value
-                    .bytes()
-                    .all(|b| b.is_ascii_alphanumeric() || b"_=+.-".contains(&b));
-            if !ok {
-                d.error(
-                    loc(i),
-                    "network.interface",
-                    format!(
-                        "`{}` is not a valid interface name (1-15 of letters, digits, _=+.-)",
-                        i.value
-                    ),
-                );
-            }
-            i.value.clone()
-        }
+        None => crate::shell::InterfaceName::default(),
+        Some(i) => crate::shell::InterfaceName::new(&i.value).unwrap_or_else(|m| {
+            d.error(loc(i), "network.interface", m);
+            crate::shell::InterfaceName::default()
+        }),
     };
     let keepalive = match &net.persistent_keepalive {
         None => 25,

@@ -229,7 +229,7 @@ pub struct ManagedFile {
     /// How the content is made.
     pub content: ContentSpec,
     /// Handlers to run when it changes.
-    pub notify: Vec<String>,
+    pub notify: Vec<crate::shell::Handler>,
 }
 
 /// A loaded role.
@@ -344,16 +344,20 @@ fn file_spec(role: &str, f: FileSpec, templates: &[(String, String)]) -> Result<
                 format!("{}: mode `{}` is not octal like \"0644\"", f.path, f.mode),
             )
         })?;
+    let mut notify = Vec::new();
     for h in &f.notify {
-        if !HANDLERS.contains(&h.as_str()) {
-            return Err(role_err(
-                role,
-                format!(
-                    "{}: notify `{h}` is not a handler (known: {})",
-                    f.path,
-                    HANDLERS.join(", ")
-                ),
-            ));
+        match crate::shell::Handler::parse(h) {
+            Some(h) => notify.push(h),
+            None => {
+                return Err(role_err(
+                    role,
+                    format!(
+                        "{}: notify `{h}` is not a handler (known: {})",
+                        f.path,
+                        HANDLERS.join(", ")
+                    ),
+                ));
+            }
         }
     }
     let content = match (f.template, f.edit) {
@@ -386,7 +390,7 @@ fn file_spec(role: &str, f: FileSpec, templates: &[(String, String)]) -> Result<
         path: f.path,
         mode,
         content,
-        notify: f.notify,
+        notify,
     })
 }
 

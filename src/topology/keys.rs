@@ -5,13 +5,22 @@
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 use x25519_dalek::{PublicKey as DalekPublic, StaticSecret};
+use zeroize::{Zeroize, Zeroizing};
 
 /// What is shown wherever a private key would be.
 pub const REDACTED: &str = "(redacted)";
 
-/// A WireGuard private key.
+/// A WireGuard private key: its bytes are wiped from memory when it is dropped.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PrivateKey([u8; 32]);
+
+impl Drop for PrivateKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for PrivateKey {}
 
 /// A WireGuard public key.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -39,19 +48,27 @@ fn decode32(s: &str) -> Result<[u8; 32], String> {
 impl PrivateKey {
     /// A fresh key from the OS random source, clamped as `wg genkey` does.
     pub fn generate() -> Self {
-        let mut b = StaticSecret::random().to_bytes();
-        b[0] &= 248;
-        b[31] &= 127;
-        b[31] |= 64;
-        PrivateKey(b)
+        let mut k = PrivateKey(StaticSecret::random().to_bytes());
+        k.0[0] &= 248;
+        k.0[31] &= 127;
+        k.0[31] |= 64;
+        k
     }
     /// Parses the base64 form found in a `PrivateKey =` line.
     pub fn from_base64(s: &str) -> Result<Self, String> {
-        decode32(s).map(PrivateKey)
+        let mut bytes = STANDARD
+            .decode(s.trim())
+            .map_err(|_| "is not valid base64".to_string())?;
+        let key = <[u8; 32]>::try_from(bytes.as_slice())
+            .map(PrivateKey)
+            .map_err(|_| format!("decodes to {} bytes, a WireGuard key is 32", bytes.len()));
+        bytes.zeroize();
+        key
     }
-    /// The base64 form, for writing into a config file. Named so that every use stands out.
-    pub fn expose_base64(&self) -> String {
-        STANDARD.encode(self.0)
+    /// The base64 form, for writing into a config file (wiped when dropped). Named so that
+    /// every use stands out.
+    pub fn expose_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(self.0))
     }
     /// The matching public key (what `wg pubkey` prints).
     pub fn public_key(&self) -> PublicKey {
@@ -108,6 +125,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn private_keys_are_zeroized_on_drop() {
+        // the key type wipes itself, and the base64 text handed out for templates does too
+        fn wiped_on_drop<T: zeroize::ZeroizeOnDrop>(_: &T) {}
+        let k = PrivateKey::generate();
+        wiped_on_drop(&k);
+        let text: Zeroizing<String> = k.expose_base64();
+        assert_eq!(PrivateKey::from_base64(&text).unwrap(), k);
+        let mut bytes = k.clone();
+        bytes.0.zeroize();
+        assert_eq!(bytes.0, [0u8; 32], "what Drop does");
+    }
+
+    #[test]
     fn rfc7748_vector_public_key() {
         // RFC 7748 section 6.1: Alice's private and public key.
         let private = PrivateKey(hex32(
@@ -141,7 +171,7 @@ mod tests {
     fn debug_never_shows_the_private_key() {
         let kp = Keypair::generate();
         let shown = format!("{kp:?} {:?}", kp.private);
-        assert!(!shown.contains(&kp.private.expose_base64()));
+        assert!(!shown.contains(kp.private.expose_base64().as_str()));
         assert!(shown.contains(REDACTED));
         assert!(shown.contains(&kp.public.to_base64()));
     }

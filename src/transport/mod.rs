@@ -7,8 +7,9 @@ pub mod ssh;
 use std::future::Future;
 use std::time::Duration;
 
-/// What one remote command returned.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+/// What one remote command returned. `Debug` shows sizes only: the output of a facts exec holds
+/// the host's config (its private key) in base64.
+#[derive(Clone, Default, PartialEq, Eq)]
 pub struct ExecOutput {
     /// Exit status (255 when the command was killed or never reported one).
     pub status: u32,
@@ -16,6 +17,16 @@ pub struct ExecOutput {
     pub stdout: Vec<u8>,
     /// Standard error.
     pub stderr: Vec<u8>,
+}
+
+impl std::fmt::Debug for ExecOutput {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExecOutput")
+            .field("status", &self.status)
+            .field("stdout", &format_args!("{} bytes", self.stdout.len()))
+            .field("stderr", &format_args!("{} bytes", self.stderr.len()))
+            .finish()
+    }
 }
 
 impl ExecOutput {
@@ -59,4 +70,21 @@ pub trait Transport: Send + Sync {
         &self,
         script: &str,
     ) -> impl Future<Output = Result<ExecOutput, TransportError>> + Send;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_printing_an_exec_output_never_shows_what_the_host_sent() {
+        let o = ExecOutput {
+            status: 0,
+            stdout: b"PRIVATE\tPUBLIC\t51820\toff\n".to_vec(),
+            stderr: b"oops".to_vec(),
+        };
+        let d = format!("{o:?}");
+        assert!(!d.contains("PRIVATE") && !d.contains("oops"), "{d}");
+        assert!(d.contains("stdout: 25 bytes"), "{d}");
+    }
 }

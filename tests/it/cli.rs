@@ -204,3 +204,55 @@ fn graph_is_dot_with_sites_as_clusters() {
     assert!(out.contains("peripheries=2"));
     assert!(out.trim_end().ends_with('}'));
 }
+
+#[test]
+fn a_role_path_that_could_forge_backup_manifest_lines_is_refused_before_any_host() {
+    let inv = home_copy();
+    let roles = inv.dir.path().join("myroles");
+    for (rel, text) in wgprov::roles::EMBEDDED {
+        if let Some(r) = rel.strip_prefix("roles/") {
+            let p = roles.join(r);
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, text).unwrap();
+        }
+    }
+    let role = roles.join("forwarding/role.yaml");
+    let original = std::fs::read_to_string(&role).unwrap();
+    let (i, r) = (inv.path.to_str().unwrap(), roles.to_str().unwrap());
+    for bad in [
+        // a newline would add a manifest line that rollback acts on
+        "\"/etc/sysctl.d/99-wgprov.conf\\n0 absent /etc/passwd\"",
+        "\"/etc/sysctl.d/../../root/x\"",
+        "\"/etc/sysctl.d/$(id).conf\"",
+        "\"/etc/sysctl.d/{{ '; rm -rf /' }}.conf\"",
+    ] {
+        let edited = original.replacen(
+            "path: /etc/sysctl.d/99-wgprov.conf",
+            &format!("path: {bad}"),
+            1,
+        );
+        assert_ne!(edited, original, "the role file changed");
+        std::fs::write(&role, edited).unwrap();
+        // the inventory's hosts do not exist: contacting one would hang until the timeout
+        let t = std::time::Instant::now();
+        let o = wgprov(&[
+            "apply",
+            "-i",
+            i,
+            "--roles-path",
+            r,
+            "--connect-timeout",
+            "30",
+        ]);
+        let (_, err) = text(&o);
+        assert_eq!(o.status.code(), Some(2), "{bad}: {err}");
+        assert!(
+            err.contains("role forwarding") && err.contains("path"),
+            "{err}"
+        );
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "a host was contacted"
+        );
+    }
+}

@@ -99,7 +99,7 @@ proptest! {
             let iface = cfg.interface().unwrap();
             let want_address = format!("{}/16", n.wireguard_ip);
             prop_assert_eq!(iface.get("Address"), Some(want_address.as_str()));
-            prop_assert_eq!(iface.get("PrivateKey").map(str::to_string), Some(keys[node].private.expose_base64()));
+            prop_assert_eq!(iface.get("PrivateKey").map(str::to_string), Some(keys[node].private.expose_base64().to_string()));
             prop_assert_eq!(cfg.peers().count(), topo.peers(n).len());
             configs.insert(node.clone(), cfg);
         }

@@ -1,0 +1,231 @@
+//! Strings that reach a remote shell or a path on a host, as types checked once at the edge
+//! (inventory validation, role loading): a script builder can only receive a value that passed
+//! the check. Quoting lives here too. A leaf: depends on nothing else of wgprov.
+
+use std::fmt;
+
+/// Quotes a string for the shell.
+pub fn sh_quote(s: &str) -> String {
+    format!("'{}'", s.replace('\'', "'\\''"))
+}
+
+/// The PATH every remote script starts with (sshd's default PATH may lack sbin).
+pub const PATH_PRELUDE: &str =
+    "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C\n";
+
+/// A WireGuard interface name: 1-15 of letters, digits and `_=+.-` (what the kernel and
+/// wg-quick accept), so it is safe in a unit name, a path and a shell word.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct InterfaceName(String);
+
+impl InterfaceName {
+    /// Checks `s`; the error says what is allowed.
+    pub fn new(s: &str) -> Result<InterfaceName, String> {
+        let ok = !s.is_empty()
+            && s.len() <= 15
+            && s.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"_=+.-".contains(&b))
+            && s != "."
+            && s != "..";
+        if ok {
+            Ok(InterfaceName(s.to_string()))
+        } else {
+            Err(format!(
+                "`{s}` is not a valid interface name (1-15 of letters, digits, _=+.-)"
+            ))
+        }
+    }
+    /// The name.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Default for InterfaceName {
+    fn default() -> Self {
+        InterfaceName("wg0".into())
+    }
+}
+
+impl fmt::Display for InterfaceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for InterfaceName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+/// An absolute path on a host: `/`-separated components of letters, digits and `._+@-`, none
+/// of them empty, `.` or `..`. No whitespace, newline, quote or shell metacharacter can be in
+/// one, so it can neither forge a line of the backup manifest nor escape a shell word.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
+#[serde(transparent)]
+pub struct RemotePath(String);
+
+impl RemotePath {
+    /// Checks `s`; the error says what is wrong.
+    pub fn new(s: &str) -> Result<RemotePath, String> {
+        let Some(rest) = s.strip_prefix('/') else {
+            return Err(format!("`{}` is not an absolute path", s.escape_debug()));
+        };
+        for c in rest.split('/') {
+            if c.is_empty() || c == "." || c == ".." {
+                return Err(format!(
+                    "`{}`: empty, `.` or `..` path components are not allowed",
+                    s.escape_debug()
+                ));
+            }
+            if let Some(bad) = c
+                .chars()
+                .find(|ch| !(ch.is_ascii_alphanumeric() || "._+@-".contains(*ch)))
+            {
+                return Err(format!(
+                    "`{}`: `{}` is not allowed in a path on a host (letters, digits, ._+@- and /)",
+                    s.escape_debug(),
+                    bad.escape_debug()
+                ));
+            }
+        }
+        Ok(RemotePath(s.to_string()))
+    }
+    /// The path.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+    /// Its directory (`/` for a file at the root).
+    pub fn parent(&self) -> &str {
+        match self.0.rfind('/') {
+            Some(0) | None => "/",
+            Some(i) => &self.0[..i],
+        }
+    }
+}
+
+impl fmt::Display for RemotePath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::ops::Deref for RemotePath {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl PartialEq<str> for RemotePath {
+    fn eq(&self, o: &str) -> bool {
+        self.0 == o
+    }
+}
+
+impl PartialEq<&str> for RemotePath {
+    fn eq(&self, o: &&str) -> bool {
+        self.0 == *o
+    }
+}
+
+impl PartialEq<String> for RemotePath {
+    fn eq(&self, o: &String) -> bool {
+        &self.0 == o
+    }
+}
+
+/// What a changed file makes happen on its host.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Handler {
+    /// Bring the WireGuard interface up to date.
+    Wireguard,
+    /// `sysctl -p` wgprov's file.
+    Sysctl,
+    /// Restart the kubelet (where installed).
+    Kubelet,
+}
+
+impl Handler {
+    /// Every handler, by the name roles use in `notify`.
+    pub const ALL: [(&'static str, Handler); 3] = [
+        ("wireguard", Handler::Wireguard),
+        ("kubelet", Handler::Kubelet),
+        ("sysctl", Handler::Sysctl),
+    ];
+    /// The handler a role's `notify` names.
+    pub fn parse(s: &str) -> Option<Handler> {
+        Self::ALL.iter().find(|(n, _)| *n == s).map(|(_, h)| *h)
+    }
+    /// Its name.
+    pub fn as_str(self) -> &'static str {
+        Self::ALL
+            .iter()
+            .find(|(_, h)| *h == self)
+            .map(|(n, _)| *n)
+            .expect("every handler is named")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn quoting_survives_odd_strings() {
+        assert_eq!(sh_quote("/a b/it's"), "'/a b/it'\\''s'");
+    }
+
+    #[test]
+    fn a_path_with_a_newline_dots_or_metacharacters_never_reaches_a_host() {
+        for bad in [
+            "etc/x",
+            "/etc/../root/x",
+            "/etc/./x",
+            "/etc//x",
+            "/etc/x\n1 absent /etc/passwd",
+            "/etc/x y",
+            "/etc/$(id)",
+            "/etc/x;rm",
+            "/etc/'x'",
+            "/etc/`x`",
+            "/etc/x\\y",
+            "/",
+        ] {
+            assert!(RemotePath::new(bad).is_err(), "{bad:?} accepted");
+        }
+        let p = RemotePath::new("/etc/systemd/system/k3s.service.d/50-wgprov.conf").unwrap();
+        assert_eq!(p.parent(), "/etc/systemd/system/k3s.service.d");
+        assert_eq!(RemotePath::new("/x").unwrap().parent(), "/");
+    }
+
+    #[test]
+    fn interface_names_are_what_the_kernel_accepts_and_nothing_a_shell_reads() {
+        for good in ["wg0", "wg-mesh_1", "a.b+c=d"] {
+            assert!(InterfaceName::new(good).is_ok(), "{good}");
+        }
+        for bad in [
+            "",
+            "waytoolonginterface",
+            "wg0;x",
+            "wg 0",
+            "wg/0",
+            "..",
+            "wg\n0",
+        ] {
+            assert!(InterfaceName::new(bad).is_err(), "{bad:?}");
+        }
+    }
+
+    #[test]
+    fn handlers_by_name() {
+        for (n, h) in Handler::ALL {
+            assert_eq!(Handler::parse(n), Some(h));
+            assert_eq!(h.as_str(), n);
+        }
+        assert_eq!(Handler::parse("reboot"), None);
+    }
+}
