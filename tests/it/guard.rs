@@ -555,3 +555,47 @@ fn adding_a_node_is_hitless() {
         "packets lost while adding a node:\n{text}"
     );
 }
+
+/// Issue 12: a remote step that times out keeps running on the host, and nothing else runs
+/// there until it ends (the host stays locked; a second apply fails fast).
+#[test]
+fn a_step_that_times_out_keeps_its_host_locked_until_it_ends() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::demo("gj");
+    assert_eq!(s.apply(&[]).code, 0);
+    slow_wg_quick(&s, "office1", 8);
+    std::fs::write(&s.inv, keepalive(&demo_yaml(), 29)).unwrap();
+    let (code, v) = s.apply_json(&["--no-guard", "--command-timeout", "2"]);
+    assert_eq!(code, 1, "{v}");
+    let err = v["hosts"]["office1"]["error"].as_str().unwrap();
+    assert!(
+        err.contains("no answer within 2 s") && err.contains("goes on"),
+        "{err}"
+    );
+    // the change is still running on office1: another apply must not touch it
+    std::fs::write(&s.inv, keepalive(&demo_yaml(), 30)).unwrap();
+    let (code, v) = s.apply_json(&["--no-guard"]);
+    assert_eq!(code, 1, "{v}");
+    assert!(
+        v["hosts"]["office1"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("locked by another apply"),
+        "{v}"
+    );
+    // the first change ends by itself, whole, and unlocks
+    assert!(eventually(Duration::from_secs(30), || nothing_held(&s).is_empty()));
+    s.lab.unwrap_tool("office1", "wg-quick");
+    assert!(
+        s.lab
+            .sh("office1", "wg show wg0 persistent-keepalive")
+            .contains("\t29"),
+        "office1's first change finished"
+    );
+    let (code, v) = s.apply_json(&["--no-guard"]);
+    assert_eq!(code, 0, "{v}");
+    let (code, v) = s.apply_json(&["--detailed-exitcode", "--check"]);
+    assert_eq!(code, 0, "nothing left to do: {v}");
+}
