@@ -10,7 +10,9 @@
 //! Layout on the host (`/var/lib/wgprov`, mode 0700):
 //! - `lock/` (`run`, `owner`, `deadline`): one apply at a time; an expired lock is taken over
 //!   after its pending change (if any) is put back, so nothing stays locked forever;
-//! - `pending/` (`run`, `deadline`, `unit` or `deadman.pid`): a change waiting for confirmation.
+//! - `pending/` (`run`, `deadline`, `unit` or `deadman.pid`, `boot`): a change waiting for
+//!   confirmation. PIDs are only signalled or waited for in the boot that recorded them (after a
+//!   reboot they may belong to anything).
 //!   Confirming, putting back and the dead-man each *claim* it with one `mv`, so exactly one of
 //!   them acts;
 //! - `backup/`: the files before the last change (also what `wgprov rollback` restores);
@@ -146,8 +148,10 @@ fn lib_sh(run: &RunId, iface: &InterfaceName, facts: &Facts, put_back: &HandlerP
          log() {{ echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) run $RUN: $*\" >> \"$D/log\"; }}\n\
          unlock() {{ if [ \"$(cat \"$D/lock/run\" 2>/dev/null)\" = \"$RUN\" ]; then rm -rf \"$D/lock\"; fi; }}\n\
          claim() {{ [ \"$(cat \"$D/pending/run\" 2>/dev/null)\" = \"$RUN\" ] && mv \"$D/pending\" \"$R/$1\" 2>/dev/null; }}\n\
+         BOOT=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown)\n\
+         this_boot() {{ [ \"$(cat \"$1\" 2>/dev/null)\" = \"$BOOT\" ]; }}\n\
          disarm() {{ if [ -f \"$R/$1/unit\" ]; then systemctl stop \"$(cat \"$R/$1/unit\").timer\" >/dev/null 2>&1 || true; fi; \
-         if [ -f \"$R/$1/deadman.pid\" ]; then kill -- \"-$(cat \"$R/$1/deadman.pid\")\" 2>/dev/null || true; fi; }}\n\
+         if [ -f \"$R/$1/deadman.pid\" ] && this_boot \"$R/$1/boot\"; then kill -- \"-$(cat \"$R/$1/deadman.pid\")\" 2>/dev/null || true; fi; }}\n\
          rfail() {{ echo \"{FAIL} putting back: $1\"; exit 1; }}\n\
          restore() {{\n{restore}}}\n\
          restore_failed() {{\n{restore_failed}}}\n",
@@ -200,7 +204,7 @@ fn revert_sh(run: &RunId) -> String {
         "{PATH_PRELUDE}set -u\numask 077\n. {lib}\nmode=${{1:-controller}}; why=${{2:-}}\n\
          claim reverting || {{ echo \"{NOT_PENDING} $(tail -n 1 \"$D/log\" 2>/dev/null)\"; exit 0; }}\n\
          [ \"$mode\" = deadman ] || disarm reverting\n\
-         pid=$(cat \"$R/pid\" 2>/dev/null || true)\n\
+         pid=$(cat \"$R/pid\" 2>/dev/null || true); this_boot \"$R/boot\" || pid=\n\
          if [ -n \"$pid\" ]; then tail --pid=\"$pid\" -s 0.1 -f /dev/null 2>/dev/null || while kill -0 \"$pid\" 2>/dev/null; do sleep 0.2; done; fi\n\
          if [ -f \"$R/stage\" ]; then\n  \
            if ( restore ); then log \"put back ($mode): $why\"; echo '{REVERTED}'; \
@@ -251,7 +255,7 @@ fn start_sh(spec: &ChangeSpec) -> String {
              systemd-run --quiet --collect --unit=\"wgprov-deadman-$RUN\" --on-active={t}s --timer-property=AccuracySec=1s \
              /bin/sh \"$R/revert.sh\" deadman {why} >/dev/null 2>&1; then echo \"wgprov-deadman-$RUN\" > \"$D/pending/unit\"\n\
              else setsid sh -c \"sleep {t}; exec sh '$R/revert.sh' deadman \\\"\\$0\\\"\" {why} </dev/null >/dev/null 2>&1 &\n  \
-             echo $! > \"$D/pending/deadman.pid\"\nfi\n"
+             echo $! > \"$D/pending/deadman.pid\"\nfi\necho \"$BOOT\" > \"$D/pending/boot\"\n"
         ));
     }
     s.push_str("exec sh \"$R/txn.sh\"\n");
@@ -320,6 +324,7 @@ pub fn change_script(spec: &ChangeSpec) -> String {
     s.push_str(&heredoc("start.sh", &start_sh(spec), "START"));
     s.push_str(
         "setsid sh \"$R/start.sh\" </dev/null >\"$R/out\" 2>&1 &\npid=$!\necho \"$pid\" > \"$R/pid\"\n\
+         cat /proc/sys/kernel/random/boot_id > \"$R/boot\" 2>/dev/null\n\
          tail --pid=\"$pid\" -s 0.02 -f /dev/null 2>/dev/null || while kill -0 \"$pid\" 2>/dev/null; do sleep 0.05; done\n\
          cat \"$R/out\"\n}\nmain\n",
     );
@@ -644,6 +649,10 @@ mod tests {
             &HandlerPlan::everything(),
         );
         assert!(lib.contains("restore() {") && lib.contains("restore_failed() {"));
+        // a PID recorded before a reboot is never signalled after it
+        assert!(lib.contains("if [ -f \"$R/$1/deadman.pid\" ] && this_boot \"$R/$1/boot\"; then kill"));
+        let rv = revert_sh(&run);
+        assert!(rv.contains("this_boot \"$R/boot\" || pid="), "{rv}");
         assert!(
             lib.contains(
                 "claim() { [ \"$(cat \"$D/pending/run\" 2>/dev/null)\" = \"$RUN\" ] && mv"
