@@ -770,13 +770,14 @@ fn router_announcements(
 }
 
 /// How long the controller waits for one wave's changes under the guard: a third of the
-/// confirmation timeout, 5 to 30 s (never more than `--command-timeout`). A host whose change
+/// confirmation timeout, at least 5 s (never more than `--command-timeout`); a large fleet on a
+/// small controller raises `--confirm-timeout` to give its hosts more time. A host whose change
 /// cuts its own path (its SSH runs over the link it changes) is then `Lost` instead of stalling
 /// the run while the dead-men of earlier waves run out; its change goes on, detached.
 fn wave_bound(settings: &Settings) -> Duration {
     match settings.guard {
         Some(t) => (t / 3)
-            .clamp(Duration::from_secs(5), Duration::from_secs(30))
+            .max(Duration::from_secs(5))
             .min(settings.ssh.command_timeout),
         None => settings.ssh.command_timeout,
     }
@@ -1289,6 +1290,10 @@ mod tests {
         assert_eq!(wave_bound(&s), Duration::from_secs(30));
         s.guard = Some(Duration::from_secs(6));
         assert_eq!(wave_bound(&s), Duration::from_secs(5));
+        s.guard = Some(Duration::from_secs(300));
+        assert_eq!(wave_bound(&s), Duration::from_secs(100));
+        s.guard = Some(Duration::from_secs(600));
+        assert_eq!(wave_bound(&s), s.ssh.command_timeout);
         s.guard = None;
         assert_eq!(wave_bound(&s), s.ssh.command_timeout);
     }
