@@ -741,7 +741,8 @@ pub fn down(prefix: &str) -> Result<DownReport> {
             }
         }
     }
-    let deadline = Instant::now() + Duration::from_secs(5);
+    // a large lab on a busy machine takes a while to die: 5 s, plus 1 s per 20 namespaces
+    let deadline = Instant::now() + Duration::from_secs(5 + namespaces.len() as u64 / 20);
     loop {
         let pids: Vec<i32> = namespaces.iter().flat_map(|ns| pids_in(ns)).collect();
         if pids.is_empty() {
