@@ -586,6 +586,55 @@ mod tests {
         );
     }
 
+    /// `sh -n` (the shell the hosts run) accepts every script a run sends or leaves on a host.
+    #[test]
+    fn every_script_is_valid_shell() {
+        let run = RunId::fixed("abc-9");
+        let c = [change_of(Some("old\n"), "new\n"), change_of(None, "x\n")];
+        let h = HandlerPlan {
+            wireguard: Some(true),
+            sysctl: true,
+            kubelet: true,
+        };
+        let mut f = Facts::default();
+        f.systemd = true;
+        f.tools.insert("kubelet".into());
+        let e = Expect::from_conf("K", "[Peer]\nPublicKey = P\nAllowedIPs = 10.0.0.0/8\n");
+        for guard in [Some(90), None] {
+            let mut sp = spec(&run, &c, &h, &f, guard);
+            sp.expect = Some(&e);
+            let wg0 = InterfaceName::default();
+            let scripts = [
+                ("change", change_script(&sp)),
+                ("txn", txn_sh(&sp)),
+                ("start", start_sh(&sp)),
+                ("lib", lib_sh(&run, &wg0, &f, &h.to_put_back(&c))),
+                ("revert.sh", revert_sh(&run)),
+                ("confirm", confirm_script(&run)),
+                ("revert", revert_script(&run, "it's broken: a <-> b")),
+                ("rollback", rollback_script(&wg0, &f)),
+            ];
+            for (name, text) in scripts {
+                let out = std::process::Command::new("sh")
+                    .arg("-n")
+                    .stdin(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped())
+                    .spawn()
+                    .and_then(|mut ch| {
+                        use std::io::Write;
+                        ch.stdin.take().unwrap().write_all(text.as_bytes())?;
+                        ch.wait_with_output()
+                    })
+                    .unwrap();
+                assert!(
+                    out.status.success(),
+                    "{name} ({guard:?}): {}\n{text}",
+                    String::from_utf8_lossy(&out.stderr)
+                );
+            }
+        }
+    }
+
     #[test]
     fn write_step_never_moves_a_file_whose_chmod_failed() {
         let c = [change_of(None, "new\n")];
@@ -650,7 +699,9 @@ mod tests {
         );
         assert!(lib.contains("restore() {") && lib.contains("restore_failed() {"));
         // a PID recorded before a reboot is never signalled after it
-        assert!(lib.contains("if [ -f \"$R/$1/deadman.pid\" ] && this_boot \"$R/$1/boot\"; then kill"));
+        assert!(
+            lib.contains("if [ -f \"$R/$1/deadman.pid\" ] && this_boot \"$R/$1/boot\"; then kill")
+        );
         let rv = revert_sh(&run);
         assert!(rv.contains("this_boot \"$R/boot\" || pid="), "{rv}");
         assert!(
