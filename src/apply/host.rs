@@ -596,9 +596,11 @@ mod tests {
             sysctl: true,
             kubelet: true,
         };
-        let mut f = Facts::default();
-        f.systemd = true;
-        f.tools.insert("kubelet".into());
+        let f = Facts {
+            systemd: true,
+            tools: ["kubelet".to_string()].into(),
+            ..Default::default()
+        };
         let e = Expect::from_conf("K", "[Peer]\nPublicKey = P\nAllowedIPs = 10.0.0.0/8\n");
         for guard in [Some(90), None] {
             let mut sp = spec(&run, &c, &h, &f, guard);
