@@ -133,7 +133,8 @@ class Lab:
         wall = time.monotonic() - start
         t1 = self.target_cpu()
         if r.returncode != 0:
-            raise RuntimeError(f"{' '.join(cmd[:4])} exited {r.returncode}: {(r.stdout + r.stderr)[-3000:]}")
+            why = [l for l in (r.stdout + r.stderr).splitlines() if "GUARD" in l or "error" in l.lower()]
+            raise RuntimeError(f"{' '.join(cmd[:4])} exited {r.returncode}: {why[:20]} {(r.stdout + r.stderr)[-1500:]}")
         e, u, s_, m = out.read_text().split()[-4:]
         return wall, float(u) + float(s_), int(m) / 1024, t1 - t0
 
@@ -242,7 +243,7 @@ def bench(n):
         sh([WGPROV, "render", "-i", str(lab.inv), "--out", str(render)])
         inv = str(lab.inv)
         # a large fleet on 2 cores: give each host's change more time before the guard calls it lost
-        forks = ["--forks", str(n)] + (["--confirm-timeout", "300"] if n > 200 else [])
+        forks = ["--forks", str(n)] + (["--confirm-timeout", "300", "--connect-timeout", "60"] if n > 200 else [])
         rows = {}
         print(f"N={n}: floor", flush=True)
         rows["floor (ssh true, curve25519)"] = median_of(ssh_floor(lab, "curve25519-sha256"))
