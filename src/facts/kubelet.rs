@@ -59,7 +59,13 @@ pub fn node_ip(content: &str) -> Option<String> {
 /// Every other line and flag is kept; the style of an existing `--node-ip` is kept.
 pub fn set_node_ip(content: Option<&str>, ip: &str) -> String {
     let content = content.unwrap_or("");
-    let mut lines: Vec<String> = content.lines().map(str::to_string).collect();
+    // Split on `\n` only: a `\r` before it (a CRLF file) stays part of its line.
+    let mut lines: Vec<String> = if content.is_empty() {
+        Vec::new()
+    } else {
+        let body = content.strip_suffix('\n').unwrap_or(content);
+        body.split('\n').map(str::to_string).collect()
+    };
     let last = lines
         .iter()
         .enumerate()
@@ -99,9 +105,14 @@ pub fn set_node_ip(content: Option<&str>, ip: &str) -> String {
                 None if out.len() > 1 => Some('"'),
                 None => None,
             };
+            let cr = if lines[a.line].ends_with('\r') {
+                "\r"
+            } else {
+                ""
+            };
             lines[a.line] = match quote {
-                Some(q) => format!("{}{q}{joined}{q}", a.prefix),
-                None => format!("{}{joined}", a.prefix),
+                Some(q) => format!("{}{q}{joined}{q}{cr}", a.prefix),
+                None => format!("{}{joined}{cr}", a.prefix),
             };
         }
     }
@@ -156,6 +167,24 @@ mod tests {
             assert_eq!(node_ip(&got).as_deref(), Some("10.100.0.1"));
             assert_eq!(set_node_ip(Some(&got), "10.100.0.1"), got, "idempotent");
         }
+    }
+
+    #[test]
+    fn crlf_file_keeps_its_carriage_returns() {
+        // found by the kubelet fuzz target: the other lines lost their `\r`
+        let got = set_node_ip(
+            Some("# top\r\nKUBELET_EXTRA_ARGS=\"--v=2\"\r\nOTHER=1\r\n"),
+            "10.100.0.1",
+        );
+        assert_eq!(
+            got,
+            "# top\r\nKUBELET_EXTRA_ARGS=\"--v=2 --node-ip=10.100.0.1\"\r\nOTHER=1\r\n"
+        );
+        assert_eq!(node_ip(&got).as_deref(), Some("10.100.0.1"));
+        assert_eq!(
+            set_node_ip(Some("A=1\r"), "10.100.0.1"),
+            "A=1\r\nKUBELET_EXTRA_ARGS=--node-ip=10.100.0.1\n"
+        );
     }
 
     #[test]

@@ -212,7 +212,8 @@ impl WgConfig {
                 push(l.raw(), &mut out);
             }
         }
-        if self.trailing_newline && !out.is_empty() {
+        // A single empty line ("\n") is a line too: ask whether a line was written, not a byte.
+        if self.trailing_newline && !first {
             out.push('\n');
         }
         out
@@ -236,6 +237,16 @@ impl WgConfig {
     }
 }
 
+/// True when `wg` reads `key` as `PrivateKey` or `PresharedKey`: it drops every whitespace
+/// character of a line before reading it, so `Private Key` is a private key too.
+fn is_secret_key(key: &str) -> bool {
+    let key: String = key
+        .chars()
+        .filter(|c| !matches!(c, ' ' | '\t' | '\n' | '\r' | '\x0b' | '\x0c'))
+        .collect();
+    key.eq_ignore_ascii_case("PrivateKey") || key.eq_ignore_ascii_case("PresharedKey")
+}
+
 /// Replaces the value of every `PrivateKey` and `PresharedKey` line with `(redacted)`: the form in which any
 /// config text may be shown.
 pub fn redact(text: &str) -> String {
@@ -246,10 +257,7 @@ pub fn redact(text: &str) -> String {
         }
         let stripped = raw.split('#').next().unwrap_or("");
         match stripped.split_once('=') {
-            Some((k, _))
-                if k.trim().eq_ignore_ascii_case("PrivateKey")
-                    || k.trim().eq_ignore_ascii_case("PresharedKey") =>
-            {
+            Some((k, _)) if is_secret_key(k) => {
                 let _ = write!(
                     out,
                     "{} = {}",
@@ -278,6 +286,14 @@ mod tests {
             "junk line\n[Interface]\n  \n",
             "[Interface]\r\nA = b\r\n",
         ] {
+            assert_eq!(WgConfig::parse(t).render(), t, "{t:?}");
+        }
+    }
+
+    #[test]
+    fn a_file_of_one_empty_line_round_trips() {
+        // a lone newline was parsed as one empty line, then rendered as nothing
+        for t in ["\n", "\n\n", " \n", "[Interface]\n\n"] {
             assert_eq!(WgConfig::parse(t).render(), t, "{t:?}");
         }
     }
@@ -317,6 +333,17 @@ mod tests {
         assert!(!r.contains("SECRETPSK") && !r.contains("OTHERPSK"), "{r}");
         assert!(r.contains("PublicKey = PUB"), "{r}");
         assert_eq!(r.matches("(redacted)").count(), 3, "{r}");
+    }
+
+    #[test]
+    fn redact_hides_a_key_whose_name_wg_reads_through_whitespace() {
+        // found by the wgconf fuzz target: wg strips every space in a line, so it reads these
+        // lines as PrivateKey and PresharedKey, and their values must not be shown
+        let conf = "[Interface]\nPrivateKe y = SECRET1\n\tPrivate\x0bKey=SECRET2\n[Peer]\nPre shared Key = SECRET3\nPublic Key = PUB\n";
+        let r = redact(conf);
+        assert!(!r.contains("SECRET"), "{r}");
+        assert_eq!(r.matches("(redacted)").count(), 3, "{r}");
+        assert!(r.contains("Public Key = PUB"), "{r}");
     }
 
     #[test]

@@ -158,7 +158,21 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
     let net = &raw.network.value;
     let wg = v4net(&mut d, &net.wireguard_cidr, "network.wireguard_cidr");
     let site_prefix = match &net.site_prefix {
-        None => Some(24u8),
+        // the default site block must fit in the space too
+        None => match wg {
+            Some(w) if w.prefix_len() > 24 => {
+                d.error(
+                    loc(&net.wireguard_cidr),
+                    "network.wireguard_cidr",
+                    format!(
+                        "{w} is smaller than one site block (/24, the default site_prefix): widen it, or set network.site_prefix between /{} and /30",
+                        w.prefix_len()
+                    ),
+                );
+                None
+            }
+            _ => Some(24u8),
+        },
         Some(p) => {
             let min = wg.map(|w| w.prefix_len() as i64).unwrap_or(0);
             if p.value < min || p.value > 30 {
@@ -839,4 +853,39 @@ pub fn is_safe_user(u: &str) -> bool {
         && u.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b'-' || b == b'.')
         && !u.starts_with('-')
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use crate::error::Error;
+    use crate::inventory::load_str;
+
+    #[test]
+    fn a_space_smaller_than_the_default_site_block_is_an_error_not_a_panic() {
+        // found by the inventory fuzz target: a /25../32 space with the default /24 site
+        // prefix passed validation and the allocator panicked cutting it into /24 blocks
+        for (space, ok) in [
+            ("10.100.0.0/25", false),
+            ("10.100.0.0/32", false),
+            ("10.100.0.0/24", true),
+        ] {
+            let inv = format!(
+                "network:\n  wireguard_cidr: {space}\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    nodes:\n      n1: {{ address: 192.168.0.10 }}\n"
+            );
+            match load_str(Path::new("inv.yaml"), &inv) {
+                Ok(_) => assert!(ok, "{space} accepted"),
+                Err(Error::Invalid(d)) => {
+                    assert!(!ok, "{space}: {d:?}");
+                    assert!(
+                        d.iter().any(|x| x.field == "network.wireguard_cidr"
+                            && x.message.contains("default site_prefix")),
+                        "{d:?}"
+                    );
+                }
+                Err(e) => panic!("{e}"),
+            }
+        }
+    }
 }
