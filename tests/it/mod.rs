@@ -8,5 +8,6 @@ pub mod guard;
 pub mod lab;
 pub mod operator;
 pub mod properties;
+pub mod systemd;
 pub mod validation;
 pub mod wgtools;
