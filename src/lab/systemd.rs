@@ -459,7 +459,7 @@ pub(super) fn stop(st: &LabState) -> Result<usize> {
             signalled += 1;
         }
     }
-    let graceful = Instant::now() + Duration::from_secs(10);
+    let graceful = Instant::now() + Duration::from_secs(3);
     while !pids().is_empty() && Instant::now() < graceful {
         std::thread::sleep(Duration::from_millis(50));
     }

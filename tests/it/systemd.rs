@@ -419,3 +419,129 @@ fn a_systemd_lab_that_cannot_boot_fails_fast_and_leaves_nothing() {
     let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
     assert!(!mounts.contains(&format!("/{prefix}/")), "{mounts}");
 }
+
+/// Waits (bounded) until `f` holds.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The two systemd paths that broke when they first met systemd (wireguard-go nodes):
+/// - the dead-man, a transient unit, put an interface change back with `wg-quick up` run
+///   inside itself: wireguard-go lived in the transient unit's cgroup and was killed when the
+///   unit ended, so every "put back" host was left without wg0 — the whole mesh down;
+/// - `systemctl restart wg-quick@wg0` on a node whose wg0 was brought up by hand (`wg-quick up
+///   wg0`, the unit inactive) failed with "wg0 already exists", so the change was rolled back.
+///
+/// Here node2's wg0 is up by hand, every node gets an interface change (a new listen port),
+/// and the controller is killed in the health gate: every change is made, then put back by its
+/// own dead-man, through the unit — and the mesh is whole again.
+#[test]
+fn the_dead_man_puts_an_interface_change_back_through_the_unit_and_the_mesh_stays_up() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let Some(image) = image() else { return };
+    let lab = Lab::demo("sddm", &image);
+    let l = &lab.lab;
+    let (code, out) = lab.apply(&["--no-guard"]);
+    assert_eq!(code, 0, "{out}");
+    l.sh(
+        "node2",
+        "systemctl stop wg-quick@wg0 && wg-quick up wg0 >/dev/null 2>&1 && ! systemctl is-active -q wg-quick@wg0",
+    );
+    assert!(lab.cross_site_failures(Duration::from_secs(30)).is_empty());
+
+    let yaml = std::fs::read_to_string(&lab.inv).unwrap();
+    let port = yaml.replace("  cluster_cidrs:", "  listen_port: 51821\n  cluster_cidrs:");
+    std::fs::write(&lab.inv, &port).unwrap();
+    let cmd: Vec<String> = [
+        env!("CARGO_BIN_EXE_wgprov"),
+        "apply",
+        "-i",
+        &lab.inv,
+        "--confirm-timeout",
+        "10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut c = wgprov::lab::command(&l.prefix, "controller", &cmd).unwrap();
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    let mut child = c.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(40) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let gate = line.contains("guard: probing");
+            seen.push(line);
+            if gate {
+                break;
+            }
+        }
+    }
+    // SAFETY: killpg on the process group made for this child (nsenter and wgprov).
+    unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("guard: probing")),
+        "the gate never came:\n{}",
+        seen.join("\n")
+    );
+
+    // every host was changed (node2 too: its hand-made wg0 did not fail the unit's restart),
+    // then put back by its own dead-man
+    for (n, _, _) in &lab.nodes {
+        assert!(
+            eventually(Duration::from_secs(40), || l
+                .sh(n, "cat /var/lib/wgprov/log")
+                .contains("put back (deadman)")),
+            "{n}: not put back by its dead-man: {}",
+            l.sh(n, "cat /var/lib/wgprov/log")
+        );
+        let log = l.sh(n, "cat /var/lib/wgprov/log");
+        assert!(
+            !log.contains("change failed") && log.contains(": changed"),
+            "{n}: {log}"
+        );
+        assert!(
+            l.sh(n, "cat /etc/wireguard/wg0.conf")
+                .contains("ListenPort = 51820"),
+            "{n}"
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || l
+                .exec(n, &["ip", "link", "show", "wg0"])
+                .0
+                == 0),
+            "{n}: no wg0 after its dead-man put the change back"
+        );
+        assert_eq!(
+            l.sh(n, "systemctl is-active wg-quick@wg0").trim(),
+            "active",
+            "{n}"
+        );
+        let timers = l.sh(n, "systemctl list-timers --all --no-legend --no-pager");
+        assert!(!timers.contains("wgprov-deadman-"), "{n}: {timers}");
+    }
+    let failed = lab.cross_site_failures(Duration::from_secs(40));
+    assert!(failed.is_empty(), "after the dead-men: {failed:#?}");
+}
