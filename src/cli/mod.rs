@@ -932,11 +932,50 @@ fn lab_demo(prefix: &str, systemd: bool) -> Result<u8> {
         println!(
             "\n== reboot every node at once (systemctl reboot inside each); no apply after it"
         );
+        let machine =
+            |n: &str| lab::systemd::machine_pid(&lab::lab_dir(prefix).join("nodes").join(n));
+        let before: Vec<Option<u32>> = nodes.iter().map(|n| machine(&n.name)).collect();
         let t = std::time::Instant::now();
         for n in nodes {
             interrupted()?;
             lab::exec(prefix, &n.name, &["systemctl".into(), "reboot".into()])?;
         }
+        // bounded: every machine booted again, its wg0 brought up by systemd
+        for (n, old) in nodes.iter().zip(before) {
+            let deadline = t + std::time::Duration::from_secs(60);
+            loop {
+                interrupted()?;
+                let pid = machine(&n.name);
+                let up = pid.is_some()
+                    && pid != old
+                    && lab::command(
+                        prefix,
+                        &n.name,
+                        &[
+                            "systemctl".into(),
+                            "is-active".into(),
+                            "-q".into(),
+                            "wg-quick@wg0".into(),
+                        ],
+                    )
+                    .and_then(|mut c| c.status().map_err(|e| Error::Lab(e.to_string())))
+                    .is_ok_and(|s| s.success());
+                if up {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Lab(format!(
+                        "{} did not come back within 60 s of its reboot",
+                        n.name
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        println!(
+            "  every node booted again, wg-quick@wg0 active, {:.1} s after the reboot",
+            t.elapsed().as_secs_f64()
+        );
         let (c, f) = matrix(&format!(
             "after the reboot: pings over {} between every pair of nodes in different sites",
             p.topology.network.interface

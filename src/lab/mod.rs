@@ -934,8 +934,13 @@ pub fn command(prefix: &str, name: &str, cmd: &[String]) -> Result<Command> {
                     dir.join("console.log").display()
                 ))
             })?;
+            // the command runs in the machine's namespaces, as a child of the machine's own
+            // sh (-F: no nsenter parent). nsenter would stop itself when its child is stopped,
+            // and systemd stops every process while it shuts down: the command's zombie would
+            // never be reaped, and the machine's reboot would hang
             let mut c = Command::new("nsenter");
-            c.args(["-t", &pid.to_string(), "-a", "--"]);
+            c.args(["-F", "-t", &pid.to_string(), "-a", "--"]);
+            c.args(["/bin/sh", "-c", "\"$@\"", "sh"]);
             c.env("HOME", "/root");
             c.env("PATH", systemd::MACHINE_PATH);
             c
