@@ -158,7 +158,24 @@ pub(crate) fn handlers_script(
             s.push_str(&format!("systemctl enable -q {unit} 2>/dev/null || true\n"));
         }
         let conf = format!("/etc/wireguard/{iface}.conf");
-        if restore && restart {
+        // where systemd runs, the interface is its unit's: one brought up by hand (unit
+        // inactive) makes the unit's `wg-quick up` fail ("already exists"), and one brought up
+        // from a transient unit (the dead-man) dies with that unit when wireguard-go runs it
+        let via_unit = |what: &str| {
+            format!(
+                "systemctl is-active -q {unit} || wg-quick down {q} >/dev/null 2>&1 || true\n\
+                 out=$(systemctl restart {unit} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: systemctl restart wg-quick{what}'; }}\n"
+            )
+        };
+        if restore && restart && facts.systemd {
+            // back to the old interface through its unit, or unit and interface gone if there
+            // was no config
+            s.push_str(&format!(
+                "if [ -f {c} ]; then\n{up}else systemctl stop {unit} >/dev/null 2>&1; wg-quick down {q} >/dev/null 2>&1; systemctl disable -q {unit} 2>/dev/null || true; fi\n",
+                c = sh_quote(&conf),
+                up = via_unit(" (restored config)"),
+            ));
+        } else if restore && restart {
             // back to the old interface: up with the restored config, or gone if there was none
             s.push_str(&format!(
                 "wg-quick down {q} >/dev/null 2>&1 || true\nif [ -f {c} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up (restored config)'; }}; fi\n",
@@ -166,9 +183,7 @@ pub(crate) fn handlers_script(
             ));
         } else if restart {
             if facts.systemd {
-                s.push_str(&format!(
-                    "out=$(systemctl restart {unit} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: systemctl restart wg-quick'; }}\n"
-                ));
+                s.push_str(&via_unit(""));
             } else {
                 s.push_str(&format!(
                     "wg-quick down {q} >/dev/null 2>&1 || true\nout=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up'; }}\n"
@@ -494,6 +509,30 @@ pub(crate) mod tests {
             all.contains("wg-quick down") && all.contains("sysctl -q -p"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn where_systemd_runs_the_interface_is_restarted_and_put_back_through_its_unit() {
+        let mut f = up();
+        f.systemd = true;
+        let iface = crate::shell::InterfaceName::default();
+        let h = HandlerPlan {
+            wireguard: Some(true),
+            ..HandlerPlan::default()
+        };
+        for restore in [false, true] {
+            let s = handlers_script(&h, &iface, &f, restore, "fail");
+            // an interface up by hand is taken down first, or the unit's `wg-quick up` fails
+            assert!(
+                s.contains("systemctl is-active -q 'wg-quick@wg0' || wg-quick down 'wg0'")
+                    || s.contains("systemctl is-active -q wg-quick@wg0 || wg-quick down wg0"),
+                "{s}"
+            );
+            assert!(s.contains("systemctl restart"), "{s}");
+            assert!(!s.contains("out=$(wg-quick up"), "{s}");
+        }
+        let back = handlers_script(&h, &iface, &f, true, "rfail");
+        assert!(back.contains("systemctl disable -q"), "{back}");
     }
 
     #[test]

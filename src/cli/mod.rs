@@ -226,6 +226,10 @@ pub enum LabCommand {
         /// the router, the WireGuard space via the next-hop); see `lab mesh-only`.
         #[arg(long, value_name = "SITE")]
         controller_at: Option<String>,
+        /// Nodes are Debian booted under systemd-nspawn (systemd as PID 1, sshd, wireguard-go;
+        /// `reboot` inside one brings it back); the image is built once by scripts/lab-image.
+        #[arg(long)]
+        systemd: bool,
     },
     /// Cut the controller's management path: from now on it reaches nodes only over its LAN
     /// leg (`up --controller-at`) and the other sites only through the mesh.
@@ -258,6 +262,10 @@ pub enum LabCommand {
     Demo {
         #[arg(long, default_value = "demo")]
         prefix: String,
+        /// Nodes are Debian booted under systemd-nspawn (systemd as PID 1, sshd, wireguard-go;
+        /// `reboot` inside one brings it back); the image is built once by scripts/lab-image.
+        #[arg(long)]
+        systemd: bool,
     },
 }
 
@@ -680,23 +688,34 @@ fn lab(cmd: LabCommand) -> Result<u8> {
             prefix,
             no_port_forward,
             controller_at,
+            systemd,
         } => {
             let p = planned(&inv.inventory, true)?;
-            let layout = lab::plan::plan(
+            let mut layout = lab::plan::plan(
                 &p.inventory,
                 &p.topology,
                 &prefix,
                 &no_port_forward,
                 controller_at.as_deref(),
             )?;
+            if systemd {
+                lab::preflight()?;
+                lab::systemd::preflight(layout.nodes.len())?;
+                layout.systemd = Some(lab::systemd::ensure_image()?);
+            }
             let st = lab::up(&inv.inventory, &layout)?;
             if let Some(w) = lab::inotify_warning(st.nodes.len()) {
                 eprintln!("{w}");
             }
             println!(
-                "lab {prefix} is up: {} sites, {} nodes, controller reaches them over SSH",
+                "lab {prefix} is up: {} sites, {} nodes{}, controller reaches them over SSH",
                 st.routers.len(),
-                st.nodes.len()
+                st.nodes.len(),
+                if systemd {
+                    " (Debian under systemd-nspawn)"
+                } else {
+                    ""
+                }
             );
             println!(
                 "  wgprov lab exec --prefix {prefix} controller -- wgprov apply -i {}",
@@ -735,7 +754,7 @@ fn lab(cmd: LabCommand) -> Result<u8> {
             print!("{}", lab::status(&prefix)?);
             Ok(EXIT_OK)
         }
-        LabCommand::Demo { prefix } => lab_demo(&prefix),
+        LabCommand::Demo { prefix, systemd } => lab_demo(&prefix, systemd),
     }
 }
 
@@ -776,7 +795,7 @@ impl Drop for DemoGuard {
     }
 }
 
-fn lab_demo(prefix: &str) -> Result<u8> {
+fn lab_demo(prefix: &str, systemd: bool) -> Result<u8> {
     use crate::lab;
     let started = std::time::Instant::now();
     lab::check_prefix(prefix)?;
@@ -788,11 +807,20 @@ fn lab_demo(prefix: &str) -> Result<u8> {
     std::fs::write(&inv, include_str!("../../inventories/demo.yaml"))
         .map_err(|e| Error::io(&inv, e))?;
     let p = topology::plan_inventory(&inv, true)?;
-    let layout = lab::plan::plan(&p.inventory, &p.topology, prefix, &[], None)?;
+    let mut layout = lab::plan::plan(&p.inventory, &p.topology, prefix, &[], None)?;
+    if systemd {
+        lab::systemd::preflight(layout.nodes.len())?;
+        layout.systemd = Some(lab::systemd::ensure_image()?);
+    }
     println!(
-        "== lab up: {} sites behind NAT, {} nodes with sshd, a controller",
+        "== lab up: {} sites behind NAT, {} nodes {}, a controller",
         layout.routers.len(),
-        layout.nodes.len()
+        layout.nodes.len(),
+        if systemd {
+            "booted under systemd-nspawn (Debian, systemd, sshd)"
+        } else {
+            "with sshd"
+        }
     );
     // Ctrl-C stops the demo at the next step; the guard then tears the lab down
     // SAFETY: installs a handler that only stores to an atomic.
@@ -840,55 +868,124 @@ fn lab_demo(prefix: &str) -> Result<u8> {
         &["apply", "-i", &inv_s],
     )?;
 
-    println!(
-        "\n== pings over {} between every pair of nodes in different sites",
-        p.topology.network.interface
-    );
     let nodes = &p.topology.nodes;
-    let mut failed = Vec::new();
-    let mut crossed = 0;
-    for a in nodes {
-        for b in nodes.iter().filter(|b| b.site != a.site) {
-            let ip = b.wireguard_ip.to_string();
-            // bounded: a lost first handshake is retried by WireGuard after 5 s
-            interrupted()?;
-            let ok = (0..10).any(|_| {
-                !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
-                    && lab::command(
-                        prefix,
-                        &a.name,
-                        &[
-                            "ping".into(),
-                            "-c".into(),
-                            "1".into(),
-                            "-W".into(),
-                            "1".into(),
-                            ip.clone(),
-                        ],
-                    )
-                    .and_then(|mut c| {
-                        c.stdout(std::process::Stdio::null())
-                            .status()
-                            .map_err(|e| Error::Lab(e.to_string()))
-                    })
-                    .map(|s| s.success())
-                    .unwrap_or(false)
-            });
-            println!(
-                "  {:<8} ({:<6}) -> {:<8} ({:<6}) {:<12} {}",
-                a.name,
-                a.site,
-                b.name,
-                b.site,
-                ip,
-                if ok { "ok" } else { "FAILED" }
-            );
-            if ok {
-                crossed += 1;
-            } else {
-                failed.push(format!("{} -> {}", a.name, b.name));
+    // every pair of nodes in different sites pings over wg0; returns the pairs that did not
+    let matrix = |title: &str| -> Result<(usize, Vec<String>)> {
+        println!("\n== {title}");
+        let mut failed = Vec::new();
+        let mut crossed = 0;
+        for a in nodes {
+            for b in nodes.iter().filter(|b| b.site != a.site) {
+                let ip = b.wireguard_ip.to_string();
+                // bounded: a lost first handshake is retried by WireGuard after 5 s
+                interrupted()?;
+                let ok = (0..10).any(|_| {
+                    !INTERRUPTED.load(std::sync::atomic::Ordering::SeqCst)
+                        && lab::command(
+                            prefix,
+                            &a.name,
+                            &[
+                                "ping".into(),
+                                "-c".into(),
+                                "1".into(),
+                                "-W".into(),
+                                "1".into(),
+                                ip.clone(),
+                            ],
+                        )
+                        .and_then(|mut c| {
+                            c.stdout(std::process::Stdio::null())
+                                .stderr(std::process::Stdio::null())
+                                .status()
+                                .map_err(|e| Error::Lab(e.to_string()))
+                        })
+                        .map(|s| s.success())
+                        .unwrap_or_else(|_| {
+                            // a machine still booting: wait before the next try
+                            std::thread::sleep(std::time::Duration::from_secs(1));
+                            false
+                        })
+                });
+                println!(
+                    "  {:<8} ({:<6}) -> {:<8} ({:<6}) {:<12} {}",
+                    a.name,
+                    a.site,
+                    b.name,
+                    b.site,
+                    ip,
+                    if ok { "ok" } else { "FAILED" }
+                );
+                if ok {
+                    crossed += 1;
+                } else {
+                    failed.push(format!("{} -> {}", a.name, b.name));
+                }
             }
         }
+        Ok((crossed, failed))
+    };
+    let (mut crossed, mut failed) = matrix(&format!(
+        "pings over {} between every pair of nodes in different sites",
+        p.topology.network.interface
+    ))?;
+    if systemd {
+        println!(
+            "\n== reboot every node at once (systemctl reboot inside each); no apply after it"
+        );
+        let machine =
+            |n: &str| lab::systemd::machine_pid(&lab::lab_dir(prefix).join("nodes").join(n));
+        let before: Vec<Option<u32>> = nodes.iter().map(|n| machine(&n.name)).collect();
+        let t = std::time::Instant::now();
+        for n in nodes {
+            interrupted()?;
+            lab::exec(prefix, &n.name, &["systemctl".into(), "reboot".into()])?;
+        }
+        // bounded: every machine booted again, its wg0 brought up by systemd
+        for (n, old) in nodes.iter().zip(before) {
+            let deadline = t + std::time::Duration::from_secs(60);
+            loop {
+                interrupted()?;
+                let pid = machine(&n.name);
+                let up = pid.is_some()
+                    && pid != old
+                    && lab::command(
+                        prefix,
+                        &n.name,
+                        &[
+                            "systemctl".into(),
+                            "is-active".into(),
+                            "-q".into(),
+                            "wg-quick@wg0".into(),
+                        ],
+                    )
+                    .and_then(|mut c| c.status().map_err(|e| Error::Lab(e.to_string())))
+                    .is_ok_and(|s| s.success());
+                if up {
+                    break;
+                }
+                if std::time::Instant::now() > deadline {
+                    return Err(Error::Lab(format!(
+                        "{} did not come back within 60 s of its reboot",
+                        n.name
+                    )));
+                }
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+        }
+        println!(
+            "  every node booted again, wg-quick@wg0 active, {:.1} s after the reboot",
+            t.elapsed().as_secs_f64()
+        );
+        let (c, f) = matrix(&format!(
+            "after the reboot: pings over {} between every pair of nodes in different sites",
+            p.topology.network.interface
+        ))?;
+        println!(
+            "  the mesh came back {:.1} s after the reboot",
+            t.elapsed().as_secs_f64()
+        );
+        crossed += c;
+        failed.extend(f);
     }
     println!("\n== wgprov status");
     let _ = in_controller(&["status", "-i", &inv_s]);

@@ -8,6 +8,7 @@
 //! removes exactly the lab's namespaces, the processes inside them (by PID) and its directory.
 
 pub mod plan;
+pub mod systemd;
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -52,6 +53,15 @@ pub struct LabState {
     /// The site whose LAN the controller also sits on (`--controller-at`).
     #[serde(default)]
     pub controller_lan: Option<String>,
+    /// Systemd nodes (`up --systemd`): node name to the PID of its boot loop.
+    #[serde(default)]
+    pub boot_loops: BTreeMap<String, u32>,
+    /// Cgroup directories made for systemd nodes (removed by `down`).
+    #[serde(default)]
+    pub cgroups: Vec<PathBuf>,
+    /// Systemd nodes: node name to nspawn machine name.
+    #[serde(default)]
+    pub machines: BTreeMap<String, String>,
 }
 
 fn lab_err(m: impl Into<String>) -> Error {
@@ -353,6 +363,118 @@ fn spawn_holder(ns: &str, script: &str, log: &Path) -> Result<(u32, u32)> {
     }
 }
 
+/// The `ip -n NS …` commands that wire node `k` into the lab once its namespace exists: its
+/// LAN leg (a veth from its router's LAN bridge, its address, the default route) and its
+/// management leg (a veth from the controller's bridge, the route back to the controller).
+/// Shared by `up` and by a systemd node's reboot, which wires a fresh namespace the same way.
+fn node_links(p: &LabPlan, k: usize, n: &plan::NodeLab) -> Vec<(String, Vec<String>)> {
+    let r = p
+        .routers
+        .iter()
+        .find(|r| r.site == n.site)
+        .expect("node's router");
+    let (leg, m) = node_legs(k);
+    let cmd = |ns: &str, args: &[&str]| {
+        (
+            ns.to_string(),
+            args.iter().map(|a| a.to_string()).collect::<Vec<_>>(),
+        )
+    };
+    let addr = n.address.to_string();
+    vec![
+        cmd(
+            &r.ns,
+            &[
+                "link", "add", &leg, "type", "veth", "peer", "name", "eth0", "netns", &n.ns,
+            ],
+        ),
+        cmd(&r.ns, &["link", "set", &leg, "master", "br-lan", "up"]),
+        cmd(
+            &n.ns,
+            &[
+                "addr",
+                "add",
+                &format!("{addr}/{}", n.lan_prefix),
+                "dev",
+                "eth0",
+            ],
+        ),
+        cmd(&n.ns, &["link", "set", "eth0", "up"]),
+        cmd(
+            &n.ns,
+            &["route", "add", "default", "via", &n.gateway.to_string()],
+        ),
+        cmd(
+            &p.ctl_ns,
+            &[
+                "link", "add", &m, "type", "veth", "peer", "name", "mgmt0", "netns", &n.ns,
+            ],
+        ),
+        cmd(&p.ctl_ns, &["link", "set", &m, "master", "mgmt", "up"]),
+        cmd(&n.ns, &["link", "set", "mgmt0", "up"]),
+        cmd(
+            &n.ns,
+            &[
+                "route",
+                "add",
+                &format!("{}/32", p.controller_ip),
+                "dev",
+                "mgmt0",
+                "src",
+                &addr,
+            ],
+        ),
+    ]
+}
+
+/// The names of node `k`'s veth legs on its router's LAN bridge and on the controller's bridge.
+fn node_legs(k: usize) -> (String, String) {
+    (format!("n{k}"), format!("m{k}"))
+}
+
+/// An sshd node's directories, host key, authorized key, `/etc` files and sshd config;
+/// returns its public host key line.
+fn prepare_sshd_node(p: &LabPlan, n: &plan::NodeLab, client_pub: &str) -> Result<String> {
+    let d = &n.dir;
+    mkdirs(&[
+        d.join("etc.upper"),
+        d.join("etc.work"),
+        d.join("varlib.upper"),
+        d.join("varlib.work"),
+        d.join("root"),
+        d.join("sbin"),
+    ])?;
+    let hk = d.join("ssh_host_ed25519_key");
+    let host_pub = keygen(&hk, &n.name)?;
+    // readable by every user: sshd reads it after dropping to the login user
+    write(&d.join("authorized_keys"), client_pub, 0o644)?;
+    write(
+        &d.join("etc.upper/os-release"),
+        os_release(n.os_family),
+        0o644,
+    )?;
+    write(&d.join("etc.upper/hosts"), &hosts_file(p, &n.name), 0o644)?;
+    write(
+        &d.join("etc.upper/hostname"),
+        &format!("{}\n", n.name),
+        0o644,
+    )?;
+    write(
+        &d.join("sshd_config"),
+        &format!(
+            "Port {port}\nListenAddress 0.0.0.0\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pid}\n\
+         UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
+         StrictModes no\nPrintLastLog no\nPrintMotd no\nUseDNS no\nSubsystem sftp internal-sftp\n",
+            port = n.ssh_port,
+            hk = hk.display(),
+            ak = d.join("authorized_keys").display(),
+            pid = d.join("sshd.pid").display(),
+        ),
+        0o600,
+    )?;
+    Ok(host_pub)
+}
+
 fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
     for d in ["/run/sshd", "/run/wireguard"] {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
@@ -478,43 +600,10 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
 
     // nodes: LAN leg to the router, management leg to the controller
     for (k, n) in p.nodes.iter().enumerate() {
-        let r = p
-            .routers
-            .iter()
-            .find(|r| r.site == n.site)
-            .expect("node's router");
-        let leg = format!("n{k}");
-        veth_into_bridge(&r.ns, &leg, "br-lan", &n.ns, "eth0")?;
-        ip(
-            &n.ns,
-            &[
-                "addr",
-                "add",
-                &format!("{}/{}", n.address, n.lan_prefix),
-                "dev",
-                "eth0",
-            ],
-        )?;
-        ip(&n.ns, &["link", "set", "eth0", "up"])?;
-        ip(
-            &n.ns,
-            &["route", "add", "default", "via", &n.gateway.to_string()],
-        )?;
-        let m = format!("m{k}");
-        veth_into_bridge(ctl, &m, "mgmt", &n.ns, "mgmt0")?;
-        ip(&n.ns, &["link", "set", "mgmt0", "up"])?;
-        ip(
-            &n.ns,
-            &[
-                "route",
-                "add",
-                &format!("{}/32", p.controller_ip),
-                "dev",
-                "mgmt0",
-                "src",
-                &n.address.to_string(),
-            ],
-        )?;
+        for (ns, args) in node_links(p, k, n) {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            ip(&ns, &args)?;
+        }
         host_route(ctl, n.address, "mgmt")?;
         st.nodes.insert(n.name.clone(), n.ns.clone());
         st.addresses.insert(n.name.clone(), n.address);
@@ -532,17 +621,10 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
     let client_pub = keygen(&id, &format!("wgprov-lab-{}", p.prefix))?;
     let mut known_hosts = String::new();
     for n in &p.nodes {
-        let d = &n.dir;
-        mkdirs(&[
-            d.join("etc.upper"),
-            d.join("etc.work"),
-            d.join("varlib.upper"),
-            d.join("varlib.work"),
-            d.join("root"),
-            d.join("sbin"),
-        ])?;
-        let hk = d.join("ssh_host_ed25519_key");
-        let host_pub = keygen(&hk, &n.name)?;
+        let host_pub = match &p.systemd {
+            Some(image) => systemd::prepare_node(p, n, image, &client_pub)?,
+            None => prepare_sshd_node(p, n, &client_pub)?,
+        };
         let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
         let host = if n.ssh_port == 22 {
             n.address.to_string()
@@ -556,32 +638,6 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
             format!("[{}]:{}", n.wireguard_ip, n.ssh_port)
         };
         known_hosts.push_str(&format!("{wg_host} {}\n", key.join(" ")));
-        // readable by every user: sshd reads it after dropping to the login user
-        write(&d.join("authorized_keys"), &client_pub, 0o644)?;
-        write(
-            &d.join("etc.upper/os-release"),
-            os_release(n.os_family),
-            0o644,
-        )?;
-        write(&d.join("etc.upper/hosts"), &hosts_file(p, &n.name), 0o644)?;
-        write(
-            &d.join("etc.upper/hostname"),
-            &format!("{}\n", n.name),
-            0o644,
-        )?;
-        write(
-            &d.join("sshd_config"),
-            &format!(
-                "Port {port}\nListenAddress 0.0.0.0\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pid}\n\
-             UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
-             StrictModes no\nPrintLastLog no\nPrintMotd no\nUseDNS no\nSubsystem sftp internal-sftp\n",
-                port = n.ssh_port,
-                hk = hk.display(),
-                ak = d.join("authorized_keys").display(),
-                pid = d.join("sshd.pid").display(),
-            ),
-            0o600,
-        )?;
     }
     write(&ctl_root.join(".ssh/known_hosts"), &known_hosts, 0o600)?;
     write(
@@ -593,7 +649,11 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
 
     // start every node's sshd inside its own mount/UTS/PID namespaces
     let hide_systemd = "if [ -d /run/systemd ]; then mount -t tmpfs tmpfs /run/systemd; fi";
-    for n in &p.nodes {
+    if p.systemd.is_some() {
+        // or boot each node: Debian under systemd-nspawn, sshd started by its systemd
+        systemd::boot(p, st)?;
+    }
+    for n in p.nodes.iter().filter(|_| p.systemd.is_none()) {
         let d = n.dir.display();
         let script = format!(
             "set -e\n\
@@ -628,15 +688,27 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
     save_state(st)?;
 
     // wait, bounded, until every sshd answers from the controller
-    let deadline = Instant::now() + Duration::from_secs(15);
+    let deadline = Instant::now() + systemd::ready_within(p);
     for n in &p.nodes {
         let probe = format!("exec 3<>/dev/tcp/{}/{}", n.address, n.ssh_port);
         loop {
             if in_ns(ctl, &["bash", "-c", &probe]).is_ok() {
                 break;
             }
+            // a machine that failed to boot ends its boot loop: no need to wait any longer
+            let loop_ended = st.boot_loops.get(&n.name).is_some_and(|pid| !alive(*pid));
+            if loop_ended {
+                return Err(lab_err(format!(
+                    "{} did not boot: {}",
+                    n.name,
+                    systemd::console_tail(&n.dir)
+                )));
+            }
             if Instant::now() > deadline {
-                let log = std::fs::read_to_string(n.dir.join("sshd.log")).unwrap_or_default();
+                let log = match p.systemd {
+                    Some(_) => systemd::console_tail(&n.dir),
+                    None => std::fs::read_to_string(n.dir.join("sshd.log")).unwrap_or_default(),
+                };
                 return Err(lab_err(format!(
                     "sshd of {} does not answer at {}:{} from the controller: {}",
                     n.name,
@@ -726,6 +798,12 @@ pub fn down(prefix: &str) -> Result<DownReport> {
     let mut report = DownReport::default();
     let state = read_state(prefix).ok().flatten();
     let mut namespaces = existing_namespaces(prefix)?;
+    // systemd nodes first: their boot loops, so that no machine boots again, then the machines
+    if let Some(st) = &state
+        && (!st.boot_loops.is_empty() || !st.cgroups.is_empty())
+    {
+        report.processes += systemd::stop(st)?;
+    }
     // holders first: unshare --kill-child takes each PID namespace down with it
     if let Some(st) = &state {
         for pid in st.holders.values() {
@@ -794,9 +872,16 @@ enum Target {
     Inside(u32),
     /// Only a network namespace (a router, the internet).
     Netns(String),
+    /// A systemd node: enter its booted machine (the namespaces of its PID 1).
+    Machine(PathBuf),
 }
 
 fn target(st: &LabState, name: &str) -> Result<Target> {
+    if st.boot_loops.contains_key(name) {
+        return Ok(Target::Machine(
+            lab_dir(&st.prefix).join("nodes").join(name),
+        ));
+    }
     if let Some(pid) = st.inner.get(name) {
         return Ok(Target::Inside(*pid));
     }
@@ -841,6 +926,24 @@ pub fn command(prefix: &str, name: &str, cmd: &[String]) -> Result<Command> {
             let mut c = Command::new("nsenter");
             c.args(["-t", &pid.to_string(), "-n", "-m", "-u", "-p", "--"]);
             c.env("HOME", "/root");
+            c
+        }
+        Target::Machine(dir) => {
+            let pid = systemd::machine_pid(&dir).ok_or_else(|| {
+                lab_err(format!(
+                    "{name} is not running (booting, rebooting or stopped; see {})",
+                    dir.join("console.log").display()
+                ))
+            })?;
+            // the command runs in the machine's namespaces, as a child of the machine's own
+            // sh (-F: no nsenter parent). nsenter would stop itself when its child is stopped,
+            // and systemd stops every process while it shuts down: the command's zombie would
+            // never be reaped, and the machine's reboot would hang
+            let mut c = Command::new("nsenter");
+            c.args(["-F", "-t", &pid.to_string(), "-a", "--"]);
+            c.args(["/bin/sh", "-c", "\"$@\"", "sh"]);
+            c.env("HOME", "/root");
+            c.env("PATH", systemd::MACHINE_PATH);
             c
         }
         Target::Netns(ns) => {
@@ -892,7 +995,11 @@ pub fn status(prefix: &str) -> Result<String> {
             );
         }
         for (node, ns) in &st.nodes {
-            let sshd = st.inner.get(node).is_some_and(|p| sshd_alive(ns, *p));
+            let init = match st.boot_loops.contains_key(node) {
+                true => systemd::machine_pid(&dir.join("nodes").join(node)),
+                false => st.inner.get(node).copied(),
+            };
+            let sshd = init.is_some_and(|p| sshd_alive(ns, p));
             let _ = writeln!(
                 o,
                 "  node   {node:<14} {:<16} {} sshd {}",

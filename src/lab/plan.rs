@@ -114,6 +114,9 @@ pub struct LabPlan {
     pub hosts: Vec<(Ipv4Addr, String)>,
     /// The controller's leg on a site's LAN, if any.
     pub controller_lan: Option<ControllerLan>,
+    /// `Some(image)`: nodes are Debian booted under systemd-nspawn from this image
+    /// (`lab up --systemd`, see [`super::systemd`]); `None`: sshd in namespaces.
+    pub systemd: Option<PathBuf>,
 }
 
 impl LabPlan {
@@ -369,6 +372,7 @@ pub fn plan(
         nodes,
         hosts,
         controller_lan,
+        systemd: None,
     })
 }
 

@@ -162,14 +162,30 @@ impl LabGuard {
         no_port_forward: &[&str],
         controller_at: Option<&str>,
     ) -> LabGuard {
+        LabGuard::build(inventory, tag, no_port_forward, controller_at, None)
+    }
+
+    /// Like [`LabGuard::up`], with every node Debian booted under systemd-nspawn from `image`.
+    pub fn up_systemd(inventory: &Path, tag: &str, image: &Path) -> LabGuard {
+        LabGuard::build(inventory, tag, &[], None, Some(image))
+    }
+
+    fn build(
+        inventory: &Path,
+        tag: &str,
+        no_port_forward: &[&str],
+        controller_at: Option<&str>,
+        systemd: Option<&Path>,
+    ) -> LabGuard {
         let lock = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
         let prefix = format!("t{}{tag}", std::process::id() % 100_000);
         let _ = wgprov::lab::down(&prefix);
         let p = plan_inventory(inventory, true).unwrap();
         let npf: Vec<String> = no_port_forward.iter().map(|s| s.to_string()).collect();
-        let layout =
+        let mut layout =
             wgprov::lab::plan::plan(&p.inventory, &p.topology, &prefix, &npf, controller_at)
                 .unwrap();
+        layout.systemd = systemd.map(Path::to_path_buf);
         let state = wgprov::lab::up(inventory, &layout).unwrap_or_else(|e| panic!("lab up: {e}"));
         LabGuard {
             prefix,

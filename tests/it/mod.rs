@@ -9,5 +9,6 @@ pub mod lab;
 pub mod operator;
 pub mod properties;
 pub mod roundtrip;
+pub mod systemd;
 pub mod validation;
 pub mod wgtools;

@@ -1,0 +1,547 @@
+//! The lab under systemd (`lab up --systemd`): every node is Debian booted under
+//! systemd-nspawn in its namespace, so wgprov's systemd paths run for real — `systemctl enable`
+//! and `restart wg-quick@wg0`, the dead-man as a transient timer — and a node can reboot.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use super::common::{LabGuard, lab_available, require, root, skipped};
+
+/// The systemd image, or `None` (a visible skip; a failure under CI, whose install step builds
+/// it) when it is not built.
+fn image() -> Option<PathBuf> {
+    if !lab_available() || !require("systemd-nspawn") {
+        return None;
+    }
+    let image = wgprov::lab::systemd::image_dir();
+    if wgprov::lab::systemd::image_ready(&image) {
+        return Some(image);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "the systemd lab image {} is missing under CI: scripts/install-deps builds it (scripts/lab-image)",
+            image.display()
+        );
+    }
+    skipped(&format!(
+        "the systemd lab image {} is not built (run scripts/lab-image as root)",
+        image.display()
+    ));
+    None
+}
+
+struct Lab {
+    lab: LabGuard,
+    _dir: tempfile::TempDir,
+    inv: String,
+    /// (node, site, WireGuard address)
+    nodes: Vec<(String, String, String)>,
+}
+
+impl Lab {
+    fn demo(tag: &str, image: &Path) -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        let inv = dir.path().join("demo.yaml");
+        std::fs::copy(root().join("inventories/demo.yaml"), &inv).unwrap();
+        let planned = wgprov::topology::plan_inventory(&inv, true).unwrap();
+        let nodes = planned
+            .topology
+            .nodes
+            .iter()
+            .map(|n| (n.name.clone(), n.site.clone(), n.wireguard_ip.to_string()))
+            .collect();
+        let t = Instant::now();
+        let lab = LabGuard::up_systemd(&inv, tag, image);
+        eprintln!(
+            "systemd lab {}: {} nodes booted, every sshd answering, in {:.1} s",
+            lab.prefix,
+            lab.state.nodes.len(),
+            t.elapsed().as_secs_f64()
+        );
+        Lab {
+            lab,
+            _dir: dir,
+            inv: inv.display().to_string(),
+            nodes,
+        }
+    }
+
+    /// Runs wgprov in the controller; (exit code, stdout + stderr).
+    fn wgprov(&self, args: &[&str]) -> (i32, String) {
+        let mut cmd = vec![env!("CARGO_BIN_EXE_wgprov")];
+        cmd.extend_from_slice(args);
+        let (code, out, err) = self.lab.exec("controller", &cmd);
+        (code, format!("{out}{err}"))
+    }
+
+    fn apply(&self, extra: &[&str]) -> (i32, String) {
+        let mut args = vec!["apply", "-i", &self.inv];
+        args.extend_from_slice(extra);
+        self.wgprov(&args)
+    }
+
+    fn node_dir(&self, node: &str) -> PathBuf {
+        wgprov::lab::lab_dir(&self.lab.prefix)
+            .join("nodes")
+            .join(node)
+    }
+
+    /// Every pair of nodes in different sites that does not ping over wg0 within `within`
+    /// (one bounded try loop per pair; a machine that is still booting counts as a failed try).
+    fn cross_site_failures(&self, within: Duration) -> Vec<String> {
+        let deadline = Instant::now() + within;
+        let mut failed = Vec::new();
+        for (a, sa, _) in &self.nodes {
+            for (b, sb, ip) in self.nodes.iter().filter(|(_, s, _)| s != sa) {
+                let ok = loop {
+                    let cmd: Vec<String> = ["ping", "-c", "1", "-W", "1", ip]
+                        .iter()
+                        .map(|s| s.to_string())
+                        .collect();
+                    let ok = wgprov::lab::command(&self.lab.prefix, a, &cmd)
+                        .ok()
+                        .and_then(|mut c| c.output().ok())
+                        .is_some_and(|o| o.status.success());
+                    if ok || Instant::now() > deadline {
+                        break ok;
+                    }
+                    std::thread::sleep(Duration::from_millis(300));
+                };
+                if !ok {
+                    failed.push(format!("{a} ({sa}) -> {b} ({sb}) {ip}"));
+                }
+            }
+        }
+        failed
+    }
+}
+
+/// The PID of a node's booted systemd, once it runs (bounded wait).
+fn machine_pid(dir: &Path, within: Duration) -> Option<u32> {
+    let deadline = Instant::now() + within;
+    loop {
+        if let Some(p) = wgprov::lab::systemd::machine_pid(dir) {
+            return Some(p);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            s.rsplit_once(')')
+                .is_some_and(|(_, r)| !r.trim_start().starts_with('Z'))
+        })
+        .unwrap_or(false)
+}
+
+#[test]
+fn systemd_nodes_apply_guarded_reboot_into_the_mesh_and_leave_nothing() {
+    let Some(image) = image() else { return };
+    let lab = Lab::demo("sd", &image);
+    let l = &lab.lab;
+
+    // real machines: PID 1 is systemd, booted, each with its own host name and host key
+    let mut host_keys = Vec::new();
+    for (n, _, _) in &lab.nodes {
+        assert_eq!(l.sh(n, "cat /proc/1/comm").trim(), "systemd", "{n}");
+        assert_eq!(l.sh(n, "hostname").trim(), n);
+        let (_, state, _) = l.exec(n, &["systemctl", "is-system-running", "--wait"]);
+        assert!(
+            matches!(state.trim(), "running" | "degraded"),
+            "{n}: {state}"
+        );
+        host_keys.push(l.sh(n, "cat /etc/ssh/ssh_host_ed25519_key.pub"));
+        eprintln!("{n}: {}", l.sh(n, "systemd-analyze | head -n 1").trim());
+    }
+    host_keys.sort();
+    host_keys.dedup();
+    assert_eq!(host_keys.len(), lab.nodes.len(), "host keys are shared");
+
+    // a guarded apply: the dead-man is armed as a transient systemd timer on every changed
+    // node. A slow `sysctl` on node1 (its own /usr/local/sbin, first on wgprov's PATH) holds
+    // its change open long enough to see the timer from outside.
+    l.wrap_tool(
+        "node1",
+        "sysctl",
+        "#!/bin/sh\nsleep 2\nexec /usr/sbin/sysctl \"$@\"\n",
+    );
+    let applied_at = Instant::now();
+    let confirm_timeout = 24;
+    let (code, out, seen) = std::thread::scope(|s| {
+        let apply = s.spawn(|| lab.apply(&["--confirm-timeout", &confirm_timeout.to_string()]));
+        let mut seen = String::new();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !apply.is_finished() && Instant::now() < deadline && seen.is_empty() {
+            let (_, timers, _) = l.exec(
+                "node1",
+                &[
+                    "systemctl",
+                    "list-timers",
+                    "--all",
+                    "--no-legend",
+                    "--no-pager",
+                ],
+            );
+            if let Some(line) = timers.lines().find(|t| t.contains("wgprov-deadman-")) {
+                seen = line.to_string();
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+        let (code, out) = apply.join().unwrap();
+        (code, out, seen)
+    });
+    l.unwrap_tool("node1", "sysctl");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("GUARD CONFIRMED"), "{out}");
+    assert!(
+        out.contains("systemctl restart wg-quick@wg0"),
+        "the systemd handler did not run:\n{out}"
+    );
+    assert!(
+        !seen.is_empty(),
+        "no wgprov-deadman timer in node1's `systemctl list-timers` during the change:\n{out}"
+    );
+    eprintln!("during the change, node1: {seen}");
+
+    // the mesh: every cross-site pair pings over wg0; wg-quick@wg0 is enabled and active
+    let failed = lab.cross_site_failures(Duration::from_secs(30));
+    assert!(failed.is_empty(), "no ping over wg0: {failed:#?}");
+    for (n, _, _) in &lab.nodes {
+        assert_eq!(
+            l.sh(n, "systemctl is-enabled wg-quick@wg0").trim(),
+            "enabled",
+            "{n}"
+        );
+        assert_eq!(
+            l.sh(n, "systemctl is-active wg-quick@wg0").trim(),
+            "active",
+            "{n}"
+        );
+        // confirmed, with the timer's unit recorded and stopped: nothing armed is left
+        let run = l.sh(n, "ls /var/lib/wgprov/runs");
+        let unit = l.sh(
+            n,
+            &format!("cat /var/lib/wgprov/runs/{}/confirmed/unit", run.trim()),
+        );
+        assert!(unit.starts_with("wgprov-deadman-"), "{n}: {unit}");
+        let timers = l.sh(n, "systemctl list-timers --all --no-legend --no-pager");
+        assert!(!timers.contains("wgprov-deadman-"), "{n}: {timers}");
+    }
+
+    // a second apply changes nothing (and with --no-guard too)
+    let (code, out) = lab.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "changes pending after the apply:\n{out}");
+    let (code, out) = lab.apply(&["--no-guard"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        !out.contains("created") && !out.contains("updated"),
+        "{out}"
+    );
+    for (n, _, _) in &lab.nodes {
+        assert!(
+            out.contains(&format!("{n:<8}: ok=")) && out.contains("changed=0"),
+            "{out}"
+        );
+    }
+
+    // a good change stays: past its confirm timeout, no dead-man put anything back
+    let stays = Duration::from_secs(confirm_timeout + 3);
+    if let Some(rest) = stays.checked_sub(applied_at.elapsed()) {
+        std::thread::sleep(rest);
+    }
+    for (n, _, _) in &lab.nodes {
+        let log = l.sh(n, "cat /var/lib/wgprov/log");
+        assert!(log.contains("confirmed"), "{n}: {log}");
+        assert!(!log.contains("put back"), "{n}: {log}");
+        l.sh(n, "test -f /etc/wireguard/wg0.conf");
+    }
+
+    // leftovers that a reboot must not keep: forwarding on a member, a firewall rule, a route
+    l.sh(
+        "node2",
+        "sysctl -qw net.ipv4.ip_forward=1 && iptables -A INPUT -m comment --comment wgprov-leftover -j ACCEPT \
+         && ip route add 10.250.0.0/24 dev eth0",
+    );
+    // reboot every node at once; no apply after it
+    let before: Vec<(String, u32)> = lab
+        .nodes
+        .iter()
+        .map(|(n, _, _)| {
+            (
+                n.clone(),
+                machine_pid(&lab.node_dir(n), Duration::ZERO).unwrap(),
+            )
+        })
+        .collect();
+    let rebooted_at = Instant::now();
+    for (n, _, _) in &lab.nodes {
+        let (code, _, err) = l.exec(n, &["systemctl", "reboot"]);
+        assert_eq!(code, 0, "{n}: {err}");
+    }
+    for (n, old) in &before {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        loop {
+            match wgprov::lab::systemd::machine_pid(&lab.node_dir(n)) {
+                Some(p) if p != *old => break,
+                _ => {}
+            }
+            assert!(Instant::now() < deadline, "{n} did not boot again");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+    let booted = rebooted_at.elapsed();
+    let remaining = Duration::from_secs(60).saturating_sub(booted);
+    let failed = lab.cross_site_failures(remaining);
+    let back = rebooted_at.elapsed();
+    assert!(
+        failed.is_empty(),
+        "60 s after rebooting every node, no ping over wg0: {failed:#?}"
+    );
+    eprintln!(
+        "reboot of every node: booted again after {:.1} s, every cross-site pair pings after {:.1} s",
+        booted.as_secs_f64(),
+        back.as_secs_f64()
+    );
+    for (n, _, _) in &lab.nodes {
+        let console = std::fs::read_to_string(lab.node_dir(n).join("console.log")).unwrap();
+        assert!(
+            console.contains(&format!("wgprov-lab: boot 2 of {n} ")),
+            "{n}: {console}"
+        );
+        assert_eq!(
+            l.sh(n, "systemctl is-active wg-quick@wg0").trim(),
+            "active",
+            "{n}: wg0 not brought up by systemd at boot"
+        );
+    }
+    // a fresh network namespace: what was set by hand is gone; what is persisted is back
+    assert_eq!(l.sh("node2", "sysctl -n net.ipv4.ip_forward").trim(), "0");
+    assert!(!l.sh("node2", "iptables -S").contains("wgprov-leftover"));
+    assert!(!l.sh("node2", "ip route").contains("10.250.0.0"));
+    for nh in ["node1", "office1", "cabin1"] {
+        assert_eq!(
+            l.sh(nh, "sysctl -n net.ipv4.ip_forward").trim(),
+            "1",
+            "{nh}: /etc/sysctl.d/99-wgprov.conf not applied at boot"
+        );
+    }
+
+    // teardown leaves no namespace, process, mount or cgroup
+    let prefix = l.prefix.clone();
+    let dir = wgprov::lab::lab_dir(&prefix);
+    let mut pids: Vec<u32> = l.state.boot_loops.values().copied().collect();
+    for (n, _, _) in &lab.nodes {
+        let nd = lab.node_dir(n);
+        pids.extend(
+            std::fs::read_to_string(nd.join("nspawn.pid"))
+                .ok()
+                .and_then(|p| p.trim().parse::<u32>().ok()),
+        );
+        pids.extend(wgprov::lab::systemd::machine_pid(&nd));
+    }
+    let cgroups = l.state.cgroups.clone();
+    assert!(pids.len() >= 3 * lab.nodes.len(), "{pids:?}");
+    let t = Instant::now();
+    wgprov::lab::down(&prefix).unwrap();
+    eprintln!("lab down: {:.1} s", t.elapsed().as_secs_f64());
+    let netns = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let netns = String::from_utf8_lossy(&netns.stdout);
+    assert!(
+        !netns.lines().any(|l| l.starts_with(&format!("{prefix}-"))),
+        "{netns}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while pids.iter().any(|p| alive(*p)) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let left: Vec<u32> = pids.iter().copied().filter(|p| alive(*p)).collect();
+    assert!(left.is_empty(), "processes left: {left:?}");
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(
+        !mounts.contains(&dir.display().to_string()) && !mounts.contains(&format!("{prefix}-n-")),
+        "{mounts}"
+    );
+    for c in &cgroups {
+        assert!(!c.exists(), "cgroup {} left", c.display());
+    }
+    assert!(!dir.exists());
+    for m in l.state.machines.values() {
+        assert!(
+            !Path::new("/run/systemd/nspawn/propagate").join(m).exists(),
+            "{m}"
+        );
+    }
+}
+
+#[test]
+fn a_systemd_lab_that_cannot_boot_fails_fast_and_leaves_nothing() {
+    let Some(_) = image() else { return };
+    // an "image" without systemd: every machine fails to boot, `up` fails and removes all
+    let bad = tempfile::tempdir().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("demo.yaml");
+    std::fs::copy(root().join("inventories/demo.yaml"), &inv).unwrap();
+    let _lock = super::common::LAB_LOCK
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let prefix = format!("t{}sdbad", std::process::id() % 100_000);
+    let p = wgprov::topology::plan_inventory(&inv, true).unwrap();
+    let mut layout =
+        wgprov::lab::plan::plan(&p.inventory, &p.topology, &prefix, &[], None).unwrap();
+    layout.systemd = Some(bad.path().to_path_buf());
+    let t = Instant::now();
+    let err = wgprov::lab::up(&inv, &layout).unwrap_err().to_string();
+    assert!(t.elapsed() < Duration::from_secs(30), "{err}");
+    assert!(err.contains("did not boot"), "{err}");
+    assert!(
+        wgprov::lab::existing_namespaces(&prefix)
+            .unwrap()
+            .is_empty()
+    );
+    assert!(!wgprov::lab::lab_dir(&prefix).exists());
+    let cgroups = std::fs::read_dir("/sys/fs/cgroup/unified/wgprov-lab")
+        .or_else(|_| std::fs::read_dir("/sys/fs/cgroup/wgprov-lab"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.file_name().to_string_lossy().starts_with(&prefix))
+                .count()
+        })
+        .unwrap_or(0);
+    assert_eq!(cgroups, 0);
+    let mounts = std::fs::read_to_string("/proc/mounts").unwrap();
+    assert!(!mounts.contains(&format!("/{prefix}/")), "{mounts}");
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+/// The two systemd paths that broke when they first met systemd (wireguard-go nodes):
+/// - the dead-man, a transient unit, put an interface change back with `wg-quick up` run
+///   inside itself: wireguard-go lived in the transient unit's cgroup and was killed when the
+///   unit ended, so every "put back" host was left without wg0 — the whole mesh down;
+/// - `systemctl restart wg-quick@wg0` on a node whose wg0 was brought up by hand (`wg-quick up
+///   wg0`, the unit inactive) failed with "wg0 already exists", so the change was rolled back.
+///
+/// Here node2's wg0 is up by hand, every node gets an interface change (a new listen port),
+/// and the controller is killed in the health gate: every change is made, then put back by its
+/// own dead-man, through the unit — and the mesh is whole again.
+#[test]
+fn the_dead_man_puts_an_interface_change_back_through_the_unit_and_the_mesh_stays_up() {
+    use std::io::BufRead;
+    use std::os::unix::process::CommandExt;
+    let Some(image) = image() else { return };
+    let lab = Lab::demo("sddm", &image);
+    let l = &lab.lab;
+    let (code, out) = lab.apply(&["--no-guard"]);
+    assert_eq!(code, 0, "{out}");
+    l.sh(
+        "node2",
+        "systemctl stop wg-quick@wg0 && wg-quick up wg0 >/dev/null 2>&1 && ! systemctl is-active -q wg-quick@wg0",
+    );
+    assert!(lab.cross_site_failures(Duration::from_secs(30)).is_empty());
+
+    let yaml = std::fs::read_to_string(&lab.inv).unwrap();
+    let port = yaml.replace("  cluster_cidrs:", "  listen_port: 51821\n  cluster_cidrs:");
+    std::fs::write(&lab.inv, &port).unwrap();
+    let cmd: Vec<String> = [
+        env!("CARGO_BIN_EXE_wgprov"),
+        "apply",
+        "-i",
+        &lab.inv,
+        "--confirm-timeout",
+        "10",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let mut c = wgprov::lab::command(&l.prefix, "controller", &cmd).unwrap();
+    c.stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .process_group(0);
+    let mut child = c.spawn().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let err = child.stderr.take().unwrap();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(err).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    let mut seen = Vec::new();
+    let t = Instant::now();
+    while t.elapsed() < Duration::from_secs(40) {
+        if let Ok(line) = rx.recv_timeout(Duration::from_millis(200)) {
+            let gate = line.contains("guard: probing");
+            seen.push(line);
+            if gate {
+                break;
+            }
+        }
+    }
+    // SAFETY: killpg on the process group made for this child (nsenter and wgprov).
+    unsafe { libc::killpg(child.id() as i32, libc::SIGKILL) };
+    let _ = child.wait();
+    assert!(
+        seen.iter().any(|l| l.contains("guard: probing")),
+        "the gate never came:\n{}",
+        seen.join("\n")
+    );
+
+    // every host was changed (node2 too: its hand-made wg0 did not fail the unit's restart),
+    // then put back by its own dead-man
+    for (n, _, _) in &lab.nodes {
+        assert!(
+            eventually(Duration::from_secs(40), || l
+                .sh(n, "cat /var/lib/wgprov/log")
+                .contains("put back (deadman)")),
+            "{n}: not put back by its dead-man: {}",
+            l.sh(n, "cat /var/lib/wgprov/log")
+        );
+        let log = l.sh(n, "cat /var/lib/wgprov/log");
+        assert!(
+            !log.contains("change failed") && log.contains(": changed"),
+            "{n}: {log}"
+        );
+        assert!(
+            l.sh(n, "cat /etc/wireguard/wg0.conf")
+                .contains("ListenPort = 51820"),
+            "{n}"
+        );
+        assert!(
+            eventually(Duration::from_secs(10), || l
+                .exec(n, &["ip", "link", "show", "wg0"])
+                .0
+                == 0),
+            "{n}: no wg0 after its dead-man put the change back"
+        );
+        assert_eq!(
+            l.sh(n, "systemctl is-active wg-quick@wg0").trim(),
+            "active",
+            "{n}"
+        );
+        let timers = l.sh(n, "systemctl list-timers --all --no-legend --no-pager");
+        assert!(!timers.contains("wgprov-deadman-"), "{n}: {timers}");
+    }
+    let failed = lab.cross_site_failures(Duration::from_secs(40));
+    assert!(failed.is_empty(), "after the dead-men: {failed:#?}");
+}
