@@ -239,6 +239,29 @@ pub async fn connect(
     Ok(s)
 }
 
+/// TCP to `host:port`. "No route to host" is also what an unanswered neighbour (ARP) lookup
+/// gives, which on a loaded LAN is transient: it is tried twice more (after 200 ms, then
+/// 400 ms), within the connect timeout that bounds the whole connection — a host that is truly
+/// gone is still reported in a few seconds. A refused connection is an answer: not retried.
+async fn tcp_connect(host: &str, port: u16) -> std::io::Result<tokio::net::TcpStream> {
+    let mut wait = Duration::from_millis(200);
+    let mut tries = 1;
+    loop {
+        match tokio::net::TcpStream::connect((host, port)).await {
+            Ok(s) => {
+                s.set_nodelay(true)?;
+                return Ok(s);
+            }
+            Err(e) if tries < 3 && e.raw_os_error() == Some(libc::EHOSTUNREACH) => {
+                tokio::time::sleep(wait).await;
+                wait *= 2;
+                tries += 1;
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 async fn connect_inner(
     ssh: &SshSettings,
     jump: Option<Arc<SshSession>>,
@@ -256,7 +279,12 @@ async fn connect_inner(
     let unreachable =
         |e: String| TransportError::Unreachable(format!("{}:{}: {e}", ssh.host, ssh.port));
     let result = match &jump {
-        None => client::connect(config(), (ssh.host.as_str(), ssh.port), checker).await,
+        None => {
+            let tcp = tcp_connect(&ssh.host, ssh.port)
+                .await
+                .map_err(|e| unreachable(e.to_string()))?;
+            client::connect_stream(config(), tcp, checker).await
+        }
         Some(j) => {
             let ch = j
                 .handle
