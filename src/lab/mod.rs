@@ -805,21 +805,45 @@ pub fn readdress_wan(prefix: &str, site: &str, new: Ipv4Addr) -> Result<Ipv4Addr
         .expect("net")
         .trunc();
     let router = st.routers[site].clone();
-    ip(
-        &router,
-        &["addr", "add", &format!("{new}/32"), "dev", "wan0"],
-    )?;
+    // as a PPPoE line reconnecting: the WAN link goes down and comes back with the new address;
+    // going down flushes the router's NAT (MASQUERADE) entries, which would otherwise keep
+    // rewriting the nodes' flows to the old address for as long as keepalives refresh them
+    ip(&router, &["link", "set", "wan0", "down"])?;
     ip(
         &router,
         &["addr", "del", &format!("{old}/32"), "dev", "wan0"],
     )?;
+    ip(
+        &router,
+        &["addr", "add", &format!("{new}/32"), "dev", "wan0"],
+    )?;
+    ip(&router, &["link", "set", "wan0", "up"])?;
+    ip(
+        &router,
+        &["route", "add", &inet_net.to_string(), "dev", "wan0"],
+    )?;
+    for (s, w) in st.wan.iter().filter(|(s, _)| *s != site) {
+        if !inet_net.contains(w) {
+            host_route(&router, *w, "wan0").map_err(|e| lab_err(format!("route to {s}: {e}")))?;
+        }
+    }
     if !inet_net.contains(&new) {
         host_route(&st.inet_ns, new, "br0")?;
-        for (s, ns) in st.routers.iter().filter(|(s, _)| *s != site) {
+        for (s, ns) in st.routers.iter().filter(|(s, _)| s.as_str() != site) {
             host_route(ns, new, "wan0").map_err(|e| lab_err(format!("router of {s}: {e}")))?;
         }
     }
-    // conntrack entries of the old address die with it (MASQUERADE forgets them)
+    // the old address leads nowhere any more: no route to it, no cached neighbour entry that
+    // would still carry packets to the router (whose NAT entries would take them)
+    if !inet_net.contains(&old) {
+        let _ = ip(&st.inet_ns, &["route", "del", &format!("{old}/32")]);
+        for (s, ns) in &st.routers {
+            if s != site {
+                let _ = ip(ns, &["route", "del", &format!("{old}/32")]);
+            }
+        }
+    }
+    let _ = ip(&st.inet_ns, &["neigh", "flush", "to", &old.to_string()]);
     st.wan.insert(site.to_string(), new);
     save_state(&st)?;
     Ok(old)

@@ -178,6 +178,12 @@ fn the_reresolve_script_resets_only_silent_peers_by_name() {
             String::from_utf8_lossy(&out.stderr)
         );
         let got = std::fs::read_to_string(&log).unwrap_or_default();
+        let said = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(
+            said.contains("endpoint cabin.example.net:51821 looked up again"),
+            expect,
+            "{said}"
+        );
         if expect {
             assert_eq!(
                 got.trim(),

@@ -154,7 +154,7 @@ const KUBELET: &str = r#"#!/bin/sh
 ip=
 for a in "$@"; do case "$a" in --node-ip=*) ip=${a#--node-ip=};; esac; done
 if [ -n "$ip" ] && ! ip -4 -o addr show | grep -qF " inet $ip/"; then
-  echo "E1126 run.go:72] "command failed" err="failed to run Kubelet: failed to validate nodeIP: node IP: \"$ip\" not found in the host's network interfaces"" >&2
+  echo "E1126 run.go:72] failed to run Kubelet: failed to validate nodeIP: node IP: $ip not found in the host's network interfaces" >&2
   exit 1
 fi
 echo "stand-in kubelet: running with node IP ${ip:-(auto)}"
@@ -170,7 +170,7 @@ ip=$(cat /etc/rancher/k3s/config.yaml.d/*.yaml 2>/dev/null | sed -n 's/^node-ip:
 iface=$(cat /etc/rancher/k3s/config.yaml.d/*.yaml 2>/dev/null | sed -n 's/^flannel-iface: *//p' | tail -n 1)
 echo "start node-ip=${ip:-auto} flannel-iface=${iface:-auto}" >> /var/lib/k3s-standin.starts
 if [ -n "$ip" ] && ! ip -4 -o addr show | grep -qF " inet $ip/"; then
-  echo "level=fatal msg="node IP $ip not found in the host's network interfaces"" >&2
+  echo "level=fatal msg=node IP $ip not found in the host's network interfaces" >&2
   exit 1
 fi
 exec sleep infinity
@@ -188,6 +188,32 @@ fn install_standin(l: &LabGuard, node: &str, unit: &str, script: &str, unit_file
              systemctl daemon-reload && systemctl enable -q --now {unit}"
         ),
     );
+}
+
+/// Reboots one node and waits (bounded) until it is booted again and its kubelet-like units
+/// have had their chance to start (`systemctl is-system-running --wait`).
+fn reboot_and_wait(lab: &Lab, node: &str) {
+    let dir = lab.node_dir(node);
+    let old = wgprov::lab::systemd::machine_pid(&dir).unwrap();
+    let (code, _, err) = lab.lab.exec(node, &["systemctl", "reboot"]);
+    assert_eq!(code, 0, "{node}: {err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(p) = wgprov::lab::systemd::machine_pid(&dir)
+            && p != old
+            && matches!(
+                lab.lab
+                    .exec(node, &["systemctl", "is-system-running", "--wait"])
+                    .1
+                    .trim(),
+                "running" | "degraded"
+            )
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{node} did not boot again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
 }
 
 /// `systemctl show` properties of a unit on a node, as `Key=value` lines.
@@ -323,7 +349,14 @@ fn systemd_nodes_apply_guarded_reboot_into_the_mesh_and_leave_nothing() {
         }
         let props = unit_props(l, n, unit, "After,ActiveState,NRestarts");
         assert!(props.contains("wg-quick@wg0.service"), "{n}: {props}");
-        assert!(props.contains("ActiveState=active"), "{n}: {props}");
+        assert!(
+            props.contains("ActiveState=active"),
+            "{n}: {props}\n{}",
+            l.sh(
+                n,
+                &format!("journalctl -u {unit} -o cat --no-pager | tail -n 8")
+            )
+        );
         assert!(props.contains("NRestarts=0"), "{n}: {props}");
         if n == "cabin1" {
             assert_eq!(
@@ -459,6 +492,34 @@ fn systemd_nodes_apply_guarded_reboot_into_the_mesh_and_leave_nothing() {
             assert!(log.contains(&format!("node IP {ip}")), "{n}: {log}");
         }
     }
+
+    // the control: without the drop-in the same kubelet loses the race at boot, every time
+    // here (3 of 3 tries by hand), which is what the drop-in is for
+    l.sh(
+        "node2",
+        "rm /etc/systemd/system/kubelet.service.d/50-wgprov.conf && systemctl daemon-reload",
+    );
+    reboot_and_wait(&lab, "node2");
+    let props = unit_props(l, "node2", "kubelet", "ActiveState");
+    let journal = l.sh("node2", "journalctl -b -u kubelet -o cat --no-pager");
+    assert!(
+        props.contains("ActiveState=failed")
+            && journal.contains("failed to validate nodeIP: node IP: 10.100.0.2 not found"),
+        "without the drop-in the kubelet did not fail at boot: {props}\n{journal}"
+    );
+    // an apply puts the drop-in back (a managed file gone is a change); the next boot is clean
+    let (code, out) = lab.apply(&["--no-guard"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("node2: created /etc/systemd/system/kubelet.service.d/50-wgprov.conf"),
+        "{out}"
+    );
+    reboot_and_wait(&lab, "node2");
+    let props = unit_props(l, "node2", "kubelet", "ActiveState,NRestarts");
+    assert!(
+        props.contains("ActiveState=active") && props.contains("NRestarts=0"),
+        "{props}"
+    );
 
     // a fresh network namespace: what was set by hand is gone; what is persisted is back
     assert_eq!(l.sh("node2", "sysctl -n net.ipv4.ip_forward").trim(), "0");
@@ -778,7 +839,7 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
     let took = moved.elapsed();
     let journal = l.sh(
         "office1",
-        "journalctl -u wgprov-reresolve-wg0.service -o cat --no-pager | tail -n 5",
+        "journalctl -u wgprov-reresolve-wg0.service -o cat --no-pager | grep -v reresolve-wg0 | tail -n 5",
     );
     assert!(
         back,
@@ -787,9 +848,14 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
     );
     let endpoint = l.sh("office1", "wg show wg0 endpoints");
     assert!(endpoint.contains(&format!("{new}:51821")), "{endpoint}");
+    assert!(
+        journal.contains("endpoint cabin.example.net:51821 looked up again"),
+        "the timer did not re-resolve cabin's name: {journal}"
+    );
     eprintln!(
         "cabin readdressed {old} -> {new}: office1 -> cabin1 back after {:.0} s, without an apply",
         took.as_secs_f64()
     );
-    assert!(lab.cross_site_failures(Duration::from_secs(60)).is_empty());
+    let failed = lab.cross_site_failures(Duration::from_secs(60));
+    assert!(failed.is_empty(), "after cabin's new address: {failed:#?}");
 }
