@@ -145,16 +145,23 @@ pub enum Handler {
     Wireguard,
     /// `sysctl -p` wgprov's file.
     Sysctl,
-    /// Restart the kubelet (where installed).
+    /// Restart the node's kubelet unit (kubelet, k3s, rke2; where installed), after checking
+    /// that the node IP is an address of the host.
     Kubelet,
+    /// `systemctl daemon-reload` (a unit file or drop-in changed).
+    DaemonReload,
+    /// Enable (or, its timer gone, disable) the endpoint re-resolution timer.
+    Reresolve,
 }
 
 impl Handler {
     /// Every handler, by the name roles use in `notify`.
-    pub const ALL: [(&'static str, Handler); 3] = [
+    pub const ALL: [(&'static str, Handler); 5] = [
         ("wireguard", Handler::Wireguard),
         ("kubelet", Handler::Kubelet),
         ("sysctl", Handler::Sysctl),
+        ("daemon_reload", Handler::DaemonReload),
+        ("reresolve", Handler::Reresolve),
     ];
     /// The handler a role's `notify` names.
     pub fn parse(s: &str) -> Option<Handler> {

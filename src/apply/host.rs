@@ -595,9 +595,13 @@ mod tests {
             wireguard: Some(true),
             sysctl: true,
             kubelet: true,
+            node_ip: Some("10.100.0.2".into()),
+            daemon_reload: true,
+            reresolve: true,
         };
         let f = Facts {
             systemd: true,
+            units: ["kubelet".to_string(), "k3s-agent".to_string()].into(),
             tools: ["kubelet".to_string()].into(),
             ..Default::default()
         };

@@ -6,6 +6,7 @@
 //! `--limit` narrows which hosts are changed, never who their peers are: facts are read from
 //! every node so that every config lists every peer.
 
+pub mod drift;
 pub mod guard;
 pub mod host;
 pub mod runner;
@@ -129,6 +130,9 @@ pub struct HostReport {
     pub changes: Vec<FileReport>,
     /// Handlers run (or that would run).
     pub handlers: Vec<String>,
+    /// How the running interface differed from its file (repaired by the handlers).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub drift: Vec<String>,
     /// Why it failed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -146,6 +150,7 @@ impl HostReport {
             status: HostStatus::Ok,
             changes: Vec::new(),
             handlers: Vec::new(),
+            drift: Vec::new(),
             error: None,
             warnings: Vec::new(),
             timings: Timings::default(),
@@ -492,6 +497,7 @@ pub async fn apply(
                 let input = HostInput {
                     node: n,
                     os_family: os,
+                    systemd: f.systemd,
                     existing: &existing,
                     peer_fallback: Some(&fallback),
                 };
@@ -513,7 +519,20 @@ pub async fn apply(
                 let changes = diff::compare(&files, &|p| {
                     f.files.get(p).cloned().unwrap_or(FileFact::Absent)
                 });
-                let handlers = script::plan_handlers(&changes, f, &wg_path);
+                let mut handlers = script::plan_handlers(&changes, f, &wg_path);
+                if handlers.kubelet {
+                    handlers.node_ip = Some(n.wireguard_ip.to_string());
+                }
+                // drift: an unchanged config whose running interface differs from it
+                if let Some(c) = changes
+                    .iter()
+                    .find(|c| c.desired.path == wg_path && c.action == Action::Unchanged)
+                    && let Some(conf) = c.current.content()
+                {
+                    let drift = drift::detect(conf, f, &iface);
+                    handlers.repair(&drift);
+                    r.drift = drift.into_iter().map(|d| d.what).collect();
+                }
                 r.changes = changes
                     .iter()
                     .map(|c| FileReport {
@@ -1196,6 +1215,7 @@ mod tests {
             wireguard_ip: "10.100.0.1".parse().unwrap(),
             is_next_hop: false,
             os_family: None,
+            kubernetes: Default::default(),
             ssh: crate::inventory::SshSettings {
                 host: "x".into(),
                 user: "root".into(),

@@ -28,8 +28,14 @@ pub struct HandlerPlan {
     pub wireguard: Option<bool>,
     /// `sysctl -p` wgprov's file.
     pub sysctl: bool,
-    /// Restart kubelet (only where it is installed).
+    /// Restart the node's kubelet unit (only where it is installed and enabled or running).
     pub kubelet: bool,
+    /// Before that restart, fail (and put the host back) unless this is an address of the host.
+    pub node_ip: Option<String>,
+    /// `systemctl daemon-reload`, before any restart.
+    pub daemon_reload: bool,
+    /// Enable the endpoint re-resolution timer (or stop it when its files are gone).
+    pub reresolve: bool,
 }
 
 impl HandlerPlan {
@@ -44,15 +50,34 @@ impl HandlerPlan {
             Some(false) => v.push(format!("wireguard: wg syncconf {iface}")),
             None => {}
         }
+        if self.daemon_reload && facts.systemd {
+            v.insert(0, "daemon_reload: systemctl daemon-reload".into());
+        }
         if self.sysctl {
             v.push("sysctl: sysctl -p /etc/sysctl.d/99-wgprov.conf".into());
         }
         if self.kubelet {
-            if facts.tools.contains("kubelet") {
-                v.push("kubelet: restart".into());
+            let units: Vec<&str> = facts.units.iter().map(String::as_str).collect();
+            let check = self
+                .node_ip
+                .as_deref()
+                .map(|ip| format!("check that {ip} is an address of the host, then "))
+                .unwrap_or_default();
+            if facts.systemd && !units.is_empty() {
+                v.push(format!(
+                    "kubelet: {check}restart {} (those enabled or running)",
+                    units.join(", ")
+                ));
+            } else if facts.tools.contains("kubelet") {
+                v.push("kubelet: installed but systemd is not running: restart it yourself".into());
             } else {
                 v.push("kubelet: not installed, nothing to restart".into());
             }
+        }
+        if self.reresolve && facts.systemd {
+            v.push(format!(
+                "reresolve: systemctl enable --now wgprov-reresolve-{iface}.timer"
+            ));
         }
         v
     }
@@ -90,6 +115,9 @@ impl HandlerPlan {
             wireguard: Some(true),
             sysctl: true,
             kubelet: true,
+            node_ip: None,
+            daemon_reload: true,
+            reresolve: true,
         }
     }
 
@@ -107,6 +135,10 @@ impl HandlerPlan {
             wireguard: self.wireguard,
             sysctl: notified(Handler::Sysctl),
             kubelet: notified(Handler::Kubelet),
+            // putting back never refuses to restart: the old node IP was the host's before
+            node_ip: None,
+            daemon_reload: self.daemon_reload,
+            reresolve: notified(Handler::Reresolve),
         }
     }
 }
@@ -127,6 +159,11 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
                 }
                 Handler::Sysctl => h.sysctl = c.action != Action::Removed,
                 Handler::Kubelet => h.kubelet = true,
+                Handler::DaemonReload => h.daemon_reload = true,
+                Handler::Reresolve => {
+                    h.reresolve = true;
+                    h.daemon_reload = true;
+                }
             }
         }
     }
@@ -138,6 +175,18 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
         h.wireguard = Some(true);
     }
     h
+}
+
+impl HandlerPlan {
+    /// Adds what repairs `drift`: a restart when the interface is down, else `wg syncconf`
+    /// (the wireguard handler also enables `wg-quick@` where systemd runs).
+    pub fn repair(&mut self, drift: &[super::drift::Drift]) {
+        if drift.is_empty() {
+            return;
+        }
+        let restart = drift.iter().any(|d| d.restart);
+        self.wireguard = Some(self.wireguard.unwrap_or(false) || restart);
+    }
 }
 
 /// The handlers as shell text. Their failures call the shell function `fail_fn` (`fail` in a
@@ -153,6 +202,11 @@ pub(crate) fn handlers_script(
     let unit = sh_quote(&format!("wg-quick@{iface}"));
     let f = fail_fn;
     let mut s = String::new();
+    if h.daemon_reload && facts.systemd {
+        s.push_str(&format!(
+            "out=$(systemctl daemon-reload 2>&1) || {{ echo \"$out\" >&2; {f} 'handler daemon_reload: systemctl daemon-reload'; }}\n"
+        ));
+    }
     if let Some(restart) = h.wireguard {
         if facts.systemd {
             s.push_str(&format!("systemctl enable -q {unit} 2>/dev/null || true\n"));
@@ -205,12 +259,38 @@ pub(crate) fn handlers_script(
             "if [ -f /etc/sysctl.d/99-wgprov.conf ]; then out=$(sysctl -q -p /etc/sysctl.d/99-wgprov.conf 2>&1) || {{ echo \"$out\" >&2; {f} 'handler sysctl'; }}; fi\n",
         ));
     }
-    if h.kubelet && facts.tools.contains("kubelet") {
-        if facts.systemd {
-            s.push_str(&format!("out=$(systemctl restart kubelet 2>&1) || {{ echo \"$out\" >&2; {f} 'handler kubelet: systemctl restart kubelet'; }}\n"));
-        } else {
-            s.push_str("echo 'kubelet is installed but systemd is not running: restart kubelet yourself' >&2\n");
+    if h.kubelet && facts.systemd && !facts.units.is_empty() {
+        if let Some(ip) = &h.node_ip {
+            // the kubelet refuses a node IP that is not on an interface, and k3s/rke2 crash-loop
+            // on it: never restart into that
+            s.push_str(&format!(
+                "ip -4 -o addr show 2>/dev/null | grep -qF {needle} || {f} {why}\n",
+                needle = sh_quote(&format!(" inet {ip}/")),
+                why = sh_quote(&format!(
+                    "handler kubelet: the node IP {ip} is not an address of this host (is {iface} up?): not restarting the kubelet"
+                )),
+            ));
         }
+        for u in &facts.units {
+            let uq = sh_quote(&format!("{u}.service"));
+            s.push_str(&format!(
+                "if systemctl is-enabled -q {uq} 2>/dev/null || systemctl is-active -q {uq}; then out=$(systemctl restart {uq} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; fi\n",
+                why = sh_quote(&format!("handler kubelet: systemctl restart {u}")),
+            ));
+        }
+    } else if h.kubelet && facts.tools.contains("kubelet") {
+        s.push_str("echo 'kubelet is installed but systemd is not running: restart kubelet yourself' >&2\n");
+    }
+    if h.reresolve && facts.systemd {
+        let timer = format!("wgprov-reresolve-{iface}.timer");
+        s.push_str(&format!(
+            "if [ -f {file} ]; then out=$(systemctl enable -q --now {t} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; \
+             else systemctl stop {t} >/dev/null 2>&1; rm -f {wants}; fi\n",
+            file = sh_quote(&format!("/etc/systemd/system/{timer}")),
+            t = sh_quote(&timer),
+            wants = sh_quote(&format!("/etc/systemd/system/timers.target.wants/{timer}")),
+            why = sh_quote(&format!("handler reresolve: systemctl enable --now {timer}")),
+        ));
     }
     s
 }
@@ -485,8 +565,7 @@ pub(crate) mod tests {
             back,
             HandlerPlan {
                 wireguard: Some(false),
-                sysctl: false,
-                kubelet: false
+                ..Default::default()
             }
         );
         let s = restore_body(
@@ -533,6 +612,96 @@ pub(crate) mod tests {
         }
         let back = handlers_script(&h, &iface, &f, true, "rfail");
         assert!(back.contains("systemctl disable -q"), "{back}");
+    }
+
+    #[test]
+    fn the_kubelet_is_restarted_after_reload_and_interface_only_onto_a_node_ip_the_host_has() {
+        let mut f = up();
+        f.systemd = true;
+        f.units = ["k3s".to_string(), "k3s-agent".to_string()].into();
+        let iface = crate::shell::InterfaceName::default();
+        let h = HandlerPlan {
+            wireguard: Some(true),
+            kubelet: true,
+            node_ip: Some("10.100.0.2".into()),
+            daemon_reload: true,
+            ..HandlerPlan::default()
+        };
+        let s = handlers_script(&h, &iface, &f, false, "fail");
+        let at = |needle: &str| {
+            s.find(needle)
+                .unwrap_or_else(|| panic!("no {needle:?} in\n{s}"))
+        };
+        let reload = at("systemctl daemon-reload");
+        let wg = at("systemctl restart 'wg-quick@wg0'");
+        let check = at("ip -4 -o addr show 2>/dev/null | grep -qF ' inet 10.100.0.2/' || fail");
+        let k3s = at("systemctl restart 'k3s.service'");
+        let agent = at("systemctl restart 'k3s-agent.service'");
+        assert!(
+            reload < wg && wg < check && check < k3s && k3s < agent,
+            "{s}"
+        );
+        // only a unit that is enabled or running is restarted: an agent unit installed on a
+        // server is never started by wgprov
+        assert!(
+            s.contains("if systemctl is-enabled -q 'k3s-agent.service' 2>/dev/null || systemctl is-active -q 'k3s-agent.service'; then"),
+            "{s}"
+        );
+        // putting back never refuses on the node IP
+        let back = h.to_put_back(&[]);
+        assert_eq!(back.node_ip, None);
+        let b = handlers_script(
+            &HandlerPlan {
+                kubelet: true,
+                ..back
+            },
+            &iface,
+            &f,
+            true,
+            "rfail",
+        );
+        assert!(
+            !b.contains("grep -qF") && b.contains("restart 'k3s.service'"),
+            "{b}"
+        );
+        // without systemd: nothing to restart, a note
+        let mut plain = f.clone();
+        plain.systemd = false;
+        plain.tools = ["kubelet".to_string()].into();
+        let n = handlers_script(&h, &iface, &plain, false, "fail");
+        assert!(
+            !n.contains("daemon-reload") && n.contains("restart kubelet yourself"),
+            "{n}"
+        );
+        let d = h.describe(&iface, &f);
+        assert_eq!(
+            d,
+            vec![
+                "daemon_reload: systemctl daemon-reload".to_string(),
+                "wireguard: systemctl restart wg-quick@wg0".to_string(),
+                "kubelet: check that 10.100.0.2 is an address of the host, then restart k3s, k3s-agent (those enabled or running)".to_string(),
+            ]
+        );
+    }
+
+    #[test]
+    fn drift_is_repaired_by_syncconf_or_a_restart_when_down() {
+        let mut h = HandlerPlan::default();
+        h.repair(&[]);
+        assert_eq!(h, HandlerPlan::default());
+        let peer = crate::apply::drift::Drift {
+            what: "peer".into(),
+            restart: false,
+        };
+        h.repair(std::slice::from_ref(&peer));
+        assert_eq!(h.wireguard, Some(false));
+        h.repair(&[crate::apply::drift::Drift {
+            what: "down".into(),
+            restart: true,
+        }]);
+        assert_eq!(h.wireguard, Some(true));
+        h.repair(&[peer]);
+        assert_eq!(h.wireguard, Some(true), "a restart is never downgraded");
     }
 
     #[test]

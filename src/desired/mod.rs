@@ -70,6 +70,8 @@ pub struct HostInput<'a> {
     pub node: &'a NodePlan,
     /// Its OS family (from facts, else the inventory, else debian).
     pub os_family: OsFamily,
+    /// Whether systemd runs there (facts); offline: assumed, as on any server.
+    pub systemd: bool,
     /// Current content of a file on the node, when known (facts); offline: nothing.
     pub existing: &'a dyn Fn(&str) -> Option<String>,
     /// For a peer whose key cannot be learned (its node is unreachable): the public key of the
@@ -84,6 +86,7 @@ pub fn context(
     topo: &Topology,
     node: &NodePlan,
     os_family: OsFamily,
+    systemd: bool,
     keys: &KeyRing,
     fallback: Option<&PeerFallback<'_>>,
 ) -> Result<(Json, Vec<String>)> {
@@ -95,6 +98,7 @@ pub fn context(
     })?;
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
+    let mut dns_endpoints = Vec::new();
     for p in topo.peers(node) {
         let allowed: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
         let allowed = allowed.join(", ");
@@ -131,6 +135,11 @@ pub fn context(
                 });
             }
         };
+        if let Some(ep) = &p.endpoint
+            && crate::inventory::Endpoint::parse(ep).is_ok_and(|e| e.ip().is_none())
+        {
+            dns_endpoints.push(json!({"public_key": pk, "endpoint": ep}));
+        }
         peers.push(json!({
             "name": match &p.peer { PeerRef::Node(n) | PeerRef::Site(n) => n },
             "site": p.site,
@@ -149,6 +158,8 @@ pub fn context(
             "address": node.address,
             "wireguard_ip": node.wireguard_ip.to_string(),
             "is_next_hop": node.is_next_hop,
+            "kubernetes": node.kubernetes.as_str(),
+            "kubernetes_units": node.kubernetes.units(),
         },
         "site": {
             "name": site.name,
@@ -163,8 +174,13 @@ pub fn context(
             "listen_port": net.listen_port,
             "interface": iface,
             "persistent_keepalive": net.persistent_keepalive,
+            "mtu": net.mtu,
+            "kubernetes": net.kubernetes.as_str(),
         },
         "os_family": os_family.as_str(),
+        "systemd": systemd,
+        "mtu": net.mtu,
+        "dns_endpoints": dns_endpoints,
         "interface": iface,
         "listen_port": net.listen_port,
         "address": format!("{}/{}", node.wireguard_ip, net.wireguard_cidr.prefix_len()),
@@ -248,7 +264,14 @@ pub fn desired_files_with_skips(
     keys: &KeyRing,
     input: &HostInput,
 ) -> Result<(Vec<DesiredFile>, Vec<String>)> {
-    let (base, skipped) = context(topo, input.node, input.os_family, keys, input.peer_fallback)?;
+    let (base, skipped) = context(
+        topo,
+        input.node,
+        input.os_family,
+        input.systemd,
+        keys,
+        input.peer_fallback,
+    )?;
     let mut out = Vec::new();
     for role in &roles.roles {
         let ctx = role_context(role, &base);
@@ -263,7 +286,21 @@ pub fn desired_files_with_skips(
         };
         for f in &role.files {
             let path = render_path(roles, role, f, &ctx)?;
-            let state = if !active {
+            let file_active = active
+                && match &f.when {
+                    None => true,
+                    Some(w) => roles
+                        .env
+                        .compile_expression(w)
+                        .and_then(|e| e.eval(ctx.clone()))
+                        .map_err(|e| render_err(&role.name, &format!("{path}: when `{w}`"), e))?
+                        .is_true(),
+                };
+            if !file_active && matches!(f.content, ContentSpec::Edit { .. }) {
+                // an edited file is someone else's (the kubelet package's): never removed
+                continue;
+            }
+            let state = if !file_active {
                 FileState::Absent
             } else {
                 let existing = (input.existing)(&path);
@@ -318,7 +355,7 @@ pub fn candidate_paths(roles: &Roles, topo: &Topology, node: &NodePlan) -> Resul
     keys.insert(node.name.clone(), Keypair::generate());
     let mut paths = Vec::new();
     for os in [OsFamily::Debian, OsFamily::Redhat] {
-        let (base, _) = context(topo, node, os, &keys, Some(&|_| Some(String::new())))?;
+        let (base, _) = context(topo, node, os, true, &keys, Some(&|_| Some(String::new())))?;
         for role in &roles.roles {
             let ctx = role_context(role, &base);
             for f in &role.files {
@@ -418,6 +455,7 @@ pub fn render_offline(
                             let input = HostInput {
                                 node: n,
                                 os_family: offline_os_family(n),
+                                systemd: true,
                                 existing: &none,
                                 peer_fallback: None,
                             };

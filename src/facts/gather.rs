@@ -12,6 +12,9 @@ use base64::engine::general_purpose::STANDARD;
 use crate::inventory::OsFamily;
 use crate::shell::{InterfaceName, PATH_PRELUDE, RemotePath, sh_quote};
 
+/// The units that run a kubelet, of every Kubernetes flavor.
+pub const KUBE_UNITS: &[&str] = &["kubelet", "k3s", "k3s-agent", "rke2-server", "rke2-agent"];
+
 /// Delimiter that starts a section of the facts output.
 pub const MARK: &str = "@@WGPROV-FACT@@";
 
@@ -97,6 +100,11 @@ pub struct Facts {
     pub tools: BTreeSet<String>,
     /// True when systemd is the running init.
     pub systemd: bool,
+    /// Which units of the Kubernetes flavors (kubelet, k3s, k3s-agent, rke2-server,
+    /// rke2-agent) are installed.
+    pub units: BTreeSet<String>,
+    /// True when `wg-quick@<iface>` is enabled (systemd only).
+    pub wg_enabled: bool,
     /// Unix time on the host when the facts were read.
     pub now: u64,
 }
@@ -125,6 +133,15 @@ pub fn script(iface: &InterfaceName, paths: &[RemotePath]) -> String {
     ));
     s.push_str("sec tools\nfor t in systemctl wg wg-quick kubelet iptables sudo resolvconf; do command -v $t >/dev/null 2>&1 && printf '%s ' $t; done; echo\n");
     s.push_str("sec systemd\nif [ -d /run/systemd/system ]; then echo yes; else echo no; fi\n");
+    // shell tests only: a unit is installed when its file is in one of systemd's unit paths
+    s.push_str(&format!(
+        "sec units\nfor u in {units}; do for d in /etc/systemd/system /run/systemd/system /usr/local/lib/systemd/system /lib/systemd/system /usr/lib/systemd/system; do if [ -e \"$d/$u.service\" ]; then printf '%s ' \"$u\"; break; fi; done; done; echo\n\
+         sec wg_enabled\nif [ -e {wants} ]; then echo yes; else echo no; fi\n",
+        units = KUBE_UNITS.join(" "),
+        wants = sh_quote(&format!(
+            "/etc/systemd/system/multi-user.target.wants/wg-quick@{iface}.service"
+        )),
+    ));
     s.push_str("sec now\ndate +%s\nsec end\n");
     s
 }
@@ -243,6 +260,8 @@ pub fn parse(output: &str) -> Result<Facts, String> {
             "wg" => facts.wg = parse_wg_dump(&value),
             "tools" => facts.tools = value.split_whitespace().map(str::to_string).collect(),
             "systemd" => facts.systemd = value.trim() == "yes",
+            "units" => facts.units = value.split_whitespace().map(str::to_string).collect(),
+            "wg_enabled" => facts.wg_enabled = value.trim() == "yes",
             "now" => facts.now = value.trim().parse().unwrap_or(0),
             "end" => complete = true,
             _ => {}

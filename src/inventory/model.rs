@@ -43,6 +43,49 @@ pub struct Network {
     pub cluster_cidrs: Option<Vec<IpNet>>,
     /// Keepalive on links between sites (0: off).
     pub persistent_keepalive: u16,
+    /// wg0's MTU (written, or derived from the sites' `wan_mtu`).
+    pub mtu: u16,
+    /// Where the node IP goes, unless a node says otherwise.
+    pub kubernetes: Flavor,
+}
+
+/// How the cluster's Kubernetes is installed: decides where the node IP is written and which
+/// systemd unit is ordered after the WireGuard interface and restarted.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Flavor {
+    /// kubeadm packages: `KUBELET_EXTRA_ARGS` in the kubelet defaults file; unit `kubelet`.
+    #[default]
+    Kubeadm,
+    /// k3s: `/etc/rancher/k3s/config.yaml.d/`; units `k3s` (server) and `k3s-agent`.
+    K3s,
+    /// rke2: `/etc/rancher/rke2/config.yaml.d/`; units `rke2-server` and `rke2-agent`.
+    Rke2,
+}
+
+impl Flavor {
+    /// Every flavor.
+    pub const ALL: [Flavor; 3] = [Self::Kubeadm, Self::K3s, Self::Rke2];
+    /// Parses the inventory spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+    /// The inventory spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Kubeadm => "kubeadm",
+            Self::K3s => "k3s",
+            Self::Rke2 => "rke2",
+        }
+    }
+    /// The systemd units that run this flavor's kubelet.
+    pub fn units(self) -> &'static [&'static str] {
+        match self {
+            Self::Kubeadm => &["kubelet"],
+            Self::K3s => &["k3s", "k3s-agent"],
+            Self::Rke2 => &["rke2-server", "rke2-agent"],
+        }
+    }
 }
 
 /// Kind of router at a site: shapes the port-forward notes.
@@ -281,6 +324,8 @@ pub struct Site {
     pub next_hop: Option<String>,
     /// Router kind.
     pub router: RouterKind,
+    /// MTU of the uplink (1500 unless written).
+    pub wan_mtu: u16,
     /// For unmanaged sites: the key of their next-hop.
     pub public_key: Option<PublicKey>,
     /// Nodes in the order written.
@@ -302,6 +347,8 @@ pub struct Node {
     pub wireguard_ip: Option<Ipv4Addr>,
     /// OS family written in the inventory, if any.
     pub os_family: Option<OsFamily>,
+    /// Kubernetes flavor written for this node, if any.
+    pub kubernetes: Option<Flavor>,
     /// Resolved SSH settings.
     pub ssh: SshSettings,
     /// Where each SSH setting came from.

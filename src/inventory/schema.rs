@@ -10,7 +10,7 @@ use schemars::JsonSchema;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::model::{OsFamily, RouterKind};
+use super::model::{Flavor, OsFamily, RouterKind};
 
 /// A value with the place it came from.
 pub type S<T> = Spanned<T>;
@@ -58,6 +58,14 @@ pub struct RawNetwork {
     #[serde(default)]
     #[schemars(with = "Option<i64>", range(min = 0, max = 65535))]
     pub persistent_keepalive: Option<S<i64>>,
+    /// wg0's MTU (1280-1500; default: the smallest site `wan_mtu` - 80, 1420 on plain Ethernet).
+    #[serde(default)]
+    #[schemars(with = "Option<i64>", range(min = 1280, max = 1500))]
+    pub mtu: Option<S<i64>>,
+    /// Where the node IP goes: `kubeadm` (default), `k3s` or `rke2`; a node may override it.
+    #[serde(default)]
+    #[schemars(schema_with = "flavors")]
+    pub kubernetes: Option<S<String>>,
 }
 
 /// `ssh:` at the top, in a site or in a node.
@@ -119,6 +127,10 @@ pub struct RawSite {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub endpoint: Option<S<String>>,
+    /// MTU of the site's uplink (PPPoE: 1492); default 1500.
+    #[serde(default)]
+    #[schemars(with = "Option<i64>", range(min = 1360, max = 9216))]
+    pub wan_mtu: Option<S<i64>>,
     /// The next-hop masquerades the site's `lan_cidrs` into the mesh (an operator's laptop or a
     /// CI runner on the LAN reaches every node's WireGuard address).
     #[serde(default)]
@@ -161,6 +173,10 @@ pub struct RawNode {
     #[serde(default)]
     #[schemars(schema_with = "os_families")]
     pub os_family: Option<S<String>>,
+    /// `kubeadm`, `k3s` or `rke2`: overrides `network.kubernetes` for this node.
+    #[serde(default)]
+    #[schemars(schema_with = "flavors")]
+    pub kubernetes: Option<S<String>>,
     /// SSH overrides for this node.
     #[serde(default)]
     #[schemars(with = "Option<RawSsh>")]
@@ -179,6 +195,12 @@ fn os_families(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         OsFamily::ALL.iter().map(|k| k.as_str().into()).collect();
     families.push(serde_json::Value::Null);
     schemars::json_schema!({ "type": ["string", "null"], "enum": families })
+}
+
+fn flavors(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut kinds: Vec<serde_json::Value> = Flavor::ALL.iter().map(|k| k.as_str().into()).collect();
+    kinds.push(serde_json::Value::Null);
+    schemars::json_schema!({ "type": ["string", "null"], "enum": kinds })
 }
 
 /// The inventory's JSON Schema (draft 7, which editors' YAML plugins read), generated from

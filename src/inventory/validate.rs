@@ -213,6 +213,32 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             25
         }
     };
+    let kubernetes = match &net.kubernetes {
+        None => Flavor::Kubeadm,
+        Some(k) => Flavor::parse(&k.value).unwrap_or_else(|| {
+            d.error(
+                loc(k),
+                "network.kubernetes",
+                format!("`{}` is not one of kubeadm, k3s, rke2", k.value),
+            );
+            Flavor::Kubeadm
+        }),
+    };
+    let mtu_written = net.mtu.as_ref().and_then(|m| {
+        if (1280..=1500).contains(&m.value) {
+            Some((m.value as u16, loc(m)))
+        } else {
+            d.error(
+                loc(m),
+                "network.mtu",
+                format!(
+                    "{} is outside 1280-1500: WireGuard needs at least 1280 (IPv6), and the internet between sites carries 1500",
+                    m.value
+                ),
+            );
+            None
+        }
+    });
     let network_loc = loc(&raw.network);
     let cluster_cidrs = match &net.cluster_cidrs {
         None => {
@@ -407,6 +433,35 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             );
         }
 
+        let wan_mtu = match &site.wan_mtu {
+            None => 1500,
+            Some(m) if (1360..=9216).contains(&m.value) => m.value as u16,
+            Some(m) => {
+                d.error(
+                    loc(m),
+                    format!("{sp}.wan_mtu"),
+                    format!(
+                        "{} is outside 1360-9216: WireGuard's 80 bytes of overhead must leave at least 1280 inside",
+                        m.value
+                    ),
+                );
+                1500
+            }
+        };
+        if let (Some((m, _)), Some(w)) = (mtu_written, &site.wan_mtu)
+            && i64::from(m) + 80 > w.value
+        {
+            d.error(
+                loc(w),
+                format!("{sp}.wan_mtu"),
+                format!(
+                    "network.mtu {m} does not fit this uplink: {} - 80 bytes of WireGuard overhead leaves {}; lower network.mtu to {} or leave it out",
+                    w.value,
+                    w.value - 80,
+                    w.value - 80
+                ),
+            );
+        }
         let router = match &site.router {
             None => RouterKind::Other,
             Some(r) => RouterKind::parse(&r.value).unwrap_or_else(|| {
@@ -594,6 +649,17 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                 })
             });
 
+            let node_kubernetes = node.kubernetes.as_ref().and_then(|k| {
+                Flavor::parse(&k.value).or_else(|| {
+                    d.error(
+                        loc(k),
+                        format!("{np}.kubernetes"),
+                        format!("`{}` is not one of kubeadm, k3s, rke2", k.value),
+                    );
+                    None
+                })
+            });
+
             let layers = [
                 raw.ssh.as_ref().map(|s| SshLayer {
                     raw: &s.value,
@@ -626,6 +692,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                 address,
                 wireguard_ip,
                 os_family,
+                kubernetes: node_kubernetes,
                 ssh,
                 ssh_origin,
             });
@@ -682,6 +749,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             endpoint,
             next_hop,
             router,
+            wan_mtu,
             public_key,
             nodes,
         });
@@ -770,6 +838,16 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             interface,
             cluster_cidrs,
             persistent_keepalive: keepalive,
+            // the internet between sites carries 1500 whatever a site's own uplink does
+            mtu: mtu_written.map(|m| m.0).unwrap_or_else(|| {
+                sites
+                    .iter()
+                    .map(|s| s.wan_mtu.min(1500))
+                    .min()
+                    .unwrap_or(1500)
+                    - 80
+            }),
+            kubernetes,
         },
         sites,
     });

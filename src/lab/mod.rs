@@ -493,6 +493,14 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
     for (i, r) in p.routers.iter().enumerate() {
         let leg = format!("r{i}");
         veth_into_bridge(inet, &leg, "br0", &r.ns, "wan0")?;
+        if r.wan_mtu != 1500 {
+            // a PPPoE-like uplink: both ends of the WAN link carry at most wan_mtu bytes, and
+            // a larger packet is dropped without a word (a veth or bridge port drops what
+            // exceeds its MTU), as a black-holing ISP link does
+            let m = r.wan_mtu.to_string();
+            ip(inet, &["link", "set", &leg, "mtu", &m])?;
+            ip(&r.ns, &["link", "set", "wan0", "mtu", &m])?;
+        }
         if !inet_net.contains(&r.wan_ip) {
             host_route(inet, r.wan_ip, "br0")?;
         }
@@ -777,6 +785,68 @@ pub fn mesh_only(prefix: &str) -> Result<Vec<Ipv4Addr>> {
         }
     }
     Ok(removed)
+}
+
+/// Gives `site`'s router a new public address, as an ISP does to a home line: the WAN address
+/// moves (the router's NAT entries of the old one die with it), the internet and the other
+/// routers route the new one. Names that pointed at the old address are the caller's to update
+/// (each node's `/etc/hosts`). Returns the old address.
+pub fn readdress_wan(prefix: &str, site: &str, new: Ipv4Addr) -> Result<Ipv4Addr> {
+    let mut st = read_state(prefix)?
+        .ok_or_else(|| Error::Usage(format!("no lab with prefix `{prefix}`")))?;
+    let old = *st
+        .wan
+        .get(site)
+        .ok_or_else(|| Error::Usage(format!("lab {prefix} has no site `{site}`")))?;
+    if st.wan.values().any(|w| *w == new) {
+        return Err(Error::Usage(format!("{new} is already a WAN address")));
+    }
+    let inet_net = ipnet::Ipv4Net::new(plan::INTERNET_IP, 24)
+        .expect("net")
+        .trunc();
+    let router = st.routers[site].clone();
+    // as a PPPoE line reconnecting: the WAN link goes down and comes back with the new address;
+    // going down flushes the router's NAT (MASQUERADE) entries, which would otherwise keep
+    // rewriting the nodes' flows to the old address for as long as keepalives refresh them
+    ip(&router, &["link", "set", "wan0", "down"])?;
+    ip(
+        &router,
+        &["addr", "del", &format!("{old}/32"), "dev", "wan0"],
+    )?;
+    ip(
+        &router,
+        &["addr", "add", &format!("{new}/32"), "dev", "wan0"],
+    )?;
+    ip(&router, &["link", "set", "wan0", "up"])?;
+    ip(
+        &router,
+        &["route", "add", &inet_net.to_string(), "dev", "wan0"],
+    )?;
+    for (s, w) in st.wan.iter().filter(|(s, _)| *s != site) {
+        if !inet_net.contains(w) {
+            host_route(&router, *w, "wan0").map_err(|e| lab_err(format!("route to {s}: {e}")))?;
+        }
+    }
+    if !inet_net.contains(&new) {
+        host_route(&st.inet_ns, new, "br0")?;
+        for (s, ns) in st.routers.iter().filter(|(s, _)| s.as_str() != site) {
+            host_route(ns, new, "wan0").map_err(|e| lab_err(format!("router of {s}: {e}")))?;
+        }
+    }
+    // the old address leads nowhere any more: no route to it, no cached neighbour entry that
+    // would still carry packets to the router (whose NAT entries would take them)
+    if !inet_net.contains(&old) {
+        let _ = ip(&st.inet_ns, &["route", "del", &format!("{old}/32")]);
+        for (s, ns) in &st.routers {
+            if s != site {
+                let _ = ip(ns, &["route", "del", &format!("{old}/32")]);
+            }
+        }
+    }
+    let _ = ip(&st.inet_ns, &["neigh", "flush", "to", &old.to_string()]);
+    st.wan.insert(site.to_string(), new);
+    save_state(&st)?;
+    Ok(old)
 }
 
 /// What `down` removed.

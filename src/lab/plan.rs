@@ -49,6 +49,8 @@ pub struct RouterPlan {
     pub lan_ip: Ipv4Addr,
     /// UDP port-forward: public port to next-hop address and listen port.
     pub forward: Option<(u16, Ipv4Addr, u16)>,
+    /// MTU of its WAN link (the site's `wan_mtu`: 1492 makes a PPPoE-like uplink).
+    pub wan_mtu: u16,
 }
 
 /// A node of the lab.
@@ -304,6 +306,7 @@ pub fn plan(
             lan,
             lan_ip,
             forward,
+            wan_mtu: s.wan_mtu,
         });
         for (n, a) in s.nodes.iter().zip(addrs) {
             nodes.push(NodeLab {

@@ -22,6 +22,56 @@ struct NetworkDoc<'a> {
     interface: &'a str,
     cluster_cidrs: Option<Vec<String>>,
     persistent_keepalive: u16,
+    mtu: u16,
+    kubernetes: &'static str,
+    cni_mtu: Vec<CniMtu>,
+}
+
+/// The MTU a CNI must be given on top of wg0: its own encapsulation comes out of wg0's.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct CniMtu {
+    /// The CNI and its mode.
+    pub cni: &'static str,
+    /// The MTU to configure.
+    pub mtu: u16,
+    /// Where that is set.
+    pub setting: &'static str,
+}
+
+/// The MTUs to give the usual CNIs when pod traffic crosses wg0 with MTU `mtu`.
+pub fn cni_mtus(mtu: u16) -> Vec<CniMtu> {
+    let c = |cni, overhead: u16, setting| CniMtu {
+        cni,
+        mtu: mtu - overhead,
+        setting,
+    };
+    vec![
+        c(
+            "flannel (VXLAN; k3s's default)",
+            50,
+            "flannel derives it from the interface it uses: with flannel-iface wg0 it picks this itself",
+        ),
+        c(
+            "Calico IPIP",
+            20,
+            "veth_mtu in the calico-config ConfigMap (or FelixConfiguration mtu)",
+        ),
+        c(
+            "Calico VXLAN",
+            50,
+            "veth_mtu in the calico-config ConfigMap (or FelixConfiguration mtu)",
+        ),
+        c(
+            "Cilium VXLAN or Geneve",
+            50,
+            "--set mtu=… (Helm) / mtu in the cilium-config ConfigMap",
+        ),
+        c(
+            "Cilium native routing",
+            0,
+            "--set mtu=… (Helm) / mtu in the cilium-config ConfigMap",
+        ),
+    ]
 }
 
 #[derive(Serialize)]
@@ -34,6 +84,7 @@ struct SiteDoc<'a> {
     router: &'static str,
     lan_cidrs: Vec<String>,
     public_key: Option<String>,
+    wan_mtu: u16,
     nodes: Vec<NodeDoc<'a>>,
 }
 
@@ -44,6 +95,7 @@ struct NodeDoc<'a> {
     wireguard_ip: String,
     next_hop: bool,
     os_family: Option<&'static str>,
+    kubernetes: &'static str,
     peers: Vec<PeerDoc>,
 }
 
@@ -71,6 +123,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
             router: s.router.as_str(),
             lan_cidrs: s.lan_cidrs.iter().map(|c| c.to_string()).collect(),
             public_key: s.public_key.map(|k| k.to_base64()),
+            wan_mtu: s.wan_mtu,
             nodes: s
                 .nodes
                 .iter()
@@ -81,6 +134,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
                     wireguard_ip: n.wireguard_ip.to_string(),
                     next_hop: n.is_next_hop,
                     os_family: n.os_family.map(|o| o.as_str()),
+                    kubernetes: n.kubernetes.as_str(),
                     peers: topo
                         .peers(n)
                         .into_iter()
@@ -114,6 +168,9 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
                 .as_ref()
                 .map(|c| c.iter().map(|x| x.to_string()).collect()),
             persistent_keepalive: net.persistent_keepalive,
+            mtu: net.mtu,
+            kubernetes: net.kubernetes.as_str(),
+            cni_mtu: cni_mtus(net.mtu),
         },
         sites,
     }
@@ -135,13 +192,23 @@ pub fn plan_text(topo: &Topology) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "network {}  /{} per site  {} port {}  keepalive {}s",
+        "network {}  /{} per site  {} port {}  keepalive {}s  mtu {}  kubernetes {}",
         net.wireguard_cidr,
         net.site_prefix,
         net.interface,
         net.listen_port,
-        net.persistent_keepalive
+        net.persistent_keepalive,
+        net.mtu,
+        net.kubernetes.as_str()
     );
+    let _ = writeln!(
+        o,
+        "MTU for the CNI on top of {} (mtu {}):",
+        net.interface, net.mtu
+    );
+    for c in cni_mtus(net.mtu) {
+        let _ = writeln!(o, "  {:<32} {:>4}  {}", c.cni, c.mtu, c.setting);
+    }
     if let Some(cc) = &net.cluster_cidrs {
         let list: Vec<String> = cc.iter().map(|c| c.to_string()).collect();
         let _ = writeln!(o, "cluster CIDRs {}", list.join(", "));
@@ -162,21 +229,31 @@ pub fn plan_text(topo: &Topology) -> String {
         }
         let _ = writeln!(
             o,
-            "\nsite {}  {}  {}  next-hop {}  router {}",
+            "\nsite {}  {}  {}  next-hop {}  router {}{}",
             s.name,
             s.wireguard_cidr,
             ep,
             s.next_hop.as_deref().unwrap_or("-"),
-            s.router.as_str()
+            s.router.as_str(),
+            if s.wan_mtu == 1500 {
+                String::new()
+            } else {
+                format!("  wan_mtu {}", s.wan_mtu)
+            }
         );
         for n in s.nodes.iter().filter_map(|n| topo.node(n)) {
             let _ = writeln!(
                 o,
-                "  {:<16} {:<15} lan {}{}",
+                "  {:<16} {:<15} lan {}{}{}",
                 n.name,
                 n.wireguard_ip,
                 n.address,
-                if n.is_next_hop { "  next-hop" } else { "" }
+                if n.is_next_hop { "  next-hop" } else { "" },
+                if n.kubernetes == net.kubernetes {
+                    String::new()
+                } else {
+                    format!("  kubernetes {}", n.kubernetes.as_str())
+                }
             );
             for p in topo.peers(n) {
                 let who = match &p.peer {
@@ -218,6 +295,9 @@ pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool)
                     let _ = writeln!(o, "    {l}");
                 }
             }
+        }
+        for d in &h.drift {
+            let _ = writeln!(o, "{}: drift: {d}", h.name);
         }
         if h.status != HostStatus::Unreachable && h.error.is_none()
             || h.status == HostStatus::RolledBack

@@ -41,6 +41,26 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../roles/kubelet/defaults.yaml"),
     ),
     (
+        "roles/kubelet/templates/k3s.yaml.j2",
+        include_str!("../../roles/kubelet/templates/k3s.yaml.j2"),
+    ),
+    (
+        "roles/kubelet/templates/rke2.yaml.j2",
+        include_str!("../../roles/kubelet/templates/rke2.yaml.j2"),
+    ),
+    (
+        "roles/boot_order/role.yaml",
+        include_str!("../../roles/boot_order/role.yaml"),
+    ),
+    (
+        "roles/boot_order/defaults.yaml",
+        include_str!("../../roles/boot_order/defaults.yaml"),
+    ),
+    (
+        "roles/boot_order/templates/after-wireguard.conf.j2",
+        include_str!("../../roles/boot_order/templates/after-wireguard.conf.j2"),
+    ),
+    (
         "roles/forwarding/role.yaml",
         include_str!("../../roles/forwarding/role.yaml"),
     ),
@@ -64,10 +84,36 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "roles/port_forward/templates/port-forward.md.j2",
         include_str!("../../roles/port_forward/templates/port-forward.md.j2"),
     ),
+    (
+        "roles/reresolve/role.yaml",
+        include_str!("../../roles/reresolve/role.yaml"),
+    ),
+    (
+        "roles/reresolve/defaults.yaml",
+        include_str!("../../roles/reresolve/defaults.yaml"),
+    ),
+    (
+        "roles/reresolve/templates/reresolve.sh.j2",
+        include_str!("../../roles/reresolve/templates/reresolve.sh.j2"),
+    ),
+    (
+        "roles/reresolve/templates/reresolve.service.j2",
+        include_str!("../../roles/reresolve/templates/reresolve.service.j2"),
+    ),
+    (
+        "roles/reresolve/templates/reresolve.timer.j2",
+        include_str!("../../roles/reresolve/templates/reresolve.timer.j2"),
+    ),
 ];
 
 /// Handlers a role may notify; what each does is defined by `apply`.
-pub const HANDLERS: &[&str] = &["wireguard", "kubelet", "sysctl"];
+pub const HANDLERS: &[&str] = &[
+    "wireguard",
+    "kubelet",
+    "sysctl",
+    "daemon_reload",
+    "reresolve",
+];
 
 /// Where roles and the playbook come from.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -206,6 +252,8 @@ pub enum EditKind {
 #[serde(deny_unknown_fields)]
 struct FileSpec {
     path: String,
+    #[serde(default)]
+    when: Option<String>,
     mode: String,
     #[serde(default)]
     template: Option<String>,
@@ -224,6 +272,9 @@ struct FileSpec {
 pub struct ManagedFile {
     /// Path template (rendered per node).
     pub path: String,
+    /// Condition for this file (a minijinja expression) on top of its role's; when false, a
+    /// templated file is removed and an edited one is left alone (it is someone else's file).
+    pub when: Option<String>,
     /// Mode bits.
     pub mode: u32,
     /// How the content is made.
@@ -320,6 +371,12 @@ impl Roles {
                     .map_err(|e| role_err(&name, format!("when `{w}`: {e}")))?;
             }
             let mut files = Vec::new();
+            for f in &rf.files {
+                if let Some(w) = &f.when {
+                    env.compile_expression(w)
+                        .map_err(|e| role_err(&name, format!("{}: when `{w}`: {e}", f.path)))?;
+                }
+            }
             for f in rf.files {
                 files.push(file_spec(&name, f, &templates)?);
             }
@@ -388,6 +445,7 @@ fn file_spec(role: &str, f: FileSpec, templates: &[(String, String)]) -> Result<
     };
     Ok(ManagedFile {
         path: f.path,
+        when: f.when,
         mode,
         content,
         notify,
@@ -404,7 +462,14 @@ mod tests {
         let names: Vec<&str> = r.roles.iter().map(|r| r.name.as_str()).collect();
         assert_eq!(
             names,
-            ["wireguard", "kubelet", "forwarding", "port_forward"]
+            [
+                "wireguard",
+                "kubelet",
+                "boot_order",
+                "forwarding",
+                "port_forward",
+                "reresolve"
+            ]
         );
     }
 

@@ -11,7 +11,9 @@ use ipnet::Ipv4Net;
 
 use crate::error::{Diagnostic, Result};
 use crate::inventory::lock::Lock;
-use crate::inventory::{Endpoint, Inventory, Network, Node, OsFamily, RouterKind, SshSettings};
+use crate::inventory::{
+    Endpoint, Flavor, Inventory, Network, Node, OsFamily, RouterKind, SshSettings,
+};
 use keys::PublicKey;
 
 /// The whole network: every site and node with its address and peers.
@@ -49,6 +51,8 @@ pub struct SitePlan {
     pub lan_access: bool,
     /// Next-hop public key of an unmanaged site.
     pub public_key: Option<PublicKey>,
+    /// MTU of the site's uplink.
+    pub wan_mtu: u16,
     /// Node names.
     pub nodes: Vec<String>,
 }
@@ -68,6 +72,8 @@ pub struct NodePlan {
     pub is_next_hop: bool,
     /// OS family from the inventory, if written.
     pub os_family: Option<OsFamily>,
+    /// Its Kubernetes flavor (the node's, else the network's).
+    pub kubernetes: Flavor,
     /// SSH settings.
     pub ssh: SshSettings,
 }
@@ -113,10 +119,16 @@ impl Topology {
                 lan_cidrs: s.lan_cidrs.clone(),
                 lan_access: s.lan_access,
                 public_key: s.public_key,
+                wan_mtu: s.wan_mtu,
                 nodes: s.nodes.iter().map(|n| n.name.clone()).collect(),
             });
             for n in &s.nodes {
-                nodes.push(node_plan(n, &allocation, s.next_hop.as_deref()));
+                nodes.push(node_plan(
+                    n,
+                    &allocation,
+                    s.next_hop.as_deref(),
+                    inv.network.kubernetes,
+                ));
             }
         }
         let index = nodes
@@ -204,7 +216,7 @@ impl Topology {
     }
 }
 
-fn node_plan(n: &Node, a: &alloc::Allocation, next_hop: Option<&str>) -> NodePlan {
+fn node_plan(n: &Node, a: &alloc::Allocation, next_hop: Option<&str>, flavor: Flavor) -> NodePlan {
     NodePlan {
         name: n.name.clone(),
         site: n.site.clone(),
@@ -212,6 +224,7 @@ fn node_plan(n: &Node, a: &alloc::Allocation, next_hop: Option<&str>) -> NodePla
         wireguard_ip: a.node_ips[&n.name],
         is_next_hop: next_hop == Some(n.name.as_str()),
         os_family: n.os_family,
+        kubernetes: n.kubernetes.unwrap_or(flavor),
         ssh: n.ssh.clone(),
     }
 }

@@ -6,6 +6,7 @@ pub mod common;
 pub mod fuzz;
 pub mod guard;
 pub mod lab;
+pub mod nodes;
 pub mod operator;
 pub mod properties;
 pub mod roundtrip;

@@ -40,9 +40,15 @@ struct Lab {
 
 impl Lab {
     fn demo(tag: &str, image: &Path) -> Lab {
+        Lab::demo_with(tag, image, |y| y)
+    }
+
+    /// The demo lab, its inventory edited by `edit` first.
+    fn demo_with(tag: &str, image: &Path, edit: impl Fn(String) -> String) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let inv = dir.path().join("demo.yaml");
-        std::fs::copy(root().join("inventories/demo.yaml"), &inv).unwrap();
+        let yaml = std::fs::read_to_string(root().join("inventories/demo.yaml")).unwrap();
+        std::fs::write(&inv, edit(yaml)).unwrap();
         let planned = wgprov::topology::plan_inventory(&inv, true).unwrap();
         let nodes = planned
             .topology
@@ -139,11 +145,100 @@ fn alive(pid: u32) -> bool {
         .unwrap_or(false)
 }
 
+/// A stand-in kubelet that validates its node IP exactly as the real one does at start-up: an
+/// address on no interface is fatal ("failed to validate nodeIP: node IP ... not found in the
+/// host's network interfaces"). Unlike the packaged unit it never restarts itself, so a start
+/// before wg0 has its address shows as a failed unit. Installed where the kubeadm packages put
+/// theirs, reading the same defaults files.
+const KUBELET: &str = r#"#!/bin/sh
+ip=
+for a in "$@"; do case "$a" in --node-ip=*) ip=${a#--node-ip=};; esac; done
+if [ -n "$ip" ] && ! ip -4 -o addr show | grep -qF " inet $ip/"; then
+  echo "E1126 run.go:72] failed to run Kubelet: failed to validate nodeIP: node IP: $ip not found in the host's network interfaces" >&2
+  exit 1
+fi
+echo "stand-in kubelet: running with node IP ${ip:-(auto)}"
+exec sleep infinity
+"#;
+
+const KUBELET_UNIT: &str = "[Unit]\nDescription=stand-in kubelet\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nEnvironmentFile=-/etc/default/kubelet\nEnvironmentFile=-/etc/sysconfig/kubelet\nExecStart=/usr/local/bin/kubelet $KUBELET_EXTRA_ARGS\nRestart=no\n\n[Install]\nWantedBy=multi-user.target\n";
+
+/// A stand-in k3s server: reads its node IP from config.yaml.d as k3s does, fails the same
+/// way when it is on no interface, counts its starts.
+const K3S: &str = r#"#!/bin/sh
+ip=$(cat /etc/rancher/k3s/config.yaml.d/*.yaml 2>/dev/null | sed -n 's/^node-ip: *//p' | tail -n 1)
+iface=$(cat /etc/rancher/k3s/config.yaml.d/*.yaml 2>/dev/null | sed -n 's/^flannel-iface: *//p' | tail -n 1)
+echo "start node-ip=${ip:-auto} flannel-iface=${iface:-auto}" >> /var/lib/k3s-standin.starts
+if [ -n "$ip" ] && ! ip -4 -o addr show | grep -qF " inet $ip/"; then
+  echo "level=fatal msg=node IP $ip not found in the host's network interfaces" >&2
+  exit 1
+fi
+exec sleep infinity
+"#;
+
+const K3S_UNIT: &str = "[Unit]\nDescription=stand-in k3s\nWants=network-online.target\nAfter=network-online.target\n\n[Service]\nExecStart=/usr/local/bin/k3s server\nRestart=no\n\n[Install]\nWantedBy=multi-user.target\n";
+
+/// Installs, enables and starts the stand-in `unit` (kubelet or k3s) on `node`.
+fn install_standin(l: &LabGuard, node: &str, unit: &str, script: &str, unit_file: &str) {
+    l.sh(
+        node,
+        &format!(
+            "mkdir -p /usr/local/bin /lib/systemd/system && cat > /usr/local/bin/{unit} <<'EOF'\n{script}EOF\n\
+             chmod 755 /usr/local/bin/{unit} && printf '{unit_file}' > /lib/systemd/system/{unit}.service && \
+             systemctl daemon-reload && systemctl enable -q --now {unit}"
+        ),
+    );
+}
+
+/// Reboots one node and waits (bounded) until it is booted again and its kubelet-like units
+/// have had their chance to start (`systemctl is-system-running --wait`).
+fn reboot_and_wait(lab: &Lab, node: &str) {
+    let dir = lab.node_dir(node);
+    let old = wgprov::lab::systemd::machine_pid(&dir).unwrap();
+    let (code, _, err) = lab.lab.exec(node, &["systemctl", "reboot"]);
+    assert_eq!(code, 0, "{node}: {err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(p) = wgprov::lab::systemd::machine_pid(&dir)
+            && p != old
+            && matches!(
+                lab.lab
+                    .exec(node, &["systemctl", "is-system-running", "--wait"])
+                    .1
+                    .trim(),
+                "running" | "degraded"
+            )
+        {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{node} did not boot again");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// `systemctl show` properties of a unit on a node, as `Key=value` lines.
+fn unit_props(l: &LabGuard, node: &str, unit: &str, props: &str) -> String {
+    l.sh(node, &format!("systemctl show -p {props} {unit}"))
+}
+
 #[test]
 fn systemd_nodes_apply_guarded_reboot_into_the_mesh_and_leave_nothing() {
     let Some(image) = image() else { return };
-    let lab = Lab::demo("sd", &image);
+    // cabin1 runs k3s; the others the kubeadm packages' kubelet
+    let lab = Lab::demo_with("sd", &image, |y| {
+        y.replace(
+            "      cabin1:\n        address: 192.168.0.50\n",
+            "      cabin1:\n        address: 192.168.0.50\n        kubernetes: k3s\n",
+        )
+    });
     let l = &lab.lab;
+    for (n, _, _) in &lab.nodes {
+        if n == "cabin1" {
+            install_standin(l, n, "k3s", K3S, K3S_UNIT);
+        } else {
+            install_standin(l, n, "kubelet", KUBELET, KUBELET_UNIT);
+        }
+    }
 
     // real machines: PID 1 is systemd, booted, each with its own host name and host key
     let mut host_keys = Vec::new();
@@ -233,6 +328,66 @@ fn systemd_nodes_apply_guarded_reboot_into_the_mesh_and_leave_nothing() {
         assert!(!timers.contains("wgprov-deadman-"), "{n}: {timers}");
     }
 
+    // the node IP where each flavor reads it, its unit ordered after wg-quick@wg0 (a drop-in,
+    // daemon-reload) and restarted onto the new node IP after checking it exists
+    for (n, _, ip) in &lab.nodes {
+        let (unit, dropins): (&str, &[&str]) = if n == "cabin1" {
+            ("k3s", &["k3s", "k3s-agent"])
+        } else {
+            ("kubelet", &["kubelet"])
+        };
+        for d in dropins {
+            let text = l.sh(
+                n,
+                &format!("cat /etc/systemd/system/{d}.service.d/50-wgprov.conf"),
+            );
+            assert!(
+                text.contains("After=wg-quick@wg0.service")
+                    && text.contains("Wants=wg-quick@wg0.service"),
+                "{n}: {d}: {text}"
+            );
+        }
+        let props = unit_props(l, n, unit, "After,ActiveState,NRestarts");
+        assert!(props.contains("wg-quick@wg0.service"), "{n}: {props}");
+        assert!(
+            props.contains("ActiveState=active"),
+            "{n}: {props}\n{}",
+            l.sh(
+                n,
+                &format!("journalctl -u {unit} -o cat --no-pager | tail -n 8")
+            )
+        );
+        assert!(props.contains("NRestarts=0"), "{n}: {props}");
+        if n == "cabin1" {
+            assert_eq!(
+                l.sh(n, "cat /etc/rancher/k3s/config.yaml.d/50-wgprov.yaml")
+                    .lines()
+                    .filter(|l| !l.starts_with('#'))
+                    .collect::<Vec<_>>(),
+                vec![format!("node-ip: {ip}"), "flannel-iface: wg0".to_string()],
+            );
+            let starts = l.sh(n, "cat /var/lib/k3s-standin.starts");
+            assert_eq!(
+                starts.lines().last(),
+                Some(format!("start node-ip={ip} flannel-iface=wg0").as_str()),
+                "k3s not restarted onto its node IP: {starts}"
+            );
+            assert_eq!(starts.lines().count(), 2, "{starts}");
+            // a k3s node has no kubeadm file
+            assert_eq!(l.exec(n, &["test", "-e", "/etc/default/kubelet"]).0, 1);
+        } else {
+            let log = l.sh(n, "journalctl -u kubelet -o cat --no-pager");
+            assert!(
+                log.contains(&format!("stand-in kubelet: running with node IP {ip}")),
+                "{n}: kubelet not restarted onto its node IP: {log}"
+            );
+        }
+    }
+    assert!(
+        out.contains("restart kubelet") && out.contains("check that"),
+        "{out}"
+    );
+
     // a second apply changes nothing (and with --no-guard too)
     let (code, out) = lab.apply(&["--check", "--detailed-exitcode"]);
     assert_eq!(code, 0, "changes pending after the apply:\n{out}");
@@ -319,6 +474,53 @@ fn systemd_nodes_apply_guarded_reboot_into_the_mesh_and_leave_nothing() {
             "{n}: wg0 not brought up by systemd at boot"
         );
     }
+    // the kubelet (a stand-in that fails for good when its node IP is on no interface) came up
+    // after wg0 on every node, first time, no restart
+    for (n, _, ip) in &lab.nodes {
+        let unit = if n == "cabin1" { "k3s" } else { "kubelet" };
+        let props = unit_props(l, n, unit, "ActiveState,NRestarts");
+        assert!(
+            props.contains("ActiveState=active") && props.contains("NRestarts=0"),
+            "{n}: {unit} after the reboot: {props}\n{}",
+            l.sh(
+                n,
+                &format!("journalctl -b -u {unit} -o cat --no-pager | tail -n 5")
+            )
+        );
+        if unit == "kubelet" {
+            let log = l.sh(n, "journalctl -b -u kubelet -o cat --no-pager");
+            assert!(log.contains(&format!("node IP {ip}")), "{n}: {log}");
+        }
+    }
+
+    // the control: without the drop-in the same kubelet loses the race at boot, every time
+    // here (3 of 3 tries by hand), which is what the drop-in is for
+    l.sh(
+        "node2",
+        "rm /etc/systemd/system/kubelet.service.d/50-wgprov.conf && systemctl daemon-reload",
+    );
+    reboot_and_wait(&lab, "node2");
+    let props = unit_props(l, "node2", "kubelet", "ActiveState");
+    let journal = l.sh("node2", "journalctl -b -u kubelet -o cat --no-pager");
+    assert!(
+        props.contains("ActiveState=failed")
+            && journal.contains("failed to validate nodeIP: node IP: 10.100.0.2 not found"),
+        "without the drop-in the kubelet did not fail at boot: {props}\n{journal}"
+    );
+    // an apply puts the drop-in back (a managed file gone is a change); the next boot is clean
+    let (code, out) = lab.apply(&["--no-guard"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("node2: created /etc/systemd/system/kubelet.service.d/50-wgprov.conf"),
+        "{out}"
+    );
+    reboot_and_wait(&lab, "node2");
+    let props = unit_props(l, "node2", "kubelet", "ActiveState,NRestarts");
+    assert!(
+        props.contains("ActiveState=active") && props.contains("NRestarts=0"),
+        "{props}"
+    );
+
     // a fresh network namespace: what was set by hand is gone; what is persisted is back
     assert_eq!(l.sh("node2", "sysctl -n net.ipv4.ip_forward").trim(), "0");
     assert!(!l.sh("node2", "iptables -S").contains("wgprov-leftover"));
@@ -544,4 +746,116 @@ fn the_dead_man_puts_an_interface_change_back_through_the_unit_and_the_mesh_stay
     }
     let failed = lab.cross_site_failures(Duration::from_secs(40));
     assert!(failed.is_empty(), "after the dead-men: {failed:#?}");
+}
+
+/// Drift, then a site whose public address changes, on systemd nodes. office has no endpoint
+/// here, so its next-hop alone opens the link to cabin (whose endpoint is a name): when cabin's
+/// address changes, only office1 re-resolving the name brings the link back.
+#[test]
+fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
+    let Some(image) = image() else { return };
+    let lab = Lab::demo_with("sddr", &image, |y| {
+        y.replace("    endpoint: 198.51.100.20:51820\n", "")
+    });
+    let l = &lab.lab;
+    let (code, out) = lab.apply(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(lab.cross_site_failures(Duration::from_secs(30)).is_empty());
+    let ip = |n: &str| lab.nodes.iter().find(|x| x.0 == n).unwrap().2.clone();
+
+    // drift: a peer removed by hand on a next-hop, wg0 stopped on a member, wg-quick@wg0
+    // disabled on another
+    let peers = l.sh(
+        "office1",
+        "wg show wg0 allowed-ips | awk '$2 == \"10.100.0.0/24\" {print $1}'",
+    );
+    let home_key = peers.trim().to_string();
+    assert!(!home_key.is_empty());
+    l.sh("office1", &format!("wg set wg0 peer {home_key} remove"));
+    l.sh("node2", "systemctl stop wg-quick@wg0");
+    l.sh("node3", "systemctl disable -q wg-quick@wg0");
+    let (code, out) = lab.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(code, 3, "drift must be pending changes:\n{out}");
+    for (n, what) in [
+        ("office1", "is in the file but not on the running wg0"),
+        ("node2", "wg0 is down"),
+        ("node3", "wg-quick@wg0 is not enabled"),
+    ] {
+        assert!(
+            out.lines()
+                .any(|line| line.starts_with(&format!("{n}: drift: ")) && line.contains(what)),
+            "{n}: {what}\n{out}"
+        );
+    }
+    assert!(
+        !out.contains("cabin1: drift") && !out.contains("node1: drift"),
+        "{out}"
+    );
+    // --check changed nothing
+    assert!(!l.sh("office1", "wg show wg0 peers").contains(&home_key));
+    assert_ne!(l.exec("node2", &["ip", "link", "show", "wg0"]).0, 0);
+    // apply repairs, through the guard; the next apply has nothing to do
+    let (code, out) = lab.apply(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("GUARD CONFIRMED"), "{out}");
+    assert!(l.sh("office1", "wg show wg0 peers").contains(&home_key));
+    assert_eq!(
+        l.sh("node2", "systemctl is-active wg-quick@wg0").trim(),
+        "active"
+    );
+    assert_eq!(
+        l.sh("node3", "systemctl is-enabled wg-quick@wg0").trim(),
+        "enabled"
+    );
+    let (code, out) = lab.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{out}");
+    assert!(lab.cross_site_failures(Duration::from_secs(30)).is_empty());
+
+    // the re-resolution timer runs on the next-hops that have cabin's name among their peers
+    for nh in ["node1", "office1"] {
+        assert_eq!(
+            l.sh(nh, "systemctl is-active wgprov-reresolve-wg0.timer")
+                .trim(),
+            "active",
+            "{nh}"
+        );
+    }
+    // cabin's ISP hands its router a new address; the name follows (each node's /etc/hosts)
+    let new: std::net::Ipv4Addr = "203.0.113.77".parse().unwrap();
+    let old = wgprov::lab::readdress_wan(&l.prefix, "cabin", new).unwrap();
+    for (n, _, _) in &lab.nodes {
+        l.sh(
+            n,
+            &format!("sed -i 's/^{old}\\t/{new}\\t/' /etc/hosts && grep -q '^{new}' /etc/hosts"),
+        );
+    }
+    let moved = Instant::now();
+    // office1 -> cabin1 comes back without an apply, within 5 minutes
+    let back = eventually(Duration::from_secs(300), || {
+        l.exec("office1", &["ping", "-c", "1", "-W", "1", &ip("cabin1")])
+            .0
+            == 0
+    });
+    let took = moved.elapsed();
+    let journal = l.sh(
+        "office1",
+        "journalctl -u wgprov-reresolve-wg0.service -o cat --no-pager | grep -v reresolve-wg0 | tail -n 5",
+    );
+    assert!(
+        back,
+        "office1 never reached cabin1 again after cabin's address changed:\n{journal}\n{}",
+        l.sh("office1", "wg show wg0")
+    );
+    let endpoint = l.sh("office1", "wg show wg0 endpoints");
+    assert!(endpoint.contains(&format!("{new}:51821")), "{endpoint}");
+    assert!(
+        journal.contains("endpoint cabin.example.net:51821 looked up again"),
+        "the timer did not re-resolve cabin's name: {journal}"
+    );
+    eprintln!(
+        "cabin readdressed {old} -> {new}: office1 -> cabin1 back after {:.0} s, without an apply",
+        took.as_secs_f64()
+    );
+    let failed = lab.cross_site_failures(Duration::from_secs(60));
+    assert!(failed.is_empty(), "after cabin's new address: {failed:#?}");
 }

@@ -304,6 +304,60 @@ fn cases() -> Vec<(&'static str, String, u32, &'static str, &'static str)> {
             "debian, redhat",
         ),
         (
+            "mtu out of range",
+            with(
+                "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]\n",
+                "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]\n  mtu: 1600\n",
+            ),
+            4,
+            "network.mtu",
+            "outside 1280-1500",
+        ),
+        (
+            "mtu too big for a PPPoE uplink",
+            with(
+                "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]\n",
+                "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]\n  mtu: 1420\n",
+            )
+            .replace(
+                "    next_hop: node1\n",
+                "    next_hop: node1\n    wan_mtu: 1492\n",
+            ),
+            10,
+            "sites.home.wan_mtu",
+            "network.mtu 1420 does not fit this uplink: 1492 - 80 bytes of WireGuard overhead leaves 1412",
+        ),
+        (
+            "wan_mtu too small",
+            with(
+                "    next_hop: node1\n",
+                "    next_hop: node1\n    wan_mtu: 1300\n",
+            ),
+            9,
+            "sites.home.wan_mtu",
+            "outside 1360-9216",
+        ),
+        (
+            "unknown kubernetes flavor",
+            with(
+                "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]\n",
+                "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]\n  kubernetes: k8s\n",
+            ),
+            4,
+            "network.kubernetes",
+            "not one of kubeadm, k3s, rke2",
+        ),
+        (
+            "unknown kubernetes flavor on a node",
+            with(
+                "        address: 192.168.0.11\n",
+                "        address: 192.168.0.11\n        kubernetes: microk8s\n",
+            ),
+            14,
+            "sites.home.nodes.node2.kubernetes",
+            "not one of kubeadm, k3s, rke2",
+        ),
+        (
             "address inside the space",
             with("192.168.0.11", "10.100.9.9"),
             13,
@@ -356,6 +410,42 @@ fn every_rule_names_file_line_and_field() {
         }
     }
     assert!(failures.is_empty(), "\n{}", failures.join("\n"));
+}
+
+#[test]
+fn the_mtu_follows_the_smallest_uplink_and_the_flavor_the_node() {
+    let p = Inv::new(BASE).plan();
+    assert_eq!(p.topology.network.mtu, 1420, "plain Ethernet: 1500 - 80");
+    let pppoe = with(
+        "    next_hop: node1\n",
+        "    next_hop: node1\n    wan_mtu: 1492\n",
+    )
+    .replace(
+        "        address: 192.168.0.11\n",
+        "        address: 192.168.0.11\n        kubernetes: k3s\n",
+    )
+    .replace(
+        "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]\n",
+        "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]\n  kubernetes: rke2\n",
+    );
+    let p = Inv::new(&pppoe).plan();
+    assert_eq!(
+        p.topology.network.mtu, 1412,
+        "one PPPoE site lowers wg0 everywhere"
+    );
+    let flavor = |n: &str| p.topology.node(n).unwrap().kubernetes.as_str();
+    assert_eq!((flavor("node1"), flavor("node2")), ("rke2", "k3s"));
+    // a jumbo uplink does not raise it: the internet between sites carries 1500
+    let jumbo = with(
+        "    next_hop: node1\n",
+        "    next_hop: node1\n    wan_mtu: 9000\n",
+    );
+    assert_eq!(Inv::new(&jumbo).plan().topology.network.mtu, 1420);
+    let explicit = with(
+        "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]\n",
+        "  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]\n  mtu: 1380\n",
+    );
+    assert_eq!(Inv::new(&explicit).plan().topology.network.mtu, 1380);
 }
 
 #[test]
