@@ -508,6 +508,8 @@ fn pair(a: &str, b: &str) -> (String, String) {
 /// Every node's status, the node problems, and the nodes whose interface drifted.
 fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<String>) {
     let iface = v.iface();
+    // the hosts each node's SSH path crosses (proxy_jump, or the mesh)
+    let paths = crate::apply::guard::paths(v.topo);
     let mut nodes = Vec::new();
     let mut problems = Vec::new();
     let mut drifted: BTreeSet<String> = BTreeSet::new();
@@ -538,10 +540,25 @@ fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<String>) {
                     Some(Err(e)) => e.clone(),
                     _ => "not contacted".into(),
                 };
+                let via: Vec<String> = paths
+                    .get(&n.name)
+                    .into_iter()
+                    .flatten()
+                    .filter_map(|h| match v.health(h) {
+                        Health::Up => None,
+                        Health::InterfaceDown => Some(format!("{h} (its {iface} is down)")),
+                        Health::Unreachable => Some(format!("{h} (unreachable)")),
+                    })
+                    .collect();
+                let via = if via.is_empty() {
+                    String::new()
+                } else {
+                    format!("; its SSH path crosses {}", via.join(", "))
+                };
                 problems.push(node_problem(
                     Kind::Unreachable,
                     format!(
-                        "SSH to {} ({}:{}) failed: {err}; its links are judged from their other ends only",
+                        "SSH to {} ({}:{}) failed: {err}{via}; its links are judged from their other ends only",
                         n.name, n.ssh.host, n.ssh.port
                     ),
                 ));
@@ -847,6 +864,16 @@ fn router_rule(v: &View, links: &[LinkStatus], drifted: &BTreeSet<String>) -> Ro
             continue;
         }
         let agree: Vec<&str> = witnesses.iter().map(|(w, _)| *w).collect();
+        let dial = match agree.as_slice() {
+            [w] => format!(
+                "{w}, next-hop of site {} which has no endpoint, must dial {ep} and never completes",
+                topo.node(w).map(|x| x.site.as_str()).unwrap_or("?")
+            ),
+            _ => format!(
+                "{}, next-hops of sites without an endpoint, must dial {ep} and never complete",
+                agree.join(", ")
+            ),
+        };
         let told: Vec<String> = witnesses
             .iter()
             .map(|(w, up)| format!("{w} has working links with {}", up.join(", ")))
@@ -860,13 +887,10 @@ fn router_rule(v: &View, links: &[LinkStatus], drifted: &BTreeSet<String>) -> Ro
             node: None,
             peer: None,
             why: format!(
-                "site {}'s router ({}) does not forward UDP {} to its next-hop {nh}: {} ({} without an endpoint, which must dial {ep}) never complete{} a handshake with {nh}, while {nh} is up, forwarding and has working links with {}, and {}. Create the port-forward {forward} on {}'s router",
+                "site {}'s router ({}) does not forward UDP {} to its next-hop {nh}: {dial} a handshake with {nh}, while {nh} is up, forwarding and has working links with {}, and {}. Create the port-forward {forward} on {}'s router",
                 s.name,
                 s.router.as_str(),
                 ep.port,
-                agree.join(", "),
-                if agree.len() == 1 { "a site" } else { "sites" },
-                if agree.len() == 1 { "s" } else { "" },
                 vouchers.join(", "),
                 told.join("; "),
                 s.name
@@ -1026,7 +1050,10 @@ pub fn text(r: &StatusReport) -> String {
         let probes: Vec<String> = l
             .probes
             .iter()
-            .map(|(f, a)| format!("{f} {}", if *a { "answered" } else { "no answer" }))
+            .map(|(f, a)| {
+                let to = if *f == l.from { &l.to } else { &l.from };
+                format!("{f}->{to} {}", if *a { "answered" } else { "no answer" })
+            })
             .collect();
         let hs = match l.handshake_age {
             Some(a) => format!("handshake {a}s ago"),
@@ -1034,7 +1061,7 @@ pub fn text(r: &StatusReport) -> String {
         };
         let mut detail = vec![hs];
         if !probes.is_empty() {
-            detail.push(format!("ping from {}", probes.join(", ")));
+            detail.push(format!("ping {}", probes.join(", ")));
         }
         let _ = writeln!(
             o,
@@ -1340,6 +1367,21 @@ mod tests {
             "{why}"
         );
         assert!(why.contains("working links with h1"), "{why}");
+        assert!(
+            why.contains("c1, next-hop of site cabin which has no endpoint, must dial 198.51.100.20:51999 and never completes a handshake with o1"),
+            "{why}"
+        );
+        let t = text(&r);
+        assert!(
+            t.contains("down    o1 -- c1 (no handshake; ping c1->o1 no answer, o1->c1 no answer)"),
+            "{t}"
+        );
+        assert!(
+            t.contains(
+                "problems:\n  port_forward_missing [site office]: site office's router (pfsense)"
+            ),
+            "{t}"
+        );
         assert!(!link(&r, "c1", "o1").up);
         assert_eq!(link(&r, "c1", "o1").state, "down");
         assert_eq!(r.exit_code(), 1);
@@ -1482,6 +1524,34 @@ mod tests {
             !r.picture_links()
                 .iter()
                 .any(|(a, b, _)| a == "o1" && b == "o2" || a == "o2" && b == "o1")
+        );
+    }
+
+    #[test]
+    fn a_node_reached_over_the_mesh_behind_a_down_interface_says_so() {
+        let yaml = INV.replace(
+            "      o2: {address: 192.168.10.6}\n",
+            "      o2: {address: 192.168.10.6, ssh: {proxy_jump: o1}}\n",
+        );
+        let mut m = Mesh::healthy(&yaml);
+        m.wg_gone("o1");
+        m.unreachable("o2");
+        let r = m.report();
+        assert_eq!(
+            kinds(&r),
+            vec![
+                (Kind::InterfaceDown, None, Some("o1".into())),
+                (Kind::Unreachable, None, Some("o2".into())),
+            ],
+            "{}",
+            text(&r)
+        );
+        assert!(
+            r.problems[1]
+                .why
+                .contains("its SSH path crosses o1 (its wg0 is down)"),
+            "{}",
+            r.problems[1].why
         );
     }
 
