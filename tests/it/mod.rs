@@ -9,6 +9,7 @@ pub mod lab;
 pub mod operator;
 pub mod properties;
 pub mod roundtrip;
+pub mod status;
 pub mod systemd;
 pub mod validation;
 pub mod wgtools;
