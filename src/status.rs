@@ -191,7 +191,8 @@ pub struct LinkStatus {
     /// True when it carries traffic: a ping over it was answered, or a handshake completed
     /// in the last 180 s while both ends' interfaces are up.
     pub up: bool,
-    /// `up`, `down`, or `unknown` (no end could be asked).
+    /// `up`, `down`, or `unknown` (no end could be asked, or the link to an unmanaged site
+    /// has no keepalive and no recent handshake: idle and broken look the same).
     pub state: String,
     /// Between two sites.
     pub cross_site: bool,
@@ -729,9 +730,12 @@ fn link_states(v: &View) -> Vec<LinkStatus> {
             let answered = l.probes.values().any(|a| *a);
             let fresh = l.handshake_age.is_some_and(|a| a <= FRESH_HANDSHAKE_SECS);
             l.up = answered || (!any_down && fresh);
+            // an unmanaged site cannot be pinged: without keepalive, an idle link and a broken
+            // one look the same
+            let idle = matches!(p.peer, PeerRef::Site(_)) && p.persistent_keepalive.is_none();
             l.state = if l.up {
                 "up"
-            } else if any_seen {
+            } else if any_seen && (any_down || !idle) {
                 "down"
             } else {
                 "unknown"
@@ -1714,6 +1718,29 @@ mod tests {
         );
         assert!(r.problems[0].why.contains("last handshake 400 s ago"));
         assert!(r.problems[0].why.contains("LAN between them"));
+    }
+
+    #[test]
+    fn an_unmanaged_site_without_keepalive_and_no_recent_handshake_is_unknown_not_down() {
+        let yaml = INV.replace(
+            "  cluster_cidrs:",
+            "  persistent_keepalive: 0\n  cluster_cidrs:",
+        );
+        let mut m = Mesh::healthy(&yaml);
+        m.silent("o1", "site friend", Some(600));
+        let r = m.report();
+        assert_eq!(r.problems, vec![], "{}", text(&r));
+        assert_eq!(link(&r, "o1", "site friend").state, "unknown");
+        // with keepalive, a working link renews its handshake every 2 minutes: stale is down
+        let mut m = Mesh::healthy(INV);
+        m.silent("o1", "site friend", Some(600));
+        let r = m.report();
+        assert_eq!(link(&r, "o1", "site friend").state, "down");
+        assert_eq!(
+            kinds(&r),
+            vec![(Kind::NoHandshake, None, Some("o1".into()))]
+        );
+        assert_eq!(r.problems[0].peer.as_deref(), Some("site friend"));
     }
 
     #[test]
