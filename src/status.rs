@@ -384,13 +384,13 @@ pub fn drift(conf: &str, wg: &WgState, name: &dyn Fn(&str) -> String) -> Vec<Str
 
 /// The diagnosis. Pure: unit-tested with fixtures.
 ///
-/// Node rules ([`node_rules`]): an unreachable node is `unreachable` and nothing else; a reached
+/// Node rules (`node_rules`): an unreachable node is `unreachable` and nothing else; a reached
 /// node without its interface up is `interface_down`; a next-hop with `ip_forward` 0 is
 /// `forwarding_off`; a running interface that differs from its file is `drift`; a kubelet file
 /// whose node IP is not the WireGuard address is `kubelet_node_ip`. A link with an unreachable
 /// or down end is explained by that end's problem and blames nobody else.
 ///
-/// The router rule ([`router_rule`]): site S's router is blamed (`port_forward_missing`) only
+/// The router rule (`router_rule`): site S's router is blamed (`port_forward_missing`) only
 /// when several observers agree:
 /// 1. S has an endpoint, and its next-hop N is up, forwarding, without drift, and has at least
 ///    one working link with another site (so N, its key and its uplink work);
