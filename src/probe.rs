@@ -1,7 +1,7 @@
 //! Link health by packets, not by strings: from one end of a WireGuard link, ping the other
 //! end's WireGuard address over the interface until one answer comes back or the wait runs
 //! out. One exec per probing host, every target at once. Shared by the guard's health gate
-//! (and meant for `status`).
+//! and `status`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;

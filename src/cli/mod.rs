@@ -173,8 +173,8 @@ pub enum Command {
         #[command(flatten)]
         run: RunArgs,
     },
-    /// Live mesh health from every node: handshakes, endpoints, transfer; the traces of a
-    /// missing port-forward.
+    /// Live mesh health from every node (handshakes, pings over the interface, forwarding,
+    /// drift) and the problems found, each naming its culprit.
     Status {
         #[command(flatten)]
         inv: InvArgs,
@@ -671,7 +671,10 @@ fn status(path: &Path, run: &RunArgs, picture: Option<GraphFormat>) -> Result<u8
     let progress = std::sync::Arc::new(CliProgress::new(run.format));
     let report = runtime()?.block_on(crate::status::status(&p, &settings, progress))?;
     match (picture, run.format) {
-        (Some(f), _) => print_picture(&output::svg::health_dot(&p.topology, &report.links()), f)?,
+        (Some(f), _) => print_picture(
+            &output::svg::health_dot(&p.topology, &report.picture_links()),
+            f,
+        )?,
         (None, Format::Text) => print!("{}", crate::status::text(&report)),
         (None, Format::Json) => {
             println!("{}", serde_json::to_string_pretty(&report).expect("json"))

@@ -10,6 +10,7 @@ pub mod nodes;
 pub mod operator;
 pub mod properties;
 pub mod roundtrip;
+pub mod status;
 pub mod systemd;
 pub mod validation;
 pub mod wgtools;
