@@ -16,6 +16,7 @@ pub mod facts;
 pub mod inventory;
 pub mod lab;
 pub mod output;
+pub mod peering;
 pub mod probe;
 pub mod roles;
 pub mod shell;
