@@ -7,6 +7,7 @@ pub mod fuzz;
 pub mod guard;
 pub mod lab;
 pub mod operator;
+pub mod peering;
 pub mod properties;
 pub mod roundtrip;
 pub mod systemd;
