@@ -323,9 +323,12 @@ impl Org<'_> {
     fn inv(&self) -> &str {
         self.inv.to_str().unwrap()
     }
+    /// Applies this organisation's inventory; the guard must confirm the change.
     fn apply(&self) {
-        let (code, out, err) = self.wgprov(&["apply", "-i", self.inv()]);
+        let (code, out, err) = self.wgprov(&["apply", "-i", self.inv(), "--format", "json"]);
         assert_eq!(code, 0, "apply -i {}:\n{out}\n{err}", self.inv());
+        let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(v["guard"]["outcome"], "confirmed", "{out}");
     }
     fn export(&self, site: &str, to: &Path) {
         let (code, out, err) = self.wgprov(&["export", "-i", self.inv(), "--site", site]);
