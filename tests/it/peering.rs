@@ -485,3 +485,111 @@ fn two_organisations_exchange_cards_apply_their_own_sides_and_ping_across() {
         started.elapsed().as_secs_f64()
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// properties: over random inventories with comments everywhere, import only ever adds the
+// site's lines, never moves an address, and a second import changes nothing
+
+mod properties {
+    use proptest::prelude::*;
+    use similar::{ChangeTag, TextDiff};
+    use wgprov::error::Error;
+    use wgprov::inventory::lock::Lock;
+    use wgprov::peering::import::{self, Action};
+    use wgprov::peering::{Card, CardSource};
+
+    use super::super::common::{Inv, gen_inventory};
+
+    fn sites_strategy() -> impl Strategy<Value = Vec<(String, usize)>> {
+        prop::collection::btree_map(0u16..60, 1usize..4, 1..6)
+            .prop_map(|m| m.into_iter().map(|(id, n)| (format!("s{id}"), n)).collect())
+    }
+
+    /// `yaml` with comments: some lines get a trailing one, some a comment line before them.
+    fn commented(yaml: &str, marks: &[u8], crlf: bool) -> String {
+        let eol = if crlf { "\r\n" } else { "\n" };
+        let mut out = String::new();
+        for (i, l) in yaml.lines().enumerate() {
+            match marks[i % marks.len()] % 4 {
+                0 => out.push_str(&format!("{}# note {i}{eol}", " ".repeat(i % 5))),
+                1 => {
+                    out.push_str(&format!("{l}   # trailing {i}{eol}"));
+                    continue;
+                }
+                _ => {}
+            }
+            out.push_str(&format!("{l}{eol}"));
+        }
+        out
+    }
+
+    fn card(block: &str) -> Card {
+        let text = super::card("lake", block);
+        Card::parse(std::path::Path::new("lake.card.yaml"), &text)
+            .unwrap()
+            .0
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+
+        #[test]
+        fn import_adds_lines_only_moves_nothing_and_is_idempotent(
+            sites in sites_strategy(),
+            marks in prop::collection::vec(any::<u8>(), 1..12),
+            crlf in any::<bool>(),
+            locked in any::<bool>(),
+            pick in any::<usize>(),
+        ) {
+            let text = commented(&gen_inventory(&sites, true), &marks, crlf);
+            let inv = Inv::new(&text);
+            // with `locked`, the addresses are handed out (recorded in the lock file) first
+            let before = wgprov::topology::plan_inventory(&inv.path, locked).unwrap();
+            let lock = Lock::read(&inv.lock_path()).unwrap();
+            let src = CardSource::default();
+
+            // a free block: added, every old line kept in order, nothing moved
+            let c = card("10.100.200.0/24");
+            let out = import::plan(&inv.path, &text, &lock, &c, &src, None).unwrap();
+            prop_assert_eq!(out.action, Action::Added);
+            let mut added = Vec::new();
+            for ch in TextDiff::from_lines(&text, &out.text).iter_all_changes() {
+                prop_assert!(ch.tag() != ChangeTag::Delete, "removed {:?}", ch.value());
+                if ch.tag() == ChangeTag::Insert {
+                    added.push(ch.value().to_string());
+                }
+            }
+            prop_assert_eq!(added.len(), 5, "{:?}", added);
+            prop_assert_eq!(added[0].trim_end(), "  lake:");
+            let eol = if crlf { "\r\n" } else { "\n" };
+            prop_assert!(added.iter().all(|l| l.ends_with(eol)), "{:?}", added);
+            inv.write(&out.text);
+            let after = inv.plan();
+            for s in &before.topology.sites {
+                let now = after.topology.site(&s.name).unwrap();
+                prop_assert_eq!(now.wireguard_cidr, s.wireguard_cidr, "site {} moved", &s.name);
+            }
+            for n in &before.topology.nodes {
+                prop_assert_eq!(after.topology.node(&n.name).unwrap().wireguard_ip, n.wireguard_ip);
+            }
+            let again = import::plan(&inv.path, &out.text, &Lock::read(&inv.lock_path()).unwrap(), &c, &src, None).unwrap();
+            prop_assert_eq!(again.action, Action::Unchanged);
+            prop_assert_eq!(&again.text, &out.text);
+
+            // a block handed out to one of ours: refused
+            let taken = &before.topology.sites[pick % before.topology.sites.len()];
+            let bad = card(&taken.wireguard_cidr.to_string());
+            match import::plan(&inv.path, &text, &lock, &bad, &src, None) {
+                Err(Error::Invalid(d)) => prop_assert!(
+                    d.iter().any(|x| x.field == format!("sites.{}.wireguard_cidr", taken.name)),
+                    "{:?}", d
+                ),
+                Ok(o) if !locked => prop_assert!(
+                    o.warnings.iter().any(|w| w.contains(&format!("site {} has no block yet", taken.name))),
+                    "{:?}", o.warnings
+                ),
+                other => prop_assert!(false, "a taken block was accepted: {:?}", other.map(|o| o.text)),
+            }
+        }
+    }
+}
