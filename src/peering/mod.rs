@@ -57,7 +57,8 @@ pub struct Card {
     /// Blocks the exporting side already routes (its sites and the neighbours it peers with),
     /// by site name: the importing side's blocks must not overlap them.
     pub reserved: Vec<(String, Ipv4Net)>,
-    /// The `[Peer]` section the other side adds to its hub's WireGuard config.
+    /// The `[Peer]` section the other side adds to its hub's WireGuard config (empty in a card
+    /// written by hand without one: import does not need it).
     pub peer_section: String,
 }
 
@@ -146,6 +147,9 @@ impl Card {
         );
         for (name, block) in &self.reserved {
             y.push_str(&format!("  {name}: {block}\n"));
+        }
+        if self.peer_section.is_empty() {
+            return y;
         }
         y.push_str(&format!(
             "# Without wgprov: add this to your hub's WireGuard config, route {} to the hub from your\n\
@@ -271,8 +275,14 @@ impl Card {
                 reserved.push((name.value.clone(), n));
             }
         }
-        at("peer_section", loc(&raw.peer_section));
-        for (i, l) in raw.peer_section.value.lines().enumerate() {
+        let empty = S {
+            value: String::new(),
+            referenced: raw.site.referenced,
+            defined: raw.site.defined,
+        };
+        let peer = raw.peer_section.as_ref().unwrap_or(&empty);
+        at("peer_section", loc(peer));
+        for (i, l) in peer.value.lines().enumerate() {
             let key = l
                 .split('=')
                 .next()
@@ -281,7 +291,7 @@ impl Card {
                 .to_ascii_lowercase();
             if key == "privatekey" || key == "presharedkey" {
                 // the block scalar's place is its first line
-                let mut l0 = loc(&raw.peer_section);
+                let mut l0 = loc(peer);
                 l0.line += i as u32;
                 d.error(
                     l0,
@@ -302,7 +312,7 @@ impl Card {
             mtu: mtu.expect("checked"),
             wireguard_space: space.expect("checked"),
             reserved,
-            peer_section: raw.peer_section.value,
+            peer_section: peer.value.clone(),
         };
         Ok((card, src))
     }
@@ -338,7 +348,8 @@ struct RawCard {
     wireguard_space: S<String>,
     #[serde(default)]
     reserved: Option<IndexMap<S<String>, S<String>>>,
-    peer_section: S<String>,
+    #[serde(default)]
+    peer_section: Option<S<String>>,
 }
 
 fn cidr(d: &mut Diags, v: &S<String>, field: &str) -> Option<Ipv4Net> {
@@ -596,6 +607,18 @@ mod tests {
         let text = card.to_yaml();
         assert!(text.contains("# no endpoint"), "{text}");
         assert_eq!(Card::parse(Path::new("c"), &text).unwrap().0, card);
+    }
+
+    #[test]
+    fn a_hand_written_card_needs_only_the_facts() {
+        let text = format!(
+            "wgprov_peering_card: 1\nsite: lake\nwireguard_cidr: 10.100.9.0/24\nlisten_port: 51820\npublic_key: {KEY}\nmtu: 1420\nwireguard_space: 10.100.0.0/16\n"
+        );
+        let (card, _) = Card::parse(Path::new("lake.yaml"), &text).unwrap();
+        assert_eq!((&card.endpoint, card.reserved.len()), (&None, 0));
+        assert_eq!(card.peer_section, "");
+        let again = Card::parse(Path::new("c"), &card.to_yaml()).unwrap().0;
+        assert_eq!(again.public_key, card.public_key);
     }
 
     #[test]
