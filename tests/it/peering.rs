@@ -268,7 +268,8 @@ sites:
       b2: { address: 192.168.2.11 }
 ";
 
-/// Organisation A's own inventory: its site only.
+/// Organisation A's own inventory: its site only; its hub is reached through the member (so
+/// that export's key read goes through a jump host).
 const ORG_A: &str = "# Organisation A: we run alpha.
 network:
   wireguard_cidr: 10.100.0.0/16
@@ -281,7 +282,7 @@ sites:
     endpoint: 203.0.113.11:51820
     next_hop: a1
     nodes:
-      a1: { address: 192.168.1.10 }
+      a1: { address: 192.168.1.10, ssh: { proxy_jump: a2 } }   # the hub, reached through a2
       a2: { address: 192.168.1.11 }   # the member
 # neighbours come from their cards (wgprov import)
 ";
