@@ -79,6 +79,14 @@ pub enum Error {
     /// The command line was used wrongly.
     #[error("{0}")]
     Usage(String),
+    /// A host could not be read, or what it answered cannot be used.
+    #[error("{host}: {message}")]
+    Host {
+        /// The node.
+        host: String,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl Error {

@@ -4,7 +4,7 @@
 //! The flow is visible in the modules: [`inventory`] (YAML, validation, lock file) →
 //! [`topology`] (addresses, peers, keys) → [`desired`] (files per host, from [`roles`]) — all
 //! pure and offline — then the parts that touch hosts. [`facts`] holds the parsers that read
-//! what a host has.
+//! what a host has; [`peering`] exchanges cards with sites someone else runs.
 #![deny(missing_docs)]
 
 pub mod apply;
@@ -16,6 +16,7 @@ pub mod facts;
 pub mod inventory;
 pub mod lab;
 pub mod output;
+pub mod peering;
 pub mod probe;
 pub mod roles;
 pub mod shell;

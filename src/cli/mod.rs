@@ -61,6 +61,14 @@ pub struct RunArgs {
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
     pub format: Format,
+    /// How SSH connections are made.
+    #[command(flatten)]
+    pub connect: ConnectArgs,
+}
+
+/// How SSH connections are made.
+#[derive(Debug, clap::Args)]
+pub struct ConnectArgs {
     /// Record unknown host keys in known_hosts instead of refusing them (trust on first use).
     #[arg(long)]
     pub accept_new_host_keys: bool,
@@ -72,6 +80,16 @@ pub struct RunArgs {
     pub command_timeout: u64,
 }
 
+impl ConnectArgs {
+    fn options(&self) -> crate::transport::ssh::SshOptions {
+        crate::transport::ssh::SshOptions {
+            accept_new_host_keys: self.accept_new_host_keys,
+            connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
+            command_timeout: std::time::Duration::from_secs(self.command_timeout.max(1)),
+        }
+    }
+}
+
 impl RunArgs {
     fn settings(&self, check: bool, no_rollback: bool) -> crate::apply::Settings {
         crate::apply::Settings {
@@ -81,11 +99,7 @@ impl RunArgs {
             no_rollback,
             guard: None,
             stop: Default::default(),
-            ssh: crate::transport::ssh::SshOptions {
-                accept_new_host_keys: self.accept_new_host_keys,
-                connect_timeout: std::time::Duration::from_secs(self.connect_timeout.max(1)),
-                command_timeout: std::time::Duration::from_secs(self.command_timeout.max(1)),
-            },
+            ssh: self.connect.options(),
         }
     }
 }
@@ -184,6 +198,35 @@ pub enum Command {
         /// Graphviz source; svg: rendered by Graphviz `dot -Tsvg`).
         #[arg(long, value_enum, value_name = "dot|svg")]
         picture: Option<GraphFormat>,
+    },
+    /// Print a peering card for SITE: the public facts a neighbour's inventory needs to peer
+    /// with it (block, endpoint, listen port, its next-hop's public key, MTU) and the exact
+    /// `[Peer]` section for a hub without wgprov. Reads the public key on the next-hop over SSH
+    /// (`wg pubkey` there): no private key leaves it.
+    Export {
+        #[command(flatten)]
+        inv: InvArgs,
+        /// The site the card describes (a managed one).
+        #[arg(long, value_name = "SITE")]
+        site: String,
+        #[command(flatten)]
+        connect: ConnectArgs,
+    },
+    /// Add or update the site a peering card describes, as `managed: false`, in the inventory
+    /// (comments and every other line kept). Refused with exit 2, nothing written, when the
+    /// result would be invalid: a block that collides, a managed site of that name.
+    Import {
+        #[command(flatten)]
+        inv: InvArgs,
+        /// The card (`wgprov export` wrote it); `-` reads it from standard input.
+        #[arg(value_name = "CARD")]
+        card: PathBuf,
+        /// The name the site gets here (default: the card's), when the card's is taken.
+        #[arg(long = "as", value_name = "NAME")]
+        name: Option<String>,
+        /// Show the change to the inventory; write nothing.
+        #[arg(long)]
+        check: bool,
     },
     /// A local testbed of the inventory's sites in network namespaces (needs root).
     #[command(subcommand)]
@@ -335,6 +378,13 @@ pub fn run(cli: Cli) -> u8 {
         ),
         Command::Rollback { inv, run } => rollback(&inv.inventory, &run),
         Command::Status { inv, run, picture } => status(&inv.inventory, &run, picture),
+        Command::Export { inv, site, connect } => export(&inv.inventory, &site, &connect),
+        Command::Import {
+            inv,
+            card,
+            name,
+            check,
+        } => import(&inv.inventory, &card, name.as_deref(), check),
         Command::Lab(l) => lab(l),
         Command::Schema => {
             println!("{}", inventory::schema::json_schema_text());
@@ -354,7 +404,7 @@ pub fn run(cli: Cli) -> u8 {
             eprintln!("error: {e}");
             match e {
                 Error::Invalid(_) | Error::Usage(_) | Error::Role { .. } => EXIT_INVALID,
-                Error::Io { .. } | Error::Lab(_) => EXIT_FAILED,
+                Error::Io { .. } | Error::Lab(_) | Error::Host { .. } => EXIT_FAILED,
             }
         }
     }
@@ -681,6 +731,91 @@ fn status(path: &Path, run: &RunArgs, picture: Option<GraphFormat>) -> Result<u8
         }
     }
     Ok(report.exit_code())
+}
+
+fn export(path: &Path, site: &str, connect: &ConnectArgs) -> Result<u8> {
+    let p = planned(path, true)?;
+    let topo = &p.topology;
+    let s = topo.site(site).ok_or_else(|| {
+        let names: Vec<&str> = topo.sites.iter().map(|s| s.name.as_str()).collect();
+        Error::Usage(format!(
+            "no site `{site}` in {} (its sites: {})",
+            path.display(),
+            names.join(", ")
+        ))
+    })?;
+    if !s.managed {
+        return Err(Error::Usage(format!(
+            "site {site} is not managed by {}: its card comes from its owner",
+            path.display()
+        )));
+    }
+    let hub = s
+        .next_hop
+        .as_deref()
+        .and_then(|n| topo.node(n))
+        .ok_or_else(|| Error::Usage(format!("site {site} has no next-hop node")))?;
+    let (key, warning) = runtime()?.block_on(crate::peering::hub_public_key(
+        topo,
+        hub,
+        &connect.options(),
+    ))?;
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    let card = crate::peering::card_for(topo, site, key)?;
+    print!("{}", card.to_yaml());
+    eprintln!(
+        "site {site}: card written with {}'s public key; it holds no secret. The other side runs: wgprov import -i THEIR-INVENTORY CARD",
+        hub.name
+    );
+    Ok(EXIT_OK)
+}
+
+fn import(path: &Path, card_path: &Path, name: Option<&str>, check: bool) -> Result<u8> {
+    use crate::peering::import::{self, Action};
+    let (card, src) = crate::peering::Card::read(card_path)?;
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| Error::Usage(format!("cannot read inventory {}: {e}", path.display())))?;
+    let lock = inventory::lock::Lock::read(&inventory::lock_path(path))?;
+    let out = import::plan(path, &text, &lock, &card, &src, name)?;
+    for w in &out.warnings {
+        eprintln!("warning: {w}");
+    }
+    let site = &out.site;
+    if out.action == Action::Unchanged {
+        println!(
+            "{}: site {site} is already as the card says; nothing written",
+            path.display()
+        );
+        return Ok(EXIT_OK);
+    }
+    let shown = path.display().to_string();
+    print!(
+        "{}",
+        similar::TextDiff::from_lines(&text, &out.text)
+            .unified_diff()
+            .context_radius(2)
+            .header(&shown, &shown)
+    );
+    if check {
+        println!("--check: nothing written");
+        return Ok(EXIT_OK);
+    }
+    import::write_atomic(path, &text, &out.text)?;
+    let what = match out.action {
+        Action::Added => format!(
+            "added site {site} ({}) as managed: false",
+            card.wireguard_cidr
+        ),
+        _ => format!("updated site {site}: {}", out.changes.join(", ")),
+    };
+    println!(
+        "{}: {what}; `wgprov apply -i {}` gives every next-hop its peer",
+        path.display(),
+        path.display()
+    );
+    Ok(EXIT_OK)
 }
 
 fn lab(cmd: LabCommand) -> Result<u8> {

@@ -8,6 +8,7 @@ pub mod guard;
 pub mod lab;
 pub mod nodes;
 pub mod operator;
+pub mod peering;
 pub mod properties;
 pub mod roundtrip;
 pub mod status;
