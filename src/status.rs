@@ -24,11 +24,9 @@ use crate::apply::{Progress, Settings, connect_all, run_all};
 use crate::error::Result;
 use crate::facts::gather::{self, Facts, PeerState, WgState};
 use crate::facts::kubelet;
-use crate::facts::wgconf::WgConfig;
-use crate::inventory::OsFamily;
+use crate::inventory::{Flavor, OsFamily};
 use crate::probe;
 use crate::shell::{InterfaceName, RemotePath, sh_quote};
-use crate::topology::keys::PrivateKey;
 use crate::topology::{NodePlan, Peer, PeerRef, Topology};
 use crate::transport::Transport;
 
@@ -48,6 +46,28 @@ pub fn kubelet_path(os: OsFamily) -> &'static str {
     match os {
         OsFamily::Debian => "/etc/default/kubelet",
         OsFamily::Redhat => "/etc/sysconfig/kubelet",
+    }
+}
+
+/// Where a node of `flavor` has its node IP written (SPEC.md, "What lands on a node").
+pub fn node_ip_path(flavor: Flavor, os: OsFamily) -> &'static str {
+    match flavor {
+        Flavor::Kubeadm => kubelet_path(os),
+        Flavor::K3s => "/etc/rancher/k3s/config.yaml.d/50-wgprov.yaml",
+        Flavor::Rke2 => "/etc/rancher/rke2/config.yaml.d/50-wgprov.yaml",
+    }
+}
+
+/// The node IP a node-IP file sets: `--node-ip` in kubeadm's defaults file, `node-ip:` in a
+/// k3s/rke2 config file.
+fn node_ip_in(flavor: Flavor, text: &str) -> Option<String> {
+    match flavor {
+        Flavor::Kubeadm => kubelet::node_ip(text),
+        Flavor::K3s | Flavor::Rke2 => text
+            .lines()
+            .filter_map(|l| l.trim().strip_prefix("node-ip:"))
+            .map(|v| v.trim().trim_matches('"').trim_matches('\'').to_string())
+            .next_back(),
     }
 }
 
@@ -261,6 +281,9 @@ pub struct StatusReport {
     pub links: Vec<LinkStatus>,
     /// Problems; empty in a healthy network.
     pub problems: Vec<Problem>,
+    /// What works now but will not survive a likely event (no effect on the exit code).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
 }
 
 impl StatusReport {
@@ -291,96 +314,8 @@ enum Health {
     Up,
 }
 
-fn nets(v: &[String]) -> BTreeSet<Ipv4Net> {
-    v.iter()
-        .flat_map(|s| s.split(','))
-        .filter_map(|s| s.trim().parse::<Ipv4Net>().ok())
-        .map(|n| n.trunc())
-        .collect()
-}
-
-fn short_key(k: &str) -> String {
-    format!("{}…", k.chars().take(8).collect::<String>())
-}
-
-/// Differences between the running interface and its file, in words; empty when they agree.
-/// `name` names a peer by its public key. Endpoints are left out on purpose: a running peer's
-/// endpoint follows roaming and NAT.
-pub fn drift(conf: &str, wg: &WgState, name: &dyn Fn(&str) -> String) -> Vec<String> {
-    let c = WgConfig::parse(conf);
-    let mut out = Vec::new();
-    if let Some(i) = c.interface() {
-        if let Some(p) = i
-            .get("ListenPort")
-            .and_then(|p| p.trim().parse::<u16>().ok())
-            && p != wg.listen_port
-        {
-            out.push(format!(
-                "it listens on {}, the file says {p}",
-                wg.listen_port
-            ));
-        }
-        if let Some(k) = i.get("PrivateKey")
-            && let Ok(k) = PrivateKey::from_base64(k.trim())
-            && k.public_key().to_base64() != wg.public_key
-        {
-            out.push("it runs with another key than the file's".into());
-        }
-    }
-    type Want = (BTreeSet<Ipv4Net>, u32);
-    let file: BTreeMap<String, Want> = c
-        .peers()
-        .filter_map(|p| {
-            let key = p.get("PublicKey")?.trim().to_string();
-            let allowed: Vec<String> = p
-                .get_all("AllowedIPs")
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-            let ka = p
-                .get("PersistentKeepalive")
-                .and_then(|v| v.trim().parse::<u32>().ok())
-                .unwrap_or(0);
-            Some((key, (nets(&allowed), ka)))
-        })
-        .collect();
-    let running: BTreeMap<String, Want> = wg
-        .peers
-        .iter()
-        .map(|p| (p.public_key.clone(), (nets(&p.allowed_ips), p.keepalive)))
-        .collect();
-    for (k, (allowed, ka)) in &file {
-        match running.get(k) {
-            None => out.push(format!("peer {} is in the file but not running", name(k))),
-            Some((ra, rka)) => {
-                if ra != allowed {
-                    let show = |s: &BTreeSet<Ipv4Net>| {
-                        s.iter()
-                            .map(|n| n.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    };
-                    out.push(format!(
-                        "peer {}: AllowedIPs {} running, {} in the file",
-                        name(k),
-                        show(ra),
-                        show(allowed)
-                    ));
-                }
-                if rka != ka {
-                    out.push(format!(
-                        "peer {}: keepalive {rka} running, {ka} in the file",
-                        name(k)
-                    ));
-                }
-            }
-        }
-    }
-    for k in running.keys().filter(|k| !file.contains_key(*k)) {
-        out.push(format!("peer {} is running but not in the file", name(k)));
-    }
-    out
-}
+pub use crate::apply::drift::running_vs_file as drift;
+use crate::apply::drift::{nets, short_key};
 
 /// The diagnosis. Pure: unit-tested with fixtures.
 ///
@@ -416,7 +351,38 @@ pub fn diagnose(topo: &Topology, obs: &Observations) -> StatusReport {
         nodes,
         links,
         problems,
+        warnings: reresolve_warnings(topo, obs),
     }
+}
+
+/// A next-hop without systemd has no re-resolution timer: an endpoint written as a name is
+/// resolved once, when its interface comes up, so a site whose address changes stays cut off
+/// from it until the interface restarts.
+fn reresolve_warnings(topo: &Topology, obs: &Observations) -> Vec<String> {
+    let mut out = Vec::new();
+    for n in topo.nodes.iter().filter(|n| n.is_next_hop) {
+        let Some(Ok(o)) = obs.get(&n.name) else {
+            continue;
+        };
+        if o.facts.systemd {
+            continue;
+        }
+        let names: Vec<String> = topo
+            .peers(n)
+            .into_iter()
+            .filter_map(|p| p.endpoint)
+            .filter(|e| crate::inventory::Endpoint::parse(e).is_ok_and(|e| e.ip().is_none()))
+            .collect();
+        if !names.is_empty() {
+            out.push(format!(
+                "{}: nothing re-resolves {} without systemd: if that address changes, the link stays down until {} restarts",
+                n.name,
+                names.join(", "),
+                topo.network.interface
+            ));
+        }
+    }
+    out
 }
 
 /// The observations with the plan, and who each public key is.
@@ -644,23 +610,18 @@ fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<String>) {
             .os_family
             .or(n.os_family)
             .unwrap_or(OsFamily::Debian);
-        if let Some(k) = o
-            .facts
-            .files
-            .get(kubelet_path(os))
-            .and_then(|f| f.content())
-        {
+        let path = node_ip_path(n.kubernetes, os);
+        if let Some(k) = o.facts.files.get(path).and_then(|f| f.content()) {
             let want = n.wireguard_ip.to_string();
-            let have = kubelet::node_ip(k);
+            let have = node_ip_in(n.kubernetes, k);
             if have.as_deref() != Some(want.as_str()) {
                 problems.push(node_problem(
                     Kind::KubeletNodeIp,
                     format!(
-                        "{} sets {}, not the WireGuard address {want}: the kubelet registers the node at the wrong address (wgprov apply sets --node-ip={want})",
-                        kubelet_path(os),
+                        "{path} sets {}, not the WireGuard address {want}: the kubelet registers the node at the wrong address (wgprov apply sets it to {want})",
                         match have {
-                            Some(ip) => format!("--node-ip={ip}"),
-                            None => "no --node-ip".into(),
+                            Some(ip) => format!("node IP {ip}"),
+                            None => "no node IP".into(),
                         }
                     ),
                 ));
@@ -959,7 +920,14 @@ pub async fn observe_all<T: Transport + 'static>(
 ) -> Observations {
     let iface = topo.network.interface.clone();
     let mut paths = vec![conf_path(&iface)];
-    paths.extend(OsFamily::ALL.iter().map(|o| kubelet_path(*o).to_string()));
+    for f in Flavor::ALL {
+        for o in OsFamily::ALL {
+            let p = node_ip_path(f, o).to_string();
+            if !paths.contains(&p) {
+                paths.push(p);
+            }
+        }
+    }
     let paths: Vec<RemotePath> = paths
         .iter()
         .map(|p| RemotePath::new(p).expect("fixed paths are valid"))
@@ -1075,6 +1043,9 @@ pub fn text(r: &StatusReport) -> String {
             l.to,
             detail.join("; ")
         );
+    }
+    for w in &r.warnings {
+        let _ = writeln!(o, "warning: {w}");
     }
     if r.problems.is_empty() {
         o.push_str("no problems found\n");
@@ -1680,7 +1651,7 @@ mod tests {
         assert!(
             r.problems[0]
                 .why
-                .contains("--node-ip=192.168.0.11, not the WireGuard address 10.100.0.2")
+                .contains("sets node IP 192.168.0.11, not the WireGuard address 10.100.0.2")
         );
         // a Red Hat node's file is /etc/sysconfig/kubelet
         let mut m = Mesh::healthy(INV);
@@ -1697,7 +1668,65 @@ mod tests {
             kinds(&r),
             vec![(Kind::KubeletNodeIp, None, Some("h2".into()))]
         );
-        assert!(r.problems[0].why.contains("sets no --node-ip"));
+        assert!(r.problems[0].why.contains("sets no node IP"));
+        // a k3s node's is wgprov's config.yaml.d file; its kubeadm file is not looked at
+        let k3s = INV.replace(
+            "h2: {address: 192.168.0.11}",
+            "h2: {address: 192.168.0.11, kubernetes: k3s}",
+        );
+        let mut m = Mesh::healthy(&k3s);
+        m.get("h2").facts.files.insert(
+            "/etc/default/kubelet".into(),
+            FileFact::Present {
+                mode: 0o644,
+                content: "KUBELET_EXTRA_ARGS=--node-ip=192.168.0.11\n".into(),
+            },
+        );
+        assert_eq!(kinds(&m.report()), vec![]);
+        m.get("h2").facts.files.insert(
+            "/etc/rancher/k3s/config.yaml.d/50-wgprov.yaml".into(),
+            FileFact::Present {
+                mode: 0o644,
+                content: "# managed\nnode-ip: 10.100.0.9\nflannel-iface: wg0\n".into(),
+            },
+        );
+        let r = m.report();
+        assert_eq!(
+            kinds(&r),
+            vec![(Kind::KubeletNodeIp, None, Some("h2".into()))]
+        );
+        assert!(
+            r.problems[0].why.starts_with(
+                "/etc/rancher/k3s/config.yaml.d/50-wgprov.yaml sets node IP 10.100.0.9, not the WireGuard address 10.100.0.2"
+            ),
+            "{}",
+            r.problems[0].why
+        );
+    }
+
+    #[test]
+    fn next_hops_without_systemd_warn_that_nothing_reresolves_a_name() {
+        let named = INV.replace(
+            "  cabin:\n    nodes:",
+            "  cabin:\n    endpoint: cabin.example.net:51821\n    nodes:",
+        );
+        let mut m = Mesh::healthy(&named);
+        let r = m.report();
+        assert_eq!(kinds(&r), vec![], "{}", text(&r));
+        assert_eq!(r.exit_code(), 0, "a warning is not a problem");
+        assert_eq!(
+            r.warnings,
+            vec![
+                "h1: nothing re-resolves cabin.example.net:51821 without systemd: if that address changes, the link stays down until wg0 restarts",
+                "o1: nothing re-resolves cabin.example.net:51821 without systemd: if that address changes, the link stays down until wg0 restarts",
+            ]
+        );
+        assert!(text(&r).contains("warning: h1: nothing re-resolves"));
+        for n in ["h1", "o1"] {
+            m.get(n).facts.systemd = true;
+        }
+        assert!(m.report().warnings.is_empty());
+        assert!(Mesh::healthy(INV).report().warnings.is_empty());
     }
 
     #[test]

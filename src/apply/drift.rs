@@ -6,9 +6,13 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
+use ipnet::Ipv4Net;
+
 use crate::facts::Facts;
+use crate::facts::gather::WgState;
 use crate::facts::wgconf::WgConfig;
 use crate::shell::InterfaceName;
+use crate::topology::keys::PrivateKey;
 
 /// One way the running interface differs from its file.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -20,115 +24,127 @@ pub struct Drift {
     pub restart: bool,
 }
 
-fn short(key: &str) -> String {
-    key.chars().take(8).collect::<String>() + "…"
+/// A public key shortened for messages.
+pub(crate) fn short_key(k: &str) -> String {
+    format!("{}…", k.chars().take(8).collect::<String>())
 }
 
-fn nets(list: &str) -> BTreeSet<String> {
-    list.split(',')
-        .map(str::trim)
-        .filter(|x| !x.is_empty())
-        .map(str::to_string)
+/// Every network of a list of AllowedIPs values (each may hold several, comma-separated).
+pub(crate) fn nets(v: &[String]) -> BTreeSet<Ipv4Net> {
+    v.iter()
+        .flat_map(|s| s.split(','))
+        .filter_map(|s| s.trim().parse::<Ipv4Net>().ok())
+        .map(|n| n.trunc())
         .collect()
 }
 
-/// How the running interface (`facts`) differs from the config text `conf`.
-pub fn detect(conf: &str, facts: &Facts, iface: &InterfaceName) -> Vec<Drift> {
+/// Differences between the running interface and its file, in words; empty when they agree.
+/// `name` names a peer by its public key. Endpoints are left out on purpose: a running peer's
+/// endpoint follows roaming and NAT.
+pub fn running_vs_file(conf: &str, wg: &WgState, name: &dyn Fn(&str) -> String) -> Vec<String> {
+    let c = WgConfig::parse(conf);
     let mut out = Vec::new();
-    let drift = |what: String, restart: bool| Drift { what, restart };
-    if facts.systemd && !facts.wg_enabled {
-        out.push(drift(
-            format!(
-                "wg-quick@{iface} is not enabled: the interface would not come back after a reboot"
-            ),
-            false,
-        ));
-    }
-    let Some(wg) = &facts.wg else {
-        out.push(drift(format!("{iface} is down"), true));
-        return out;
-    };
-    let file = WgConfig::parse(conf);
-    if let Some(port) = file
-        .interface()
-        .and_then(|i| i.get("ListenPort"))
-        .and_then(|p| p.trim().parse::<u16>().ok())
-        && port != wg.listen_port
-    {
-        out.push(drift(
-            format!(
-                "{iface} listens on {} but its file says {port}",
+    if let Some(i) = c.interface() {
+        if let Some(p) = i
+            .get("ListenPort")
+            .and_then(|p| p.trim().parse::<u16>().ok())
+            && p != wg.listen_port
+        {
+            out.push(format!(
+                "it listens on {}, the file says {p}",
                 wg.listen_port
-            ),
-            false,
-        ));
+            ));
+        }
+        if let Some(k) = i.get("PrivateKey")
+            && let Ok(k) = PrivateKey::from_base64(k.trim())
+            && k.public_key().to_base64() != wg.public_key
+        {
+            out.push("it runs with another key than the file's".into());
+        }
     }
-    // peer key -> (AllowedIPs, keepalive) in the file and running
-    let want: BTreeMap<String, (BTreeSet<String>, u32)> = file
+    type Want = (BTreeSet<Ipv4Net>, u32);
+    let file: BTreeMap<String, Want> = c
         .peers()
         .filter_map(|p| {
             let key = p.get("PublicKey")?.trim().to_string();
-            let allowed = nets(p.get("AllowedIPs").unwrap_or(""));
-            let keepalive = p
+            let allowed: Vec<String> = p
+                .get_all("AllowedIPs")
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+            let ka = p
                 .get("PersistentKeepalive")
-                .and_then(|k| k.trim().parse().ok())
+                .and_then(|v| v.trim().parse::<u32>().ok())
                 .unwrap_or(0);
-            Some((key, (allowed, keepalive)))
+            Some((key, (nets(&allowed), ka)))
         })
         .collect();
-    let have: BTreeMap<String, (BTreeSet<String>, u32)> = wg
+    let running: BTreeMap<String, Want> = wg
         .peers
         .iter()
-        .map(|p| {
-            let allowed = p.allowed_ips.iter().map(|a| a.trim().to_string()).collect();
-            (p.public_key.clone(), (allowed, p.keepalive))
-        })
+        .map(|p| (p.public_key.clone(), (nets(&p.allowed_ips), p.keepalive)))
         .collect();
-    for (key, (allowed, keepalive)) in &want {
-        let list = allowed.iter().cloned().collect::<Vec<_>>().join(", ");
-        match have.get(key) {
-            None => out.push(drift(
-                format!(
-                    "peer {} ({list}) is in the file but not on the running {iface}",
-                    short(key)
-                ),
-                false,
-            )),
-            Some((a, k)) => {
-                if a != allowed {
-                    let running = a.iter().cloned().collect::<Vec<_>>().join(", ");
-                    out.push(drift(
-                        format!(
-                            "peer {} runs with AllowedIPs {running}, its file says {list}",
-                            short(key)
-                        ),
-                        false,
+    for (k, (allowed, ka)) in &file {
+        match running.get(k) {
+            None => out.push(format!("peer {} is in the file but not running", name(k))),
+            Some((ra, rka)) => {
+                if ra != allowed {
+                    let show = |s: &BTreeSet<Ipv4Net>| {
+                        s.iter()
+                            .map(|n| n.to_string())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    };
+                    out.push(format!(
+                        "peer {}: AllowedIPs {} running, {} in the file",
+                        name(k),
+                        show(ra),
+                        show(allowed)
                     ));
                 }
-                if k != keepalive {
-                    out.push(drift(
-                        format!(
-                            "peer {} ({list}) runs with keepalive {k}, its file says {keepalive}",
-                            short(key)
-                        ),
-                        false,
+                if rka != ka {
+                    out.push(format!(
+                        "peer {}: keepalive {rka} running, {ka} in the file",
+                        name(k)
                     ));
                 }
             }
         }
     }
-    for (key, (allowed, _)) in &have {
-        if !want.contains_key(key) {
-            let list = allowed.iter().cloned().collect::<Vec<_>>().join(", ");
-            out.push(drift(
-                format!(
-                    "peer {} ({list}) runs on {iface} but is not in its file",
-                    short(key)
-                ),
-                false,
-            ));
-        }
+    for k in running.keys().filter(|k| !file.contains_key(*k)) {
+        out.push(format!("peer {} is running but not in the file", name(k)));
     }
+    out
+}
+
+/// How a node's interface differs from the config text `conf`: what `apply` repairs (also
+/// the interface down, and `wg-quick@` disabled where systemd runs). Peers are named by the
+/// start of their key.
+pub fn detect(conf: &str, facts: &Facts, iface: &InterfaceName) -> Vec<Drift> {
+    let mut out = Vec::new();
+    if facts.systemd && !facts.wg_enabled {
+        out.push(Drift {
+            what: format!(
+                "wg-quick@{iface} is not enabled: the interface would not come back after a reboot"
+            ),
+            restart: false,
+        });
+    }
+    let Some(wg) = &facts.wg else {
+        out.push(Drift {
+            what: format!("{iface} is down"),
+            restart: true,
+        });
+        return out;
+    };
+    out.extend(
+        running_vs_file(conf, wg, &short_key)
+            .into_iter()
+            .map(|what| Drift {
+                what,
+                restart: false,
+            }),
+    );
     out
 }
 
@@ -183,11 +199,8 @@ mod tests {
         let removed = facts(vec![peer("CCCCCCCCCCCC", &["10.100.1.0/24"], 25)], 51820);
         let d = detect(CONF, &removed, &iface);
         assert_eq!(d.len(), 1, "{d:?}");
-        assert!(
-            d[0].what.contains(
-                "peer BBBBBBBB… (10.100.0.2/32) is in the file but not on the running wg0"
-            ) && !d[0].restart
-        );
+        assert_eq!(d[0].what, "peer BBBBBBBB… is in the file but not running");
+        assert!(!d[0].restart);
         let mut added = facts(
             vec![
                 peer("CCCCCCCCCCCC", &["10.100.1.0/24"], 0),
@@ -205,10 +218,10 @@ mod tests {
             all,
             vec![
                 "wg-quick@wg0 is not enabled: the interface would not come back after a reboot",
-                "wg0 listens on 51999 but its file says 51820",
-                "peer BBBBBBBB… runs with AllowedIPs 10.100.0.2/32, 10.9.0.0/16, its file says 10.100.0.2/32",
-                "peer CCCCCCCC… (10.100.1.0/24) runs with keepalive 0, its file says 25",
-                "peer DDDDDDDD… (10.100.9.0/24) runs on wg0 but is not in its file",
+                "it listens on 51999, the file says 51820",
+                "peer BBBBBBBB…: AllowedIPs 10.9.0.0/16, 10.100.0.2/32 running, 10.100.0.2/32 in the file",
+                "peer CCCCCCCC…: keepalive 0 running, 25 in the file",
+                "peer DDDDDDDD… is running but not in the file",
             ]
         );
         let down = Facts {

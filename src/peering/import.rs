@@ -10,7 +10,7 @@ use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::{Card, CardSource, DEFAULT_MTU, yaml_scalar};
+use super::{Card, CardSource, yaml_scalar};
 use crate::error::{Diagnostic, Error, Result};
 use crate::inventory::Endpoint;
 use crate::inventory::lock::Lock;
@@ -195,10 +195,10 @@ pub fn plan(
         )));
     }
 
-    if card.mtu != DEFAULT_MTU {
+    if card.mtu != current.network.mtu {
         warnings.push(format!(
-            "site {}'s wg0 MTU is {}, ours is {DEFAULT_MTU}: packets between the sites must fit the smaller",
-            card.site, card.mtu
+            "site {}'s wg0 MTU is {}, ours is {}: packets between the sites must fit the smaller (network.mtu)",
+            card.site, card.mtu, current.network.mtu
         ));
     }
     if card.wireguard_space != current.network.wireguard_cidr {
@@ -610,7 +610,7 @@ mod tests {
             endpoint: endpoint.map(|e| Endpoint::parse(e).unwrap()),
             listen_port: 51820,
             public_key: PublicKey::from_base64(KEY).unwrap(),
-            mtu: DEFAULT_MTU,
+            mtu: 1420,
             wireguard_space: "10.100.0.0/16".parse().unwrap(),
             reserved: vec![(site.into(), block.parse().unwrap())],
             peer_section: String::new(),

@@ -32,10 +32,6 @@ use crate::transport::ssh::{self, KeyCache, SshOptions, SshSession};
 /// The card format this wgprov writes and reads.
 pub const CARD_VERSION: i64 = 1;
 
-/// wg0's MTU as wgprov sets it: wg-quick's choice for a 1500-byte uplink (1500 - 80). The one
-/// place a card takes it from; when the inventory grows `network.mtu`, it is read here.
-pub const DEFAULT_MTU: u16 = 1420;
-
 /// The public facts of one site, as exchanged with a neighbour. Holds no private or preshared
 /// key: there is no field for one, and a card whose `[Peer]` section carries one is refused.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -111,7 +107,7 @@ pub fn card_for(topo: &Topology, site: &str, public_key: PublicKey) -> Result<Ca
         endpoint: s.endpoint.clone(),
         listen_port: net.listen_port,
         public_key,
-        mtu: DEFAULT_MTU,
+        mtu: net.mtu,
         wireguard_space: net.wireguard_cidr,
         reserved: topo
             .sites
@@ -580,7 +576,7 @@ mod tests {
             card.endpoint.as_ref().unwrap().to_string(),
             "home.example.net:51820"
         );
-        assert_eq!((card.listen_port, card.mtu), (51820, DEFAULT_MTU));
+        assert_eq!((card.listen_port, card.mtu), (51820, 1420));
         assert_eq!(
             card.peer_section,
             format!(

@@ -777,7 +777,7 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
     let (code, out) = lab.apply(&["--check", "--detailed-exitcode"]);
     assert_eq!(code, 3, "drift must be pending changes:\n{out}");
     for (n, what) in [
-        ("office1", "is in the file but not on the running wg0"),
+        ("office1", "is in the file but not running"),
         ("node2", "wg0 is down"),
         ("node3", "wg-quick@wg0 is not enabled"),
     ] {
