@@ -1,7 +1,7 @@
 //! Merging a rendered wg-quick config into the one a node already has, so that adopting a
-//! hand-made setup loses nothing the operator wrote: the interface's unknown keys (DNS, MTU,
-//! Table, SaveConfig…), their hook commands and foreign sections and leading comments are kept;
-//! the managed keys (Address, ListenPort, PrivateKey) take the rendered values; the peers are
+//! hand-made setup loses nothing the operator wrote: the interface's unknown keys (DNS, Table,
+//! SaveConfig…), their hook commands and foreign sections and leading comments are kept; the
+//! managed keys (Address, ListenPort, MTU, PrivateKey) take the rendered values; the peers are
 //! replaced by the rendered ones. Merging twice gives the same text as merging once.
 
 use crate::facts::wgconf::{Line, Section, WgConfig};

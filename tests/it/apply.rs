@@ -381,11 +381,19 @@ fn hand_written_setup_keeps_its_key_and_other_kubelet_flags() {
         conf.contains(&format!("PrivateKey = {key}")),
         "the node's key was replaced:\n{conf}"
     );
+    // its hook and comments stay; MTU is managed (network.mtu, from the sites' uplinks): the
+    // hand-written 1380 becomes the network's 1420, in place, and the diff says so
     assert!(
-        conf.contains("MTU = 1380")
+        conf.contains("\nMTU = 1420\n")
+            && !conf.contains("MTU = 1380")
             && conf.contains("PostUp = true hand-made hook")
             && conf.contains("# node2, written by hand"),
         "{conf}"
+    );
+    assert!(
+        r.stdout.contains("-MTU = 1380") && r.stdout.contains("+MTU = 1420"),
+        "{}",
+        r.stdout
     );
     assert!(!conf.contains("xTIBA5rb"), "the stale peer stayed:\n{conf}");
     assert_eq!(
