@@ -73,6 +73,41 @@ pub fn links_up_before(
     up
 }
 
+/// Every link whose peer entry existed on a running interface before the change, handshake or
+/// not: an idle link inside a site (no traffic, so no handshake) exists without being up.
+pub fn links_existing_before(
+    facts: &BTreeMap<String, &Facts>,
+    owner: &HashMap<String, String>,
+) -> BTreeSet<Link> {
+    let mut out = BTreeSet::new();
+    for (node, f) in facts {
+        let Some(wg) = &f.wg else { continue };
+        for p in &wg.peers {
+            if let Some(other) = owner.get(&p.public_key)
+                && other != node
+            {
+                out.insert(Link::new(node, other));
+            }
+        }
+    }
+    out
+}
+
+/// What the gate probes among the planned links that touch a changed host: every link that was
+/// up before (they decide the verdict) and every link that is new (reported when it does not
+/// come up). A link that existed but was idle is left alone: it was not up, so it cannot break,
+/// and waking it would cost a handshake per member — the bulk of a large site.
+pub fn links_to_probe(
+    planned_touching: BTreeSet<Link>,
+    up_before: &BTreeSet<Link>,
+    existed_before: &BTreeSet<Link>,
+) -> BTreeSet<Link> {
+    planned_touching
+        .into_iter()
+        .filter(|l| up_before.contains(l) || !existed_before.contains(l))
+        .collect()
+}
+
 /// Every link between managed nodes the plan has.
 pub fn planned_links(topo: &Topology) -> BTreeSet<Link> {
     let mut l = BTreeSet::new();
@@ -454,6 +489,23 @@ pub async fn probe_links<T: Transport + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_gate_probes_links_that_were_up_and_new_links_never_idle_ones() {
+        let l = |a: &str, b: &str| Link::new(a, b);
+        let planned: BTreeSet<Link> = [l("a", "b"), l("a", "m1"), l("a", "m2"), l("a", "n")]
+            .into_iter()
+            .collect();
+        let up: BTreeSet<Link> = [l("a", "b")].into_iter().collect();
+        // m1 existed but idle; m2 existed and idle; n is new
+        let existed: BTreeSet<Link> = [l("a", "b"), l("a", "m1"), l("a", "m2")]
+            .into_iter()
+            .collect();
+        assert_eq!(
+            links_to_probe(planned, &up, &existed),
+            [l("a", "b"), l("a", "n")].into_iter().collect()
+        );
+    }
     use crate::facts::gather::{PeerState, WgState};
     use crate::transport::fake::FakeHost;
 

@@ -686,6 +686,7 @@ pub async fn apply(
                     lost: &lost,
                     touched: &touched,
                     before: guard::links_up_before(&ok_facts, &owners),
+                    existed: guard::links_existing_before(&ok_facts, &owners),
                     changes: &changes,
                     wg_path: &wg_path,
                     first_dead_man: deadlines.iter().min().copied(),
@@ -888,6 +889,8 @@ struct GuardInput<'a> {
     /// Every host a change was attempted on.
     touched: &'a BTreeSet<String>,
     before: BTreeSet<guard::Link>,
+    /// Links whose peer entry was on a running interface before, up or idle.
+    existed: BTreeSet<guard::Link>,
     changes: &'a HashMap<String, Vec<Change>>,
     wg_path: &'a str,
     /// When the first changed host's dead-man fires.
@@ -905,10 +908,14 @@ async fn run_guard(
     let topo = cx.topo;
     let wait = (g.timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
     let paths = guard::paths(topo);
-    let to_probe: BTreeSet<guard::Link> = guard::planned_links(topo)
-        .into_iter()
-        .filter(|l| g.touched.iter().any(|t| l.has(t)))
-        .collect();
+    let to_probe = guard::links_to_probe(
+        guard::planned_links(topo)
+            .into_iter()
+            .filter(|l| g.touched.iter().any(|t| l.has(t)))
+            .collect(),
+        &g.before,
+        &g.existed,
+    );
     cx.progress.note(&format!(
         "guard: probing {} link{} over {} (up to {} s), {} up before the change",
         to_probe.len(),
