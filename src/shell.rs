@@ -177,6 +177,28 @@ impl Handler {
     }
 }
 
+/// `sh -n` over a script: `Err(what sh said)` when it is not valid shell. For tests of the
+/// script builders.
+#[cfg(test)]
+pub(crate) fn sh_syntax(text: &str) -> Result<(), String> {
+    use std::io::Write;
+    let out = std::process::Command::new("sh")
+        .arg("-n")
+        .stdin(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .and_then(|mut ch| {
+            ch.stdin.take().expect("piped").write_all(text.as_bytes())?;
+            ch.wait_with_output()
+        })
+        .expect("sh runs");
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -1820,22 +1820,9 @@ mod tests {
             "the dump is read after the pings"
         );
         assert!(s.contains("/proc/sys/net/ipv4/ip_forward"));
-        let out = std::process::Command::new("sh")
-            .arg("-n")
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut ch| {
-                use std::io::Write;
-                ch.stdin.take().unwrap().write_all(s.as_bytes())?;
-                ch.wait_with_output()
-            })
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = crate::shell::sh_syntax(&s) {
+            panic!("{e}");
+        }
         assert!(!script(&wg0, &[], &paths, Duration::from_secs(6)).contains(probe::PROBE));
 
         let fact = gather::MARK;

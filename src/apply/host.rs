@@ -621,22 +621,9 @@ mod tests {
                 ("rollback", rollback_script(&wg0, &f)),
             ];
             for (name, text) in scripts {
-                let out = std::process::Command::new("sh")
-                    .arg("-n")
-                    .stdin(std::process::Stdio::piped())
-                    .stderr(std::process::Stdio::piped())
-                    .spawn()
-                    .and_then(|mut ch| {
-                        use std::io::Write;
-                        ch.stdin.take().unwrap().write_all(text.as_bytes())?;
-                        ch.wait_with_output()
-                    })
-                    .unwrap();
-                assert!(
-                    out.status.success(),
-                    "{name} ({guard:?}): {}\n{text}",
-                    String::from_utf8_lossy(&out.stderr)
-                );
+                if let Err(e) = crate::shell::sh_syntax(&text) {
+                    panic!("{name} ({guard:?}): {e}\n{text}");
+                }
             }
         }
     }

@@ -16,6 +16,16 @@ fn wgprov(args: &[&str]) -> Output {
         .unwrap()
 }
 
+/// `wgprov import -i INV CARD`.
+fn import(inv: &Inv, card: &std::path::Path) -> Output {
+    wgprov(&[
+        "import",
+        "-i",
+        inv.path.to_str().unwrap(),
+        card.to_str().unwrap(),
+    ])
+}
+
 fn text(o: &Output) -> (String, String) {
     (
         String::from_utf8_lossy(&o.stdout).into_owned(),
@@ -57,12 +67,7 @@ fn write_card(inv: &Inv, name: &str, text: &str) -> PathBuf {
 fn import_adds_the_site_as_unmanaged_keeping_every_line_and_comment() {
     let (inv, before) = home();
     let c = write_card(&inv, "lake.card.yaml", &card("lake", "10.100.9.0/24"));
-    let o = wgprov(&[
-        "import",
-        "-i",
-        inv.path.to_str().unwrap(),
-        c.to_str().unwrap(),
-    ]);
+    let o = import(&inv, &c);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(0), "{out}{err}");
     assert!(
@@ -84,12 +89,7 @@ fn import_adds_the_site_as_unmanaged_keeping_every_line_and_comment() {
     assert_eq!(v.status.code(), Some(0), "{}", text(&v).1);
     assert!(text(&v).0.contains("10.100.9.0/24"));
     // importing it again changes nothing
-    let again = wgprov(&[
-        "import",
-        "-i",
-        inv.path.to_str().unwrap(),
-        c.to_str().unwrap(),
-    ]);
+    let again = import(&inv, &c);
     assert_eq!(again.status.code(), Some(0));
     assert!(
         text(&again).0.contains("already as the card says"),
@@ -104,12 +104,7 @@ fn a_colliding_card_is_refused_with_exit_2_and_the_inventory_untouched() {
     let mtime = std::fs::metadata(&inv.path).unwrap().mtime_nsec();
     // home's block
     let c = write_card(&inv, "lake.card.yaml", &card("lake", "10.100.0.0/24"));
-    let o = wgprov(&[
-        "import",
-        "-i",
-        inv.path.to_str().unwrap(),
-        c.to_str().unwrap(),
-    ]);
+    let o = import(&inv, &c);
     let (out, err) = text(&o);
     assert_eq!(o.status.code(), Some(2), "{out}{err}");
     let file = inv.path.display().to_string();
@@ -123,12 +118,7 @@ fn a_colliding_card_is_refused_with_exit_2_and_the_inventory_untouched() {
     assert_eq!(std::fs::metadata(&inv.path).unwrap().mtime_nsec(), mtime);
     // a managed site of the same name
     let c = write_card(&inv, "office.card.yaml", &card("office", "10.100.9.0/24"));
-    let o = wgprov(&[
-        "import",
-        "-i",
-        inv.path.to_str().unwrap(),
-        c.to_str().unwrap(),
-    ]);
+    let o = import(&inv, &c);
     assert_eq!(o.status.code(), Some(2));
     assert!(
         text(&o).1.contains("a card never replaces a managed site"),
@@ -142,12 +132,7 @@ fn a_colliding_card_is_refused_with_exit_2_and_the_inventory_untouched() {
         "bad.card.yaml",
         &card("lake", "10.100.9.0/24").replace("card: 1", "card: 7"),
     );
-    let o = wgprov(&[
-        "import",
-        "-i",
-        inv.path.to_str().unwrap(),
-        c.to_str().unwrap(),
-    ]);
+    let o = import(&inv, &c);
     assert_eq!(o.status.code(), Some(2));
     assert!(text(&o).1.contains("bad.card.yaml:2:"), "{}", text(&o).1);
     assert_eq!(std::fs::read_to_string(&inv.path).unwrap(), before);
