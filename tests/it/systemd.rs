@@ -80,6 +80,21 @@ impl Lab {
         (code, format!("{out}{err}"))
     }
 
+    /// `wgprov status --format json`: exit code, the document, stderr.
+    fn status_json(&self) -> (i32, serde_json::Value, String) {
+        let cmd = [
+            env!("CARGO_BIN_EXE_wgprov"),
+            "status",
+            "-i",
+            &self.inv,
+            "--format",
+            "json",
+        ];
+        let (code, out, err) = self.lab.exec("controller", &cmd);
+        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (code, v, format!("{out}{err}"))
+    }
+
     fn apply(&self, extra: &[&str]) -> (i32, String) {
         let mut args = vec!["apply", "-i", &self.inv];
         args.extend_from_slice(extra);
@@ -387,6 +402,20 @@ fn systemd_nodes_apply_guarded_reboot_into_the_mesh_and_leave_nothing() {
         out.contains("restart kubelet") && out.contains("check that"),
         "{out}"
     );
+
+    // status on systemd nodes: healthy, every link up, nothing to warn about
+    let (code, v, out) = lab.status_json();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["problems"], serde_json::json!([]), "{out}");
+    assert!(
+        v["links"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .all(|l| l["up"] == true),
+        "{out}"
+    );
+    assert!(v.get("warnings").is_none(), "{out}");
 
     // a second apply changes nothing (and with --no-guard too)
     let (code, out) = lab.apply(&["--check", "--detailed-exitcode"]);
@@ -791,6 +820,30 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
         !out.contains("cabin1: drift") && !out.contains("node1: drift"),
         "{out}"
     );
+    // status names the same two faults, each on its node, and blames nobody else
+    let (code, v, out) = lab.status_json();
+    assert_eq!(code, 1, "{out}");
+    let mut kinds: Vec<(String, String)> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_string(),
+                p["node"].as_str().unwrap_or("-").to_string(),
+            )
+        })
+        .collect();
+    kinds.sort();
+    kinds.dedup();
+    assert!(
+        kinds.contains(&("drift".into(), "office1".into()))
+            && kinds.contains(&("interface_down".into(), "node2".into()))
+            && !kinds
+                .iter()
+                .any(|(k, _)| k == "port_forward_missing" || k == "unreachable"),
+        "{kinds:?}\n{out}"
+    );
     // --check changed nothing
     assert!(!l.sh("office1", "wg show wg0 peers").contains(&home_key));
     assert_ne!(l.exec("node2", &["ip", "link", "show", "wg0"]).0, 0);
@@ -810,6 +863,11 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
     let (code, out) = lab.apply(&["--check", "--detailed-exitcode"]);
     assert_eq!(code, 0, "{out}");
     assert!(lab.cross_site_failures(Duration::from_secs(30)).is_empty());
+    // healthy again, and with systemd nothing warns about names that do not re-resolve
+    let (code, v, out) = lab.status_json();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["problems"], serde_json::json!([]), "{out}");
+    assert!(v.get("warnings").is_none(), "{out}");
 
     // the re-resolution timer runs on the next-hops that have cabin's name among their peers
     for nh in ["node1", "office1"] {
