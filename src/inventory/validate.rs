@@ -462,19 +462,38 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                 ),
             );
         }
-        let router = match &site.router {
-            None => RouterKind::Other,
-            Some(r) => RouterKind::parse(&r.value).unwrap_or_else(|| {
-                d.error(
-                    loc(r),
-                    format!("{sp}.router"),
-                    format!(
-                        "`{}` is not one of opnsense, pfsense, openwrt, other",
-                        r.value
-                    ),
-                );
-                RouterKind::Other
-            }),
+        let (router, managed_router) = match &site.router {
+            None => (RouterKind::Other, None),
+            Some(r) => match &r.value {
+                RawRouter::Name(name) => {
+                    let kind = RouterKind::parse(name).unwrap_or_else(|| {
+                        d.error(
+                            loc(r),
+                            format!("{sp}.router"),
+                            format!(
+                                "`{name}` is not one of opnsense, pfsense, openwrt, other (or a managed router: {{ kind: linux | openwrt, address, wan_interface, ssh }})"
+                            ),
+                        );
+                        RouterKind::Other
+                    });
+                    (kind, None)
+                }
+                RawRouter::Managed(m) => {
+                    let mr = managed_router(&mut d, raw, &sp, &sname.value, m, wg, managed);
+                    if let Some(j) = m.ssh.as_ref().and_then(|s| s.value.proxy_jump.as_ref()) {
+                        jumps.push((
+                            format!("{}-router", sname.value),
+                            j.clone(),
+                            format!("{sp}.router"),
+                        ));
+                    }
+                    let kind = match mr.as_ref().map(|m| m.kind) {
+                        Some(ManagedKind::Openwrt) => RouterKind::Openwrt,
+                        _ => RouterKind::Other,
+                    };
+                    (kind, mr)
+                }
+            },
         };
 
         let public_key = site.public_key.as_ref().and_then(|k| {
@@ -749,10 +768,27 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             endpoint,
             next_hop,
             router,
+            managed_router,
             wan_mtu,
             public_key,
             nodes,
         });
+    }
+
+    // ---- a managed router's name is taken by no node ----
+    for s in &sites {
+        if let Some(r) = &s.managed_router
+            && let Some(l) = node_names.get(&r.name)
+        {
+            d.error(
+                *l,
+                format!("sites.{}.router", s.name),
+                format!(
+                    "node name `{}` (line {}) is the name wgprov gives site {}'s managed router: rename the node",
+                    r.name, l.line, s.name
+                ),
+            );
+        }
     }
 
     // ---- site pairs must be able to reach each other ----
@@ -852,6 +888,86 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
         sites,
     });
     (inv, d.list)
+}
+
+/// Checks a managed router's mapping (`router: { kind, address, wan_interface, ssh }`).
+fn managed_router(
+    d: &mut Diags,
+    raw: &RawInventory,
+    sp: &str,
+    site: &str,
+    m: &RawManagedRouter,
+    wg: Option<Ipv4Net>,
+    managed: bool,
+) -> Option<ManagedRouter> {
+    let rp = format!("{sp}.router");
+    let mut ok = true;
+    if !managed {
+        d.error(
+            loc(&m.kind),
+            &rp,
+            "an unmanaged site is never contacted: its router cannot be managed either",
+        );
+        ok = false;
+    }
+    let kind = ManagedKind::parse(&m.kind.value).or_else(|| {
+        d.error(
+            loc(&m.kind),
+            format!("{rp}.kind"),
+            format!(
+                "`{}` is not one of linux, openwrt (wgprov manages those over SSH; for opnsense, pfsense or another router write its name, e.g. `router: opnsense`)",
+                m.kind.value
+            ),
+        );
+        None
+    });
+    let address = m.address.value.trim().to_string();
+    match address.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) if wg.is_some_and(|w| w.contains(&a)) => {
+            d.error(
+                loc(&m.address),
+                format!("{rp}.address"),
+                format!(
+                    "{a} lies inside the WireGuard space: wgprov reaches the router on its LAN"
+                ),
+            );
+            ok = false;
+        }
+        Ok(_) => {}
+        Err(_) if is_dns_name(&address) => {}
+        Err(_) => {
+            d.error(
+                loc(&m.address),
+                format!("{rp}.address"),
+                format!("`{address}` is neither an IP address nor a DNS name"),
+            );
+            ok = false;
+        }
+    }
+    let wan = crate::shell::InterfaceName::new(m.wan_interface.value.trim())
+        .map_err(|e| d.error(loc(&m.wan_interface), format!("{rp}.wan_interface"), e))
+        .ok();
+    let layers = [
+        raw.ssh.as_ref().map(|s| SshLayer {
+            raw: &s.value,
+            path: "ssh".into(),
+        }),
+        m.ssh.as_ref().map(|s| SshLayer {
+            raw: &s.value,
+            path: format!("{rp}.ssh"),
+        }),
+    ];
+    let (ssh, _, _) = resolve_ssh(d, &address, &layers);
+    if !ok {
+        return None;
+    }
+    Some(ManagedRouter {
+        name: format!("{site}-router"),
+        kind: kind?,
+        address,
+        wan_interface: wan?,
+        ssh,
+    })
 }
 
 fn resolve_ssh(
@@ -965,5 +1081,100 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod router_tests {
+    use std::path::Path;
+
+    use crate::error::Error;
+    use crate::inventory::{ManagedKind, RouterKind, load_str};
+
+    fn inv(router: &str) -> String {
+        format!(
+            "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nssh:\n  user: admin\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    router: {router}\n    nodes:\n      n1: {{ address: 192.168.0.10 }}\n"
+        )
+    }
+
+    fn errors(text: &str) -> Vec<(u32, String, String)> {
+        match load_str(Path::new("inv.yaml"), text) {
+            Ok(_) => Vec::new(),
+            Err(Error::Invalid(d)) => d
+                .into_iter()
+                .filter(|x| x.is_error())
+                .map(|x| (x.line, x.field, x.message))
+                .collect(),
+            Err(e) => vec![(0, String::new(), e.to_string())],
+        }
+    }
+
+    #[test]
+    fn a_router_is_a_name_or_a_managed_mapping() {
+        let l = load_str(Path::new("inv.yaml"), &inv("opnsense")).unwrap();
+        assert_eq!(l.inventory.sites[0].router, RouterKind::Opnsense);
+        assert!(l.inventory.sites[0].managed_router.is_none());
+        let m = "\n      kind: linux\n      address: 192.168.0.1\n      wan_interface: eth0\n      ssh: { port: 2222 }";
+        let l = load_str(Path::new("inv.yaml"), &inv(m)).unwrap();
+        let r = l.inventory.sites[0].managed_router.clone().unwrap();
+        assert_eq!(r.name, "home-router");
+        assert_eq!(r.kind, ManagedKind::Linux);
+        assert_eq!(r.wan_interface.to_string(), "eth0");
+        // the top-level ssh defaults apply, the router's own win
+        assert_eq!((r.ssh.user.as_str(), r.ssh.port), ("admin", 2222));
+        assert_eq!(r.ssh.host, "192.168.0.1");
+    }
+
+    #[test]
+    fn a_bad_managed_router_is_named_by_line_and_field() {
+        let m = "\n      kind: mikrotik\n      address: 'a b'\n      wan_interface: 'eth0;reboot'\n      ssh: { port: 0 }";
+        let e = errors(&inv(m));
+        let has = |line: u32, field: &str, what: &str| {
+            e.iter()
+                .any(|(l, f, msg)| *l == line && f == field && msg.contains(what))
+        };
+        assert!(
+            has(
+                10,
+                "sites.home.router.kind",
+                "`mikrotik` is not one of linux, openwrt"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(11, "sites.home.router.address", "neither an IP address"),
+            "{e:?}"
+        );
+        assert!(has(12, "sites.home.router.wan_interface", ""), "{e:?}");
+        assert!(
+            has(13, "sites.home.router.ssh.port", "outside 1-65535"),
+            "{e:?}"
+        );
+        // unknown keys are refused inside the mapping too, and a missing one is named
+        let e = errors(&inv(
+            "{ kind: linux, address: 192.168.0.1, wan_iface: eth0 }",
+        ));
+        assert!(
+            e.iter().any(|(l, _, m)| *l == 9 && m.contains("wan_iface")),
+            "{e:?}"
+        );
+        let e = errors(&inv("mikrotik"));
+        assert!(
+            e.iter()
+                .any(|(l, f, _)| *l == 9 && f == "sites.home.router"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_node_cannot_take_the_managed_routers_name() {
+        let text = inv("{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }")
+            .replace("n1:", "home-router:");
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|(_, f, m)| f == "sites.home.router" && m.contains("rename the node")),
+            "{e:?}"
+        );
     }
 }
