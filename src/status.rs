@@ -994,7 +994,15 @@ pub async fn status(
     progress: Arc<dyn Progress>,
 ) -> Result<StatusReport> {
     let topo = &planned.topology;
-    let sessions = connect_all(topo.nodes.iter().collect(), settings, &progress).await;
+    let sessions = connect_all(
+        topo.nodes
+            .iter()
+            .map(crate::topology::SshTarget::from)
+            .collect(),
+        settings,
+        &progress,
+    )
+    .await;
     let usable: HashMap<String, std::result::Result<Arc<_>, String>> = sessions
         .iter()
         .map(|(n, s)| (n.clone(), s.clone().map_err(|e| e.to_string())))

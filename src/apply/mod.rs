@@ -363,7 +363,7 @@ pub async fn apply(
     }
 
     // 1. connect to every node: untargeted ones are read for their keys, never changed
-    let sessions = connect_all(topo.nodes.iter().collect(), settings, &progress).await;
+    let sessions = connect_all(topo.ssh_targets(), settings, &progress).await;
 
     // 2. facts, one exec per node
     let reachable: Vec<String> = topo

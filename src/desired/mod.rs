@@ -38,6 +38,16 @@ pub enum FileState {
     Absent,
 }
 
+impl FileState {
+    /// The content, when present.
+    pub fn content(&self) -> Option<&str> {
+        match self {
+            FileState::Present { content, .. } => Some(content),
+            FileState::Absent => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for FileState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
