@@ -204,6 +204,8 @@ pub struct Report {
     pub guard: Option<GuardReport>,
     /// True when the operator stopped the run (exit 130).
     pub interrupted: bool,
+    /// The router rules still to be done by hand (routers wgprov does not manage), listed once.
+    pub router_rules: Vec<String>,
 }
 
 /// Counts for the recap.
@@ -264,6 +266,22 @@ fn targeted_nodes<'a>(topo: &'a Topology, settings: &Settings) -> Vec<&'a NodePl
     topo.nodes
         .iter()
         .filter(|n| limit.is_none_or(|l| matches_limit(l, n)))
+        .collect()
+}
+
+/// The managed routers `--limit` selects: by their name (`<site>-router`), their site's name,
+/// or a glob over their name (every managed router without it).
+fn targeted_routers(topo: &Topology, settings: &Settings) -> Vec<String> {
+    let limit = settings.limit.as_deref();
+    topo.routers()
+        .filter(|(s, r)| {
+            limit.is_none_or(|l| {
+                l.split(',')
+                    .map(str::trim)
+                    .any(|l| l == r.name || l == s.name || glob(l, &r.name))
+            })
+        })
+        .map(|(_, r)| r.name.clone())
         .collect()
 }
 
@@ -351,7 +369,8 @@ pub async fn apply(
     let iface = topo.network.interface.clone();
     let wg_path = format!("/etc/wireguard/{iface}.conf");
     let targeted = targeted_nodes(topo, settings);
-    if targeted.is_empty() {
+    let routers = targeted_routers(topo, settings);
+    if targeted.is_empty() && routers.is_empty() {
         return Err(Error::Usage(format!(
             "--limit {} matches no managed node",
             settings.limit.as_deref().unwrap_or("")
@@ -362,21 +381,40 @@ pub async fn apply(
         paths.insert(n.name.clone(), desired::candidate_paths(roles, topo, n)?);
     }
 
-    // 1. connect to every node: untargeted ones are read for their keys, never changed
-    let sessions = connect_all(topo.ssh_targets(), settings, &progress).await;
+    // 1. connect to every node (untargeted ones are read for their keys, never changed) and to
+    // the targeted managed routers
+    let sessions = connect_all(
+        topo.ssh_targets()
+            .into_iter()
+            .filter(|t| topo.node(&t.name).is_some() || routers.contains(&t.name))
+            .collect(),
+        settings,
+        &progress,
+    )
+    .await;
 
     // 2. facts, one exec per node
     let reachable: Vec<String> = topo
         .nodes
         .iter()
-        .filter(|n| matches!(sessions.get(&n.name), Some(Ok(_))))
-        .map(|n| n.name.clone())
+        .map(|n| &n.name)
+        .chain(routers.iter())
+        .filter(|n| matches!(sessions.get(*n), Some(Ok(_))))
+        .cloned()
         .collect();
     let facts: HashMap<String, (std::result::Result<Facts, String>, f64)> = {
         let sessions = &sessions;
+        let router_script = gather::script_with(
+            &iface,
+            &crate::router::candidate_paths(),
+            &crate::router::facts_section(),
+        );
         let scripts: HashMap<String, String> = reachable
             .iter()
-            .map(|n| (n.clone(), gather::script(&iface, &paths[n])))
+            .map(|n| match paths.get(n) {
+                Some(p) => (n.clone(), gather::script(&iface, p)),
+                None => (n.clone(), router_script.clone()),
+            })
             .collect();
         run_all(reachable.clone(), settings.forks, |n| {
             let s = sessions[&n].as_ref().expect("reachable").clone();
@@ -580,6 +618,15 @@ pub async fn apply(
         reports.push(r);
     }
 
+    // 4b. the managed routers: their port-forward, planned like a node's files
+    for name in &routers {
+        let (r, plan) = plan_router(topo, name, &sessions, &facts, &wg_path, &iface);
+        if let Some(p) = plan {
+            plans.insert(name.clone(), p);
+        }
+        reports.push(r);
+    }
+
     // 5. change the hosts that need it (never under --check), then the guard
     let mut guard_report = None;
     let mut fresh: Sessions = HashMap::new();
@@ -589,9 +636,14 @@ pub async fn apply(
             .filter(|r| r.status == HostStatus::Changed)
             .map(|r| r.name.clone())
             .collect();
-        for w in router_announcements(topo, &plans, &wg_path) {
-            progress.note(&format!("router change needed: {w}"));
-            warnings.push(format!("router change needed: {w}"));
+        for (w, managed) in router_announcements(topo, &plans, &wg_path) {
+            if managed {
+                // the managed router's own change does it, first: an action, not a note
+                progress.note(&w);
+            } else {
+                progress.note(&format!("router change needed: {w}"));
+                warnings.push(format!("router change needed: {w}"));
+            }
         }
         let run = host::RunId::new();
         let owner = host::owner();
@@ -723,7 +775,110 @@ pub async fn apply(
         check: settings.check,
         guard: guard_report,
         interrupted: settings.stopped(),
+        router_rules: crate::router::manual_rules(topo),
     })
+}
+
+/// A managed router's report and plan: its desired files compared with its facts, the
+/// port-forward handler (with the public ports whose conntrack entries it flushes), drift of
+/// its running rules.
+fn plan_router(
+    topo: &Topology,
+    name: &str,
+    sessions: &Sessions,
+    facts: &HashMap<String, (std::result::Result<Facts, String>, f64)>,
+    wg_path: &str,
+    iface: &crate::shell::InterfaceName,
+) -> (HostReport, Option<HostPlan>) {
+    let mut r = HostReport::new(name);
+    let (site, router) = topo.router(name).expect("a targeted router exists");
+    if let Some(Ok(s)) = sessions.get(name) {
+        r.timings.connect = s.connect_time.as_secs_f64();
+    }
+    let f = match (sessions.get(name), facts.get(name)) {
+        (Some(Err(e)), _) => {
+            r.status = HostStatus::Unreachable;
+            r.error = Some(e.to_string());
+            return (r, None);
+        }
+        (_, Some((Err(e), t))) => {
+            r.timings.facts = *t;
+            r.status = HostStatus::Failed;
+            r.error = Some(format!("gathering facts: {e}"));
+            return (r, None);
+        }
+        (_, Some((Ok(f), t))) => {
+            r.timings.facts = *t;
+            f
+        }
+        _ => {
+            r.status = HostStatus::Unreachable;
+            r.error = Some("not contacted".into());
+            return (r, None);
+        }
+    };
+    let files = match crate::router::desired(topo, site, router, f) {
+        Ok(x) => x,
+        Err(e) => {
+            r.status = HostStatus::Failed;
+            r.error = Some(e);
+            return (r, None);
+        }
+    };
+    let changes = diff::compare(&files, &|p| {
+        f.files.get(p).cloned().unwrap_or(FileFact::Absent)
+    });
+    let mut handlers = script::plan_handlers(&changes, f, wg_path);
+    let script_unchanged = changes
+        .iter()
+        .any(|c| c.desired.path == crate::router::PF_SCRIPT && c.action == Action::Unchanged);
+    if script_unchanged && let Some(d) = crate::router::linux::drift(f) {
+        r.drift.push(d);
+        handlers.port_forward.get_or_insert_with(Vec::new);
+    }
+    if let Some(ports) = &mut handlers.port_forward {
+        let c = changes
+            .iter()
+            .find(|c| c.desired.path == crate::router::PF_SCRIPT);
+        *ports = crate::router::flush_ports(
+            c.and_then(|c| c.current.content()),
+            c.and_then(|c| c.desired.state.content()),
+        );
+        if !f.tools.contains("conntrack") {
+            r.warnings.push("conntrack is not installed on the router: entries of the old port-forward may keep steering the WireGuard port until they time out (apt-get install conntrack)".into());
+        }
+    }
+    if !f.systemd {
+        r.warnings.push(format!(
+            "systemd is not running here: nothing re-installs the port-forward at boot; run `sh {}` from the router's boot scripts (e.g. /etc/rc.local)",
+            crate::router::PF_SCRIPT
+        ));
+    }
+    r.changes = changes
+        .iter()
+        .map(|c| FileReport {
+            path: c.desired.path.to_string(),
+            action: c.action,
+            diff: if c.action == Action::Unchanged {
+                String::new()
+            } else {
+                c.unified_diff()
+            },
+        })
+        .collect();
+    r.handlers = handlers.describe(iface, f);
+    if r.changed() > 0 || handlers != HandlerPlan::default() {
+        r.status = HostStatus::Changed;
+    }
+    (
+        r,
+        Some(HostPlan {
+            changes,
+            handlers,
+            expect: None,
+            facts: f.clone(),
+        }),
+    )
 }
 
 /// What every step of a changing run shares.
@@ -737,12 +892,13 @@ struct RunCx<'a> {
 }
 
 /// Router rules a change needs, announced before anything is touched: a next-hop that will
-/// listen on another port, or a site whose next-hop moves.
+/// listen on another port, or a site whose next-hop moves. `true` marks a site whose router
+/// wgprov manages: its router's change does it, first, in the same guarded transaction.
 fn router_announcements(
     topo: &Topology,
     plans: &HashMap<String, HostPlan>,
     wg_path: &str,
-) -> Vec<String> {
+) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     for site in topo.sites.iter().filter(|s| s.managed) {
         let Some(nh) = site.next_hop.as_deref().and_then(|n| topo.node(n)) else {
@@ -757,32 +913,54 @@ fn router_announcements(
         let Some(old) = c.current.content() else {
             continue;
         };
+        // a site without an endpoint is never dialled from outside: no router rule to change
+        let Some(endpoint) = &site.endpoint else {
+            continue;
+        };
         let new_port = topo.network.listen_port;
-        let public = site.endpoint.as_ref().map(|e| e.port).unwrap_or(new_port);
+        let public = endpoint.port;
         let old_conf = WgConfig::parse(old);
         let iface = old_conf.interface();
         let old_port = iface
             .and_then(|i| i.get("ListenPort"))
             .and_then(|p| p.trim().parse::<u16>().ok());
         let was_hub = iface.is_some_and(|i| i.get("PostUp").is_some());
-        if let Some(op) = old_port
+        let what = if let Some(op) = old_port
             && op != new_port
         {
-            out.push(format!(
-                "site {}: {} will listen on UDP {new_port} instead of {op}: the router ({}) must forward UDP {public} to {}:{new_port}; change it first, or the guard will find the links between sites down and put everything back",
-                site.name,
-                nh.name,
-                site.router.as_str(),
-                nh.address
-            ));
+            format!(
+                "site {}: {} will listen on UDP {new_port} instead of {op}",
+                site.name, nh.name
+            )
         } else if !was_hub {
-            out.push(format!(
-                "site {}: the next-hop moves to {}: the router ({}) must forward UDP {public} to {}:{new_port}",
-                site.name,
-                nh.name,
-                site.router.as_str(),
-                nh.address
-            ));
+            format!("site {}: the next-hop moves to {}", site.name, nh.name)
+        } else {
+            continue;
+        };
+        match &site.managed_router {
+            Some(r) if plans.contains_key(&r.name) => out.push((
+                format!(
+                    "{what}: the managed router {} changes first, forwarding UDP {public} to {}:{new_port}, in this same guarded transaction",
+                    r.name, nh.address
+                ),
+                true,
+            )),
+            _ => out.push((
+                if old_port.is_some_and(|op| op != new_port) {
+                    format!(
+                        "{what}: the router ({}) must forward UDP {public} to {}:{new_port}; change it first, or the guard will find the links between sites down and put everything back",
+                        site.router.as_str(),
+                        nh.address
+                    )
+                } else {
+                    format!(
+                        "{what}: the router ({}) must forward UDP {public} to {}:{new_port}",
+                        site.router.as_str(),
+                        nh.address
+                    )
+                },
+                false,
+            )),
         }
     }
     out
@@ -820,7 +998,16 @@ async fn change_hosts(
     plans: &HashMap<String, HostPlan>,
 ) -> Outcomes {
     let paths = guard::paths(cx.topo);
-    let waves = guard::waves(to_change, &paths);
+    // managed routers first: a node that moves its port needs the router's forward in place
+    let (routers, nodes): (Vec<String>, Vec<String>) = to_change
+        .iter()
+        .cloned()
+        .partition(|n| cx.topo.router(n).is_some());
+    let mut waves = Vec::new();
+    if !routers.is_empty() {
+        waves.push(routers);
+    }
+    waves.extend(guard::waves(&nodes, &paths));
     let bound = wave_bound(cx.settings);
     let mut out = HashMap::new();
     for (i, wave) in waves.iter().enumerate() {
@@ -829,9 +1016,14 @@ async fn change_hosts(
         }
         if waves.len() > 1 {
             cx.progress.note(&format!(
-                "changing wave {}/{} (hosts behind the mesh first): {}",
+                "changing wave {}/{} ({}): {}",
                 i + 1,
                 waves.len(),
+                if cx.topo.router(&wave[0]).is_some() {
+                    "managed routers first"
+                } else {
+                    "hosts behind the mesh first"
+                },
                 wave.join(", ")
             ));
         }
@@ -905,9 +1097,18 @@ async fn run_guard(
     let topo = cx.topo;
     let wait = (g.timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
     let paths = guard::paths(topo);
+    // a router's change touches the links of its site's next-hop
+    let touched: BTreeSet<&str> = g
+        .touched
+        .iter()
+        .map(|t| match topo.router(t) {
+            Some((s, _)) => s.next_hop.as_deref().unwrap_or(t),
+            None => t.as_str(),
+        })
+        .collect();
     let to_probe: BTreeSet<guard::Link> = guard::planned_links(topo)
         .into_iter()
-        .filter(|l| g.touched.iter().any(|t| l.has(t)))
+        .filter(|l| touched.iter().any(|t| l.has(t)))
         .collect();
     cx.progress.note(&format!(
         "guard: probing {} link{} over {} (up to {} s), {} up before the change",
@@ -1200,6 +1401,7 @@ pub async fn rollback(
         check: false,
         guard: None,
         interrupted: false,
+        router_rules: Vec::new(),
     })
 }
 
@@ -1339,6 +1541,7 @@ mod tests {
             check: true,
             guard: None,
             interrupted: false,
+            router_rules: Vec::new(),
         };
         assert_eq!(r.exit_code(true), 0);
         r.hosts[0].status = HostStatus::Changed;

@@ -177,6 +177,7 @@ pub fn context(
             "endpoint": site.endpoint.as_ref().map(|e| e.to_string()),
             "public_port": site.endpoint.as_ref().map(|e| e.port),
             "router": site.router.as_str(),
+            "router_managed": site.managed_router.is_some(),
             "next_hop": site.next_hop,
         },
         "network": {

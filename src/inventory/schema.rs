@@ -191,7 +191,7 @@ pub enum RawRouter {
     /// `opnsense | pfsense | openwrt | other` (checked by validation).
     Name(String),
     /// `{ kind, address, ssh, wan_interface }`.
-    Managed(RawManagedRouter),
+    Managed(Box<RawManagedRouter>),
 }
 
 impl<'de> Deserialize<'de> for RawRouter {
@@ -207,7 +207,7 @@ impl<'de> Deserialize<'de> for RawRouter {
             }
             fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<RawRouter, A::Error> {
                 RawManagedRouter::deserialize(serde::de::value::MapAccessDeserializer::new(m))
-                    .map(RawRouter::Managed)
+                    .map(|m| RawRouter::Managed(Box::new(m)))
             }
         }
         d.deserialize_any(V)

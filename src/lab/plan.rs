@@ -51,6 +51,20 @@ pub struct RouterPlan {
     pub forward: Option<(u16, Ipv4Addr, u16)>,
     /// MTU of its WAN link (the site's `wan_mtu`: 1492 makes a PPPoE-like uplink).
     pub wan_mtu: u16,
+    /// When the inventory manages this router: the sshd wgprov reaches it through (over the
+    /// management bridge, at its LAN address). The lab then creates no port-forward: wgprov does.
+    pub sshd: Option<RouterSshd>,
+}
+
+/// The sshd of a router the inventory manages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterSshd {
+    /// The router's host name in the inventory (`<site>-router`).
+    pub name: String,
+    /// Port sshd listens on.
+    pub port: u16,
+    /// Its directory (host key, config, overlays of /etc and /var/lib).
+    pub dir: PathBuf,
 }
 
 /// A node of the lab.
@@ -276,13 +290,36 @@ pub fn plan(
                 )));
             }
         }
-        let lan_ip = lan.hosts().find(|h| !addrs.contains(h)).ok_or_else(|| {
-            lab_err(format!(
-                "site {}: no LAN address left for the router",
-                s.name
-            ))
-        })?;
-        let forward = if no_port_forward.contains(&s.name) {
+        let lan_ip = match &s.managed_router {
+            // a managed router is where the inventory says it is
+            Some(m) => {
+                let a: Ipv4Addr = m.address.parse().map_err(|_| {
+                    lab_err(format!(
+                        "site {}: the lab needs the managed router's address as an IPv4 address, not `{}`",
+                        s.name, m.address
+                    ))
+                })?;
+                if !lan.contains(&a) || addrs.contains(&a) || a == lan.network() {
+                    return Err(lab_err(format!(
+                        "site {}: the router's address {a} must be a free host address of the LAN {lan}",
+                        s.name
+                    )));
+                }
+                a
+            }
+            None => lan.hosts().find(|h| !addrs.contains(h)).ok_or_else(|| {
+                lab_err(format!(
+                    "site {}: no LAN address left for the router",
+                    s.name
+                ))
+            })?,
+        };
+        let sshd = s.managed_router.as_ref().map(|m| RouterSshd {
+            name: m.name.clone(),
+            port: m.ssh.port,
+            dir: dir.join("routers").join(&s.name),
+        });
+        let forward = if no_port_forward.contains(&s.name) || sshd.is_some() {
             None
         } else {
             let nh = topo
@@ -307,6 +344,7 @@ pub fn plan(
             lan_ip,
             forward,
             wan_mtu: s.wan_mtu,
+            sshd,
         });
         for (n, a) in s.nodes.iter().zip(addrs) {
             nodes.push(NodeLab {
@@ -417,6 +455,35 @@ mod tests {
         assert_eq!(node3.os_family, OsFamily::Redhat);
         assert_eq!(node3.ns, "t1-n-node3");
         assert_eq!(p.namespaces().len(), 11);
+    }
+
+    #[test]
+    fn a_managed_router_gets_an_sshd_at_its_address_and_no_port_forward_from_the_lab() {
+        let text = include_str!("../../inventories/demo.yaml").replace(
+            "router: opnsense",
+            "router: { kind: linux, address: 192.168.0.254, wan_interface: wan0 }",
+        );
+        let inv = crate::inventory::load_str(Path::new("demo.yaml"), &text)
+            .unwrap()
+            .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        let p = plan(&inv, &topo, "t1", &[], None).unwrap();
+        let home = &p.routers[0];
+        assert_eq!(home.lan_ip, Ipv4Addr::new(192, 168, 0, 254));
+        assert_eq!(
+            home.forward, None,
+            "wgprov makes the port-forward, not the lab"
+        );
+        let sshd = home.sshd.as_ref().unwrap();
+        assert_eq!((sshd.name.as_str(), sshd.port), ("home-router", 22));
+        assert!(p.routers[1].sshd.is_none() && p.routers[1].forward.is_some());
+        let bad = text.replace("192.168.0.254", "192.168.0.10");
+        let inv = crate::inventory::load_str(Path::new("demo.yaml"), &bad)
+            .unwrap()
+            .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        let err = plan(&inv, &topo, "t1", &[], None).unwrap_err().to_string();
+        assert!(err.contains("must be a free host address"), "{err}");
     }
 
     #[test]
