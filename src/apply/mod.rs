@@ -945,7 +945,17 @@ fn router_announcements(
                 ),
                 true,
             )),
-            _ => out.push((
+            Some(r) => out.push((
+                format!(
+                    "{what}: the managed router {} must forward UDP {public} to {}:{new_port}, but it is outside --limit: apply it too (--limit {},{})",
+                    r.name,
+                    nh.address,
+                    r.name,
+                    nh.name
+                ),
+                false,
+            )),
+            None => out.push((
                 if old_port.is_some_and(|op| op != new_port) {
                     format!(
                         "{what}: the router ({}) must forward UDP {public} to {}:{new_port}; change it first, or the guard will find the links between sites down and put everything back",

@@ -758,6 +758,27 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             None => None,
         };
 
+        // a managed router's DNAT points at the next-hop's address: it must be an IPv4 literal
+        if let (Some(r), Some(nh)) = (&managed_router, &next_hop)
+            && let Some(n) = nodes.iter().find(|n| &n.name == nh)
+            && n.address.parse::<Ipv4Addr>().is_err()
+            && site.endpoint.is_some()
+        {
+            let l = raw_nodes
+                .iter()
+                .find(|(k, _)| k.value == *nh)
+                .map(|(_, v)| loc(&v.value.address))
+                .unwrap_or(n.loc);
+            d.error(
+                l,
+                format!("{sp}.nodes.{nh}.address"),
+                format!(
+                    "`{}` is not an IPv4 address: the managed router {} forwards the WireGuard port to the next-hop's address with a DNAT rule, which needs one",
+                    n.address, r.name
+                ),
+            );
+        }
+
         sites.push(Site {
             name: sname.value.clone(),
             loc: loc(sname),
@@ -1163,6 +1184,23 @@ mod router_tests {
             e.iter()
                 .any(|(l, f, _)| *l == 9 && f == "sites.home.router"),
             "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_managed_routers_next_hop_needs_an_ipv4_address() {
+        let text = inv("{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }")
+            .replace("address: 192.168.0.10", "address: n1.lan");
+        let e = errors(&text);
+        assert!(
+            e.iter().any(|(l, f, m)| *l == 11
+                && f == "sites.home.nodes.n1.address"
+                && m.contains("DNAT rule")),
+            "{e:?}"
+        );
+        // a router wgprov does not manage: a name is fine
+        assert!(
+            errors(&inv("other").replace("address: 192.168.0.10", "address: n1.lan")).is_empty()
         );
     }
 

@@ -3,7 +3,7 @@
 //! (the router first, then the nodes, all under the guard), every pair of nodes in different
 //! sites pings over wg0, a second apply changes nothing, and a `listen_port` change goes
 //! through — router first, guard confirming — with no stale conntrack entry left pointing the
-//! public port at the old listen port.
+//! public port at the old listen port. A rule removed by hand is drift, repaired by apply.
 
 use super::apply::{Scenario, changed_hosts, wg_ips};
 use super::common::{have, lab_available, skipped};
@@ -140,5 +140,24 @@ fn a_managed_linux_router_gets_the_port_forward_first_and_keeps_it_through_a_por
     cross_site_pings(&s);
     let check = s.apply(&["--check", "--detailed-exitcode"]);
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+
+    // the rule removed by hand is drift: --check reports it, apply puts it back
+    s.lab.sh("home-router", "iptables -t nat -F WGPROV-PF");
+    let check = s.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(check.code, 3, "{}{}", check.stdout, check.stderr);
+    assert!(
+        check
+            .stdout
+            .contains("home-router: drift: the port-forward rules are not as"),
+        "{}",
+        check.stdout
+    );
+    let r = s.apply(&[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    assert!(
+        s.lab
+            .sh("home-router", "iptables -t nat -S WGPROV-PF")
+            .contains("--to-destination 192.168.0.10:51821")
+    );
     s.assert_no_key_leaked();
 }
