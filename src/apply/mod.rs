@@ -1330,10 +1330,11 @@ pub async fn rollback(
 ) -> Result<Report> {
     let topo = &planned.topology;
     let iface = topo.network.interface.clone();
-    let targeted: Vec<String> = targeted_nodes(topo, settings)
+    let mut targeted: Vec<String> = targeted_nodes(topo, settings)
         .into_iter()
         .map(|n| n.name.clone())
         .collect();
+    targeted.extend(targeted_routers(topo, settings));
     if targeted.is_empty() {
         return Err(Error::Usage("--limit matches no managed node".into()));
     }
@@ -1344,16 +1345,37 @@ pub async fn rollback(
         run_all(targeted.clone(), settings.forks, |n| {
             let s = sessions[&n].clone();
             let iface = iface.clone();
+            let is_router = topo.router(&n).is_some();
             async move {
                 let s = s.map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
+                let router_paths = crate::router::candidate_paths();
+                let paths: &[crate::shell::RemotePath] =
+                    if is_router { &router_paths } else { &[] };
                 let out = s
-                    .run_script(&gather::script(&iface, &[]))
+                    .run_script(&gather::script(&iface, paths))
                     .await
                     .map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
                 let facts =
                     gather::parse(&out.stdout_text()).map_err(|e| (HostStatus::Failed, e))?;
+                // a router: its port-forward re-installed from the restored script (and the
+                // conntrack entries of the port now in place flushed)
+                let handlers = if is_router {
+                    HandlerPlan {
+                        daemon_reload: true,
+                        port_forward: Some(crate::router::flush_ports(
+                            facts
+                                .files
+                                .get(crate::router::PF_SCRIPT)
+                                .and_then(|f| f.content()),
+                            None,
+                        )),
+                        ..Default::default()
+                    }
+                } else {
+                    HandlerPlan::everything()
+                };
                 let out = s
-                    .run_script(&host::rollback_script(&iface, &facts))
+                    .run_script(&host::rollback_script_with(&iface, &facts, &handlers))
                     .await
                     .map_err(|e| (HostStatus::Failed, e.to_string()))?;
                 let r = script::parse_result(&out.stdout_text());
@@ -1391,8 +1413,11 @@ pub async fn rollback(
                         diff: String::new(),
                     })
                     .collect();
-                r.handlers =
-                    vec!["wireguard, sysctl, kubelet re-run with the restored files".into()];
+                r.handlers = vec![if topo.router(n).is_some() {
+                    "port_forward re-run with the restored files".into()
+                } else {
+                    "wireguard, sysctl, kubelet re-run with the restored files".into()
+                }];
             }
             Err((status, e)) => {
                 r.status = *status;

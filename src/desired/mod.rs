@@ -443,7 +443,8 @@ pub fn fresh_keys(topo: &Topology) -> KeyRing {
     })
 }
 
-/// Desired files of every managed node with no facts (offline), spread over every core.
+/// Desired files of every managed node with no facts (offline), spread over every core, then
+/// those of every managed router (as one with systemd and iptables).
 pub fn render_offline(
     roles: &Roles,
     topo: &Topology,
@@ -484,6 +485,17 @@ pub fn render_offline(
     let mut out = Vec::with_capacity(nodes.len());
     for p in parts {
         out.extend(p?);
+    }
+    // managed routers, as a router with systemd and iptables would have them
+    let facts = crate::facts::Facts {
+        systemd: true,
+        tools: ["iptables".to_string()].into(),
+        ..Default::default()
+    };
+    for (site, r) in topo.routers() {
+        if let Ok(files) = crate::router::desired(topo, site, r, &facts) {
+            out.push((r.name.clone(), files));
+        }
     }
     Ok(out)
 }

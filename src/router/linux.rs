@@ -261,15 +261,16 @@ pub fn handler(ports: &[u16], systemd: bool, fail_fn: &str) -> String {
         out.push_str(&format!("  systemctl disable -q {unit} 2>/dev/null\n"));
     }
     out.push_str("  true\nfi\n");
-    if !ports.is_empty() {
-        let list: Vec<String> = ports.iter().map(u16::to_string).collect();
-        // `conntrack -D` exits 1 when it deleted nothing ("0 flow entries"): not a failure
-        out.push_str(&format!(
-            "if command -v conntrack >/dev/null 2>&1; then for p in {}; do conntrack -D -p udp --dport \"$p\" >/dev/null 2>&1 || true; done; \
-             else echo 'conntrack is not installed: entries of the old port-forward may linger until they time out (install conntrack)' >&2; fi\n",
-            list.join(" ")
-        ));
-    }
+    // the ports given (the forward before and after the change) and the one of the script now
+    // in place (what a put-back or a rollback restored)
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    // `conntrack -D` exits 1 when it deleted nothing ("0 flow entries"): not a failure
+    out.push_str(&format!(
+        "ports=\"{} $(sed -n 's/^{HEADER} udp \\([0-9][0-9]*\\) .*/\\1/p' {s} 2>/dev/null)\"\n\
+         if [ -n \"${{ports# }}\" ]; then if command -v conntrack >/dev/null 2>&1; then for p in $ports; do conntrack -D -p udp --dport \"$p\" >/dev/null 2>&1 || true; done; \
+         else echo 'conntrack is not installed: entries of the old port-forward may linger until they time out (install conntrack)' >&2; fi; fi\n",
+        list.join(" ")
+    ));
     out
 }
 
@@ -361,11 +362,11 @@ mod tests {
         assert!(h.starts_with("if [ -f '/etc/wgprov/router-pf.sh' ]; then out=$(sh '/etc/wgprov/router-pf.sh' 2>&1) || "));
         assert!(h.contains("systemctl enable -q 'wgprov-router-pf.service'"));
         assert!(h.contains("iptables -w -t \"${t%%:*}\" -X WGPROV-PF"));
+        assert!(h.contains("ports=\"51820 4500 $(sed -n 's/^# wgprov-forward: udp \\([0-9][0-9]*\\) .*/\\1/p' '/etc/wgprov/router-pf.sh' 2>/dev/null)\""), "{h}");
         assert!(h.contains(
-            "for p in 51820 4500; do conntrack -D -p udp --dport \"$p\" >/dev/null 2>&1 || true; done"
+            "for p in $ports; do conntrack -D -p udp --dport \"$p\" >/dev/null 2>&1 || true; done"
         ));
         sh_n(&format!("fail() {{ exit 1; }}\n{h}"));
-        assert!(!handler(&[], false, "fail").contains("conntrack"));
         assert!(!handler(&[1], false, "fail").contains("systemctl"));
     }
 

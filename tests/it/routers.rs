@@ -3,7 +3,7 @@
 //! (the router first, then the nodes, all under the guard), every pair of nodes in different
 //! sites pings over wg0, a second apply changes nothing, and a `listen_port` change goes
 //! through — router first, guard confirming — with no stale conntrack entry left pointing the
-//! public port at the old listen port. A rule removed by hand is drift, repaired by apply.
+//! public port at the old listen port. A rule removed by hand is drift, repaired by apply; rollback puts the router back too.
 
 use super::apply::{Scenario, changed_hosts, wg_ips};
 use super::common::{have, lab_available, skipped};
@@ -159,5 +159,13 @@ fn a_managed_linux_router_gets_the_port_forward_first_and_keeps_it_through_a_por
             .sh("home-router", "iptables -t nat -S WGPROV-PF")
             .contains("--to-destination 192.168.0.10:51821")
     );
+
+    // rollback puts the last apply's files back on the router too, and re-installs its rules
+    let inv = s.inv.to_str().unwrap().to_string();
+    let r = s.wgprov(&["rollback", "-i", &inv]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let nat = s.lab.sh("home-router", "iptables -t nat -S WGPROV-PF");
+    assert!(nat.contains("--to-destination 192.168.0.10:51820"), "{nat}");
+    cross_site_pings(&s);
     s.assert_no_key_leaked();
 }
