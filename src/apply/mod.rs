@@ -274,6 +274,8 @@ fn targeted_nodes<'a>(topo: &'a Topology, settings: &Settings) -> Vec<&'a NodePl
 fn targeted_routers(topo: &Topology, settings: &Settings) -> Vec<String> {
     let limit = settings.limit.as_deref();
     topo.routers()
+        // a hub router (`next_hop: router`) is planned as a node of its site
+        .filter(|(_, r)| topo.node(&r.name).is_none())
         .filter(|(s, r)| {
             limit.is_none_or(|l| {
                 l.split(',')
@@ -1462,6 +1464,7 @@ mod tests {
                 become_root: false,
                 proxy_jump: None,
             },
+            is_router: false,
         }
     }
 

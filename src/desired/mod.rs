@@ -168,6 +168,7 @@ pub fn context(
             "address": node.address,
             "wireguard_ip": node.wireguard_ip.to_string(),
             "is_next_hop": node.is_next_hop,
+            "is_router": node.is_router,
             "kubernetes": node.kubernetes.as_str(),
             "kubernetes_units": node.kubernetes.units(),
         },

@@ -398,6 +398,9 @@ pub struct Node {
     pub ssh: SshSettings,
     /// Where each SSH setting came from.
     pub ssh_origin: SshOrigins,
+    /// True for a site's managed router that is its WireGuard hub (`next_hop: router`): a host
+    /// with wg0 like a next-hop node, but no Kubernetes node.
+    pub is_router: bool,
 }
 
 impl Inventory {

@@ -714,6 +714,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                 kubernetes: node_kubernetes,
                 ssh,
                 ssh_origin,
+                is_router: false,
             });
         }
         if let Some(s) = &site.ssh
@@ -727,6 +728,56 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
         }
 
         let next_hop = match &site.next_hop {
+            // the router is the site's hub: a node of the site, as far as the mesh goes
+            Some(nh) if managed && nh.value == "router" => match &managed_router {
+                Some(r) if r.kind == ManagedKind::Linux => {
+                    if let Some(ep) = &endpoint
+                        && let Some(lp) = listen_port
+                        && ep.port != lp
+                    {
+                        d.error(
+                            loc(nh),
+                            format!("{sp}.next_hop"),
+                            format!(
+                                "the router is the hub: it listens on listen_port {lp} itself, so the endpoint's port must be {lp} too (it is {})",
+                                ep.port
+                            ),
+                        );
+                    }
+                    nodes.push(Node {
+                        name: r.name.clone(),
+                        loc: loc(nh),
+                        site: sname.value.clone(),
+                        address: r.address.clone(),
+                        wireguard_ip: None,
+                        os_family: None,
+                        kubernetes: None,
+                        ssh: r.ssh.clone(),
+                        ssh_origin: SshOrigins::default(),
+                        is_router: true,
+                    });
+                    Some(r.name.clone())
+                }
+                Some(r) => {
+                    d.error(
+                        loc(nh),
+                        format!("{sp}.next_hop"),
+                        format!(
+                            "`next_hop: router` with a router of kind {} is not built yet: only kind linux can be the hub",
+                            r.kind.as_str()
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    d.error(
+                        loc(nh),
+                        format!("{sp}.next_hop"),
+                        "`next_hop: router` needs a router wgprov manages: router: { kind: linux, address, wan_interface }",
+                    );
+                    None
+                }
+            },
             Some(nh) if managed => {
                 if nodes.iter().any(|n| n.name == nh.value) {
                     Some(nh.value.clone())
@@ -760,7 +811,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
 
         // a managed router's DNAT points at the next-hop's address: it must be an IPv4 literal
         if let (Some(r), Some(nh)) = (&managed_router, &next_hop)
-            && let Some(n) = nodes.iter().find(|n| &n.name == nh)
+            && let Some(n) = nodes.iter().find(|n| &n.name == nh && !n.is_router)
             && n.address.parse::<Ipv4Addr>().is_err()
             && site.endpoint.is_some()
         {
@@ -1201,6 +1252,60 @@ mod router_tests {
         // a router wgprov does not manage: a name is fine
         assert!(
             errors(&inv("other").replace("address: 192.168.0.10", "address: n1.lan")).is_empty()
+        );
+    }
+
+    #[test]
+    fn next_hop_router_makes_a_managed_linux_router_the_sites_hub() {
+        let hub = |router: &str, port: u16| {
+            inv(router)
+                .replace("203.0.113.10:51820", &format!("203.0.113.10:{port}"))
+                .replace("    router:", "    next_hop: router\n    router:")
+        };
+        let l = load_str(
+            Path::new("inv.yaml"),
+            &hub(
+                "{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }",
+                51820,
+            ),
+        )
+        .unwrap();
+        let site = &l.inventory.sites[0];
+        assert_eq!(site.next_hop.as_deref(), Some("home-router"));
+        let r = site.nodes.iter().find(|n| n.is_router).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.address.as_str()),
+            ("home-router", "192.168.0.1")
+        );
+        let (topo, _) =
+            crate::topology::Topology::build(&l.inventory, &Default::default()).unwrap();
+        let hub_plan = topo.node("home-router").unwrap();
+        assert!(hub_plan.is_next_hop && hub_plan.is_router);
+        assert_eq!(hub_plan.wireguard_ip.to_string(), "10.100.0.1");
+        assert_eq!(topo.ssh_targets().len(), 2, "the hub is connected to once");
+
+        let e = errors(&hub(
+            "{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }",
+            4500,
+        ));
+        assert!(
+            e.iter()
+                .any(|(_, f, m)| f == "sites.home.next_hop" && m.contains("must be 51820 too")),
+            "{e:?}"
+        );
+        let e = errors(&hub(
+            "{ kind: openwrt, address: 192.168.0.1, wan_interface: eth0 }",
+            51820,
+        ));
+        assert!(
+            e.iter().any(|(_, _, m)| m.contains("not built yet")),
+            "{e:?}"
+        );
+        let e = errors(&hub("opnsense", 51820));
+        assert!(
+            e.iter().any(|(_, f, m)| f == "sites.home.next_hop"
+                && m.contains("needs a router wgprov manages")),
+            "{e:?}"
         );
     }
 

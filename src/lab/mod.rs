@@ -687,6 +687,14 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
                 format!("[{}]:{}", r.lan_ip, sd.port)
             };
             known_hosts.push_str(&format!("{host} {}\n", key.join(" ")));
+            if let Some(w) = sd.wireguard_ip {
+                let wg_host = if sd.port == 22 {
+                    w.to_string()
+                } else {
+                    format!("[{w}]:{}", sd.port)
+                };
+                known_hosts.push_str(&format!("{wg_host} {}\n", key.join(" ")));
+            }
         }
     }
     write(&ctl_root.join(".ssh/known_hosts"), &known_hosts, 0o600)?;

@@ -65,6 +65,8 @@ pub struct RouterSshd {
     pub port: u16,
     /// Its directory (host key, config, overlays of /etc and /var/lib).
     pub dir: PathBuf,
+    /// Its WireGuard address, when it is its site's hub (`next_hop: router`).
+    pub wireguard_ip: Option<Ipv4Addr>,
 }
 
 /// A node of the lab.
@@ -247,7 +249,10 @@ pub fn plan(
         }
         // node addresses must be IPv4 literals, unique across the lab (the controller routes by them)
         let mut addrs = Vec::new();
-        for n in &s.nodes {
+        // a hub router (`next_hop: router`) is the site's router itself, not a node of the lab
+        let lab_nodes: Vec<&crate::inventory::Node> =
+            s.nodes.iter().filter(|n| !n.is_router).collect();
+        for n in &lab_nodes {
             let a: Ipv4Addr = n.address.parse().map_err(|_| {
                 lab_err(format!(
                     "node {}: the lab needs an IPv4 address, not `{}`",
@@ -282,7 +287,7 @@ pub fn plan(
                 s.name
             )));
         }
-        for (n, a) in s.nodes.iter().zip(&addrs) {
+        for (n, a) in lab_nodes.iter().zip(&addrs) {
             if !lan.contains(a) || *a == lan.network() || *a == lan.broadcast() {
                 return Err(lab_err(format!(
                     "node {}: address {a} is not a host address of the site's LAN {lan}",
@@ -318,6 +323,7 @@ pub fn plan(
             name: m.name.clone(),
             port: m.ssh.port,
             dir: dir.join("routers").join(&s.name),
+            wireguard_ip: topo.node(&m.name).map(|n| n.wireguard_ip),
         });
         let forward = if no_port_forward.contains(&s.name) || sshd.is_some() {
             None
@@ -346,7 +352,7 @@ pub fn plan(
             wan_mtu: s.wan_mtu,
             sshd,
         });
-        for (n, a) in s.nodes.iter().zip(addrs) {
+        for (n, a) in lab_nodes.iter().zip(addrs) {
             nodes.push(NodeLab {
                 name: n.name.clone(),
                 site: s.name.clone(),
@@ -392,7 +398,8 @@ pub fn plan(
                 .and_then(|s| s.next_hop.as_deref())
                 .and_then(|n| nodes.iter().find(|x| x.name == n))
                 .map(|n| n.address)
-                .expect("managed site has a next-hop");
+                // a hub router: the router is the next-hop
+                .unwrap_or(r.lan_ip);
             Some(ControllerLan {
                 site: site.to_string(),
                 address,

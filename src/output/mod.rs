@@ -301,10 +301,16 @@ pub fn plan_text(topo: &Topology) -> String {
                 o.push('\n');
             }
         }
-        if let Some(r) = &s.managed_router
-            && let Some(f) = crate::router::forward(topo, s)
-        {
-            let _ = writeln!(o, "  router {:<9} port-forward {f}", r.name);
+        if let Some(r) = &s.managed_router {
+            if let Some(f) = crate::router::forward(topo, s) {
+                let _ = writeln!(o, "  router {:<9} port-forward {f}", r.name);
+            } else if s.next_hop.as_deref() == Some(r.name.as_str()) {
+                let _ = writeln!(
+                    o,
+                    "  router {} is the site's hub: its wg0 listens on UDP {} on the WAN ({}) itself, no port-forward",
+                    r.name, net.listen_port, r.wan_interface
+                );
+            }
         }
     }
     o.push_str(&router_rules_text(&crate::router::manual_rules(topo)));

@@ -52,13 +52,18 @@ impl std::fmt::Display for Forward {
     }
 }
 
-/// The port-forward `site` needs: only a site with an endpoint is dialled from outside.
+/// The port-forward `site` needs: only a site with an endpoint is dialled from outside, and a
+/// site whose router is its hub (`next_hop: router`) needs none.
 pub fn forward(topo: &Topology, site: &SitePlan) -> Option<Forward> {
     if !site.managed {
         return None;
     }
     let ep = site.endpoint.as_ref()?;
     let nh = topo.node(site.next_hop.as_deref()?)?;
+    if nh.is_router {
+        // the router is the hub: WireGuard arrives on its own WAN, nothing to forward
+        return None;
+    }
     Some(Forward {
         site: site.name.clone(),
         public_port: ep.port,

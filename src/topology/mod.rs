@@ -78,6 +78,9 @@ pub struct NodePlan {
     pub kubernetes: Flavor,
     /// SSH settings.
     pub ssh: SshSettings,
+    /// True for a managed router that is its site's hub (`next_hop: router`): wg0 like a
+    /// next-hop, no Kubernetes.
+    pub is_router: bool,
 }
 
 /// A host to connect to: its name and SSH settings.
@@ -201,10 +204,15 @@ impl Topology {
                 ssh: n.ssh.clone(),
             })
             .collect();
-        v.extend(self.routers().map(|(_, r)| SshTarget {
-            name: r.name.clone(),
-            ssh: r.ssh.clone(),
-        }));
+        // a hub router is a node of its site already
+        v.extend(
+            self.routers()
+                .filter(|(_, r)| self.node(&r.name).is_none())
+                .map(|(_, r)| SshTarget {
+                    name: r.name.clone(),
+                    ssh: r.ssh.clone(),
+                }),
+        );
         v
     }
 
@@ -276,6 +284,7 @@ fn node_plan(n: &Node, a: &alloc::Allocation, next_hop: Option<&str>, flavor: Fl
         os_family: n.os_family,
         kubernetes: n.kubernetes.unwrap_or(flavor),
         ssh: n.ssh.clone(),
+        is_router: n.is_router,
     }
 }
 

@@ -3,7 +3,8 @@
 //! (the router first, then the nodes, all under the guard), every pair of nodes in different
 //! sites pings over wg0, a second apply changes nothing, and a `listen_port` change goes
 //! through — router first, guard confirming — with no stale conntrack entry left pointing the
-//! public port at the old listen port. A rule removed by hand is drift, repaired by apply; rollback puts the router back too.
+//! public port at the old listen port. With `next_hop: router`, the router is the site's hub.
+//! A rule removed by hand is drift, repaired by apply; rollback puts the router back too.
 
 use super::apply::{Scenario, changed_hosts, wg_ips};
 use super::common::{have, lab_available, skipped};
@@ -167,5 +168,69 @@ fn a_managed_linux_router_gets_the_port_forward_first_and_keeps_it_through_a_por
     let nat = s.lab.sh("home-router", "iptables -t nat -S WGPROV-PF");
     assert!(nat.contains("--to-destination 192.168.0.10:51820"), "{nat}");
     cross_site_pings(&s);
+    s.assert_no_key_leaked();
+}
+
+const HUB: &str = "network:
+  wireguard_cidr: 10.100.0.0/16
+  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]
+sites:
+  home:
+    lan_cidrs: [192.168.0.0/24]
+    endpoint: 203.0.113.10:51820
+    next_hop: router
+    router: { kind: linux, address: 192.168.0.254, wan_interface: wan0 }
+    nodes:
+      node1: { address: 192.168.0.10 }
+      node2: { address: 192.168.0.11 }
+  office:
+    lan_cidrs: [192.168.10.0/24]
+    router: other
+    nodes:
+      office1: { address: 192.168.10.5 }
+";
+
+/// `next_hop: router`: the router is the site's WireGuard hub (wg0 on the router, wireguard-go
+/// in the lab), and the site's members reach the other site through it.
+#[test]
+fn a_linux_router_as_the_sites_hub_carries_its_members_to_the_other_sites() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::new("rh", HUB, HUB, &[]);
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        changed_hosts(&v),
+        ["home-router", "node1", "node2", "office1"],
+        "{v:#}"
+    );
+    assert_eq!(v["guard"]["outcome"], "confirmed", "{v:#}");
+    // the hub has wg0 at .1 and forwards; it runs no Kubernetes and needs no port-forward
+    let router = &v["hosts"]["home-router"];
+    let paths: Vec<&str> = router["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|c| c["action"] != "unchanged")
+        .map(|c| c["path"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        paths,
+        ["/etc/wireguard/wg0.conf", "/etc/sysctl.d/99-wgprov.conf"],
+        "{router:#}"
+    );
+    assert!(
+        s.lab
+            .sh("home-router", "ip -4 -o addr show wg0")
+            .contains("10.100.0.1/16")
+    );
+    // members peer with the router only
+    let peers = s.lab.sh("node1", "wg show wg0 endpoints");
+    assert_eq!(peers.lines().count(), 1, "{peers}");
+    assert!(peers.contains("192.168.0.254:51820"), "{peers}");
+    cross_site_pings(&s);
+    let check = s.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
     s.assert_no_key_leaked();
 }
