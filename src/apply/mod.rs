@@ -850,7 +850,7 @@ fn plan_router(
             r.warnings.push("conntrack is not installed on the router: entries of the old port-forward may keep steering the WireGuard port until they time out (apt-get install conntrack)".into());
         }
     }
-    if !f.systemd {
+    if !f.systemd && router.kind == crate::inventory::ManagedKind::Linux {
         r.warnings.push(format!(
             "systemd is not running here: nothing re-installs the port-forward at boot; run `sh {}` from the router's boot scripts (e.g. /etc/rc.local)",
             crate::router::PF_SCRIPT

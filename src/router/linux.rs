@@ -36,7 +36,7 @@ impl Backend {
 
 /// The first line of the script that records the forward, read back to know which conntrack
 /// entries the next change must flush.
-const HEADER: &str = "# wgprov-forward:";
+pub(crate) const HEADER: &str = "# wgprov-forward:";
 
 /// The public port recorded in a script wgprov wrote.
 pub fn public_port_of(script: &str) -> Option<u16> {
@@ -255,7 +255,8 @@ pub fn handler(ports: &[u16], systemd: bool, fail_fn: &str) -> String {
         "else\n  if command -v iptables >/dev/null 2>&1; then for t in nat:PREROUTING filter:FORWARD; do \
          iptables -w -t \"${{t%%:*}}\" -D \"${{t#*:}}\" -j {CHAIN} 2>/dev/null; iptables -w -t \"${{t%%:*}}\" -F {CHAIN} 2>/dev/null; \
          iptables -w -t \"${{t%%:*}}\" -X {CHAIN} 2>/dev/null; done; fi\n  \
-         if command -v nft >/dev/null 2>&1; then nft delete table ip wgprov 2>/dev/null; fi\n"
+         if command -v nft >/dev/null 2>&1; then nft delete table ip wgprov 2>/dev/null; fi\n  {}",
+        super::openwrt::teardown()
     ));
     if systemd {
         out.push_str(&format!("  systemctl disable -q {unit} 2>/dev/null\n"));

@@ -8,6 +8,7 @@
 //! pure: the scripts are text, tested without a router.
 
 pub mod linux;
+pub mod openwrt;
 
 use std::net::Ipv4Addr;
 
@@ -128,39 +129,48 @@ pub fn facts_section() -> String {
     linux::facts_section()
 }
 
-/// A managed router's desired files. An error when they cannot be made (an OpenWrt router,
-/// whose commands are not run by this version; a next-hop without an IPv4 address).
+/// A managed router's desired files: `/etc/wgprov/router-pf.sh` with iptables/nft rules (Linux)
+/// or `uci` commands (OpenWrt), and for Linux with systemd its boot unit. An error when the
+/// next-hop has no IPv4 address (validation refuses that already).
 pub fn desired(
     topo: &Topology,
     site: &SitePlan,
     router: &ManagedRouter,
     facts: &Facts,
 ) -> Result<Vec<DesiredFile>, String> {
-    match router.kind {
-        ManagedKind::Linux => {
-            let f = forward(topo, site)
-                .map(|f| {
-                    f.to.parse::<Ipv4Addr>()
-                        .map(|ip| (f.clone(), ip))
-                        .map_err(|_| {
-                            format!(
-                                "the next-hop {} has address `{}`: a DNAT rule needs an IPv4 address",
-                                f.next_hop, f.to
-                            )
-                        })
+    let f = forward(topo, site)
+        .map(|f| {
+            f.to.parse::<Ipv4Addr>()
+                .map(|ip| (f.clone(), ip))
+                .map_err(|_| {
+                    format!(
+                        "the next-hop {} has address `{}`: a DNAT rule needs an IPv4 address",
+                        f.next_hop, f.to
+                    )
                 })
-                .transpose()?;
-            Ok(linux::desired(
-                &site.name,
-                router,
-                f.as_ref(),
-                linux::Backend::of(facts),
-                facts.systemd,
-            ))
-        }
-        ManagedKind::Openwrt => Err(
-            "managing an OpenWrt router is not built yet: write `router: openwrt` to get the uci commands to run by hand".into(),
-        ),
+        })
+        .transpose()?;
+    match router.kind {
+        ManagedKind::Linux => Ok(linux::desired(
+            &site.name,
+            router,
+            f.as_ref(),
+            linux::Backend::of(facts),
+            facts.systemd,
+        )),
+        ManagedKind::Openwrt => Ok(vec![DesiredFile {
+            role: "router_port_forward".into(),
+            path: RemotePath::new(PF_SCRIPT).expect("a fixed path is valid"),
+            state: crate::desired::FileState::Present {
+                content: openwrt::pf_script(
+                    &site.name,
+                    &router.wan_interface,
+                    f.as_ref().map(|(f, ip)| (f, *ip)),
+                ),
+                mode: 0o755,
+            },
+            notify: vec![crate::shell::Handler::PortForward],
+        }]),
     }
 }
 
