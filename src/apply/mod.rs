@@ -998,6 +998,27 @@ fn dead_man_timeout(confirm: Duration, bound: Duration, i: usize, n: usize) -> D
     confirm + bound * (n.saturating_sub(i + 1) as u32)
 }
 
+/// The order of change: the managed routers that forward the port first, in a wave of their
+/// own (a node that moves its port needs the router's forward in place), then the nodes in the
+/// guard's waves (a hub router is a next-hop like a node: it changes in the waves of the mesh).
+fn change_waves(topo: &Topology, to_change: &[String]) -> Vec<Vec<String>> {
+    let (routers, nodes): (Vec<String>, Vec<String>) = to_change
+        .iter()
+        .cloned()
+        .partition(|n| is_forwarding_router(topo, n));
+    let mut waves = Vec::new();
+    if !routers.is_empty() {
+        waves.push(routers);
+    }
+    waves.extend(guard::waves(&nodes, &guard::paths(topo)));
+    waves
+}
+
+/// True for a managed router that only forwards the port (not a hub, which is a node).
+fn is_forwarding_router(topo: &Topology, name: &str) -> bool {
+    topo.router(name).is_some() && topo.node(name).is_none()
+}
+
 /// What a changed host's outcome was, when its change ran, and when its dead-man fires.
 type Outcomes = HashMap<String, (host::ChangeOutcome, f64, Option<Instant>)>;
 
@@ -1009,17 +1030,7 @@ async fn change_hosts(
     to_change: &[String],
     plans: &HashMap<String, HostPlan>,
 ) -> Outcomes {
-    let paths = guard::paths(cx.topo);
-    // managed routers first: a node that moves its port needs the router's forward in place
-    let (routers, nodes): (Vec<String>, Vec<String>) = to_change
-        .iter()
-        .cloned()
-        .partition(|n| cx.topo.router(n).is_some());
-    let mut waves = Vec::new();
-    if !routers.is_empty() {
-        waves.push(routers);
-    }
-    waves.extend(guard::waves(&nodes, &paths));
+    let waves = change_waves(cx.topo, to_change);
     let bound = wave_bound(cx.settings);
     let mut out = HashMap::new();
     for (i, wave) in waves.iter().enumerate() {
@@ -1031,7 +1042,7 @@ async fn change_hosts(
                 "changing wave {}/{} ({}): {}",
                 i + 1,
                 waves.len(),
-                if cx.topo.router(&wave[0]).is_some() {
+                if is_forwarding_router(cx.topo, &wave[0]) {
                     "managed routers first"
                 } else {
                     "hosts behind the mesh first"
@@ -1466,6 +1477,54 @@ mod tests {
             },
             is_router: false,
         }
+    }
+
+    fn topo_of(yaml: &str) -> Topology {
+        let inv = crate::inventory::load_str(std::path::Path::new("inv.yaml"), yaml)
+            .unwrap()
+            .inventory;
+        Topology::build(&inv, &Default::default()).unwrap().0
+    }
+
+    #[test]
+    fn a_forwarding_router_changes_first_and_a_hub_router_with_the_nodes() {
+        let yaml = |next_hop: &str| {
+            format!(
+                "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    next_hop: {next_hop}\n    router: {{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }}\n    nodes:\n      n1: {{ address: 192.168.0.10 }}\n      n2: {{ address: 192.168.0.11 }}\n"
+            )
+        };
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let t = topo_of(&yaml("n1"));
+        assert_eq!(
+            change_waves(&t, &names(&["n1", "home-router", "n2"])),
+            vec![names(&["home-router"]), names(&["n1", "n2"])]
+        );
+        assert_eq!(change_waves(&t, &names(&["n2"])), vec![names(&["n2"])]);
+        let settings = Settings {
+            limit: Some("n1".into()),
+            check: false,
+            forks: 1,
+            no_rollback: false,
+            guard: None,
+            stop: Default::default(),
+            ssh: SshOptions::default(),
+        };
+        assert!(
+            targeted_routers(&t, &settings).is_empty(),
+            "outside --limit"
+        );
+        let settings = Settings {
+            limit: Some("home".into()),
+            ..settings
+        };
+        assert_eq!(targeted_routers(&t, &settings), ["home-router"]);
+        // the hub is a node of its site: planned and changed with the nodes
+        let t = topo_of(&yaml("router"));
+        assert_eq!(
+            change_waves(&t, &names(&["home-router", "n1"])),
+            vec![names(&["home-router", "n1"])]
+        );
+        assert!(targeted_routers(&t, &settings).is_empty());
     }
 
     #[test]
