@@ -490,3 +490,45 @@ pub fn apply_json(report: &crate::apply::Report) -> serde_json::Value {
     }
     doc
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_router_rules_to_do_by_hand_end_apply_once_and_plan_too() {
+        let report = crate::apply::Report {
+            hosts: Vec::new(),
+            warnings: Vec::new(),
+            check: false,
+            guard: None,
+            interrupted: false,
+            router_rules: vec!["site home (router: other): forward UDP port 51820 …".into()],
+        };
+        let t = apply_text(&report, false, false);
+        assert_eq!(t.matches("ROUTER RULES TO DO BY HAND").count(), 1, "{t}");
+        assert!(t.contains("\n  site home (router: other): forward UDP port 51820"));
+        assert!(t.find("ROUTER RULES").unwrap() < t.find("RECAP").unwrap());
+        assert_eq!(
+            apply_json(&report)["router_rules"][0],
+            report.router_rules[0]
+        );
+        let none = crate::apply::Report {
+            router_rules: Vec::new(),
+            ..report
+        };
+        assert!(!apply_text(&none, false, false).contains("ROUTER RULES"));
+
+        let text = include_str!("../../inventories/demo.yaml");
+        let inv = crate::inventory::load_str(std::path::Path::new("demo.yaml"), text)
+            .unwrap()
+            .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        let plan = plan_text(&topo);
+        assert_eq!(plan.matches("\n  site ").count(), 3, "{plan}");
+        assert_eq!(
+            plan_json(&topo)["router_rules"].as_array().unwrap().len(),
+            3
+        );
+    }
+}
