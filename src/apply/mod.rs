@@ -915,10 +915,14 @@ fn router_announcements(
         let Some(old) = c.current.content() else {
             continue;
         };
-        // a site without an endpoint is never dialled from outside: no router rule to change
+        // a site without an endpoint is never dialled from outside, and a hub router receives
+        // WireGuard on its own WAN: no router rule to change
         let Some(endpoint) = &site.endpoint else {
             continue;
         };
+        if nh.is_router {
+            continue;
+        }
         let new_port = topo.network.listen_port;
         let public = endpoint.port;
         let old_conf = WgConfig::parse(old);
@@ -1525,6 +1529,55 @@ mod tests {
             vec![names(&["home-router", "n1"])]
         );
         assert!(targeted_routers(&t, &settings).is_empty());
+    }
+
+    #[test]
+    fn a_port_change_behind_a_managed_router_is_an_action_not_a_note() {
+        let yaml = |next_hop: &str, endpoint: &str| {
+            format!(
+                "network:\n  wireguard_cidr: 10.100.0.0/16\n  listen_port: 51821\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n{endpoint}    next_hop: {next_hop}\n    router: {{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }}\n    nodes:\n      n1: {{ address: 192.168.0.10 }}\n      n2: {{ address: 192.168.0.11 }}\n  office:\n    endpoint: 198.51.100.20:51821\n    nodes:\n      o1: {{ address: 192.168.10.5 }}\n"
+            )
+        };
+        // a host whose wg0 moves from 51820 to 51821
+        let plan_of = |node: &str| {
+            let plan = HostPlan {
+                changes: vec![script::tests::change(
+                    Some("[Interface]\nListenPort = 51820\nPostUp = x\n"),
+                    "[Interface]\nListenPort = 51821\nPostUp = x\n",
+                )],
+                handlers: HandlerPlan::default(),
+                expect: None,
+                facts: Facts::default(),
+            };
+            (node.to_string(), plan)
+        };
+        let wg = "/etc/wireguard/wg0.conf";
+        let t = topo_of(&yaml("n1", "    endpoint: 203.0.113.10:4500\n"));
+        let mut plans: HashMap<String, HostPlan> = [plan_of("n1"), plan_of("home-router")]
+            .into_iter()
+            .collect();
+        let a = router_announcements(&t, &plans, wg);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(a[0].1, "an action");
+        assert_eq!(
+            a[0].0,
+            "site home: n1 will listen on UDP 51821 instead of 51820: the managed router home-router changes first, forwarding UDP 4500 to 192.168.0.10:51821, in this same guarded transaction"
+        );
+        plans.remove("home-router");
+        let a = router_announcements(&t, &plans, wg);
+        assert!(
+            !a[0].1
+                && a[0]
+                    .0
+                    .contains("outside --limit: apply it too (--limit home-router,n1)"),
+            "{a:?}"
+        );
+        // no endpoint: nobody dials in, nothing to forward; a hub router forwards nothing
+        let t = topo_of(&yaml("n1", ""));
+        assert!(router_announcements(&t, &plans, wg).is_empty());
+        let t = topo_of(&yaml("router", "    endpoint: 203.0.113.10:51821\n"));
+        let plans: HashMap<String, HostPlan> = [plan_of("home-router")].into_iter().collect();
+        assert!(router_announcements(&t, &plans, wg).is_empty());
     }
 
     #[test]
