@@ -658,6 +658,7 @@ pub async fn apply(
             run: &run,
         };
         let outcomes = change_hosts(&cx, &owner, &to_change, &plans).await;
+        flush_again(&cx, &to_change, &plans, &outcomes).await;
         let mut pending = Vec::new();
         let mut lost = Vec::new();
         let mut deadlines = Vec::new();
@@ -1021,6 +1022,67 @@ fn change_waves(topo: &Topology, to_change: &[String]) -> Vec<Vec<String>> {
 /// True for a managed router that only forwards the port (not a hub, which is a node).
 fn is_forwarding_router(topo: &Topology, name: &str) -> bool {
     topo.router(name).is_some() && topo.node(name).is_none()
+}
+
+/// The routers whose port-forward changed before nodes changed after them, with the public
+/// ports to flush again: between the router's change and its next-hop's, the next-hop could
+/// still send from its old port, and the router's NAT would map the public port back to that
+/// old port for as long as the entry lives.
+fn reflush_targets(
+    topo: &Topology,
+    to_change: &[String],
+    plans: &HashMap<String, HostPlan>,
+    changed: &dyn Fn(&str) -> bool,
+) -> Vec<(String, Vec<u16>)> {
+    let nodes_changed = to_change
+        .iter()
+        .any(|n| !is_forwarding_router(topo, n) && changed(n));
+    if !nodes_changed {
+        return Vec::new();
+    }
+    to_change
+        .iter()
+        .filter(|n| is_forwarding_router(topo, n) && changed(n))
+        .filter_map(|n| {
+            let ports = plans.get(n)?.handlers.port_forward.clone()?;
+            (!ports.is_empty()).then(|| (n.clone(), ports))
+        })
+        .collect()
+}
+
+/// Flushes the conntrack entries of the changed routers' public ports once more, after the
+/// nodes changed (best effort: a failure is only reported).
+async fn flush_again(
+    cx: &RunCx<'_>,
+    to_change: &[String],
+    plans: &HashMap<String, HostPlan>,
+    outcomes: &Outcomes,
+) {
+    let changed = |n: &str| matches!(outcomes.get(n), Some((host::ChangeOutcome::Changed, _, _)));
+    let targets = reflush_targets(cx.topo, to_change, plans, &changed);
+    for (name, ports) in targets {
+        let Some(Ok(s)) = cx.sessions.get(&name) else {
+            continue;
+        };
+        let script = crate::router::linux::flush_script(&ports);
+        match s
+            .run_script_within(&script, Duration::from_secs(10))
+            .await
+        {
+            Ok(o) if o.status == 0 => cx.progress.note(&format!(
+                "{name}: conntrack entries of UDP {} flushed again, now that the nodes have changed",
+                ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+            )),
+            Ok(o) => cx.progress.note(&format!(
+                "{name}: flushing conntrack again failed (exit {}): {}",
+                o.status,
+                o.stderr_text().trim()
+            )),
+            Err(e) => cx
+                .progress
+                .note(&format!("{name}: flushing conntrack again failed: {e}")),
+        }
+    }
 }
 
 /// What a changed host's outcome was, when its change ran, and when its dead-man fires.
@@ -1578,6 +1640,38 @@ mod tests {
         let t = topo_of(&yaml("router", "    endpoint: 203.0.113.10:51821\n"));
         let plans: HashMap<String, HostPlan> = [plan_of("home-router")].into_iter().collect();
         assert!(router_announcements(&t, &plans, wg).is_empty());
+    }
+
+    #[test]
+    fn conntrack_is_flushed_again_only_when_nodes_changed_after_the_router() {
+        let t = topo_of(
+            "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    router: { kind: linux, address: 192.168.0.1, wan_interface: eth0 }\n    nodes:\n      n1: { address: 192.168.0.10 }\n",
+        );
+        let plan = |pf: Option<Vec<u16>>| HostPlan {
+            changes: Vec::new(),
+            handlers: HandlerPlan {
+                port_forward: pf,
+                ..Default::default()
+            },
+            expect: None,
+            facts: Facts::default(),
+        };
+        let plans: HashMap<String, HostPlan> = [
+            ("home-router".to_string(), plan(Some(vec![51820]))),
+            ("n1".to_string(), plan(None)),
+        ]
+        .into_iter()
+        .collect();
+        let both = ["home-router".to_string(), "n1".to_string()];
+        let all = |_: &str| true;
+        assert_eq!(
+            reflush_targets(&t, &both, &plans, &all),
+            vec![("home-router".to_string(), vec![51820])]
+        );
+        // the router alone (drift repaired): its own flush was the last word
+        assert!(reflush_targets(&t, &both[..1], &plans, &all).is_empty());
+        // the node's change failed: nothing moved after the router
+        assert!(reflush_targets(&t, &both, &plans, &|n: &str| n != "n1").is_empty());
     }
 
     #[test]

@@ -275,6 +275,17 @@ pub fn handler(ports: &[u16], systemd: bool, fail_fn: &str) -> String {
     out
 }
 
+/// A script that only flushes the conntrack entries of `ports` (run again once the nodes
+/// changed after the router).
+pub fn flush_script(ports: &[u16]) -> String {
+    let list: Vec<String> = ports.iter().map(u16::to_string).collect();
+    format!(
+        "{}if command -v conntrack >/dev/null 2>&1; then for p in {}; do conntrack -D -p udp --dport \"$p\" >/dev/null 2>&1 || true; done; fi\n",
+        crate::shell::PATH_PRELUDE,
+        list.join(" ")
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

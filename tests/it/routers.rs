@@ -112,6 +112,10 @@ fn a_managed_linux_router_gets_the_port_forward_first_and_keeps_it_through_a_por
         all.contains("the managed router home-router changes first"),
         "{all}"
     );
+    assert!(
+        all.contains("home-router: conntrack entries of UDP 51820 flushed again, now that the nodes have changed"),
+        "{all}"
+    );
     assert!(all.contains("GUARD CONFIRMED"), "{all}");
     assert!(!all.contains("router change needed"), "{all}");
     let nat = s.lab.sh("home-router", "iptables -t nat -S WGPROV-PF");
