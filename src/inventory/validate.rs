@@ -318,6 +318,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
     let mut node_ips: HashMap<Ipv4Addr, (String, Loc)> = HashMap::new();
     let mut jumps: Vec<(String, S<String>, String)> = Vec::new();
     let mut config_refs: HashMap<String, ConfigRef> = HashMap::new();
+    let mut router_origins: HashMap<String, SshOrigins> = HashMap::new();
     if raw.sites.value.is_empty() {
         d.error(loc(&raw.sites), "sites", "no sites: nothing to build");
     }
@@ -479,7 +480,13 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                     (kind, None)
                 }
                 RawRouter::Managed(m) => {
-                    let mr = managed_router(&mut d, raw, &sp, &sname.value, m, wg, managed);
+                    let mr = managed_router(&mut d, raw, &sp, &sname.value, m, wg, managed).map(
+                        |(r, origins, config)| {
+                            config_refs.insert(r.name.clone(), config);
+                            router_origins.insert(r.name.clone(), origins);
+                            r
+                        },
+                    );
                     if let Some(j) = m.ssh.as_ref().and_then(|s| s.value.proxy_jump.as_ref()) {
                         jumps.push((
                             format!("{}-router", sname.value),
@@ -753,7 +760,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                         os_family: None,
                         kubernetes: None,
                         ssh: r.ssh.clone(),
-                        ssh_origin: SshOrigins::default(),
+                        ssh_origin: router_origins.get(&r.name).cloned().unwrap_or_default(),
                         is_router: true,
                     });
                     Some(r.name.clone())
@@ -894,7 +901,39 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
     }
 
     // ---- what the inventory leaves unset, from the OpenSSH config (ssh.config_file) ----
+    // a router that only forwards the port is read from the OpenSSH config like a node: as a
+    // node of its site for the time of the lookup (a hub router is one already)
+    for site in &mut sites {
+        if let Some(r) = &site.managed_router
+            && site.next_hop.as_deref() != Some(r.name.as_str())
+        {
+            site.nodes.push(Node {
+                name: r.name.clone(),
+                loc: site.loc,
+                site: site.name.clone(),
+                address: r.address.clone(),
+                wireguard_ip: None,
+                os_family: None,
+                kubernetes: None,
+                ssh: r.ssh.clone(),
+                ssh_origin: router_origins.remove(&r.name).unwrap_or_default(),
+                is_router: true,
+            });
+        }
+    }
     sshconfig::apply(file, &mut sites, &config_refs, &mut d);
+    for site in &mut sites {
+        let hub = site.next_hop.clone();
+        if let Some(r) = &mut site.managed_router
+            && hub.as_deref() != Some(r.name.as_str())
+            && let Some(i) = site
+                .nodes
+                .iter()
+                .position(|n| n.name == r.name && n.is_router)
+        {
+            r.ssh = site.nodes.remove(i).ssh;
+        }
+    }
 
     // ---- no proxy_jump loops (inventory and ssh config together) ----
     let all_nodes = || sites.iter().flat_map(|s| s.nodes.iter());
@@ -971,7 +1010,7 @@ fn managed_router(
     m: &RawManagedRouter,
     wg: Option<Ipv4Net>,
     managed: bool,
-) -> Option<ManagedRouter> {
+) -> Option<(ManagedRouter, SshOrigins, ConfigRef)> {
     let rp = format!("{sp}.router");
     let mut ok = true;
     if !managed {
@@ -1029,17 +1068,21 @@ fn managed_router(
             path: format!("{rp}.ssh"),
         }),
     ];
-    let (ssh, _, _) = resolve_ssh(d, &address, &layers);
+    let (ssh, origins, config) = resolve_ssh(d, &address, &layers);
     if !ok {
         return None;
     }
-    Some(ManagedRouter {
-        name: format!("{site}-router"),
-        kind: kind?,
-        address,
-        wan_interface: wan?,
-        ssh,
-    })
+    Some((
+        ManagedRouter {
+            name: format!("{site}-router"),
+            kind: kind?,
+            address,
+            wan_interface: wan?,
+            ssh,
+        },
+        origins,
+        config,
+    ))
 }
 
 fn resolve_ssh(
@@ -1307,6 +1350,45 @@ mod router_tests {
                 && m.contains("needs a router wgprov manages")),
             "{e:?}"
         );
+    }
+
+    #[test]
+    fn a_managed_router_is_read_from_the_openssh_config_like_a_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host home-router\n  HostName 192.168.0.254\n  User admin\n  Port 2200\n  IdentityFile ~/.ssh/router_key\n",
+        )
+        .unwrap();
+        for next_hop in ["n1", "router"] {
+            let text = inv(
+                "{ kind: linux, address: 192.168.0.1, wan_interface: eth0, ssh: { port: 22 } }",
+            )
+            .replace(
+                "ssh:\n  user: admin\n",
+                &format!("ssh:\n  config_file: {}\n", cfg.display()),
+            )
+            .replace(
+                "    router:",
+                &format!("    next_hop: {next_hop}\n    router:"),
+            );
+            let l = load_str(Path::new("inv.yaml"), &text).unwrap();
+            let site = &l.inventory.sites[0];
+            let ssh = if next_hop == "router" {
+                site.nodes.iter().find(|n| n.is_router).unwrap().ssh.clone()
+            } else {
+                assert!(
+                    site.nodes.iter().all(|n| !n.is_router),
+                    "the lookup node is gone"
+                );
+                site.managed_router.as_ref().unwrap().ssh.clone()
+            };
+            assert_eq!(ssh.host, "192.168.0.254", "{next_hop}");
+            assert_eq!(ssh.user, "admin");
+            assert_eq!(ssh.port, 22, "written in the inventory: it wins");
+            assert!(ssh.identity_file.unwrap().ends_with("/.ssh/router_key"));
+        }
     }
 
     #[test]
