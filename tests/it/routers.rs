@@ -4,7 +4,8 @@
 //! sites pings over wg0, a second apply changes nothing, and a `listen_port` change goes
 //! through — router first, guard confirming — with no stale conntrack entry left pointing the
 //! public port at the old listen port. With `next_hop: router`, the router is the site's hub.
-//! A rule removed by hand is drift, repaired by apply; rollback puts the router back too.
+//! A rule removed by hand is drift, repaired by apply; rollback puts the router back too, and so
+//! does the guard when it puts a change back.
 
 use super::apply::{Scenario, changed_hosts, wg_ips};
 use super::common::{have, lab_available, skipped};
@@ -236,5 +237,67 @@ fn a_linux_router_as_the_sites_hub_carries_its_members_to_the_other_sites() {
     cross_site_pings(&s);
     let check = s.apply(&["--check", "--detailed-exitcode"]);
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    s.assert_no_key_leaked();
+}
+
+/// Waits (bounded) until `f` holds.
+fn eventually(limit: std::time::Duration, mut f: impl FnMut() -> bool) -> bool {
+    let t = std::time::Instant::now();
+    loop {
+        if f() {
+            return true;
+        }
+        if t.elapsed() > limit {
+            return false;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(500));
+    }
+}
+
+/// The guard puts a managed router back with the nodes: a `listen_port` change whose outcome
+/// on node1 is unknown (its wg-quick is slower than the wave's bound) is put back everywhere,
+/// and the router forwards to the old port again.
+#[test]
+fn the_guard_puts_a_managed_router_back_with_the_nodes() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::new("rg", INV, INV, &[]);
+    assert_eq!(s.apply(&[]).code, 0);
+    s.lab.wrap_tool(
+        "node1",
+        "wg-quick",
+        "#!/bin/sh\nsleep 8\nexec /usr/bin/wg-quick \"$@\"\n",
+    );
+    std::fs::write(
+        &s.inv,
+        INV.replace("listen_port: 51820", "listen_port: 51821"),
+    )
+    .unwrap();
+    let (code, v) = s.apply_json(&["--confirm-timeout", "15"]);
+    s.lab.unwrap_tool("node1", "wg-quick");
+    assert_eq!(code, 1, "{v:#}");
+    assert_eq!(v["guard"]["outcome"], "reverted", "{v:#}");
+    assert_eq!(v["hosts"]["home-router"]["status"], "reverted", "{v:#}");
+    let back = || {
+        s.lab
+            .sh("home-router", "iptables -t nat -S WGPROV-PF")
+            .contains("--to-destination 192.168.0.10:51820")
+    };
+    assert!(
+        eventually(std::time::Duration::from_secs(30), back),
+        "the router still forwards to the new port"
+    );
+    // node1's change finished late and was put back too: the mesh works as before
+    assert!(eventually(std::time::Duration::from_secs(60), || {
+        s.lab
+            .exec("node1", &["test", "-d", "/var/lib/wgprov/pending"])
+            .0
+            != 0
+            && s.lab
+                .sh("node1", "grep ListenPort /etc/wireguard/wg0.conf")
+                .contains("51820")
+    }));
+    cross_site_pings(&s);
     s.assert_no_key_leaked();
 }
