@@ -158,6 +158,19 @@ fn a_managed_linux_router_gets_the_port_forward_first_and_keeps_it_through_a_por
         "{}",
         check.stdout
     );
+    // status names the router, from its own check
+    let inv = s.inv.to_str().unwrap().to_string();
+    let st = s.wgprov(&["status", "-i", &inv, "--format", "json"]);
+    assert_eq!(st.code, 1, "{}{}", st.stdout, st.stderr);
+    let v: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    assert!(
+        v["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "drift" && p["node"] == "home-router" && p["site"] == "home"),
+        "{v:#}"
+    );
     let r = s.apply(&[]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     assert!(
@@ -167,7 +180,6 @@ fn a_managed_linux_router_gets_the_port_forward_first_and_keeps_it_through_a_por
     );
 
     // rollback puts the last apply's files back on the router too, and re-installs its rules
-    let inv = s.inv.to_str().unwrap().to_string();
     let r = s.wgprov(&["rollback", "-i", &inv]);
     assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
     let nat = s.lab.sh("home-router", "iptables -t nat -S WGPROV-PF");
