@@ -1054,11 +1054,14 @@ pub async fn status(
     }
     let obs = observe_all(topo, &usable, settings.forks, PROBE_WAIT).await;
     // the routers that forward the port: whether wgprov's rules are in place
-    let routers: Vec<crate::topology::SshTarget> = topo
+    let router_names: Vec<String> = topo
         .ssh_targets()
         .into_iter()
         .filter(|t| topo.node(&t.name).is_none())
+        .map(|t| t.name)
         .collect();
+    // with the nodes they jump through, if any
+    let routers = crate::apply::with_jumps(topo, &router_names);
     let router_facts: HashMap<String, std::result::Result<Facts, String>> = if routers.is_empty() {
         HashMap::new()
     } else {
@@ -1068,7 +1071,7 @@ pub async fn status(
             &crate::router::candidate_paths(),
             &crate::router::facts_section(),
         );
-        let names: Vec<String> = rs.keys().cloned().collect();
+        let names = router_names.clone();
         let rs_ref = &rs;
         let out = run_all(names, settings.forks, |n| {
             let s = rs_ref.get(&n).cloned();
