@@ -19,6 +19,7 @@ pub mod output;
 pub mod peering;
 pub mod probe;
 pub mod roles;
+pub mod router;
 pub mod shell;
 pub mod status;
 pub mod topology;

@@ -152,16 +152,20 @@ pub enum Handler {
     DaemonReload,
     /// Enable (or, its timer gone, disable) the endpoint re-resolution timer.
     Reresolve,
+    /// On a managed router: install the port-forward rules (or remove them when their script is
+    /// gone) and flush the conntrack entries of the WireGuard port.
+    PortForward,
 }
 
 impl Handler {
     /// Every handler, by the name roles use in `notify`.
-    pub const ALL: [(&'static str, Handler); 5] = [
+    pub const ALL: [(&'static str, Handler); 6] = [
         ("wireguard", Handler::Wireguard),
         ("kubelet", Handler::Kubelet),
         ("sysctl", Handler::Sysctl),
         ("daemon_reload", Handler::DaemonReload),
         ("reresolve", Handler::Reresolve),
+        ("port_forward", Handler::PortForward),
     ];
     /// The handler a role's `notify` names.
     pub fn parse(s: &str) -> Option<Handler> {

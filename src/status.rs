@@ -955,6 +955,48 @@ pub async fn observe_all<T: Transport + 'static>(
     .await
 }
 
+/// Problems of the routers wgprov manages that only forward the port, from their facts (or why
+/// they could not be read): the router itself says whether wgprov's rules are in place
+/// (`router-pf.sh check`), so naming it is no guess. A router without wgprov's script yet is
+/// not named: its port-forward may have been made by hand.
+pub fn router_problems(
+    topo: &Topology,
+    facts: &HashMap<String, std::result::Result<Facts, String>>,
+) -> Vec<Problem> {
+    let mut out = Vec::new();
+    for (site, r) in topo.routers().filter(|(_, r)| topo.node(&r.name).is_none()) {
+        let problem = |kind: Kind, why: String| Problem {
+            kind,
+            site: Some(site.name.clone()),
+            node: Some(r.name.clone()),
+            peer: None,
+            why,
+        };
+        match facts.get(&r.name) {
+            Some(Ok(f)) => {
+                if let Some(d) = crate::router::linux::drift(f) {
+                    out.push(problem(
+                        Kind::Drift,
+                        format!(
+                            "site {}'s managed router {}: {d}; wgprov apply puts them back",
+                            site.name, r.name
+                        ),
+                    ));
+                }
+            }
+            Some(Err(e)) => out.push(problem(
+                Kind::Unreachable,
+                format!(
+                    "site {}'s managed router {} could not be read: {e}",
+                    site.name, r.name
+                ),
+            )),
+            None => {}
+        }
+    }
+    out
+}
+
 /// Reads every node (pings included) and diagnoses the mesh.
 pub async fn status(
     planned: &crate::topology::Planned,
@@ -962,7 +1004,15 @@ pub async fn status(
     progress: Arc<dyn Progress>,
 ) -> Result<StatusReport> {
     let topo = &planned.topology;
-    let sessions = connect_all(topo.nodes.iter().collect(), settings, &progress).await;
+    let sessions = connect_all(
+        topo.nodes
+            .iter()
+            .map(crate::topology::SshTarget::from)
+            .collect(),
+        settings,
+        &progress,
+    )
+    .await;
     let usable: HashMap<String, std::result::Result<Arc<_>, String>> = sessions
         .iter()
         .map(|(n, s)| (n.clone(), s.clone().map_err(|e| e.to_string())))
@@ -971,6 +1021,48 @@ pub async fn status(
         progress.phase(&n.name, "probing");
     }
     let obs = observe_all(topo, &usable, settings.forks, PROBE_WAIT).await;
+    // the routers that forward the port: whether wgprov's rules are in place
+    let router_names: Vec<String> = topo
+        .ssh_targets()
+        .into_iter()
+        .filter(|t| topo.node(&t.name).is_none())
+        .map(|t| t.name)
+        .collect();
+    // with the nodes they jump through, if any
+    let routers = crate::apply::with_jumps(topo, &router_names);
+    let router_facts: HashMap<String, std::result::Result<Facts, String>> = if routers.is_empty() {
+        HashMap::new()
+    } else {
+        let rs = connect_all(routers, settings, &progress).await;
+        let script = crate::facts::gather::script_with(
+            &topo.network.interface,
+            &crate::router::candidate_paths(),
+            &crate::router::facts_section(),
+        );
+        let names = router_names.clone();
+        let rs_ref = &rs;
+        let out = run_all(names, settings.forks, |n| {
+            let s = rs_ref.get(&n).cloned();
+            let script = script.clone();
+            async move {
+                let s = match s {
+                    Some(Ok(s)) => s,
+                    Some(Err(e)) => return Err(e.to_string()),
+                    None => return Err("not contacted".into()),
+                };
+                let out = s
+                    .run_script_within(&script, Duration::from_secs(30))
+                    .await
+                    .map_err(|e| e.to_string())?;
+                crate::facts::gather::parse(&out.stdout_text())
+            }
+        })
+        .await;
+        for s in rs.values().flatten() {
+            s.close().await;
+        }
+        out
+    };
     for n in &topo.nodes {
         let outcome = match obs.get(&n.name) {
             Some(Ok(_)) => "read",
@@ -981,7 +1073,9 @@ pub async fn status(
     for s in sessions.values().flatten() {
         s.close().await;
     }
-    Ok(diagnose(topo, &obs))
+    let mut report = diagnose(topo, &obs);
+    report.problems.extend(router_problems(topo, &router_facts));
+    Ok(report)
 }
 
 /// The report as text: nodes and their peers, links, problems with their why.
@@ -1068,6 +1162,48 @@ pub fn text(r: &StatusReport) -> String {
 
 #[cfg(test)]
 mod tests {
+
+    #[test]
+    fn a_managed_router_whose_rules_are_gone_is_drift_and_one_never_applied_is_not_named() {
+        let inv = crate::inventory::load_str(
+            std::path::Path::new("inv.yaml"),
+            "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    router: { kind: linux, address: 192.168.0.1, wan_interface: eth0 }\n    nodes:\n      n1: { address: 192.168.0.10 }\n",
+        )
+        .unwrap()
+        .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        let facts_with = |state: &str| {
+            let mut f = Facts::default();
+            f.extra.insert("router_pf".into(), state.into());
+            [("home-router".to_string(), Ok(f))]
+                .into_iter()
+                .collect::<HashMap<_, _>>()
+        };
+        let p = router_problems(&topo, &facts_with("drift"));
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            (p[0].kind, p[0].site.as_deref(), p[0].node.as_deref()),
+            (Kind::Drift, Some("home"), Some("home-router"))
+        );
+        assert!(
+            p[0].why.contains("wgprov apply puts them back"),
+            "{}",
+            p[0].why
+        );
+        assert!(router_problems(&topo, &facts_with("ok")).is_empty());
+        assert!(
+            router_problems(&topo, &facts_with("none")).is_empty(),
+            "maybe made by hand"
+        );
+        let down: HashMap<String, std::result::Result<Facts, String>> = [(
+            "home-router".to_string(),
+            Err("connection refused".to_string()),
+        )]
+        .into_iter()
+        .collect();
+        assert_eq!(router_problems(&topo, &down)[0].kind, Kind::Unreachable);
+    }
+
     use super::*;
     use crate::facts::FileFact;
     use crate::topology::keys::Keypair;

@@ -504,18 +504,22 @@ pub async fn revert<T: Transport>(t: &T, run: &RunId, why: &str, timeout: Durati
 
 /// `wgprov rollback`: puts the last backup back (refused while an apply holds the host).
 pub fn rollback_script(iface: &InterfaceName, facts: &Facts) -> String {
+    rollback_script_with(iface, facts, &HandlerPlan::everything())
+}
+
+/// [`rollback_script`] re-running `handlers` (a managed router's: its port-forward).
+pub fn rollback_script_with(
+    iface: &InterfaceName,
+    facts: &Facts,
+    handlers: &HandlerPlan,
+) -> String {
     let mut s = script::prelude();
     s.push_str(&format!(
         "D={STATE_DIR}\nB=$D/backup\n\
          if [ -d \"$D/lock\" ] && [ \"$(date +%s)\" -le \"$(cat \"$D/lock/deadline\" 2>/dev/null || echo 0)\" ]; then \
          fail \"an apply holds this host ($(cat \"$D/lock/owner\" 2>/dev/null))\"; fi\n"
     ));
-    s.push_str(&restore_body(
-        iface,
-        facts,
-        "fail",
-        &HandlerPlan::everything(),
-    ));
+    s.push_str(&restore_body(iface, facts, "fail", handlers));
     s.push_str(&done_tail());
     s
 }
@@ -598,6 +602,7 @@ mod tests {
             node_ip: Some("10.100.0.2".into()),
             daemon_reload: true,
             reresolve: true,
+            port_forward: Some(vec![51820, 4500]),
         };
         let f = Facts {
             systemd: true,

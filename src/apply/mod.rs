@@ -204,6 +204,8 @@ pub struct Report {
     pub guard: Option<GuardReport>,
     /// True when the operator stopped the run (exit 130).
     pub interrupted: bool,
+    /// The router rules still to be done by hand (routers wgprov does not manage), listed once.
+    pub router_rules: Vec<String>,
 }
 
 /// Counts for the recap.
@@ -264,6 +266,24 @@ fn targeted_nodes<'a>(topo: &'a Topology, settings: &Settings) -> Vec<&'a NodePl
     topo.nodes
         .iter()
         .filter(|n| limit.is_none_or(|l| matches_limit(l, n)))
+        .collect()
+}
+
+/// The managed routers `--limit` selects: by their name (`<site>-router`), their site's name,
+/// or a glob over their name (every managed router without it).
+fn targeted_routers(topo: &Topology, settings: &Settings) -> Vec<String> {
+    let limit = settings.limit.as_deref();
+    topo.routers()
+        // a hub router (`next_hop: router`) is planned as a node of its site
+        .filter(|(_, r)| topo.node(&r.name).is_none())
+        .filter(|(s, r)| {
+            limit.is_none_or(|l| {
+                l.split(',')
+                    .map(str::trim)
+                    .any(|l| l == r.name || l == s.name || glob(l, &r.name))
+            })
+        })
+        .map(|(_, r)| r.name.clone())
         .collect()
 }
 
@@ -351,7 +371,8 @@ pub async fn apply(
     let iface = topo.network.interface.clone();
     let wg_path = format!("/etc/wireguard/{iface}.conf");
     let targeted = targeted_nodes(topo, settings);
-    if targeted.is_empty() {
+    let routers = targeted_routers(topo, settings);
+    if targeted.is_empty() && routers.is_empty() {
         return Err(Error::Usage(format!(
             "--limit {} matches no managed node",
             settings.limit.as_deref().unwrap_or("")
@@ -362,21 +383,40 @@ pub async fn apply(
         paths.insert(n.name.clone(), desired::candidate_paths(roles, topo, n)?);
     }
 
-    // 1. connect to every node: untargeted ones are read for their keys, never changed
-    let sessions = connect_all(topo.nodes.iter().collect(), settings, &progress).await;
+    // 1. connect to every node (untargeted ones are read for their keys, never changed) and to
+    // the targeted managed routers
+    let sessions = connect_all(
+        topo.ssh_targets()
+            .into_iter()
+            .filter(|t| topo.node(&t.name).is_some() || routers.contains(&t.name))
+            .collect(),
+        settings,
+        &progress,
+    )
+    .await;
 
     // 2. facts, one exec per node
     let reachable: Vec<String> = topo
         .nodes
         .iter()
-        .filter(|n| matches!(sessions.get(&n.name), Some(Ok(_))))
-        .map(|n| n.name.clone())
+        .map(|n| &n.name)
+        .chain(routers.iter())
+        .filter(|n| matches!(sessions.get(*n), Some(Ok(_))))
+        .cloned()
         .collect();
     let facts: HashMap<String, (std::result::Result<Facts, String>, f64)> = {
         let sessions = &sessions;
+        let router_script = gather::script_with(
+            &iface,
+            &crate::router::candidate_paths(),
+            &crate::router::facts_section(),
+        );
         let scripts: HashMap<String, String> = reachable
             .iter()
-            .map(|n| (n.clone(), gather::script(&iface, &paths[n])))
+            .map(|n| match paths.get(n) {
+                Some(p) => (n.clone(), gather::script(&iface, p)),
+                None => (n.clone(), router_script.clone()),
+            })
             .collect();
         run_all(reachable.clone(), settings.forks, |n| {
             let s = sessions[&n].as_ref().expect("reachable").clone();
@@ -580,6 +620,15 @@ pub async fn apply(
         reports.push(r);
     }
 
+    // 4b. the managed routers: their port-forward, planned like a node's files
+    for name in &routers {
+        let (r, plan) = plan_router(topo, name, &sessions, &facts, &wg_path, &iface);
+        if let Some(p) = plan {
+            plans.insert(name.clone(), p);
+        }
+        reports.push(r);
+    }
+
     // 5. change the hosts that need it (never under --check), then the guard
     let mut guard_report = None;
     let mut fresh: Sessions = HashMap::new();
@@ -589,9 +638,14 @@ pub async fn apply(
             .filter(|r| r.status == HostStatus::Changed)
             .map(|r| r.name.clone())
             .collect();
-        for w in router_announcements(topo, &plans, &wg_path) {
-            progress.note(&format!("router change needed: {w}"));
-            warnings.push(format!("router change needed: {w}"));
+        for (w, managed) in router_announcements(topo, &plans, &wg_path) {
+            if managed {
+                // the managed router's own change does it, first: an action, not a note
+                progress.note(&w);
+            } else {
+                progress.note(&format!("router change needed: {w}"));
+                warnings.push(format!("router change needed: {w}"));
+            }
         }
         let run = host::RunId::new();
         let owner = host::owner();
@@ -604,6 +658,7 @@ pub async fn apply(
             run: &run,
         };
         let outcomes = change_hosts(&cx, &owner, &to_change, &plans).await;
+        flush_again(&cx, &to_change, &plans, &outcomes).await;
         let mut pending = Vec::new();
         let mut lost = Vec::new();
         let mut deadlines = Vec::new();
@@ -724,7 +779,110 @@ pub async fn apply(
         check: settings.check,
         guard: guard_report,
         interrupted: settings.stopped(),
+        router_rules: crate::router::manual_rules(topo),
     })
+}
+
+/// A managed router's report and plan: its desired files compared with its facts, the
+/// port-forward handler (with the public ports whose conntrack entries it flushes), drift of
+/// its running rules.
+fn plan_router(
+    topo: &Topology,
+    name: &str,
+    sessions: &Sessions,
+    facts: &HashMap<String, (std::result::Result<Facts, String>, f64)>,
+    wg_path: &str,
+    iface: &crate::shell::InterfaceName,
+) -> (HostReport, Option<HostPlan>) {
+    let mut r = HostReport::new(name);
+    let (site, router) = topo.router(name).expect("a targeted router exists");
+    if let Some(Ok(s)) = sessions.get(name) {
+        r.timings.connect = s.connect_time.as_secs_f64();
+    }
+    let f = match (sessions.get(name), facts.get(name)) {
+        (Some(Err(e)), _) => {
+            r.status = HostStatus::Unreachable;
+            r.error = Some(e.to_string());
+            return (r, None);
+        }
+        (_, Some((Err(e), t))) => {
+            r.timings.facts = *t;
+            r.status = HostStatus::Failed;
+            r.error = Some(format!("gathering facts: {e}"));
+            return (r, None);
+        }
+        (_, Some((Ok(f), t))) => {
+            r.timings.facts = *t;
+            f
+        }
+        _ => {
+            r.status = HostStatus::Unreachable;
+            r.error = Some("not contacted".into());
+            return (r, None);
+        }
+    };
+    let files = match crate::router::desired(topo, site, router, f) {
+        Ok(x) => x,
+        Err(e) => {
+            r.status = HostStatus::Failed;
+            r.error = Some(e);
+            return (r, None);
+        }
+    };
+    let changes = diff::compare(&files, &|p| {
+        f.files.get(p).cloned().unwrap_or(FileFact::Absent)
+    });
+    let mut handlers = script::plan_handlers(&changes, f, wg_path);
+    let script_unchanged = changes
+        .iter()
+        .any(|c| c.desired.path == crate::router::PF_SCRIPT && c.action == Action::Unchanged);
+    if script_unchanged && let Some(d) = crate::router::linux::drift(f) {
+        r.drift.push(d);
+        handlers.port_forward.get_or_insert_with(Vec::new);
+    }
+    if let Some(ports) = &mut handlers.port_forward {
+        let c = changes
+            .iter()
+            .find(|c| c.desired.path == crate::router::PF_SCRIPT);
+        *ports = crate::router::flush_ports(
+            c.and_then(|c| c.current.content()),
+            c.and_then(|c| c.desired.state.content()),
+        );
+        if !f.tools.contains("conntrack") {
+            r.warnings.push("conntrack is not installed on the router: entries of the old port-forward may keep steering the WireGuard port until they time out (apt-get install conntrack)".into());
+        }
+    }
+    if !f.systemd && router.kind == crate::inventory::ManagedKind::Linux {
+        r.warnings.push(format!(
+            "systemd is not running here: nothing re-installs the port-forward at boot; run `sh {}` from the router's boot scripts (e.g. /etc/rc.local)",
+            crate::router::PF_SCRIPT
+        ));
+    }
+    r.changes = changes
+        .iter()
+        .map(|c| FileReport {
+            path: c.desired.path.to_string(),
+            action: c.action,
+            diff: if c.action == Action::Unchanged {
+                String::new()
+            } else {
+                c.unified_diff()
+            },
+        })
+        .collect();
+    r.handlers = handlers.describe(iface, f);
+    if r.changed() > 0 || handlers != HandlerPlan::default() {
+        r.status = HostStatus::Changed;
+    }
+    (
+        r,
+        Some(HostPlan {
+            changes,
+            handlers,
+            expect: None,
+            facts: f.clone(),
+        }),
+    )
 }
 
 /// What every step of a changing run shares.
@@ -738,12 +896,13 @@ struct RunCx<'a> {
 }
 
 /// Router rules a change needs, announced before anything is touched: a next-hop that will
-/// listen on another port, or a site whose next-hop moves.
+/// listen on another port, or a site whose next-hop moves. `true` marks a site whose router
+/// wgprov manages: its router's change does it, first, in the same guarded transaction.
 fn router_announcements(
     topo: &Topology,
     plans: &HashMap<String, HostPlan>,
     wg_path: &str,
-) -> Vec<String> {
+) -> Vec<(String, bool)> {
     let mut out = Vec::new();
     for site in topo.sites.iter().filter(|s| s.managed) {
         let Some(nh) = site.next_hop.as_deref().and_then(|n| topo.node(n)) else {
@@ -758,32 +917,68 @@ fn router_announcements(
         let Some(old) = c.current.content() else {
             continue;
         };
+        // a site without an endpoint is never dialled from outside, and a hub router receives
+        // WireGuard on its own WAN: no router rule to change
+        let Some(endpoint) = &site.endpoint else {
+            continue;
+        };
+        if nh.is_router {
+            continue;
+        }
         let new_port = topo.network.listen_port;
-        let public = site.endpoint.as_ref().map(|e| e.port).unwrap_or(new_port);
+        let public = endpoint.port;
         let old_conf = WgConfig::parse(old);
         let iface = old_conf.interface();
         let old_port = iface
             .and_then(|i| i.get("ListenPort"))
             .and_then(|p| p.trim().parse::<u16>().ok());
         let was_hub = iface.is_some_and(|i| i.get("PostUp").is_some());
-        if let Some(op) = old_port
+        let what = if let Some(op) = old_port
             && op != new_port
         {
-            out.push(format!(
-                "site {}: {} will listen on UDP {new_port} instead of {op}: the router ({}) must forward UDP {public} to {}:{new_port}; change it first, or the guard will find the links between sites down and put everything back",
-                site.name,
-                nh.name,
-                site.router.as_str(),
-                nh.address
-            ));
+            format!(
+                "site {}: {} will listen on UDP {new_port} instead of {op}",
+                site.name, nh.name
+            )
         } else if !was_hub {
-            out.push(format!(
-                "site {}: the next-hop moves to {}: the router ({}) must forward UDP {public} to {}:{new_port}",
-                site.name,
-                nh.name,
-                site.router.as_str(),
-                nh.address
-            ));
+            format!("site {}: the next-hop moves to {}", site.name, nh.name)
+        } else {
+            continue;
+        };
+        match &site.managed_router {
+            Some(r) if plans.contains_key(&r.name) => out.push((
+                format!(
+                    "{what}: the managed router {} changes first, forwarding UDP {public} to {}:{new_port}, in this same guarded transaction",
+                    r.name, nh.address
+                ),
+                true,
+            )),
+            Some(r) => out.push((
+                format!(
+                    "{what}: the managed router {} must forward UDP {public} to {}:{new_port}, but it is outside --limit: apply it too (--limit {},{})",
+                    r.name,
+                    nh.address,
+                    r.name,
+                    nh.name
+                ),
+                false,
+            )),
+            None => out.push((
+                if old_port.is_some_and(|op| op != new_port) {
+                    format!(
+                        "{what}: the router ({}) must forward UDP {public} to {}:{new_port}; change it first, or the guard will find the links between sites down and put everything back",
+                        site.router.as_str(),
+                        nh.address
+                    )
+                } else {
+                    format!(
+                        "{what}: the router ({}) must forward UDP {public} to {}:{new_port}",
+                        site.router.as_str(),
+                        nh.address
+                    )
+                },
+                false,
+            )),
         }
     }
     out
@@ -809,6 +1004,88 @@ fn dead_man_timeout(confirm: Duration, bound: Duration, i: usize, n: usize) -> D
     confirm + bound * (n.saturating_sub(i + 1) as u32)
 }
 
+/// The order of change: the managed routers that forward the port first, in a wave of their
+/// own (a node that moves its port needs the router's forward in place), then the nodes in the
+/// guard's waves (a hub router is a next-hop like a node: it changes in the waves of the mesh).
+fn change_waves(topo: &Topology, to_change: &[String]) -> Vec<Vec<String>> {
+    let (routers, nodes): (Vec<String>, Vec<String>) = to_change
+        .iter()
+        .cloned()
+        .partition(|n| is_forwarding_router(topo, n));
+    let mut waves = Vec::new();
+    if !routers.is_empty() {
+        waves.push(routers);
+    }
+    waves.extend(guard::waves(&nodes, &guard::paths(topo)));
+    waves
+}
+
+/// True for a managed router that only forwards the port (not a hub, which is a node).
+fn is_forwarding_router(topo: &Topology, name: &str) -> bool {
+    topo.router(name).is_some() && topo.node(name).is_none()
+}
+
+/// The routers whose port-forward changed before nodes changed after them, with the public
+/// ports to flush again: between the router's change and its next-hop's, the next-hop could
+/// still send from its old port, and the router's NAT would map the public port back to that
+/// old port for as long as the entry lives.
+fn reflush_targets(
+    topo: &Topology,
+    to_change: &[String],
+    plans: &HashMap<String, HostPlan>,
+    changed: &dyn Fn(&str) -> bool,
+) -> Vec<(String, Vec<u16>)> {
+    let nodes_changed = to_change
+        .iter()
+        .any(|n| !is_forwarding_router(topo, n) && changed(n));
+    if !nodes_changed {
+        return Vec::new();
+    }
+    to_change
+        .iter()
+        .filter(|n| is_forwarding_router(topo, n) && changed(n))
+        .filter_map(|n| {
+            let ports = plans.get(n)?.handlers.port_forward.clone()?;
+            (!ports.is_empty()).then(|| (n.clone(), ports))
+        })
+        .collect()
+}
+
+/// Flushes the conntrack entries of the changed routers' public ports once more, after the
+/// nodes changed (best effort: a failure is only reported).
+async fn flush_again(
+    cx: &RunCx<'_>,
+    to_change: &[String],
+    plans: &HashMap<String, HostPlan>,
+    outcomes: &Outcomes,
+) {
+    let changed = |n: &str| matches!(outcomes.get(n), Some((host::ChangeOutcome::Changed, _, _)));
+    let targets = reflush_targets(cx.topo, to_change, plans, &changed);
+    for (name, ports) in targets {
+        let Some(Ok(s)) = cx.sessions.get(&name) else {
+            continue;
+        };
+        let script = crate::router::linux::flush_script(&ports);
+        match s
+            .run_script_within(&script, Duration::from_secs(10))
+            .await
+        {
+            Ok(o) if o.status == 0 => cx.progress.note(&format!(
+                "{name}: conntrack entries of UDP {} flushed again, now that the nodes have changed",
+                ports.iter().map(u16::to_string).collect::<Vec<_>>().join(", ")
+            )),
+            Ok(o) => cx.progress.note(&format!(
+                "{name}: flushing conntrack again failed (exit {}): {}",
+                o.status,
+                o.stderr_text().trim()
+            )),
+            Err(e) => cx
+                .progress
+                .note(&format!("{name}: flushing conntrack again failed: {e}")),
+        }
+    }
+}
+
 /// What a changed host's outcome was, when its change ran, and when its dead-man fires.
 type Outcomes = HashMap<String, (host::ChangeOutcome, f64, Option<Instant>)>;
 
@@ -820,8 +1097,7 @@ async fn change_hosts(
     to_change: &[String],
     plans: &HashMap<String, HostPlan>,
 ) -> Outcomes {
-    let paths = guard::paths(cx.topo);
-    let waves = guard::waves(to_change, &paths);
+    let waves = change_waves(cx.topo, to_change);
     let bound = wave_bound(cx.settings);
     let mut out = HashMap::new();
     for (i, wave) in waves.iter().enumerate() {
@@ -830,9 +1106,14 @@ async fn change_hosts(
         }
         if waves.len() > 1 {
             cx.progress.note(&format!(
-                "changing wave {}/{} (hosts behind the mesh first): {}",
+                "changing wave {}/{} ({}): {}",
                 i + 1,
                 waves.len(),
+                if is_forwarding_router(cx.topo, &wave[0]) {
+                    "managed routers first"
+                } else {
+                    "hosts behind the mesh first"
+                },
                 wave.join(", ")
             ));
         }
@@ -908,10 +1189,19 @@ async fn run_guard(
     let topo = cx.topo;
     let wait = (g.timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
     let paths = guard::paths(topo);
+    // a router's change touches the links of its site's next-hop
+    let touched: BTreeSet<&str> = g
+        .touched
+        .iter()
+        .map(|t| match topo.router(t) {
+            Some((s, _)) => s.next_hop.as_deref().unwrap_or(t),
+            None => t.as_str(),
+        })
+        .collect();
     let to_probe = guard::links_to_probe(
         guard::planned_links(topo)
             .into_iter()
-            .filter(|l| g.touched.iter().any(|t| l.has(t)))
+            .filter(|l| touched.iter().any(|t| l.has(t)))
             .collect(),
         &g.before,
         &g.existed,
@@ -1126,10 +1416,11 @@ pub async fn rollback(
 ) -> Result<Report> {
     let topo = &planned.topology;
     let iface = topo.network.interface.clone();
-    let targeted: Vec<String> = targeted_nodes(topo, settings)
+    let mut targeted: Vec<String> = targeted_nodes(topo, settings)
         .into_iter()
         .map(|n| n.name.clone())
         .collect();
+    targeted.extend(targeted_routers(topo, settings));
     if targeted.is_empty() {
         return Err(Error::Usage("--limit matches no managed node".into()));
     }
@@ -1140,16 +1431,37 @@ pub async fn rollback(
         run_all(targeted.clone(), settings.forks, |n| {
             let s = sessions[&n].clone();
             let iface = iface.clone();
+            let is_router = topo.router(&n).is_some();
             async move {
                 let s = s.map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
+                let router_paths = crate::router::candidate_paths();
+                let paths: &[crate::shell::RemotePath] =
+                    if is_router { &router_paths } else { &[] };
                 let out = s
-                    .run_script(&gather::script(&iface, &[]))
+                    .run_script(&gather::script(&iface, paths))
                     .await
                     .map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
                 let facts =
                     gather::parse(&out.stdout_text()).map_err(|e| (HostStatus::Failed, e))?;
+                // a router: its port-forward re-installed from the restored script (and the
+                // conntrack entries of the port now in place flushed)
+                let handlers = if is_router {
+                    HandlerPlan {
+                        daemon_reload: true,
+                        port_forward: Some(crate::router::flush_ports(
+                            facts
+                                .files
+                                .get(crate::router::PF_SCRIPT)
+                                .and_then(|f| f.content()),
+                            None,
+                        )),
+                        ..Default::default()
+                    }
+                } else {
+                    HandlerPlan::everything()
+                };
                 let out = s
-                    .run_script(&host::rollback_script(&iface, &facts))
+                    .run_script(&host::rollback_script_with(&iface, &facts, &handlers))
                     .await
                     .map_err(|e| (HostStatus::Failed, e.to_string()))?;
                 let r = script::parse_result(&out.stdout_text());
@@ -1187,8 +1499,11 @@ pub async fn rollback(
                         diff: String::new(),
                     })
                     .collect();
-                r.handlers =
-                    vec!["wireguard, sysctl, kubelet re-run with the restored files".into()];
+                r.handlers = vec![if topo.router(n).is_some() {
+                    "port_forward re-run with the restored files".into()
+                } else {
+                    "wireguard, sysctl, kubelet re-run with the restored files".into()
+                }];
             }
             Err((status, e)) => {
                 r.status = *status;
@@ -1207,6 +1522,7 @@ pub async fn rollback(
         check: false,
         guard: None,
         interrupted: false,
+        router_rules: Vec::new(),
     })
 }
 
@@ -1232,7 +1548,137 @@ mod tests {
                 become_root: false,
                 proxy_jump: None,
             },
+            is_router: false,
         }
+    }
+
+    fn topo_of(yaml: &str) -> Topology {
+        let inv = crate::inventory::load_str(std::path::Path::new("inv.yaml"), yaml)
+            .unwrap()
+            .inventory;
+        Topology::build(&inv, &Default::default()).unwrap().0
+    }
+
+    #[test]
+    fn a_forwarding_router_changes_first_and_a_hub_router_with_the_nodes() {
+        let yaml = |next_hop: &str| {
+            format!(
+                "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    next_hop: {next_hop}\n    router: {{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }}\n    nodes:\n      n1: {{ address: 192.168.0.10 }}\n      n2: {{ address: 192.168.0.11 }}\n"
+            )
+        };
+        let names = |v: &[&str]| v.iter().map(|s| s.to_string()).collect::<Vec<_>>();
+        let t = topo_of(&yaml("n1"));
+        assert_eq!(
+            change_waves(&t, &names(&["n1", "home-router", "n2"])),
+            vec![names(&["home-router"]), names(&["n1", "n2"])]
+        );
+        assert_eq!(change_waves(&t, &names(&["n2"])), vec![names(&["n2"])]);
+        let settings = Settings {
+            limit: Some("n1".into()),
+            check: false,
+            forks: 1,
+            no_rollback: false,
+            guard: None,
+            stop: Default::default(),
+            ssh: SshOptions::default(),
+        };
+        assert!(
+            targeted_routers(&t, &settings).is_empty(),
+            "outside --limit"
+        );
+        let settings = Settings {
+            limit: Some("home".into()),
+            ..settings
+        };
+        assert_eq!(targeted_routers(&t, &settings), ["home-router"]);
+        // the hub is a node of its site: planned and changed with the nodes
+        let t = topo_of(&yaml("router"));
+        assert_eq!(
+            change_waves(&t, &names(&["home-router", "n1"])),
+            vec![names(&["home-router", "n1"])]
+        );
+        assert!(targeted_routers(&t, &settings).is_empty());
+    }
+
+    #[test]
+    fn a_port_change_behind_a_managed_router_is_an_action_not_a_note() {
+        let yaml = |next_hop: &str, endpoint: &str| {
+            format!(
+                "network:\n  wireguard_cidr: 10.100.0.0/16\n  listen_port: 51821\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n{endpoint}    next_hop: {next_hop}\n    router: {{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }}\n    nodes:\n      n1: {{ address: 192.168.0.10 }}\n      n2: {{ address: 192.168.0.11 }}\n  office:\n    endpoint: 198.51.100.20:51821\n    nodes:\n      o1: {{ address: 192.168.10.5 }}\n"
+            )
+        };
+        // a host whose wg0 moves from 51820 to 51821
+        let plan_of = |node: &str| {
+            let plan = HostPlan {
+                changes: vec![script::tests::change(
+                    Some("[Interface]\nListenPort = 51820\nPostUp = x\n"),
+                    "[Interface]\nListenPort = 51821\nPostUp = x\n",
+                )],
+                handlers: HandlerPlan::default(),
+                expect: None,
+                facts: Facts::default(),
+            };
+            (node.to_string(), plan)
+        };
+        let wg = "/etc/wireguard/wg0.conf";
+        let t = topo_of(&yaml("n1", "    endpoint: 203.0.113.10:4500\n"));
+        let mut plans: HashMap<String, HostPlan> = [plan_of("n1"), plan_of("home-router")]
+            .into_iter()
+            .collect();
+        let a = router_announcements(&t, &plans, wg);
+        assert_eq!(a.len(), 1, "{a:?}");
+        assert!(a[0].1, "an action");
+        assert_eq!(
+            a[0].0,
+            "site home: n1 will listen on UDP 51821 instead of 51820: the managed router home-router changes first, forwarding UDP 4500 to 192.168.0.10:51821, in this same guarded transaction"
+        );
+        plans.remove("home-router");
+        let a = router_announcements(&t, &plans, wg);
+        assert!(
+            !a[0].1
+                && a[0]
+                    .0
+                    .contains("outside --limit: apply it too (--limit home-router,n1)"),
+            "{a:?}"
+        );
+        // no endpoint: nobody dials in, nothing to forward; a hub router forwards nothing
+        let t = topo_of(&yaml("n1", ""));
+        assert!(router_announcements(&t, &plans, wg).is_empty());
+        let t = topo_of(&yaml("router", "    endpoint: 203.0.113.10:51821\n"));
+        let plans: HashMap<String, HostPlan> = [plan_of("home-router")].into_iter().collect();
+        assert!(router_announcements(&t, &plans, wg).is_empty());
+    }
+
+    #[test]
+    fn conntrack_is_flushed_again_only_when_nodes_changed_after_the_router() {
+        let t = topo_of(
+            "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    router: { kind: linux, address: 192.168.0.1, wan_interface: eth0 }\n    nodes:\n      n1: { address: 192.168.0.10 }\n",
+        );
+        let plan = |pf: Option<Vec<u16>>| HostPlan {
+            changes: Vec::new(),
+            handlers: HandlerPlan {
+                port_forward: pf,
+                ..Default::default()
+            },
+            expect: None,
+            facts: Facts::default(),
+        };
+        let plans: HashMap<String, HostPlan> = [
+            ("home-router".to_string(), plan(Some(vec![51820]))),
+            ("n1".to_string(), plan(None)),
+        ]
+        .into_iter()
+        .collect();
+        let both = ["home-router".to_string(), "n1".to_string()];
+        let all = |_: &str| true;
+        assert_eq!(
+            reflush_targets(&t, &both, &plans, &all),
+            vec![("home-router".to_string(), vec![51820])]
+        );
+        // the router alone (drift repaired): its own flush was the last word
+        assert!(reflush_targets(&t, &both[..1], &plans, &all).is_empty());
+        // the node's change failed: nothing moved after the router
+        assert!(reflush_targets(&t, &both, &plans, &|n: &str| n != "n1").is_empty());
     }
 
     #[test]
@@ -1346,6 +1792,7 @@ mod tests {
             check: true,
             guard: None,
             interrupted: false,
+            router_rules: Vec::new(),
         };
         assert_eq!(r.exit_code(true), 0);
         r.hosts[0].status = HostStatus::Changed;

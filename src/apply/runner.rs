@@ -7,20 +7,22 @@ use std::sync::Arc;
 use tokio::sync::Semaphore;
 
 use super::{Progress, Settings};
-use crate::topology::{NodePlan, Topology};
+use crate::topology::{SshTarget, Topology};
 use crate::transport::TransportError;
 use crate::transport::ssh::{self, KeyCache, SshSession};
 
 /// One SSH connection per host, or why there is none.
 pub type Sessions = HashMap<String, std::result::Result<Arc<SshSession>, TransportError>>;
 
-/// The nodes named, with the jump hosts they need (transitively), in inventory order.
-pub fn with_jumps<'a>(topo: &'a Topology, names: &[String]) -> Vec<&'a NodePlan> {
+/// The hosts named (nodes or managed routers), with the jump hosts they need (transitively), in
+/// inventory order.
+pub fn with_jumps(topo: &Topology, names: &[String]) -> Vec<SshTarget> {
+    let all = topo.ssh_targets();
     let mut want: BTreeSet<String> = names.iter().cloned().collect();
     let mut grew = true;
     while grew {
         grew = false;
-        for n in &topo.nodes {
+        for n in &all {
             if want.contains(&n.name)
                 && let Some(j) = &n.ssh.proxy_jump
                 && want.insert(j.clone())
@@ -29,16 +31,13 @@ pub fn with_jumps<'a>(topo: &'a Topology, names: &[String]) -> Vec<&'a NodePlan>
             }
         }
     }
-    topo.nodes
-        .iter()
-        .filter(|n| want.contains(&n.name))
-        .collect()
+    all.into_iter().filter(|n| want.contains(&n.name)).collect()
 }
 
 /// Connects to every node given (jump hosts first, then the nodes behind them), at most
 /// `forks` at once. Every node ends with a session or the reason it has none.
 pub async fn connect_all(
-    nodes: Vec<&NodePlan>,
+    nodes: Vec<SshTarget>,
     settings: &Settings,
     progress: &Arc<dyn Progress>,
 ) -> Sessions {
@@ -48,7 +47,7 @@ pub async fn connect_all(
     let mut pending = nodes;
     // rounds: nodes whose jump host is connected (or who need none) go next
     while !pending.is_empty() {
-        let (ready, later): (Vec<&NodePlan>, Vec<&NodePlan>) =
+        let (ready, later): (Vec<SshTarget>, Vec<SshTarget>) =
             pending.into_iter().partition(|n| match &n.ssh.proxy_jump {
                 None => true,
                 Some(j) => sessions.contains_key(j),

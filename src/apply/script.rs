@@ -36,6 +36,9 @@ pub struct HandlerPlan {
     pub daemon_reload: bool,
     /// Enable the endpoint re-resolution timer (or stop it when its files are gone).
     pub reresolve: bool,
+    /// On a managed router: run its port-forward script (or remove the rules when the script
+    /// is gone), then flush the conntrack entries of these public UDP ports.
+    pub port_forward: Option<Vec<u16>>,
 }
 
 impl HandlerPlan {
@@ -79,6 +82,19 @@ impl HandlerPlan {
                 "reresolve: systemctl enable --now wgprov-reresolve-{iface}.timer"
             ));
         }
+        if let Some(ports) = &self.port_forward {
+            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
+            v.push(format!(
+                "port_forward: sh {}{}, then conntrack -D -p udp --dport {}",
+                crate::router::PF_SCRIPT,
+                if facts.systemd {
+                    format!(" (enabled at boot: {})", crate::router::PF_UNIT_NAME)
+                } else {
+                    String::new()
+                },
+                ports.join(", ")
+            ));
+        }
         v
     }
 }
@@ -118,6 +134,7 @@ impl HandlerPlan {
             node_ip: None,
             daemon_reload: true,
             reresolve: true,
+            port_forward: None,
         }
     }
 
@@ -139,6 +156,7 @@ impl HandlerPlan {
             node_ip: None,
             daemon_reload: self.daemon_reload,
             reresolve: notified(Handler::Reresolve),
+            port_forward: self.port_forward.clone(),
         }
     }
 }
@@ -163,6 +181,9 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
                 Handler::Reresolve => {
                     h.reresolve = true;
                     h.daemon_reload = true;
+                }
+                Handler::PortForward => {
+                    h.port_forward.get_or_insert_with(Vec::new);
                 }
             }
         }
@@ -291,6 +312,9 @@ pub(crate) fn handlers_script(
             wants = sh_quote(&format!("/etc/systemd/system/timers.target.wants/{timer}")),
             why = sh_quote(&format!("handler reresolve: systemctl enable --now {timer}")),
         ));
+    }
+    if let Some(ports) = &h.port_forward {
+        s.push_str(&crate::router::linux::handler(ports, facts.systemd, f));
     }
     s
 }

@@ -38,6 +38,16 @@ pub enum FileState {
     Absent,
 }
 
+impl FileState {
+    /// The content, when present.
+    pub fn content(&self) -> Option<&str> {
+        match self {
+            FileState::Present { content, .. } => Some(content),
+            FileState::Absent => None,
+        }
+    }
+}
+
 impl std::fmt::Debug for FileState {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
@@ -158,6 +168,7 @@ pub fn context(
             "address": node.address,
             "wireguard_ip": node.wireguard_ip.to_string(),
             "is_next_hop": node.is_next_hop,
+            "is_router": node.is_router,
             "kubernetes": node.kubernetes.as_str(),
             "kubernetes_units": node.kubernetes.units(),
         },
@@ -167,6 +178,7 @@ pub fn context(
             "endpoint": site.endpoint.as_ref().map(|e| e.to_string()),
             "public_port": site.endpoint.as_ref().map(|e| e.port),
             "router": site.router.as_str(),
+            "router_managed": site.managed_router.is_some(),
             "next_hop": site.next_hop,
         },
         "network": {
@@ -432,7 +444,8 @@ pub fn fresh_keys(topo: &Topology) -> KeyRing {
     })
 }
 
-/// Desired files of every managed node with no facts (offline), spread over every core.
+/// Desired files of every managed node with no facts (offline), spread over every core, then
+/// those of every managed router (as one with systemd and iptables).
 pub fn render_offline(
     roles: &Roles,
     topo: &Topology,
@@ -473,6 +486,17 @@ pub fn render_offline(
     let mut out = Vec::with_capacity(nodes.len());
     for p in parts {
         out.extend(p?);
+    }
+    // managed routers, as a router with systemd and iptables would have them
+    let facts = crate::facts::Facts {
+        systemd: true,
+        tools: ["iptables".to_string()].into(),
+        ..Default::default()
+    };
+    for (site, r) in topo.routers() {
+        if let Ok(files) = crate::router::desired(topo, site, r, &facts) {
+            out.push((r.name.clone(), files));
+        }
     }
     Ok(out)
 }

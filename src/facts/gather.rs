@@ -107,12 +107,19 @@ pub struct Facts {
     pub wg_enabled: bool,
     /// Unix time on the host when the facts were read.
     pub now: u64,
+    /// Sections added by a caller's extra facts (a managed router's), by name.
+    pub extra: BTreeMap<String, String>,
 }
 
 /// The gathering script for `iface` and the given file paths. It spawns as few processes as it
 /// can (they are what a facts round trip costs on the target): shell builtins for os-release and
 /// the tool checks, one `stat` for every mode, one `base64` per present file, one `wg show`.
 pub fn script(iface: &InterfaceName, paths: &[RemotePath]) -> String {
+    script_with(iface, paths, "")
+}
+
+/// [`script`] with `extra` sections (shell text using `sec NAME`), parsed into [`Facts::extra`].
+pub fn script_with(iface: &InterfaceName, paths: &[RemotePath], extra: &str) -> String {
     let mut s = String::from(PATH_PRELUDE);
     s.push_str(&format!(
         "M='{MARK}'\nsec() {{ printf '%s %s\\n' \"$M\" \"$*\"; }}\n"
@@ -131,7 +138,7 @@ pub fn script(iface: &InterfaceName, paths: &[RemotePath]) -> String {
         "sec wg\nwg show {} dump 2>/dev/null\n",
         sh_quote(iface)
     ));
-    s.push_str("sec tools\nfor t in systemctl wg wg-quick kubelet iptables sudo resolvconf; do command -v $t >/dev/null 2>&1 && printf '%s ' $t; done; echo\n");
+    s.push_str("sec tools\nfor t in systemctl wg wg-quick kubelet iptables sudo resolvconf nft conntrack; do command -v $t >/dev/null 2>&1 && printf '%s ' $t; done; echo\n");
     s.push_str("sec systemd\nif [ -d /run/systemd/system ]; then echo yes; else echo no; fi\n");
     // shell tests only: a unit is installed when its file is in one of systemd's unit paths
     s.push_str(&format!(
@@ -142,6 +149,7 @@ pub fn script(iface: &InterfaceName, paths: &[RemotePath]) -> String {
             "/etc/systemd/system/multi-user.target.wants/wg-quick@{iface}.service"
         )),
     ));
+    s.push_str(extra);
     s.push_str("sec now\ndate +%s\nsec end\n");
     s
 }
@@ -264,7 +272,9 @@ pub fn parse(output: &str) -> Result<Facts, String> {
             "wg_enabled" => facts.wg_enabled = value.trim() == "yes",
             "now" => facts.now = value.trim().parse().unwrap_or(0),
             "end" => complete = true,
-            _ => {}
+            other => {
+                facts.extra.insert(other.to_string(), value);
+            }
         }
     }
     if !complete {

@@ -126,6 +126,49 @@ impl RouterKind {
     }
 }
 
+/// Kind of a router wgprov manages over SSH.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ManagedKind {
+    /// A Linux router: the port-forward as iptables (or nftables) rules.
+    Linux,
+    /// OpenWrt: the port-forward as a firewall redirect through `uci`.
+    Openwrt,
+}
+
+impl ManagedKind {
+    /// Parses the inventory spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "linux" => Some(Self::Linux),
+            "openwrt" => Some(Self::Openwrt),
+            _ => None,
+        }
+    }
+    /// The inventory spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Linux => "linux",
+            Self::Openwrt => "openwrt",
+        }
+    }
+}
+
+/// A site's router that wgprov manages over SSH, like a host.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ManagedRouter {
+    /// The name it goes by in reports, `--limit` and the lab: `<site>-router`.
+    pub name: String,
+    /// linux or openwrt.
+    pub kind: ManagedKind,
+    /// Its LAN address (IP or DNS name): where SSH reaches it.
+    pub address: String,
+    /// Its WAN interface (checked).
+    pub wan_interface: crate::shell::InterfaceName,
+    /// Resolved SSH settings (top-level `ssh:`, then the router's own).
+    pub ssh: SshSettings,
+}
+
 /// Operating-system family of a node: decides where the kubelet defaults file lives.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -322,8 +365,10 @@ pub struct Site {
     pub endpoint: Option<Endpoint>,
     /// Next-hop node (resolved: a one-node site's only node).
     pub next_hop: Option<String>,
-    /// Router kind.
+    /// Router kind (for a managed router: `openwrt`, or `other` for linux).
     pub router: RouterKind,
+    /// The router, when wgprov manages it.
+    pub managed_router: Option<ManagedRouter>,
     /// MTU of the uplink (1500 unless written).
     pub wan_mtu: u16,
     /// For unmanaged sites: the key of their next-hop.
@@ -353,6 +398,9 @@ pub struct Node {
     pub ssh: SshSettings,
     /// Where each SSH setting came from.
     pub ssh_origin: SshOrigins,
+    /// True for a site's managed router that is its WireGuard hub (`next_hop: router`): a host
+    /// with wg0 like a next-hop node, but no Kubernetes node.
+    pub is_router: bool,
 }
 
 impl Inventory {

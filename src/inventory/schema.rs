@@ -140,10 +140,12 @@ pub struct RawSite {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub next_hop: Option<S<String>>,
-    /// Router kind, for the port-forward notes.
+    /// The site's router: a kind wgprov does not touch (`opnsense`, `pfsense`, `openwrt`,
+    /// `other`: it prints the rules to create by hand), or a router it manages over SSH
+    /// (`{ kind: linux | openwrt, address, ssh, wan_interface }`).
     #[serde(default)]
-    #[schemars(schema_with = "router_kinds")]
-    pub router: Option<S<String>>,
+    #[schemars(schema_with = "routers")]
+    pub router: Option<S<RawRouter>>,
     /// Public key of an unmanaged site's next-hop.
     #[serde(default)]
     #[schemars(with = "Option<String>")]
@@ -183,11 +185,70 @@ pub struct RawNode {
     pub ssh: Option<S<RawSsh>>,
 }
 
-fn router_kinds(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+/// `router:` as written: a name, or a managed router's mapping.
+#[derive(Debug)]
+pub enum RawRouter {
+    /// `opnsense | pfsense | openwrt | other` (checked by validation).
+    Name(String),
+    /// `{ kind, address, ssh, wan_interface }`.
+    Managed(Box<RawManagedRouter>),
+}
+
+impl<'de> Deserialize<'de> for RawRouter {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> serde::de::Visitor<'de> for V {
+            type Value = RawRouter;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a router kind (opnsense, pfsense, openwrt, other) or a mapping { kind: linux | openwrt, address, ssh, wan_interface }")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<RawRouter, E> {
+                Ok(RawRouter::Name(v.to_string()))
+            }
+            fn visit_map<A: serde::de::MapAccess<'de>>(self, m: A) -> Result<RawRouter, A::Error> {
+                RawManagedRouter::deserialize(serde::de::value::MapAccessDeserializer::new(m))
+                    .map(|m| RawRouter::Managed(Box::new(m)))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+/// A router wgprov manages over SSH (SPEC.md, "Routers").
+#[derive(Debug, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct RawManagedRouter {
+    /// `linux` (iptables or nftables) or `openwrt` (`uci`).
+    #[schemars(schema_with = "managed_router_kinds")]
+    pub kind: S<String>,
+    /// Where SSH reaches it: its LAN address (an IP address or a DNS name).
+    #[schemars(with = "String")]
+    pub address: S<String>,
+    /// Its WAN (uplink) interface, where the WireGuard port arrives.
+    #[schemars(with = "String")]
+    pub wan_interface: S<String>,
+    /// SSH settings for the router (over the top-level `ssh:` defaults; a site's `ssh:` is for
+    /// its nodes).
+    #[serde(default)]
+    #[schemars(with = "Option<RawSsh>")]
+    pub ssh: Option<S<RawSsh>>,
+}
+
+fn routers(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut kinds: Vec<serde_json::Value> =
         RouterKind::ALL.iter().map(|k| k.as_str().into()).collect();
     kinds.push(serde_json::Value::Null);
-    schemars::json_schema!({ "type": ["string", "null"], "enum": kinds })
+    let managed = generator.subschema_for::<RawManagedRouter>();
+    schemars::json_schema!({
+        "anyOf": [
+            { "type": ["string", "null"], "enum": kinds },
+            managed
+        ]
+    })
+}
+
+fn managed_router_kinds(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": "string", "enum": ["linux", "openwrt"] })
 }
 
 fn os_families(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

@@ -318,6 +318,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
     let mut node_ips: HashMap<Ipv4Addr, (String, Loc)> = HashMap::new();
     let mut jumps: Vec<(String, S<String>, String)> = Vec::new();
     let mut config_refs: HashMap<String, ConfigRef> = HashMap::new();
+    let mut router_origins: HashMap<String, SshOrigins> = HashMap::new();
     if raw.sites.value.is_empty() {
         d.error(loc(&raw.sites), "sites", "no sites: nothing to build");
     }
@@ -462,19 +463,44 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                 ),
             );
         }
-        let router = match &site.router {
-            None => RouterKind::Other,
-            Some(r) => RouterKind::parse(&r.value).unwrap_or_else(|| {
-                d.error(
-                    loc(r),
-                    format!("{sp}.router"),
-                    format!(
-                        "`{}` is not one of opnsense, pfsense, openwrt, other",
-                        r.value
-                    ),
-                );
-                RouterKind::Other
-            }),
+        let (router, managed_router) = match &site.router {
+            None => (RouterKind::Other, None),
+            Some(r) => match &r.value {
+                RawRouter::Name(name) => {
+                    let kind = RouterKind::parse(name).unwrap_or_else(|| {
+                        d.error(
+                            loc(r),
+                            format!("{sp}.router"),
+                            format!(
+                                "`{name}` is not one of opnsense, pfsense, openwrt, other (or a managed router: {{ kind: linux | openwrt, address, wan_interface, ssh }})"
+                            ),
+                        );
+                        RouterKind::Other
+                    });
+                    (kind, None)
+                }
+                RawRouter::Managed(m) => {
+                    let mr = managed_router(&mut d, raw, &sp, &sname.value, m, wg, managed).map(
+                        |(r, origins, config)| {
+                            config_refs.insert(r.name.clone(), config);
+                            router_origins.insert(r.name.clone(), origins);
+                            r
+                        },
+                    );
+                    if let Some(j) = m.ssh.as_ref().and_then(|s| s.value.proxy_jump.as_ref()) {
+                        jumps.push((
+                            format!("{}-router", sname.value),
+                            j.clone(),
+                            format!("{sp}.router"),
+                        ));
+                    }
+                    let kind = match mr.as_ref().map(|m| m.kind) {
+                        Some(ManagedKind::Openwrt) => RouterKind::Openwrt,
+                        _ => RouterKind::Other,
+                    };
+                    (kind, mr)
+                }
+            },
         };
 
         let public_key = site.public_key.as_ref().and_then(|k| {
@@ -695,6 +721,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                 kubernetes: node_kubernetes,
                 ssh,
                 ssh_origin,
+                is_router: false,
             });
         }
         if let Some(s) = &site.ssh
@@ -708,6 +735,56 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
         }
 
         let next_hop = match &site.next_hop {
+            // the router is the site's hub: a node of the site, as far as the mesh goes
+            Some(nh) if managed && nh.value == "router" => match &managed_router {
+                Some(r) if r.kind == ManagedKind::Linux => {
+                    if let Some(ep) = &endpoint
+                        && let Some(lp) = listen_port
+                        && ep.port != lp
+                    {
+                        d.error(
+                            loc(nh),
+                            format!("{sp}.next_hop"),
+                            format!(
+                                "the router is the hub: it listens on listen_port {lp} itself, so the endpoint's port must be {lp} too (it is {})",
+                                ep.port
+                            ),
+                        );
+                    }
+                    nodes.push(Node {
+                        name: r.name.clone(),
+                        loc: loc(nh),
+                        site: sname.value.clone(),
+                        address: r.address.clone(),
+                        wireguard_ip: None,
+                        os_family: None,
+                        kubernetes: None,
+                        ssh: r.ssh.clone(),
+                        ssh_origin: router_origins.get(&r.name).cloned().unwrap_or_default(),
+                        is_router: true,
+                    });
+                    Some(r.name.clone())
+                }
+                Some(r) => {
+                    d.error(
+                        loc(nh),
+                        format!("{sp}.next_hop"),
+                        format!(
+                            "`next_hop: router` with a router of kind {} is not built yet: only kind linux can be the hub",
+                            r.kind.as_str()
+                        ),
+                    );
+                    None
+                }
+                None => {
+                    d.error(
+                        loc(nh),
+                        format!("{sp}.next_hop"),
+                        "`next_hop: router` needs a router wgprov manages: router: { kind: linux, address, wan_interface }",
+                    );
+                    None
+                }
+            },
             Some(nh) if managed => {
                 if nodes.iter().any(|n| n.name == nh.value) {
                     Some(nh.value.clone())
@@ -739,6 +816,27 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             None => None,
         };
 
+        // a managed router's DNAT points at the next-hop's address: it must be an IPv4 literal
+        if let (Some(r), Some(nh)) = (&managed_router, &next_hop)
+            && let Some(n) = nodes.iter().find(|n| &n.name == nh && !n.is_router)
+            && n.address.parse::<Ipv4Addr>().is_err()
+            && site.endpoint.is_some()
+        {
+            let l = raw_nodes
+                .iter()
+                .find(|(k, _)| k.value == *nh)
+                .map(|(_, v)| loc(&v.value.address))
+                .unwrap_or(n.loc);
+            d.error(
+                l,
+                format!("{sp}.nodes.{nh}.address"),
+                format!(
+                    "`{}` is not an IPv4 address: the managed router {} forwards the WireGuard port to the next-hop's address with a DNAT rule, which needs one",
+                    n.address, r.name
+                ),
+            );
+        }
+
         sites.push(Site {
             name: sname.value.clone(),
             loc: loc(sname),
@@ -749,10 +847,27 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             endpoint,
             next_hop,
             router,
+            managed_router,
             wan_mtu,
             public_key,
             nodes,
         });
+    }
+
+    // ---- a managed router's name is taken by no node ----
+    for s in &sites {
+        if let Some(r) = &s.managed_router
+            && let Some(l) = node_names.get(&r.name)
+        {
+            d.error(
+                *l,
+                format!("sites.{}.router", s.name),
+                format!(
+                    "node name `{}` (line {}) is the name wgprov gives site {}'s managed router: rename the node",
+                    r.name, l.line, s.name
+                ),
+            );
+        }
     }
 
     // ---- site pairs must be able to reach each other ----
@@ -786,7 +901,39 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
     }
 
     // ---- what the inventory leaves unset, from the OpenSSH config (ssh.config_file) ----
+    // a router that only forwards the port is read from the OpenSSH config like a node: as a
+    // node of its site for the time of the lookup (a hub router is one already)
+    for site in &mut sites {
+        if let Some(r) = &site.managed_router
+            && site.next_hop.as_deref() != Some(r.name.as_str())
+        {
+            site.nodes.push(Node {
+                name: r.name.clone(),
+                loc: site.loc,
+                site: site.name.clone(),
+                address: r.address.clone(),
+                wireguard_ip: None,
+                os_family: None,
+                kubernetes: None,
+                ssh: r.ssh.clone(),
+                ssh_origin: router_origins.remove(&r.name).unwrap_or_default(),
+                is_router: true,
+            });
+        }
+    }
     sshconfig::apply(file, &mut sites, &config_refs, &mut d);
+    for site in &mut sites {
+        let hub = site.next_hop.clone();
+        if let Some(r) = &mut site.managed_router
+            && hub.as_deref() != Some(r.name.as_str())
+            && let Some(i) = site
+                .nodes
+                .iter()
+                .position(|n| n.name == r.name && n.is_router)
+        {
+            r.ssh = site.nodes.remove(i).ssh;
+        }
+    }
 
     // ---- no proxy_jump loops (inventory and ssh config together) ----
     let all_nodes = || sites.iter().flat_map(|s| s.nodes.iter());
@@ -852,6 +999,90 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
         sites,
     });
     (inv, d.list)
+}
+
+/// Checks a managed router's mapping (`router: { kind, address, wan_interface, ssh }`).
+fn managed_router(
+    d: &mut Diags,
+    raw: &RawInventory,
+    sp: &str,
+    site: &str,
+    m: &RawManagedRouter,
+    wg: Option<Ipv4Net>,
+    managed: bool,
+) -> Option<(ManagedRouter, SshOrigins, ConfigRef)> {
+    let rp = format!("{sp}.router");
+    let mut ok = true;
+    if !managed {
+        d.error(
+            loc(&m.kind),
+            &rp,
+            "an unmanaged site is never contacted: its router cannot be managed either",
+        );
+        ok = false;
+    }
+    let kind = ManagedKind::parse(&m.kind.value).or_else(|| {
+        d.error(
+            loc(&m.kind),
+            format!("{rp}.kind"),
+            format!(
+                "`{}` is not one of linux, openwrt (wgprov manages those over SSH; for opnsense, pfsense or another router write its name, e.g. `router: opnsense`)",
+                m.kind.value
+            ),
+        );
+        None
+    });
+    let address = m.address.value.trim().to_string();
+    match address.parse::<IpAddr>() {
+        Ok(IpAddr::V4(a)) if wg.is_some_and(|w| w.contains(&a)) => {
+            d.error(
+                loc(&m.address),
+                format!("{rp}.address"),
+                format!(
+                    "{a} lies inside the WireGuard space: wgprov reaches the router on its LAN"
+                ),
+            );
+            ok = false;
+        }
+        Ok(_) => {}
+        Err(_) if is_dns_name(&address) => {}
+        Err(_) => {
+            d.error(
+                loc(&m.address),
+                format!("{rp}.address"),
+                format!("`{address}` is neither an IP address nor a DNS name"),
+            );
+            ok = false;
+        }
+    }
+    let wan = crate::shell::InterfaceName::new(m.wan_interface.value.trim())
+        .map_err(|e| d.error(loc(&m.wan_interface), format!("{rp}.wan_interface"), e))
+        .ok();
+    let layers = [
+        raw.ssh.as_ref().map(|s| SshLayer {
+            raw: &s.value,
+            path: "ssh".into(),
+        }),
+        m.ssh.as_ref().map(|s| SshLayer {
+            raw: &s.value,
+            path: format!("{rp}.ssh"),
+        }),
+    ];
+    let (ssh, origins, config) = resolve_ssh(d, &address, &layers);
+    if !ok {
+        return None;
+    }
+    Some((
+        ManagedRouter {
+            name: format!("{site}-router"),
+            kind: kind?,
+            address,
+            wan_interface: wan?,
+            ssh,
+        },
+        origins,
+        config,
+    ))
 }
 
 fn resolve_ssh(
@@ -965,5 +1196,210 @@ mod tests {
                 Err(e) => panic!("{e}"),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod router_tests {
+    use std::path::Path;
+
+    use crate::error::Error;
+    use crate::inventory::{ManagedKind, RouterKind, load_str};
+
+    fn inv(router: &str) -> String {
+        format!(
+            "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nssh:\n  user: admin\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    router: {router}\n    nodes:\n      n1: {{ address: 192.168.0.10 }}\n"
+        )
+    }
+
+    fn errors(text: &str) -> Vec<(u32, String, String)> {
+        match load_str(Path::new("inv.yaml"), text) {
+            Ok(_) => Vec::new(),
+            Err(Error::Invalid(d)) => d
+                .into_iter()
+                .filter(|x| x.is_error())
+                .map(|x| (x.line, x.field, x.message))
+                .collect(),
+            Err(e) => vec![(0, String::new(), e.to_string())],
+        }
+    }
+
+    #[test]
+    fn a_router_is_a_name_or_a_managed_mapping() {
+        let l = load_str(Path::new("inv.yaml"), &inv("opnsense")).unwrap();
+        assert_eq!(l.inventory.sites[0].router, RouterKind::Opnsense);
+        assert!(l.inventory.sites[0].managed_router.is_none());
+        let m = "\n      kind: linux\n      address: 192.168.0.1\n      wan_interface: eth0\n      ssh: { port: 2222 }";
+        let l = load_str(Path::new("inv.yaml"), &inv(m)).unwrap();
+        let r = l.inventory.sites[0].managed_router.clone().unwrap();
+        assert_eq!(r.name, "home-router");
+        assert_eq!(r.kind, ManagedKind::Linux);
+        assert_eq!(r.wan_interface.to_string(), "eth0");
+        // the top-level ssh defaults apply, the router's own win
+        assert_eq!((r.ssh.user.as_str(), r.ssh.port), ("admin", 2222));
+        assert_eq!(r.ssh.host, "192.168.0.1");
+    }
+
+    #[test]
+    fn a_bad_managed_router_is_named_by_line_and_field() {
+        let m = "\n      kind: mikrotik\n      address: 'a b'\n      wan_interface: 'eth0;reboot'\n      ssh: { port: 0 }";
+        let e = errors(&inv(m));
+        let has = |line: u32, field: &str, what: &str| {
+            e.iter()
+                .any(|(l, f, msg)| *l == line && f == field && msg.contains(what))
+        };
+        assert!(
+            has(
+                10,
+                "sites.home.router.kind",
+                "`mikrotik` is not one of linux, openwrt"
+            ),
+            "{e:?}"
+        );
+        assert!(
+            has(11, "sites.home.router.address", "neither an IP address"),
+            "{e:?}"
+        );
+        assert!(has(12, "sites.home.router.wan_interface", ""), "{e:?}");
+        assert!(
+            has(13, "sites.home.router.ssh.port", "outside 1-65535"),
+            "{e:?}"
+        );
+        // unknown keys are refused inside the mapping too, and a missing one is named
+        let e = errors(&inv(
+            "{ kind: linux, address: 192.168.0.1, wan_iface: eth0 }",
+        ));
+        assert!(
+            e.iter().any(|(l, _, m)| *l == 9 && m.contains("wan_iface")),
+            "{e:?}"
+        );
+        let e = errors(&inv("mikrotik"));
+        assert!(
+            e.iter()
+                .any(|(l, f, _)| *l == 9 && f == "sites.home.router"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_managed_routers_next_hop_needs_an_ipv4_address() {
+        let text = inv("{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }")
+            .replace("address: 192.168.0.10", "address: n1.lan");
+        let e = errors(&text);
+        assert!(
+            e.iter().any(|(l, f, m)| *l == 11
+                && f == "sites.home.nodes.n1.address"
+                && m.contains("DNAT rule")),
+            "{e:?}"
+        );
+        // a router wgprov does not manage: a name is fine
+        assert!(
+            errors(&inv("other").replace("address: 192.168.0.10", "address: n1.lan")).is_empty()
+        );
+    }
+
+    #[test]
+    fn next_hop_router_makes_a_managed_linux_router_the_sites_hub() {
+        let hub = |router: &str, port: u16| {
+            inv(router)
+                .replace("203.0.113.10:51820", &format!("203.0.113.10:{port}"))
+                .replace("    router:", "    next_hop: router\n    router:")
+        };
+        let l = load_str(
+            Path::new("inv.yaml"),
+            &hub(
+                "{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }",
+                51820,
+            ),
+        )
+        .unwrap();
+        let site = &l.inventory.sites[0];
+        assert_eq!(site.next_hop.as_deref(), Some("home-router"));
+        let r = site.nodes.iter().find(|n| n.is_router).unwrap();
+        assert_eq!(
+            (r.name.as_str(), r.address.as_str()),
+            ("home-router", "192.168.0.1")
+        );
+        let (topo, _) =
+            crate::topology::Topology::build(&l.inventory, &Default::default()).unwrap();
+        let hub_plan = topo.node("home-router").unwrap();
+        assert!(hub_plan.is_next_hop && hub_plan.is_router);
+        assert_eq!(hub_plan.wireguard_ip.to_string(), "10.100.0.1");
+        assert_eq!(topo.ssh_targets().len(), 2, "the hub is connected to once");
+
+        let e = errors(&hub(
+            "{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }",
+            4500,
+        ));
+        assert!(
+            e.iter()
+                .any(|(_, f, m)| f == "sites.home.next_hop" && m.contains("must be 51820 too")),
+            "{e:?}"
+        );
+        let e = errors(&hub(
+            "{ kind: openwrt, address: 192.168.0.1, wan_interface: eth0 }",
+            51820,
+        ));
+        assert!(
+            e.iter().any(|(_, _, m)| m.contains("not built yet")),
+            "{e:?}"
+        );
+        let e = errors(&hub("opnsense", 51820));
+        assert!(
+            e.iter().any(|(_, f, m)| f == "sites.home.next_hop"
+                && m.contains("needs a router wgprov manages")),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn a_managed_router_is_read_from_the_openssh_config_like_a_node() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("config");
+        std::fs::write(
+            &cfg,
+            "Host home-router\n  HostName 192.168.0.254\n  User admin\n  Port 2200\n  IdentityFile ~/.ssh/router_key\n",
+        )
+        .unwrap();
+        for next_hop in ["n1", "router"] {
+            let text = inv(
+                "{ kind: linux, address: 192.168.0.1, wan_interface: eth0, ssh: { port: 22 } }",
+            )
+            .replace(
+                "ssh:\n  user: admin\n",
+                &format!("ssh:\n  config_file: {}\n", cfg.display()),
+            )
+            .replace(
+                "    router:",
+                &format!("    next_hop: {next_hop}\n    router:"),
+            );
+            let l = load_str(Path::new("inv.yaml"), &text).unwrap();
+            let site = &l.inventory.sites[0];
+            let ssh = if next_hop == "router" {
+                site.nodes.iter().find(|n| n.is_router).unwrap().ssh.clone()
+            } else {
+                assert!(
+                    site.nodes.iter().all(|n| !n.is_router),
+                    "the lookup node is gone"
+                );
+                site.managed_router.as_ref().unwrap().ssh.clone()
+            };
+            assert_eq!(ssh.host, "192.168.0.254", "{next_hop}");
+            assert_eq!(ssh.user, "admin");
+            assert_eq!(ssh.port, 22, "written in the inventory: it wins");
+            assert!(ssh.identity_file.unwrap().ends_with("/.ssh/router_key"));
+        }
+    }
+
+    #[test]
+    fn a_node_cannot_take_the_managed_routers_name() {
+        let text = inv("{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }")
+            .replace("n1:", "home-router:");
+        let e = errors(&text);
+        assert!(
+            e.iter()
+                .any(|(_, f, m)| f == "sites.home.router" && m.contains("rename the node")),
+            "{e:?}"
+        );
     }
 }

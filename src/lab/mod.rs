@@ -435,7 +435,18 @@ fn node_legs(k: usize) -> (String, String) {
 /// An sshd node's directories, host key, authorized key, `/etc` files and sshd config;
 /// returns its public host key line.
 fn prepare_sshd_node(p: &LabPlan, n: &plan::NodeLab, client_pub: &str) -> Result<String> {
-    let d = &n.dir;
+    prepare_sshd(p, &n.name, &n.dir, n.os_family, n.ssh_port, client_pub)
+}
+
+/// The directories and sshd of a host of the lab (a node, or a router the inventory manages).
+fn prepare_sshd(
+    p: &LabPlan,
+    name: &str,
+    d: &Path,
+    os_family: OsFamily,
+    port: u16,
+    client_pub: &str,
+) -> Result<String> {
     mkdirs(&[
         d.join("etc.upper"),
         d.join("etc.work"),
@@ -445,27 +456,22 @@ fn prepare_sshd_node(p: &LabPlan, n: &plan::NodeLab, client_pub: &str) -> Result
         d.join("sbin"),
     ])?;
     let hk = d.join("ssh_host_ed25519_key");
-    let host_pub = keygen(&hk, &n.name)?;
+    let host_pub = keygen(&hk, name)?;
     // readable by every user: sshd reads it after dropping to the login user
     write(&d.join("authorized_keys"), client_pub, 0o644)?;
     write(
         &d.join("etc.upper/os-release"),
-        os_release(n.os_family),
+        os_release(os_family),
         0o644,
     )?;
-    write(&d.join("etc.upper/hosts"), &hosts_file(p, &n.name), 0o644)?;
-    write(
-        &d.join("etc.upper/hostname"),
-        &format!("{}\n", n.name),
-        0o644,
-    )?;
+    write(&d.join("etc.upper/hosts"), &hosts_file(p, name), 0o644)?;
+    write(&d.join("etc.upper/hostname"), &format!("{name}\n"), 0o644)?;
     write(
         &d.join("sshd_config"),
         &format!(
             "Port {port}\nListenAddress 0.0.0.0\nHostKey {hk}\nAuthorizedKeysFile {ak}\nPidFile {pid}\n\
          UsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\nPermitRootLogin prohibit-password\n\
          StrictModes no\nPrintLastLog no\nPrintMotd no\nUseDNS no\nSubsystem sftp internal-sftp\n",
-            port = n.ssh_port,
             hk = hk.display(),
             ak = d.join("authorized_keys").display(),
             pid = d.join("sshd.pid").display(),
@@ -617,6 +623,29 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
         st.addresses.insert(n.name.clone(), n.address);
     }
 
+    // managed routers: a management leg like a node's (their sshd answers at their LAN address)
+    for (i, r) in p.routers.iter().enumerate() {
+        if r.sshd.is_none() {
+            continue;
+        }
+        let leg = format!("q{i}");
+        veth_into_bridge(ctl, &leg, "mgmt", &r.ns, "mgmt0")?;
+        ip(&r.ns, &["link", "set", "mgmt0", "up"])?;
+        ip(
+            &r.ns,
+            &[
+                "route",
+                "add",
+                &format!("{}/32", p.controller_ip),
+                "dev",
+                "mgmt0",
+                "src",
+                &r.lan_ip.to_string(),
+            ],
+        )?;
+        host_route(ctl, r.lan_ip, "mgmt")?;
+    }
+
     // SSH: one client identity for the controller, a host key per node
     let ctl_dir = p.dir.join("controller");
     let ctl_root = ctl_dir.join("root");
@@ -647,6 +676,27 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
         };
         known_hosts.push_str(&format!("{wg_host} {}\n", key.join(" ")));
     }
+    for r in &p.routers {
+        if let Some(sd) = &r.sshd {
+            let host_pub =
+                prepare_sshd(p, &sd.name, &sd.dir, OsFamily::Debian, sd.port, &client_pub)?;
+            let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+            let host = if sd.port == 22 {
+                r.lan_ip.to_string()
+            } else {
+                format!("[{}]:{}", r.lan_ip, sd.port)
+            };
+            known_hosts.push_str(&format!("{host} {}\n", key.join(" ")));
+            if let Some(w) = sd.wireguard_ip {
+                let wg_host = if sd.port == 22 {
+                    w.to_string()
+                } else {
+                    format!("[{w}]:{}", sd.port)
+                };
+                known_hosts.push_str(&format!("{wg_host} {}\n", key.join(" ")));
+            }
+        }
+    }
     write(&ctl_root.join(".ssh/known_hosts"), &known_hosts, 0o600)?;
     write(
         &ctl_dir.join("etc.upper/hosts"),
@@ -661,8 +711,19 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
         // or boot each node: Debian under systemd-nspawn, sshd started by its systemd
         systemd::boot(p, st)?;
     }
-    for n in p.nodes.iter().filter(|_| p.systemd.is_none()) {
-        let d = n.dir.display();
+    let sshd_hosts: Vec<(&str, &Path, &str)> = p
+        .nodes
+        .iter()
+        .filter(|_| p.systemd.is_none())
+        .map(|n| (n.name.as_str(), n.dir.as_path(), n.ns.as_str()))
+        .chain(p.routers.iter().filter_map(|r| {
+            r.sshd
+                .as_ref()
+                .map(|sd| (sd.name.as_str(), sd.dir.as_path(), r.ns.as_str()))
+        }))
+        .collect();
+    for (name, dir, ns) in sshd_hosts {
+        let d = dir.display();
         let script = format!(
             "set -e\n\
              mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc.upper,workdir={d}/etc.work /etc\n\
@@ -673,12 +734,11 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
              {hide_systemd}\n\
              hostname {name}\n\
              /usr/sbin/sshd -D -e -f {d}/sshd_config &\n\
-             while :; do sleep 3600; done\n",
-            name = n.name
+             while :; do sleep 3600; done\n"
         );
-        let (holder, inner) = spawn_holder(&n.ns, &script, &n.dir.join("sshd.log"))?;
-        st.holders.insert(n.name.clone(), holder);
-        st.inner.insert(n.name.clone(), inner);
+        let (holder, inner) = spawn_holder(ns, &script, &dir.join("sshd.log"))?;
+        st.holders.insert(name.to_string(), holder);
+        st.inner.insert(name.to_string(), inner);
         save_state(st)?;
     }
     let d = ctl_dir.display();
@@ -697,6 +757,23 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
 
     // wait, bounded, until every sshd answers from the controller
     let deadline = Instant::now() + systemd::ready_within(p);
+    for r in &p.routers {
+        let Some(sd) = &r.sshd else { continue };
+        let probe = format!("exec 3<>/dev/tcp/{}/{}", r.lan_ip, sd.port);
+        while in_ns(ctl, &["bash", "-c", &probe]).is_err() {
+            if Instant::now() > deadline {
+                let log = std::fs::read_to_string(sd.dir.join("sshd.log")).unwrap_or_default();
+                return Err(lab_err(format!(
+                    "sshd of {} does not answer at {}:{} from the controller: {}",
+                    sd.name,
+                    r.lan_ip,
+                    sd.port,
+                    log.trim()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
     for n in &p.nodes {
         let probe = format!("exec 3<>/dev/tcp/{}/{}", n.address, n.ssh_port);
         loop {

@@ -51,6 +51,22 @@ pub struct RouterPlan {
     pub forward: Option<(u16, Ipv4Addr, u16)>,
     /// MTU of its WAN link (the site's `wan_mtu`: 1492 makes a PPPoE-like uplink).
     pub wan_mtu: u16,
+    /// When the inventory manages this router: the sshd wgprov reaches it through (over the
+    /// management bridge, at its LAN address). The lab then creates no port-forward: wgprov does.
+    pub sshd: Option<RouterSshd>,
+}
+
+/// The sshd of a router the inventory manages.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RouterSshd {
+    /// The router's host name in the inventory (`<site>-router`).
+    pub name: String,
+    /// Port sshd listens on.
+    pub port: u16,
+    /// Its directory (host key, config, overlays of /etc and /var/lib).
+    pub dir: PathBuf,
+    /// Its WireGuard address, when it is its site's hub (`next_hop: router`).
+    pub wireguard_ip: Option<Ipv4Addr>,
 }
 
 /// A node of the lab.
@@ -233,7 +249,10 @@ pub fn plan(
         }
         // node addresses must be IPv4 literals, unique across the lab (the controller routes by them)
         let mut addrs = Vec::new();
-        for n in &s.nodes {
+        // a hub router (`next_hop: router`) is the site's router itself, not a node of the lab
+        let lab_nodes: Vec<&crate::inventory::Node> =
+            s.nodes.iter().filter(|n| !n.is_router).collect();
+        for n in &lab_nodes {
             let a: Ipv4Addr = n.address.parse().map_err(|_| {
                 lab_err(format!(
                     "node {}: the lab needs an IPv4 address, not `{}`",
@@ -268,7 +287,7 @@ pub fn plan(
                 s.name
             )));
         }
-        for (n, a) in s.nodes.iter().zip(&addrs) {
+        for (n, a) in lab_nodes.iter().zip(&addrs) {
             if !lan.contains(a) || *a == lan.network() || *a == lan.broadcast() {
                 return Err(lab_err(format!(
                     "node {}: address {a} is not a host address of the site's LAN {lan}",
@@ -276,13 +295,37 @@ pub fn plan(
                 )));
             }
         }
-        let lan_ip = lan.hosts().find(|h| !addrs.contains(h)).ok_or_else(|| {
-            lab_err(format!(
-                "site {}: no LAN address left for the router",
-                s.name
-            ))
-        })?;
-        let forward = if no_port_forward.contains(&s.name) {
+        let lan_ip = match &s.managed_router {
+            // a managed router is where the inventory says it is
+            Some(m) => {
+                let a: Ipv4Addr = m.address.parse().map_err(|_| {
+                    lab_err(format!(
+                        "site {}: the lab needs the managed router's address as an IPv4 address, not `{}`",
+                        s.name, m.address
+                    ))
+                })?;
+                if !lan.contains(&a) || addrs.contains(&a) || a == lan.network() {
+                    return Err(lab_err(format!(
+                        "site {}: the router's address {a} must be a free host address of the LAN {lan}",
+                        s.name
+                    )));
+                }
+                a
+            }
+            None => lan.hosts().find(|h| !addrs.contains(h)).ok_or_else(|| {
+                lab_err(format!(
+                    "site {}: no LAN address left for the router",
+                    s.name
+                ))
+            })?,
+        };
+        let sshd = s.managed_router.as_ref().map(|m| RouterSshd {
+            name: m.name.clone(),
+            port: m.ssh.port,
+            dir: dir.join("routers").join(&s.name),
+            wireguard_ip: topo.node(&m.name).map(|n| n.wireguard_ip),
+        });
+        let forward = if no_port_forward.contains(&s.name) || sshd.is_some() {
             None
         } else {
             let nh = topo
@@ -307,8 +350,9 @@ pub fn plan(
             lan_ip,
             forward,
             wan_mtu: s.wan_mtu,
+            sshd,
         });
-        for (n, a) in s.nodes.iter().zip(addrs) {
+        for (n, a) in lab_nodes.iter().zip(addrs) {
             nodes.push(NodeLab {
                 name: n.name.clone(),
                 site: s.name.clone(),
@@ -354,7 +398,8 @@ pub fn plan(
                 .and_then(|s| s.next_hop.as_deref())
                 .and_then(|n| nodes.iter().find(|x| x.name == n))
                 .map(|n| n.address)
-                .expect("managed site has a next-hop");
+                // a hub router: the router is the next-hop
+                .unwrap_or(r.lan_ip);
             Some(ControllerLan {
                 site: site.to_string(),
                 address,
@@ -417,6 +462,35 @@ mod tests {
         assert_eq!(node3.os_family, OsFamily::Redhat);
         assert_eq!(node3.ns, "t1-n-node3");
         assert_eq!(p.namespaces().len(), 11);
+    }
+
+    #[test]
+    fn a_managed_router_gets_an_sshd_at_its_address_and_no_port_forward_from_the_lab() {
+        let text = include_str!("../../inventories/demo.yaml").replace(
+            "router: opnsense",
+            "router: { kind: linux, address: 192.168.0.254, wan_interface: wan0 }",
+        );
+        let inv = crate::inventory::load_str(Path::new("demo.yaml"), &text)
+            .unwrap()
+            .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        let p = plan(&inv, &topo, "t1", &[], None).unwrap();
+        let home = &p.routers[0];
+        assert_eq!(home.lan_ip, Ipv4Addr::new(192, 168, 0, 254));
+        assert_eq!(
+            home.forward, None,
+            "wgprov makes the port-forward, not the lab"
+        );
+        let sshd = home.sshd.as_ref().unwrap();
+        assert_eq!((sshd.name.as_str(), sshd.port), ("home-router", 22));
+        assert!(p.routers[1].sshd.is_none() && p.routers[1].forward.is_some());
+        let bad = text.replace("192.168.0.254", "192.168.0.10");
+        let inv = crate::inventory::load_str(Path::new("demo.yaml"), &bad)
+            .unwrap()
+            .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        let err = plan(&inv, &topo, "t1", &[], None).unwrap_err().to_string();
+        assert!(err.contains("must be a free host address"), "{err}");
     }
 
     #[test]

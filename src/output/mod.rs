@@ -12,6 +12,8 @@ pub mod svg;
 struct PlanDoc<'a> {
     network: NetworkDoc<'a>,
     sites: Vec<SiteDoc<'a>>,
+    /// Rules to create by hand on the routers wgprov does not manage.
+    router_rules: Vec<String>,
 }
 
 #[derive(Serialize)]
@@ -82,10 +84,21 @@ struct SiteDoc<'a> {
     endpoint: Option<String>,
     next_hop: Option<&'a str>,
     router: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    managed_router: Option<ManagedRouterDoc>,
     lan_cidrs: Vec<String>,
     public_key: Option<String>,
     wan_mtu: u16,
     nodes: Vec<NodeDoc<'a>>,
+}
+
+#[derive(Serialize)]
+struct ManagedRouterDoc {
+    name: String,
+    kind: &'static str,
+    address: String,
+    wan_interface: String,
+    port_forward: Option<String>,
 }
 
 #[derive(Serialize)]
@@ -121,6 +134,13 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
             endpoint: s.endpoint.as_ref().map(|e| e.to_string()),
             next_hop: s.next_hop.as_deref(),
             router: s.router.as_str(),
+            managed_router: s.managed_router.as_ref().map(|r| ManagedRouterDoc {
+                name: r.name.clone(),
+                kind: r.kind.as_str(),
+                address: r.address.clone(),
+                wan_interface: r.wan_interface.to_string(),
+                port_forward: crate::router::forward(topo, s).map(|f| f.to_string()),
+            }),
             lan_cidrs: s.lan_cidrs.iter().map(|c| c.to_string()).collect(),
             public_key: s.public_key.map(|k| k.to_base64()),
             wan_mtu: s.wan_mtu,
@@ -173,6 +193,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
             cni_mtu: cni_mtus(net.mtu),
         },
         sites,
+        router_rules: crate::router::manual_rules(topo),
     }
 }
 
@@ -234,7 +255,16 @@ pub fn plan_text(topo: &Topology) -> String {
             s.wireguard_cidr,
             ep,
             s.next_hop.as_deref().unwrap_or("-"),
-            s.router.as_str(),
+            match &s.managed_router {
+                Some(r) => format!(
+                    "{} (managed: {} at {}, WAN {})",
+                    r.kind.as_str(),
+                    r.name,
+                    r.address,
+                    r.wan_interface
+                ),
+                None => s.router.as_str().to_string(),
+            },
             if s.wan_mtu == 1500 {
                 String::new()
             } else {
@@ -271,7 +301,19 @@ pub fn plan_text(topo: &Topology) -> String {
                 o.push('\n');
             }
         }
+        if let Some(r) = &s.managed_router {
+            if let Some(f) = crate::router::forward(topo, s) {
+                let _ = writeln!(o, "  router {:<9} port-forward {f}", r.name);
+            } else if s.next_hop.as_deref() == Some(r.name.as_str()) {
+                let _ = writeln!(
+                    o,
+                    "  router {} is the site's hub: its wg0 listens on UDP {} on the WAN ({}) itself, no port-forward",
+                    r.name, net.listen_port, r.wan_interface
+                );
+            }
+        }
     }
+    o.push_str(&router_rules_text(&crate::router::manual_rules(topo)));
     o
 }
 
@@ -279,6 +321,20 @@ pub fn plan_text(topo: &Topology) -> String {
 /// sites bold, every link labelled with the endpoints its two ends use.
 pub fn graph_dot(topo: &Topology) -> String {
     svg::picture(topo, None)
+}
+
+/// The block listing the router rules still to be done by hand (empty when there are none).
+fn router_rules_text(rules: &[String]) -> String {
+    if rules.is_empty() {
+        return String::new();
+    }
+    let mut o = String::from(
+        "\nROUTER RULES TO DO BY HAND (wgprov does not manage these routers; skip those already in place):\n",
+    );
+    for r in rules {
+        let _ = writeln!(o, "  {r}");
+    }
+    o
 }
 
 /// `apply` as text: one line per host per file, diffs with `--diff`, handlers, warnings, and
@@ -353,6 +409,7 @@ pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool)
     if report.interrupted {
         let _ = writeln!(o, "\nSTOPPED by the operator: no new host was started");
     }
+    o.push_str(&router_rules_text(&report.router_rules));
     let _ = writeln!(
         o,
         "\n{}RECAP {}",
@@ -423,6 +480,7 @@ pub fn apply_json(report: &crate::apply::Report) -> serde_json::Value {
         "summary": report.summary(),
         "check": report.check,
         "warnings": report.warnings,
+        "router_rules": report.router_rules,
     });
     if let Some(g) = &report.guard {
         doc["guard"] = serde_json::to_value(g).expect("guard report serializes");
@@ -431,4 +489,46 @@ pub fn apply_json(report: &crate::apply::Report) -> serde_json::Value {
         doc["interrupted"] = serde_json::Value::Bool(true);
     }
     doc
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_router_rules_to_do_by_hand_end_apply_once_and_plan_too() {
+        let report = crate::apply::Report {
+            hosts: Vec::new(),
+            warnings: Vec::new(),
+            check: false,
+            guard: None,
+            interrupted: false,
+            router_rules: vec!["site home (router: other): forward UDP port 51820 …".into()],
+        };
+        let t = apply_text(&report, false, false);
+        assert_eq!(t.matches("ROUTER RULES TO DO BY HAND").count(), 1, "{t}");
+        assert!(t.contains("\n  site home (router: other): forward UDP port 51820"));
+        assert!(t.find("ROUTER RULES").unwrap() < t.find("RECAP").unwrap());
+        assert_eq!(
+            apply_json(&report)["router_rules"][0],
+            report.router_rules[0]
+        );
+        let none = crate::apply::Report {
+            router_rules: Vec::new(),
+            ..report
+        };
+        assert!(!apply_text(&none, false, false).contains("ROUTER RULES"));
+
+        let text = include_str!("../../inventories/demo.yaml");
+        let inv = crate::inventory::load_str(std::path::Path::new("demo.yaml"), text)
+            .unwrap()
+            .inventory;
+        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+        let plan = plan_text(&topo);
+        assert_eq!(plan.matches("\n  site ").count(), 3, "{plan}");
+        assert_eq!(
+            plan_json(&topo)["router_rules"].as_array().unwrap().len(),
+            3
+        );
+    }
 }

@@ -12,7 +12,7 @@ use ipnet::Ipv4Net;
 use crate::error::{Diagnostic, Result};
 use crate::inventory::lock::Lock;
 use crate::inventory::{
-    Endpoint, Flavor, Inventory, Network, Node, OsFamily, RouterKind, SshSettings,
+    Endpoint, Flavor, Inventory, ManagedRouter, Network, Node, OsFamily, RouterKind, SshSettings,
 };
 use keys::PublicKey;
 
@@ -45,6 +45,8 @@ pub struct SitePlan {
     pub next_hop: Option<String>,
     /// Router kind.
     pub router: RouterKind,
+    /// The router, when wgprov manages it (it owns the port-forward).
+    pub managed_router: Option<ManagedRouter>,
     /// LAN networks.
     pub lan_cidrs: Vec<ipnet::IpNet>,
     /// The next-hop masquerades `lan_cidrs` into the mesh.
@@ -76,6 +78,27 @@ pub struct NodePlan {
     pub kubernetes: Flavor,
     /// SSH settings.
     pub ssh: SshSettings,
+    /// True for a managed router that is its site's hub (`next_hop: router`): wg0 like a
+    /// next-hop, no Kubernetes.
+    pub is_router: bool,
+}
+
+/// A host to connect to: its name and SSH settings.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SshTarget {
+    /// Node or router name.
+    pub name: String,
+    /// Where and how to connect.
+    pub ssh: SshSettings,
+}
+
+impl From<&NodePlan> for SshTarget {
+    fn from(n: &NodePlan) -> SshTarget {
+        SshTarget {
+            name: n.name.clone(),
+            ssh: n.ssh.clone(),
+        }
+    }
 }
 
 /// Who a peer is.
@@ -116,6 +139,7 @@ impl Topology {
                 endpoint: s.endpoint.clone(),
                 next_hop: s.next_hop.clone(),
                 router: s.router,
+                managed_router: s.managed_router.clone(),
                 lan_cidrs: s.lan_cidrs.clone(),
                 lan_access: s.lan_access,
                 public_key: s.public_key,
@@ -156,6 +180,40 @@ impl Topology {
     /// The site called `name`.
     pub fn site(&self, name: &str) -> Option<&SitePlan> {
         self.sites.iter().find(|s| s.name == name)
+    }
+
+    /// Every router wgprov manages, with its site, in inventory order.
+    pub fn routers(&self) -> impl Iterator<Item = (&SitePlan, &ManagedRouter)> {
+        self.sites
+            .iter()
+            .filter_map(|s| s.managed_router.as_ref().map(|r| (s, r)))
+    }
+
+    /// The managed router called `name`, with its site.
+    pub fn router(&self, name: &str) -> Option<(&SitePlan, &ManagedRouter)> {
+        self.routers().find(|(_, r)| r.name == name)
+    }
+
+    /// Every host wgprov reaches over SSH (nodes, then managed routers), as connection targets.
+    pub fn ssh_targets(&self) -> Vec<SshTarget> {
+        let mut v: Vec<SshTarget> = self
+            .nodes
+            .iter()
+            .map(|n| SshTarget {
+                name: n.name.clone(),
+                ssh: n.ssh.clone(),
+            })
+            .collect();
+        // a hub router is a node of its site already
+        v.extend(
+            self.routers()
+                .filter(|(_, r)| self.node(&r.name).is_none())
+                .map(|(_, r)| SshTarget {
+                    name: r.name.clone(),
+                    ssh: r.ssh.clone(),
+                }),
+        );
+        v
     }
 
     /// The peers of `node`: a member has its next-hop; a next-hop has its members and every other
@@ -226,6 +284,7 @@ fn node_plan(n: &Node, a: &alloc::Allocation, next_hop: Option<&str>, flavor: Fl
         os_family: n.os_family,
         kubernetes: n.kubernetes.unwrap_or(flavor),
         ssh: n.ssh.clone(),
+        is_router: n.is_router,
     }
 }
 

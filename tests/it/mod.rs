@@ -11,6 +11,7 @@ pub mod operator;
 pub mod peering;
 pub mod properties;
 pub mod roundtrip;
+pub mod routers;
 pub mod status;
 pub mod systemd;
 pub mod validation;

@@ -1,0 +1,242 @@
+//! Routers: the port-forward each site needs, owned by wgprov on the routers it manages over SSH
+//! (`router: { kind: linux, … }`), and written out as rules to create by hand on the others.
+//!
+//! A managed router is a host like a node: facts, desired files, diff, `--check`, the host
+//! transaction with its backups and dead-man, the guard. Its desired state is a script that
+//! installs the port-forward (and, where systemd runs, a unit that runs it at boot); its handler
+//! runs that script and flushes the conntrack entries of the WireGuard port. Everything here is
+//! pure: the scripts are text, tested without a router.
+
+pub mod linux;
+pub mod openwrt;
+
+use std::net::Ipv4Addr;
+
+use crate::desired::DesiredFile;
+use crate::facts::Facts;
+use crate::inventory::{ManagedKind, ManagedRouter, RouterKind};
+use crate::shell::RemotePath;
+use crate::topology::{SitePlan, Topology};
+
+/// The script that installs the port-forward (run by the handler and at boot).
+pub const PF_SCRIPT: &str = "/etc/wgprov/router-pf.sh";
+/// The unit that runs it at boot, where systemd runs.
+pub const PF_UNIT: &str = "/etc/systemd/system/wgprov-router-pf.service";
+/// The unit's name.
+pub const PF_UNIT_NAME: &str = "wgprov-router-pf.service";
+/// wgprov's own chain (iptables, in nat and filter) or table (nftables, `ip wgprov`).
+pub const CHAIN: &str = "WGPROV-PF";
+
+/// The port-forward a site needs: UDP `public_port` arriving on the router's WAN goes to the
+/// next-hop's LAN address and WireGuard port.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Forward {
+    /// The site.
+    pub site: String,
+    /// The public UDP port (the site's endpoint port).
+    pub public_port: u16,
+    /// The next-hop node.
+    pub next_hop: String,
+    /// Its LAN address.
+    pub to: String,
+    /// Its WireGuard listen port.
+    pub port: u16,
+}
+
+impl std::fmt::Display for Forward {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "UDP {} arriving on the WAN -> {}:{} ({})",
+            self.public_port, self.to, self.port, self.next_hop
+        )
+    }
+}
+
+/// The port-forward `site` needs: only a site with an endpoint is dialled from outside, and a
+/// site whose router is its hub (`next_hop: router`) needs none.
+pub fn forward(topo: &Topology, site: &SitePlan) -> Option<Forward> {
+    if !site.managed {
+        return None;
+    }
+    let ep = site.endpoint.as_ref()?;
+    let nh = topo.node(site.next_hop.as_deref()?)?;
+    if nh.is_router {
+        // the router is the hub: WireGuard arrives on its own WAN, nothing to forward
+        return None;
+    }
+    Some(Forward {
+        site: site.name.clone(),
+        public_port: ep.port,
+        next_hop: nh.name.clone(),
+        to: nh.address.clone(),
+        port: topo.network.listen_port,
+    })
+}
+
+/// The rules still to be created by hand, one line per site whose router wgprov does not
+/// manage: printed by `plan` and at the end of every `apply`.
+pub fn manual_rules(topo: &Topology) -> Vec<String> {
+    topo.sites
+        .iter()
+        .filter(|s| s.managed_router.is_none())
+        .filter_map(|s| forward(topo, s).map(|f| (s, f)))
+        .map(|(s, f)| {
+            format!(
+                "site {} (router: {}): {}",
+                s.name,
+                s.router.as_str(),
+                manual_rule(s.router, &f)
+            )
+        })
+        .collect()
+}
+
+/// The exact rule for a router kind wgprov does not manage, in that router's own words.
+pub fn manual_rule(kind: RouterKind, f: &Forward) -> String {
+    match kind {
+        RouterKind::Opnsense => format!(
+            "Firewall > NAT > Port Forward: Interface WAN, Protocol UDP, Destination WAN address, destination port {}, Redirect target IP {}, Redirect target port {}, Filter rule association: add associated filter rule",
+            f.public_port, f.to, f.port
+        ),
+        RouterKind::Pfsense => format!(
+            "Firewall > NAT > Port Forward > Add: Interface WAN, Protocol UDP, Destination WAN address, Destination port range {p} to {p}, Redirect target IP {}, Redirect target port {}, NAT reflection: use system default, Filter rule association: add associated filter rule",
+            f.to,
+            f.port,
+            p = f.public_port
+        ),
+        RouterKind::Openwrt => format!(
+            "Network > Firewall > Port Forwards (or /etc/config/firewall): config redirect with option target 'DNAT', option src 'wan', option src_dport '{}', option dest 'lan', option dest_ip '{}', option dest_port '{}', option proto 'udp'",
+            f.public_port, f.to, f.port
+        ),
+        RouterKind::Other => format!(
+            "forward UDP port {} from the WAN to {}:{} (UDP), and allow it through the firewall; e.g. on Linux: iptables -t nat -A PREROUTING -i WAN -p udp --dport {} -j DNAT --to-destination {}:{}",
+            f.public_port, f.to, f.port, f.public_port, f.to, f.port
+        ),
+    }
+}
+
+/// The paths a managed router's facts read.
+pub fn candidate_paths() -> Vec<RemotePath> {
+    [PF_SCRIPT, PF_UNIT]
+        .iter()
+        .map(|p| RemotePath::new(p).expect("a fixed path is valid"))
+        .collect()
+}
+
+/// The extra facts section of a managed router: whether its port-forward rules are in place.
+pub fn facts_section() -> String {
+    linux::facts_section()
+}
+
+/// A managed router's desired files: `/etc/wgprov/router-pf.sh` with iptables/nft rules (Linux)
+/// or `uci` commands (OpenWrt), and for Linux with systemd its boot unit. An error when the
+/// next-hop has no IPv4 address (validation refuses that already).
+pub fn desired(
+    topo: &Topology,
+    site: &SitePlan,
+    router: &ManagedRouter,
+    facts: &Facts,
+) -> Result<Vec<DesiredFile>, String> {
+    let f = forward(topo, site)
+        .map(|f| {
+            f.to.parse::<Ipv4Addr>()
+                .map(|ip| (f.clone(), ip))
+                .map_err(|_| {
+                    format!(
+                        "the next-hop {} has address `{}`: a DNAT rule needs an IPv4 address",
+                        f.next_hop, f.to
+                    )
+                })
+        })
+        .transpose()?;
+    match router.kind {
+        ManagedKind::Linux => Ok(linux::desired(
+            &site.name,
+            router,
+            f.as_ref(),
+            linux::Backend::of(facts),
+            facts.systemd,
+        )),
+        ManagedKind::Openwrt => Ok(vec![DesiredFile {
+            role: "router_port_forward".into(),
+            path: RemotePath::new(PF_SCRIPT).expect("a fixed path is valid"),
+            state: crate::desired::FileState::Present {
+                content: openwrt::pf_script(
+                    &site.name,
+                    &router.wan_interface,
+                    f.as_ref().map(|(f, ip)| (f, *ip)),
+                ),
+                mode: 0o755,
+            },
+            notify: vec![crate::shell::Handler::PortForward],
+        }]),
+    }
+}
+
+/// The public UDP ports whose conntrack entries a change must flush: the port-forward's before
+/// (read back from the script wgprov wrote) and after.
+pub fn flush_ports(old_script: Option<&str>, new_script: Option<&str>) -> Vec<u16> {
+    let mut v: Vec<u16> = [old_script, new_script]
+        .into_iter()
+        .flatten()
+        .filter_map(linux::public_port_of)
+        .collect();
+    v.sort_unstable();
+    v.dedup();
+    v
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn topo(router: &str) -> Topology {
+        let text = format!(
+            "network:\n  wireguard_cidr: 10.100.0.0/16\n  listen_port: 51821\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: home.example.net:4500\n    router: {router}\n    next_hop: n1\n    nodes:\n      n1: {{ address: 192.168.0.10 }}\n      n2: {{ address: 192.168.0.11 }}\n  office:\n    router: opnsense\n    nodes:\n      o1: {{ address: 192.168.1.10 }}\n"
+        );
+        let inv = crate::inventory::load_str(Path::new("inv.yaml"), &text)
+            .unwrap()
+            .inventory;
+        Topology::build(&inv, &Default::default()).unwrap().0
+    }
+
+    #[test]
+    fn only_a_site_with_an_endpoint_needs_a_port_forward() {
+        let t = topo("other");
+        let f = forward(&t, &t.sites[0]).unwrap();
+        assert_eq!(
+            f.to_string(),
+            "UDP 4500 arriving on the WAN -> 192.168.0.10:51821 (n1)"
+        );
+        assert_eq!(forward(&t, &t.sites[1]), None, "office has no endpoint");
+    }
+
+    #[test]
+    fn unmanaged_routers_get_their_exact_rule_once_per_site() {
+        let t = topo("pfsense");
+        let rules = manual_rules(&t);
+        assert_eq!(rules.len(), 1, "{rules:?}");
+        assert!(rules[0].starts_with("site home (router: pfsense): Firewall > NAT > Port Forward"));
+        assert!(rules[0].contains("Destination port range 4500 to 4500, Redirect target IP 192.168.0.10, Redirect target port 51821"));
+        let t = topo("other");
+        assert!(manual_rules(&t)[0].contains(
+            "iptables -t nat -A PREROUTING -i WAN -p udp --dport 4500 -j DNAT --to-destination 192.168.0.10:51821"
+        ));
+        // a managed router does its own: nothing left to do by hand
+        let t = topo("{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }");
+        assert!(manual_rules(&t).is_empty());
+    }
+
+    #[test]
+    fn conntrack_is_flushed_for_the_old_and_the_new_public_port() {
+        let t = topo("{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }");
+        let (s, r) = t.routers().next().unwrap();
+        let files = desired(&t, s, r, &Facts::default()).unwrap();
+        let new = files[0].state.content().unwrap().to_string();
+        let old = new.replace("4500", "51820");
+        assert_eq!(flush_ports(Some(&old), Some(&new)), vec![4500, 51820]);
+        assert_eq!(flush_ports(None, Some(&new)), vec![4500]);
+    }
+}

@@ -1,0 +1,165 @@
+//! An OpenWrt router: the port-forward as one named firewall redirect, `firewall.wgprov_wireguard`,
+//! set through `uci`, committed and reloaded. A named section is replaced whole on every change
+//! (`uci -q delete` then `uci set`), so wgprov owns exactly that section and nothing else of
+//! `/etc/config/firewall`; uci keeps it across reboots (no boot script). A DNAT redirect makes
+//! fw3/fw4 accept the forwarded traffic itself. The same `/etc/wgprov/router-pf.sh` carries the
+//! commands, so the transaction (backups, put-back, dead-man) is the one of every host.
+//!
+//! For OpenWrt, `wan_interface` names the *firewall zone* the port arrives in (`wan` on a stock
+//! OpenWrt); the destination zone is `lan`.
+
+use std::net::Ipv4Addr;
+
+use super::{Forward, PF_SCRIPT};
+use crate::shell::sh_quote;
+
+/// The uci section wgprov owns.
+pub const SECTION: &str = "firewall.wgprov_wireguard";
+
+/// The `uci set` lines of the redirect, in order: what the golden test fixes.
+pub fn uci_commands(site: &str, zone: &str, f: &Forward, ip: Ipv4Addr) -> Vec<String> {
+    let set = |k: &str, v: &str| format!("uci set {SECTION}.{k}={}", sh_quote(v));
+    vec![
+        format!("uci -q delete {SECTION}"),
+        format!("uci set {SECTION}=redirect"),
+        set("name", &format!("wgprov-wireguard-{site}")),
+        set("target", "DNAT"),
+        set("src", zone),
+        set("proto", "udp"),
+        set("src_dport", &f.public_port.to_string()),
+        set("dest", "lan"),
+        set("dest_ip", &ip.to_string()),
+        set("dest_port", &f.port.to_string()),
+        "uci commit firewall".into(),
+        "/etc/init.d/firewall reload".into(),
+    ]
+}
+
+/// The port-forward script of an OpenWrt router (`check` as for Linux).
+pub fn pf_script(site: &str, zone: &str, f: Option<(&Forward, Ipv4Addr)>) -> String {
+    let mut s = String::from("#!/bin/sh\n");
+    match f {
+        Some((f, ip)) => s.push_str(&format!(
+            "{} udp {} -> {ip}:{}\n",
+            super::linux::HEADER,
+            f.public_port,
+            f.port
+        )),
+        None => s.push_str(&format!("{} none\n", super::linux::HEADER)),
+    }
+    s.push_str(&format!(
+        "# The WireGuard port-forward of site {site}, written by wgprov: do not edit, apply rewrites it.\n\
+         # `sh {PF_SCRIPT}` sets the uci redirect {SECTION}; `sh {PF_SCRIPT} check` exits 0 when it is in place.\n\
+         export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nset -u\n"
+    ));
+    match f {
+        Some((f, ip)) => {
+            let want = [
+                ("", "redirect".to_string()),
+                (".target", "DNAT".into()),
+                (".src", zone.to_string()),
+                (".proto", "udp".into()),
+                (".src_dport", f.public_port.to_string()),
+                (".dest", "lan".into()),
+                (".dest_ip", ip.to_string()),
+                (".dest_port", f.port.to_string()),
+            ];
+            let checks: Vec<String> = want
+                .iter()
+                .map(|(k, v)| format!("[ \"$(uci -q get {SECTION}{k})\" = {} ]", sh_quote(v)))
+                .collect();
+            s.push_str(&format!(
+                "check() {{\n  {}\n}}\nif [ \"${{1:-}}\" = check ]; then check; exit; fi\n",
+                checks.join(" &&\n  ")
+            ));
+            for c in uci_commands(site, zone, f, ip) {
+                // `uci -q delete` of a section that is not there fails: that is fine
+                if c.starts_with("uci -q delete") {
+                    s.push_str(&format!("{c}\n"));
+                } else {
+                    s.push_str(&format!("{c} || exit 1\n"));
+                }
+            }
+        }
+        None => {
+            s.push_str(&format!(
+                "check() {{ ! uci -q get {SECTION} >/dev/null; }}\nif [ \"${{1:-}}\" = check ]; then check; exit; fi\n\
+                 if uci -q get {SECTION} >/dev/null; then uci -q delete {SECTION} && uci commit firewall && /etc/init.d/firewall reload || exit 1; fi\n"
+            ));
+        }
+    }
+    s.push_str("check || { echo 'the port-forward redirect is not in place after setting it' >&2; exit 1; }\n");
+    s
+}
+
+/// Shell text removing wgprov's redirect (the script gone: a put-back of the first apply).
+pub fn teardown() -> String {
+    format!(
+        "if command -v uci >/dev/null 2>&1 && uci -q get {SECTION} >/dev/null; then uci -q delete {SECTION}; uci commit firewall; /etc/init.d/firewall reload >/dev/null 2>&1; fi\n"
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fwd() -> (Forward, Ipv4Addr) {
+        (
+            Forward {
+                site: "cabin".into(),
+                public_port: 51821,
+                next_hop: "cabin1".into(),
+                to: "192.168.0.50".into(),
+                port: 51820,
+            },
+            Ipv4Addr::new(192, 168, 0, 50),
+        )
+    }
+
+    /// The exact commands, as an operator would type them on the router. Not run on a real
+    /// OpenWrt (see README): fixed here so that a change to them is a visible decision.
+    #[test]
+    fn golden_uci_commands_of_the_port_forward() {
+        let (f, ip) = fwd();
+        assert_eq!(
+            uci_commands("cabin", "wan", &f, ip).join("\n"),
+            "uci -q delete firewall.wgprov_wireguard
+uci set firewall.wgprov_wireguard=redirect
+uci set firewall.wgprov_wireguard.name='wgprov-wireguard-cabin'
+uci set firewall.wgprov_wireguard.target='DNAT'
+uci set firewall.wgprov_wireguard.src='wan'
+uci set firewall.wgprov_wireguard.proto='udp'
+uci set firewall.wgprov_wireguard.src_dport='51821'
+uci set firewall.wgprov_wireguard.dest='lan'
+uci set firewall.wgprov_wireguard.dest_ip='192.168.0.50'
+uci set firewall.wgprov_wireguard.dest_port='51820'
+uci commit firewall
+/etc/init.d/firewall reload"
+        );
+    }
+
+    #[test]
+    fn the_script_checks_every_field_and_is_valid_shell() {
+        let (f, ip) = fwd();
+        let s = pf_script("cabin", "wan", Some((&f, ip)));
+        assert!(s.starts_with("#!/bin/sh\n# wgprov-forward: udp 51821 -> 192.168.0.50:51820\n"));
+        assert!(s.contains("[ \"$(uci -q get firewall.wgprov_wireguard.dest_port)\" = '51820' ]"));
+        assert!(s.contains("uci set firewall.wgprov_wireguard.dest_ip='192.168.0.50' || exit 1\n"));
+        assert!(s.contains("uci -q delete firewall.wgprov_wireguard\n"));
+        assert_eq!(super::super::linux::public_port_of(&s), Some(51821));
+        for text in [s, pf_script("cabin", "wan", None), teardown()] {
+            let out = std::process::Command::new("sh")
+                .arg("-n")
+                .stdin(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .and_then(|mut ch| {
+                    use std::io::Write;
+                    ch.stdin.take().unwrap().write_all(text.as_bytes())?;
+                    ch.wait_with_output()
+                })
+                .unwrap();
+            assert!(out.status.success(), "{text}");
+        }
+    }
+}
