@@ -252,6 +252,22 @@ impl Report {
     }
 }
 
+/// What a host's report says of each file compared: the action, and the diff when it changes.
+fn file_reports(changes: &[Change]) -> Vec<FileReport> {
+    changes
+        .iter()
+        .map(|c| FileReport {
+            path: c.desired.path.to_string(),
+            action: c.action,
+            diff: if c.action == Action::Unchanged {
+                String::new()
+            } else {
+                c.unified_diff()
+            },
+        })
+        .collect()
+}
+
 /// True when `node` matches `--limit` (a node name, a site name, or a glob over node names).
 pub fn matches_limit(limit: &str, node: &NodePlan) -> bool {
     limit
@@ -573,18 +589,7 @@ pub async fn apply(
                     handlers.repair(&drift);
                     r.drift = drift.into_iter().map(|d| d.what).collect();
                 }
-                r.changes = changes
-                    .iter()
-                    .map(|c| FileReport {
-                        path: c.desired.path.to_string(),
-                        action: c.action,
-                        diff: if c.action == Action::Unchanged {
-                            String::new()
-                        } else {
-                            c.unified_diff()
-                        },
-                    })
-                    .collect();
+                r.changes = file_reports(&changes);
                 r.handlers = handlers.describe(&iface, f);
                 if r.changed() > 0 || handlers != HandlerPlan::default() {
                     r.status = HostStatus::Changed;
@@ -858,18 +863,7 @@ fn plan_router(
             crate::router::PF_SCRIPT
         ));
     }
-    r.changes = changes
-        .iter()
-        .map(|c| FileReport {
-            path: c.desired.path.to_string(),
-            action: c.action,
-            diff: if c.action == Action::Unchanged {
-                String::new()
-            } else {
-                c.unified_diff()
-            },
-        })
-        .collect();
+    r.changes = file_reports(&changes);
     r.handlers = handlers.describe(iface, f);
     if r.changed() > 0 || handlers != HandlerPlan::default() {
         r.status = HostStatus::Changed;

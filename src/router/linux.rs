@@ -305,22 +305,9 @@ mod tests {
     }
 
     fn sh_n(text: &str) {
-        let out = std::process::Command::new("sh")
-            .arg("-n")
-            .stdin(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::piped())
-            .spawn()
-            .and_then(|mut ch| {
-                use std::io::Write;
-                ch.stdin.take().unwrap().write_all(text.as_bytes())?;
-                ch.wait_with_output()
-            })
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "{}\n{text}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = crate::shell::sh_syntax(text) {
+            panic!("{e}\n{text}");
+        }
     }
 
     #[test]

@@ -148,18 +148,9 @@ uci commit firewall
         assert!(s.contains("uci -q delete firewall.wgprov_wireguard\n"));
         assert_eq!(super::super::linux::public_port_of(&s), Some(51821));
         for text in [s, pf_script("cabin", "wan", None), teardown()] {
-            let out = std::process::Command::new("sh")
-                .arg("-n")
-                .stdin(std::process::Stdio::piped())
-                .stderr(std::process::Stdio::piped())
-                .spawn()
-                .and_then(|mut ch| {
-                    use std::io::Write;
-                    ch.stdin.take().unwrap().write_all(text.as_bytes())?;
-                    ch.wait_with_output()
-                })
-                .unwrap();
-            assert!(out.status.success(), "{text}");
+            if let Err(e) = crate::shell::sh_syntax(&text) {
+                panic!("{e}\n{text}");
+            }
         }
     }
 }
