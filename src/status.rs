@@ -371,7 +371,7 @@ fn reresolve_warnings(topo: &Topology, obs: &Observations) -> Vec<String> {
             .peers(n)
             .into_iter()
             .filter_map(|p| p.endpoint)
-            .filter(|e| crate::inventory::Endpoint::parse(e).is_ok_and(|e| e.ip().is_none()))
+            .filter(|e| crate::inventory::Endpoint::is_name(e))
             .collect();
         if !names.is_empty() {
             out.push(format!(

@@ -51,46 +51,32 @@ impl std::fmt::Display for Link {
     }
 }
 
-/// Links that carried a handshake recently, as each node's facts show them. `owner` maps a
-/// public key to its node.
-pub fn links_up_before(
+/// The links before the change, as each node's facts show them (`owner` maps a public key to
+/// its node): those that carried a handshake recently (up), and every link whose peer entry
+/// existed on a running interface, handshake or not (an idle link inside a site has no traffic,
+/// so no handshake: it exists without being up).
+pub fn links_before(
     facts: &BTreeMap<String, &Facts>,
     owner: &HashMap<String, String>,
-) -> BTreeSet<Link> {
+) -> (BTreeSet<Link>, BTreeSet<Link>) {
     let mut up = BTreeSet::new();
+    let mut existed = BTreeSet::new();
     for (node, f) in facts {
         let Some(wg) = &f.wg else { continue };
         for p in &wg.peers {
+            let Some(other) = owner.get(&p.public_key).filter(|o| *o != node) else {
+                continue;
+            };
+            let link = Link::new(node, other);
             if p.latest_handshake > 0
                 && f.now.saturating_sub(p.latest_handshake) <= FRESH_HANDSHAKE_SECS
-                && let Some(other) = owner.get(&p.public_key)
-                && other != node
             {
-                up.insert(Link::new(node, other));
+                up.insert(link.clone());
             }
+            existed.insert(link);
         }
     }
-    up
-}
-
-/// Every link whose peer entry existed on a running interface before the change, handshake or
-/// not: an idle link inside a site (no traffic, so no handshake) exists without being up.
-pub fn links_existing_before(
-    facts: &BTreeMap<String, &Facts>,
-    owner: &HashMap<String, String>,
-) -> BTreeSet<Link> {
-    let mut out = BTreeSet::new();
-    for (node, f) in facts {
-        let Some(wg) = &f.wg else { continue };
-        for p in &wg.peers {
-            if let Some(other) = owner.get(&p.public_key)
-                && other != node
-            {
-                out.insert(Link::new(node, other));
-            }
-        }
-    }
-    out
+    (up, existed)
 }
 
 /// What the gate probes among the planned links that touch a changed host: every link that was
@@ -591,7 +577,7 @@ mod tests {
             .into_iter()
             .map(|(k, n)| (k.to_string(), n.to_string()))
             .collect();
-        let up = links_up_before(&facts, &owner);
+        let (up, _) = links_before(&facts, &owner);
         assert_eq!(
             up,
             [Link::new("a", "b")].into(),

@@ -740,13 +740,14 @@ pub async fn apply(
                     .iter()
                     .map(|(n, k)| (k.public.to_base64(), n.clone()))
                     .collect();
+                let (before, existed) = guard::links_before(&ok_facts, &owners);
                 let g = GuardInput {
                     timeout,
                     pending: &pending,
                     lost: &lost,
                     touched: &touched,
-                    before: guard::links_up_before(&ok_facts, &owners),
-                    existed: guard::links_existing_before(&ok_facts, &owners),
+                    before,
+                    existed,
                     changes: &changes,
                     wg_path: &wg_path,
                     first_dead_man: deadlines.iter().min().copied(),

@@ -146,7 +146,7 @@ pub fn context(
             }
         };
         if let Some(ep) = &p.endpoint
-            && crate::inventory::Endpoint::parse(ep).is_ok_and(|e| e.ip().is_none())
+            && crate::inventory::Endpoint::is_name(ep)
         {
             dns_endpoints.push(json!({"public_key": pk, "endpoint": ep}));
         }

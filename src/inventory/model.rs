@@ -247,6 +247,11 @@ impl Endpoint {
     pub fn ip(&self) -> Option<IpAddr> {
         self.host.parse().ok()
     }
+
+    /// True when `text` (`host:port`) names its host by DNS: WireGuard resolves it once.
+    pub fn is_name(text: &str) -> bool {
+        Endpoint::parse(text).is_ok_and(|e| e.ip().is_none())
+    }
 }
 
 impl std::fmt::Display for Endpoint {

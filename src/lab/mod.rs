@@ -132,6 +132,18 @@ fn write(path: &Path, content: &str, mode: u32) -> Result<()> {
         .map_err(|e| Error::io(path, e))
 }
 
+/// A known_hosts line for a host key (`type base64 [comment]`) at `addr:port`, as OpenSSH and
+/// wgprov look it up (`[addr]:port` when the port is not 22).
+fn known_host_line(addr: Ipv4Addr, port: u16, host_pub: &str) -> String {
+    let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
+    let host = if port == 22 {
+        addr.to_string()
+    } else {
+        format!("[{addr}]:{port}")
+    };
+    format!("{host} {}\n", key.join(" "))
+}
+
 /// Makes an ed25519 key pair at `path` (no passphrase); returns the public key line.
 fn keygen(path: &Path, comment: &str) -> Result<String> {
     let p = path.to_str().ok_or_else(|| lab_err("non-UTF-8 lab path"))?;
@@ -368,11 +380,7 @@ fn spawn_holder(ns: &str, script: &str, log: &Path) -> Result<(u32, u32)> {
 /// management leg (a veth from the controller's bridge, the route back to the controller).
 /// Shared by `up` and by a systemd node's reboot, which wires a fresh namespace the same way.
 fn node_links(p: &LabPlan, k: usize, n: &plan::NodeLab) -> Vec<(String, Vec<String>)> {
-    let r = p
-        .routers
-        .iter()
-        .find(|r| r.site == n.site)
-        .expect("node's router");
+    let r = p.router_of(&n.site);
     let (leg, m) = node_legs(k);
     let cmd = |ns: &str, args: &[&str]| {
         (
@@ -578,11 +586,7 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
     // --controller-at SITE: a leg on that site's LAN, default route via its router and the
     // WireGuard space via its next-hop (what an operator adds on a laptop)
     if let Some(c) = &p.controller_lan {
-        let r = p
-            .routers
-            .iter()
-            .find(|r| r.site == c.site)
-            .expect("controller's router");
+        let r = p.router_of(&c.site);
         veth_into_bridge(&r.ns, "ctl0", "br-lan", ctl, "lan0")?;
         ip(
             ctl,
@@ -662,38 +666,16 @@ fn build(p: &LabPlan, st: &mut LabState) -> Result<()> {
             Some(image) => systemd::prepare_node(p, n, image, &client_pub)?,
             None => prepare_sshd_node(p, n, &client_pub)?,
         };
-        let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
-        let host = if n.ssh_port == 22 {
-            n.address.to_string()
-        } else {
-            format!("[{}]:{}", n.address, n.ssh_port)
-        };
-        known_hosts.push_str(&format!("{host} {}\n", key.join(" ")));
-        let wg_host = if n.ssh_port == 22 {
-            n.wireguard_ip.to_string()
-        } else {
-            format!("[{}]:{}", n.wireguard_ip, n.ssh_port)
-        };
-        known_hosts.push_str(&format!("{wg_host} {}\n", key.join(" ")));
+        for a in [n.address, n.wireguard_ip] {
+            known_hosts.push_str(&known_host_line(a, n.ssh_port, &host_pub));
+        }
     }
     for r in &p.routers {
         if let Some(sd) = &r.sshd {
             let host_pub =
                 prepare_sshd(p, &sd.name, &sd.dir, OsFamily::Debian, sd.port, &client_pub)?;
-            let key: Vec<&str> = host_pub.split_whitespace().take(2).collect();
-            let host = if sd.port == 22 {
-                r.lan_ip.to_string()
-            } else {
-                format!("[{}]:{}", r.lan_ip, sd.port)
-            };
-            known_hosts.push_str(&format!("{host} {}\n", key.join(" ")));
-            if let Some(w) = sd.wireguard_ip {
-                let wg_host = if sd.port == 22 {
-                    w.to_string()
-                } else {
-                    format!("[{w}]:{}", sd.port)
-                };
-                known_hosts.push_str(&format!("{wg_host} {}\n", key.join(" ")));
+            for a in std::iter::once(r.lan_ip).chain(sd.wireguard_ip) {
+                known_hosts.push_str(&known_host_line(a, sd.port, &host_pub));
             }
         }
     }

@@ -138,6 +138,14 @@ pub struct LabPlan {
 }
 
 impl LabPlan {
+    /// The router of `site` (every managed site of a lab has one).
+    pub fn router_of(&self, site: &str) -> &RouterPlan {
+        self.routers
+            .iter()
+            .find(|r| r.site == site)
+            .expect("every site of a lab has a router")
+    }
+
     /// Every namespace of the lab, in creation order.
     pub fn namespaces(&self) -> Vec<String> {
         let mut v = vec![self.inet_ns.clone(), self.ctl_ns.clone()];
@@ -424,18 +432,24 @@ pub fn plan(
     })
 }
 
+/// The lab of `inventories/demo.yaml` (prefix `t1`), for the lab's unit tests.
+#[cfg(test)]
+pub(crate) fn demo_plan(no_port_forward: &[String]) -> LabPlan {
+    let text = include_str!("../../inventories/demo.yaml");
+    let inv = crate::inventory::load_str(std::path::Path::new("demo.yaml"), text)
+        .unwrap()
+        .inventory;
+    let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
+    plan(&inv, &topo, "t1", no_port_forward, None).unwrap()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::path::Path;
 
     fn demo() -> LabPlan {
-        let text = include_str!("../../inventories/demo.yaml");
-        let inv = crate::inventory::load_str(Path::new("demo.yaml"), text)
-            .unwrap()
-            .inventory;
-        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
-        plan(&inv, &topo, "t1", &["cabin".to_string()], None).unwrap()
+        demo_plan(&["cabin".to_string()])
     }
 
     #[test]

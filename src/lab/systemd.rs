@@ -219,11 +219,7 @@ fn set_mode(p: &Path, mode: u32) -> Result<()> {
 /// wired as `up` wired it, with the same MAC addresses (a real machine's NICs keep theirs, so
 /// the router's and the controller's neighbour entries stay right).
 fn net_script(p: &LabPlan, k: usize, n: &NodeLab) -> String {
-    let r = p
-        .routers
-        .iter()
-        .find(|r| r.site == n.site)
-        .expect("node's router");
+    let r = p.router_of(&n.site);
     let (leg, m) = node_legs(k);
     let ns = &n.ns;
     let mut s = format!(
@@ -514,15 +510,9 @@ pub(super) fn stop(st: &LabState) -> Result<usize> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::Topology;
 
     fn demo() -> LabPlan {
-        let text = include_str!("../../inventories/demo.yaml");
-        let inv = crate::inventory::load_str(Path::new("demo.yaml"), text)
-            .unwrap()
-            .inventory;
-        let (topo, _) = Topology::build(&inv, &Default::default()).unwrap();
-        let mut p = super::super::plan::plan(&inv, &topo, "t1", &[], None).unwrap();
+        let mut p = super::super::plan::demo_plan(&[]);
         p.systemd = Some(PathBuf::from(DEFAULT_IMAGE));
         p
     }
