@@ -21,6 +21,19 @@ need=$((max * 2 + 64))
 if [ "$old" -lt "$need" ]; then
   echo "fs.inotify.max_user_instances: $old -> $need for this run (restored at the end)" >&2
   sysctl -qw fs.inotify.max_user_instances="$need"
-  trap 'sysctl -qw fs.inotify.max_user_instances='"$old" EXIT
+  restore_inotify="sysctl -qw fs.inotify.max_user_instances=$old"
 fi
+# every namespace's ARP entries count against one machine-wide table (gc_thresh2/3, 512/1024 by
+# default): past it the kernel evicts live entries and drops packets, which a fleet of separate
+# machines never does (at N=500 pings between next-hops failed for 20 s in every apply). Raise
+# it for the run when the largest lab needs more (about 4 per node), and put it back afterwards.
+neigh=/proc/sys/net/ipv4/neigh/default
+old2=$(cat $neigh/gc_thresh2); old3=$(cat $neigh/gc_thresh3)
+need=$((max * 4 + 64))
+if [ "$old2" -lt "$need" ]; then
+  echo "net.ipv4.neigh.default.gc_thresh2/3: $old2/$old3 -> $need/$((need * 2)) for this run (restored at the end)" >&2
+  sysctl -qw net.ipv4.neigh.default.gc_thresh3=$((need * 2)) net.ipv4.neigh.default.gc_thresh2=$need
+  restore_neigh="sysctl -qw net.ipv4.neigh.default.gc_thresh2=$old2 net.ipv4.neigh.default.gc_thresh3=$old3"
+fi
+trap "${restore_inotify:-true}; ${restore_neigh:-true}" EXIT
 /usr/bin/python3 benches/fleet/fleet.py "$@"

@@ -842,7 +842,10 @@ fn lab(cmd: LabCommand) -> Result<u8> {
                 layout.systemd = Some(lab::systemd::ensure_image()?);
             }
             let st = lab::up(&inv.inventory, &layout)?;
-            if let Some(w) = lab::inotify_warning(st.nodes.len()) {
+            for w in [lab::inotify_warning, lab::neighbour_warning]
+                .iter()
+                .filter_map(|f| f(st.nodes.len()))
+            {
                 eprintln!("{w}");
             }
             println!(
