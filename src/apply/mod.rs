@@ -206,6 +206,8 @@ pub struct Report {
     pub interrupted: bool,
     /// The router rules still to be done by hand (routers wgprov does not manage), listed once.
     pub router_rules: Vec<String>,
+    /// Hub routers wgprov does not manage: the tunnel and peers to create, with every key known.
+    pub router_hubs: Vec<crate::router::hub::Hub>,
 }
 
 /// Counts for the recap.
@@ -786,6 +788,7 @@ pub async fn apply(
         guard: guard_report,
         interrupted: settings.stopped(),
         router_rules: crate::router::manual_rules(topo),
+        router_hubs: crate::router::hub::hubs(topo, &|n| keys.get(n).map(|k| k.public)),
     })
 }
 
@@ -1518,6 +1521,7 @@ pub async fn rollback(
         guard: None,
         interrupted: false,
         router_rules: Vec::new(),
+        router_hubs: Vec::new(),
     })
 }
 
@@ -1788,6 +1792,7 @@ mod tests {
             guard: None,
             interrupted: false,
             router_rules: Vec::new(),
+            router_hubs: Vec::new(),
         };
         assert_eq!(r.exit_code(true), 0);
         r.hosts[0].status = HostStatus::Changed;

@@ -750,6 +750,16 @@ fn export(path: &Path, site: &str, connect: &ConnectArgs) -> Result<u8> {
             path.display()
         )));
     }
+    if let (Some(_), Some(key)) = (&s.router_address, s.public_key) {
+        // a hub router wgprov does not manage: its key is the inventory's
+        let card = crate::peering::card_for(topo, site, key)?;
+        print!("{}", card.to_yaml());
+        eprintln!(
+            "site {site}: card written with its hub router's public key (from the inventory); it holds no secret. \
+             The other side runs: wgprov import -i THEIR-INVENTORY CARD, and the router needs a peer for them (wgprov apply prints it)"
+        );
+        return Ok(EXIT_OK);
+    }
     let hub = s
         .next_hop
         .as_deref()

@@ -126,7 +126,11 @@ pub fn context(
             }
             PeerRef::Site(s) => (
                 topo.site(s).and_then(|s| s.public_key),
-                format!("site {s} (unmanaged)"),
+                if topo.site(s).is_some_and(|x| x.managed) {
+                    format!("site {s}'s router (its hub, set up by hand)")
+                } else {
+                    format!("site {s} (unmanaged)")
+                },
             ),
         };
         let pk = match (pk, fallback) {
@@ -189,6 +193,10 @@ pub fn context(
             "mtu": net.mtu,
             "kubernetes": net.kubernetes.as_str(),
         },
+        // the tunnel to set up by hand on the site's router, when it is a hub wgprov does not
+        // manage (roles/router_hub)
+        "router_hub": crate::router::hub::hub(topo, site, &|n| keys.get(n).map(|k| k.public))
+            .map(|h| crate::router::hub::text(&[h])),
         "os_family": os_family.as_str(),
         "systemd": systemd,
         "mtu": net.mtu,

@@ -376,8 +376,14 @@ pub struct Site {
     pub managed_router: Option<ManagedRouter>,
     /// MTU of the uplink (1500 unless written).
     pub wan_mtu: u16,
-    /// For unmanaged sites: the key of their next-hop.
+    /// The key of the site's hub when wgprov does not run it: an unmanaged site's next-hop, or
+    /// a hand-run hub router (`router_address`).
     pub public_key: Option<PublicKey>,
+    /// A managed site whose hub is a router wgprov does not manage (`next_hop: router` with
+    /// `router: opnsense | pfsense | openwrt | other`): the router's LAN address. The site then
+    /// has no next-hop node; its nodes peer with the router, which the operator sets up by hand
+    /// from the notes `plan` and `apply` print.
+    pub router_address: Option<String>,
     /// Nodes in the order written.
     pub nodes: Vec<Node>,
 }

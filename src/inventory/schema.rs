@@ -146,10 +146,16 @@ pub struct RawSite {
     #[serde(default)]
     #[schemars(schema_with = "routers")]
     pub router: Option<S<RawRouter>>,
-    /// Public key of an unmanaged site's next-hop.
+    /// Public key of the site's hub when wgprov does not run it: an unmanaged site's next-hop,
+    /// or a router wgprov does not manage that is the hub (`next_hop: router`).
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub public_key: Option<S<String>>,
+    /// LAN address of a router wgprov does not manage that is the site's hub (`next_hop:
+    /// router`): where the site's nodes reach it.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub router_address: Option<S<String>>,
     /// SSH overrides for the site's nodes.
     #[serde(default)]
     #[schemars(with = "Option<RawSsh>")]

@@ -503,13 +503,18 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             },
         };
 
+        // the hub is a router wgprov does not manage: the operator sets it up by hand, and
+        // the inventory carries what wgprov cannot read from it (its key and LAN address)
+        let hand_hub = managed
+            && managed_router.is_none()
+            && site.next_hop.as_ref().is_some_and(|n| n.value == "router");
         let public_key = site.public_key.as_ref().and_then(|k| {
             let f = format!("{sp}.public_key");
-            if managed {
+            if managed && !hand_hub {
                 d.error(
                     loc(k),
                     &f,
-                    "only an unmanaged site has a public_key here: a managed site's keys live on its nodes",
+                    "only an unmanaged site, or a site whose hub is a router wgprov does not manage (next_hop: router), has a public_key here: a managed site's keys live on its nodes",
                 );
                 return None;
             }
@@ -522,6 +527,65 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                 loc(sname),
                 format!("{sp}.public_key"),
                 "an unmanaged site needs the public key of its next-hop",
+            );
+        }
+        if hand_hub && site.public_key.is_none() {
+            d.error(
+                loc(sname),
+                format!("{sp}.public_key"),
+                format!(
+                    "missing: the router is the hub and wgprov does not manage it, so it needs the router's WireGuard public key. {}",
+                    crate::router::hub::key_hint(router)
+                ),
+            );
+        }
+        let router_address = match &site.router_address {
+            Some(a) if !hand_hub => {
+                d.error(
+                    loc(a),
+                    format!("{sp}.router_address"),
+                    "only for a site whose hub is a router wgprov does not manage (next_hop: router with router: opnsense | pfsense | openwrt | other); a managed router has `address`",
+                );
+                None
+            }
+            Some(a) => {
+                let address = a.value.trim().to_string();
+                match address.parse::<IpAddr>() {
+                    Ok(IpAddr::V4(ip)) if wg.is_some_and(|w| w.contains(&ip)) => {
+                        d.error(
+                            loc(a),
+                            format!("{sp}.router_address"),
+                            format!("{ip} lies inside the WireGuard space: the site's nodes reach the router on their LAN"),
+                        );
+                        None
+                    }
+                    Ok(_) => Some(address),
+                    Err(_) if is_dns_name(&address) => Some(address),
+                    Err(_) => {
+                        d.error(
+                            loc(a),
+                            format!("{sp}.router_address"),
+                            format!("`{address}` is neither an IP address nor a DNS name"),
+                        );
+                        None
+                    }
+                }
+            }
+            None if hand_hub => {
+                d.error(
+                    loc(sname),
+                    format!("{sp}.router_address"),
+                    "missing: the router is the hub, so the site's nodes need its LAN address (e.g. router_address: 192.168.0.1)",
+                );
+                None
+            }
+            None => None,
+        };
+        if hand_hub && lan_access {
+            d.error(
+                loc(site.lan_access.as_ref().expect("lan_access is written")),
+                format!("{sp}.lan_access"),
+                "the router is the hub: the LAN reaches the mesh through it already, and the router (not wgprov) would have to masquerade the LAN into its tunnel; leave lan_access out",
             );
         }
         if !managed {
@@ -736,37 +800,38 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
 
         let next_hop = match &site.next_hop {
             // the router is the site's hub: a node of the site, as far as the mesh goes
-            Some(nh) if managed && nh.value == "router" => match &managed_router {
-                Some(r) if r.kind == ManagedKind::Linux => {
-                    if let Some(ep) = &endpoint
-                        && let Some(lp) = listen_port
-                        && ep.port != lp
-                    {
-                        d.error(
-                            loc(nh),
-                            format!("{sp}.next_hop"),
-                            format!(
-                                "the router is the hub: it listens on listen_port {lp} itself, so the endpoint's port must be {lp} too (it is {})",
-                                ep.port
-                            ),
-                        );
-                    }
-                    nodes.push(Node {
-                        name: r.name.clone(),
-                        loc: loc(nh),
-                        site: sname.value.clone(),
-                        address: r.address.clone(),
-                        wireguard_ip: None,
-                        os_family: None,
-                        kubernetes: None,
-                        ssh: r.ssh.clone(),
-                        ssh_origin: router_origins.get(&r.name).cloned().unwrap_or_default(),
-                        is_router: true,
-                    });
-                    Some(r.name.clone())
-                }
-                Some(r) => {
+            Some(nh) if managed && nh.value == "router" => {
+                if let Some(ep) = &endpoint
+                    && let Some(lp) = listen_port
+                    && ep.port != lp
+                {
                     d.error(
+                        loc(nh),
+                        format!("{sp}.next_hop"),
+                        format!(
+                            "the router is the hub: it listens on listen_port {lp} itself, so the endpoint's port must be {lp} too (it is {})",
+                            ep.port
+                        ),
+                    );
+                }
+                match &managed_router {
+                    Some(r) if r.kind == ManagedKind::Linux => {
+                        nodes.push(Node {
+                            name: r.name.clone(),
+                            loc: loc(nh),
+                            site: sname.value.clone(),
+                            address: r.address.clone(),
+                            wireguard_ip: None,
+                            os_family: None,
+                            kubernetes: None,
+                            ssh: r.ssh.clone(),
+                            ssh_origin: router_origins.get(&r.name).cloned().unwrap_or_default(),
+                            is_router: true,
+                        });
+                        Some(r.name.clone())
+                    }
+                    Some(r) => {
+                        d.error(
                         loc(nh),
                         format!("{sp}.next_hop"),
                         format!(
@@ -774,17 +839,12 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                             r.kind.as_str()
                         ),
                     );
-                    None
+                        None
+                    }
+                    // a hub router wgprov does not manage: no next-hop node (see hand_hub)
+                    None => None,
                 }
-                None => {
-                    d.error(
-                        loc(nh),
-                        format!("{sp}.next_hop"),
-                        "`next_hop: router` needs a router wgprov manages: router: { kind: linux, address, wan_interface }",
-                    );
-                    None
-                }
-            },
+            }
             Some(nh) if managed => {
                 if nodes.iter().any(|n| n.name == nh.value) {
                     Some(nh.value.clone())
@@ -850,6 +910,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
             managed_router,
             wan_mtu,
             public_key,
+            router_address,
             nodes,
         });
     }
@@ -1344,10 +1405,15 @@ mod router_tests {
             e.iter().any(|(_, _, m)| m.contains("not built yet")),
             "{e:?}"
         );
+        // a hub router wgprov does not manage needs what wgprov cannot read from it
         let e = errors(&hub("opnsense", 51820));
         assert!(
-            e.iter().any(|(_, f, m)| f == "sites.home.next_hop"
-                && m.contains("needs a router wgprov manages")),
+            e.iter()
+                .any(|(_, f, m)| f == "sites.home.public_key" && m.contains("Generate new keypair")),
+            "{e:?}"
+        );
+        assert!(
+            e.iter().any(|(_, f, _)| f == "sites.home.router_address"),
             "{e:?}"
         );
     }

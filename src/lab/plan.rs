@@ -303,13 +303,18 @@ pub fn plan(
                 )));
             }
         }
-        let lan_ip = match &s.managed_router {
-            // a managed router is where the inventory says it is
-            Some(m) => {
-                let a: Ipv4Addr = m.address.parse().map_err(|_| {
+        // a managed router, or a hub router set up by hand, is where the inventory says it is
+        let router_at = s
+            .managed_router
+            .as_ref()
+            .map(|m| m.address.as_str())
+            .or(s.router_address.as_deref());
+        let lan_ip = match router_at {
+            Some(address) => {
+                let a: Ipv4Addr = address.parse().map_err(|_| {
                     lab_err(format!(
-                        "site {}: the lab needs the managed router's address as an IPv4 address, not `{}`",
-                        s.name, m.address
+                        "site {}: the lab needs the router's address as an IPv4 address, not `{address}`",
+                        s.name
                     ))
                 })?;
                 if !lan.contains(&a) || addrs.contains(&a) || a == lan.network() {
@@ -327,12 +332,26 @@ pub fn plan(
                 ))
             })?,
         };
-        let sshd = s.managed_router.as_ref().map(|m| RouterSshd {
-            name: m.name.clone(),
-            port: m.ssh.port,
-            dir: dir.join("routers").join(&s.name),
-            wireguard_ip: topo.node(&m.name).map(|n| n.wireguard_ip),
-        });
+        // a router wgprov manages runs sshd; a hub router set up by hand gets the same private
+        // namespaces (its own /etc, /var/run and PID space), so that the test that plays the
+        // operator can run its WireGuard there, and sshd for that test's own use
+        let sshd = match (&s.managed_router, &s.router_address) {
+            (Some(m), _) => Some(RouterSshd {
+                name: m.name.clone(),
+                port: m.ssh.port,
+                dir: dir.join("routers").join(&s.name),
+                wireguard_ip: topo.node(&m.name).map(|n| n.wireguard_ip),
+            }),
+            (None, Some(_)) => Some(RouterSshd {
+                name: format!("{}-router", s.name),
+                port: 22,
+                dir: dir.join("routers").join(&s.name),
+                wireguard_ip: topo
+                    .site(&s.name)
+                    .and_then(|t| crate::topology::alloc::hub_ip(t.wireguard_cidr)),
+            }),
+            (None, None) => None,
+        };
         let forward = if no_port_forward.contains(&s.name) || sshd.is_some() {
             None
         } else {

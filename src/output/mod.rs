@@ -14,6 +14,9 @@ struct PlanDoc<'a> {
     sites: Vec<SiteDoc<'a>>,
     /// Rules to create by hand on the routers wgprov does not manage.
     router_rules: Vec<String>,
+    /// Hub routers wgprov does not manage: the tunnel and peers to create (offline: the nodes'
+    /// keys are not known yet).
+    router_hubs: Vec<crate::router::hub::Hub>,
 }
 
 #[derive(Serialize)]
@@ -194,6 +197,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
         },
         sites,
         router_rules: crate::router::manual_rules(topo),
+        router_hubs: crate::router::hub::hubs(topo, &|_| None),
     }
 }
 
@@ -254,7 +258,11 @@ pub fn plan_text(topo: &Topology) -> String {
             s.name,
             s.wireguard_cidr,
             ep,
-            s.next_hop.as_deref().unwrap_or("-"),
+            match (&s.next_hop, &s.router_address) {
+                (Some(n), _) => n.as_str(),
+                (None, Some(_)) => "the router (set up by hand)",
+                (None, None) => "-",
+            },
             match &s.managed_router {
                 Some(r) => format!(
                     "{} (managed: {} at {}, WAN {})",
@@ -314,7 +322,21 @@ pub fn plan_text(topo: &Topology) -> String {
         }
     }
     o.push_str(&router_rules_text(&crate::router::manual_rules(topo)));
+    o.push_str(&router_hubs_text(&crate::router::hub::hubs(topo, &|_| {
+        None
+    })));
     o
+}
+
+/// The block listing the hub routers to set up by hand (empty when there are none).
+pub fn router_hubs_text(hubs: &[crate::router::hub::Hub]) -> String {
+    if hubs.is_empty() {
+        return String::new();
+    }
+    format!(
+        "\nHUB ROUTERS TO SET UP BY HAND (wgprov does not manage these routers; skip what is already in place):\n{}",
+        crate::router::hub::text(hubs)
+    )
 }
 
 /// The topology as Graphviz DOT: sites as clusters, next-hops drawn double, links between
@@ -410,6 +432,7 @@ pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool)
         let _ = writeln!(o, "\nSTOPPED by the operator: no new host was started");
     }
     o.push_str(&router_rules_text(&report.router_rules));
+    o.push_str(&router_hubs_text(&report.router_hubs));
     let _ = writeln!(
         o,
         "\n{}RECAP {}",
@@ -481,6 +504,7 @@ pub fn apply_json(report: &crate::apply::Report) -> serde_json::Value {
         "check": report.check,
         "warnings": report.warnings,
         "router_rules": report.router_rules,
+        "router_hubs": report.router_hubs,
     });
     if let Some(g) = &report.guard {
         doc["guard"] = serde_json::to_value(g).expect("guard report serializes");
@@ -504,6 +528,7 @@ mod tests {
             guard: None,
             interrupted: false,
             router_rules: vec!["site home (router: other): forward UDP port 51820 …".into()],
+            router_hubs: Vec::new(),
         };
         let t = apply_text(&report, false, false);
         assert_eq!(t.matches("ROUTER RULES TO DO BY HAND").count(), 1, "{t}");
@@ -515,6 +540,7 @@ mod tests {
         );
         let none = crate::apply::Report {
             router_rules: Vec::new(),
+            router_hubs: Vec::new(),
             ..report
         };
         assert!(!apply_text(&none, false, false).contains("ROUTER RULES"));

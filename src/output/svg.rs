@@ -54,6 +54,17 @@ pub fn picture(topo: &Topology, health: Option<&[LinkHealth]>) -> String {
                 q(&format!("site:{}", s.name)),
                 label(&[&format!("{} next-hop", s.name)])
             );
+        } else if s.router_address.is_some() {
+            // a hub router set up by hand: the site's hub, drawn like a next-hop, dashed
+            let ip = crate::topology::alloc::hub_ip(s.wireguard_cidr)
+                .map(|i| i.to_string())
+                .unwrap_or_default();
+            let _ = writeln!(
+                o,
+                "    {} [label={}, peripheries=2, style=dashed];",
+                q(&format!("site:{}", s.name)),
+                label(&[&format!("{}-router", s.name), &ip, "hub (by hand)"])
+            );
         }
         for n in s.nodes.iter().filter_map(|n| topo.node(n)) {
             let ip = n.wireguard_ip.to_string();

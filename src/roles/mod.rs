@@ -85,6 +85,18 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         include_str!("../../roles/port_forward/templates/port-forward.md.j2"),
     ),
     (
+        "roles/router_hub/role.yaml",
+        include_str!("../../roles/router_hub/role.yaml"),
+    ),
+    (
+        "roles/router_hub/defaults.yaml",
+        include_str!("../../roles/router_hub/defaults.yaml"),
+    ),
+    (
+        "roles/router_hub/templates/router-hub.md.j2",
+        include_str!("../../roles/router_hub/templates/router-hub.md.j2"),
+    ),
+    (
         "roles/reresolve/role.yaml",
         include_str!("../../roles/reresolve/role.yaml"),
     ),
@@ -468,6 +480,7 @@ mod tests {
                 "boot_order",
                 "forwarding",
                 "port_forward",
+                "router_hub",
                 "reresolve"
             ]
         );

@@ -7,6 +7,7 @@
 //! runs that script and flushes the conntrack entries of the WireGuard port. Everything here is
 //! pure: the scripts are text, tested without a router.
 
+pub mod hub;
 pub mod linux;
 pub mod openwrt;
 

@@ -161,6 +161,12 @@ pub fn allocate(inv: &Inventory, lock: &Lock) -> Result<(Allocation, Vec<Diagnos
     ))
 }
 
+/// The hub's address in a site's block: its first host address (`.1`), as in the reference
+/// procedure.
+pub fn hub_ip(block: Ipv4Net) -> Option<Ipv4Addr> {
+    block.hosts().next()
+}
+
 fn allocate_site(
     d: &mut Diags,
     s: &Site,
@@ -171,6 +177,12 @@ fn allocate_site(
     let usable =
         |a: &Ipv4Addr| block.contains(a) && *a != block.network() && *a != block.broadcast();
     let mut used: HashSet<Ipv4Addr> = HashSet::new();
+    // a hub router wgprov does not manage is no node of the inventory, but it has the site's
+    // first address all the same (`hub_ip`): no node may take it
+    let hub = s.router_address.as_ref().and_then(|_| hub_ip(block));
+    if let Some(h) = hub {
+        used.insert(h);
+    }
     for n in &s.nodes {
         if let Some(ip) = n.wireguard_ip {
             if !usable(&ip) {
@@ -178,6 +190,12 @@ fn allocate_site(
                     n.loc,
                     format!("sites.{}.nodes.{}.wireguard_ip", s.name, n.name),
                     format!("{ip} is not a usable host address of the site's block {block}"),
+                );
+            } else if Some(ip) == hub {
+                d.error(
+                    n.loc,
+                    format!("sites.{}.nodes.{}.wireguard_ip", s.name, n.name),
+                    format!("{ip} is the hub router's address (the first of the site's block {block}): give the node another one"),
                 );
             }
             used.insert(ip);
@@ -198,10 +216,15 @@ fn allocate_site(
                 format!("the lock file's address {ip} is outside the site's block {block}: a new address is allocated"),
             );
         } else if used.contains(&ip) {
+            let whose = if Some(ip) == hub {
+                "the hub router's"
+            } else {
+                "another node's explicit wireguard_ip"
+            };
             d.warn(
                 n.loc,
                 format!("sites.{}.nodes.{}", s.name, n.name),
-                format!("the lock file's address {ip} is now another node's explicit wireguard_ip: a new address is allocated"),
+                format!("the lock file's address {ip} is now {whose}: a new address is allocated"),
             );
         } else {
             used.insert(ip);

@@ -51,8 +51,11 @@ pub struct SitePlan {
     pub lan_cidrs: Vec<ipnet::IpNet>,
     /// The next-hop masquerades `lan_cidrs` into the mesh.
     pub lan_access: bool,
-    /// Next-hop public key of an unmanaged site.
+    /// The key of the site's hub when wgprov does not run it (an unmanaged site's next-hop, a
+    /// hand-run hub router).
     pub public_key: Option<PublicKey>,
+    /// The LAN address of a hub router wgprov does not manage (`next_hop: router`).
+    pub router_address: Option<String>,
     /// MTU of the site's uplink.
     pub wan_mtu: u16,
     /// Node names.
@@ -143,6 +146,7 @@ impl Topology {
                 lan_cidrs: s.lan_cidrs.clone(),
                 lan_access: s.lan_access,
                 public_key: s.public_key,
+                router_address: s.router_address.clone(),
                 wan_mtu: s.wan_mtu,
                 nodes: s.nodes.iter().map(|n| n.name.clone()).collect(),
             });
@@ -219,10 +223,29 @@ impl Topology {
     /// The peers of `node`: a member has its next-hop; a next-hop has its members and every other
     /// site's next-hop.
     pub fn peers(&self, node: &NodePlan) -> Vec<Peer> {
+        self.peers_at(&node.site, &node.name, node.is_next_hop)
+    }
+
+    /// The peers a hub router wgprov does not manage must have: those of a next-hop of `site`.
+    pub fn hand_hub_peers(&self, site: &SitePlan) -> Vec<Peer> {
+        self.peers_at(&site.name, "", true)
+    }
+
+    fn peers_at(&self, site: &str, name: &str, is_next_hop: bool) -> Vec<Peer> {
         let net = &self.network;
-        let site = self.site(&node.site).expect("node's site exists");
+        let site = self.site(site).expect("node's site exists");
         let port = net.listen_port;
-        if !node.is_next_hop {
+        if !is_next_hop {
+            if let Some(router) = &site.router_address {
+                // the hub is a router wgprov does not manage: peered like a site of its own
+                return vec![Peer {
+                    peer: PeerRef::Site(site.name.clone()),
+                    site: site.name.clone(),
+                    allowed_ips: vec![net.wireguard_cidr],
+                    endpoint: Some(host_port(router, port)),
+                    persistent_keepalive: None,
+                }];
+            }
             let nh = self
                 .node(
                     site.next_hop
@@ -240,7 +263,7 @@ impl Topology {
         }
         let mut peers = Vec::new();
         for m in &site.nodes {
-            if *m == node.name {
+            if m == name {
                 continue;
             }
             let m = self.node(m).expect("member is a node");
@@ -257,10 +280,11 @@ impl Topology {
             if other.name == site.name {
                 continue;
             }
-            let peer = if other.managed {
-                PeerRef::Node(other.next_hop.clone().expect("managed site has a next-hop"))
-            } else {
-                PeerRef::Site(other.name.clone())
+            // a site whose hub wgprov does not run (someone else's, or a hand-run hub router)
+            // is peered by its key from the inventory
+            let peer = match &other.next_hop {
+                Some(nh) if other.managed => PeerRef::Node(nh.clone()),
+                _ => PeerRef::Site(other.name.clone()),
             };
             peers.push(Peer {
                 peer,

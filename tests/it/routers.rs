@@ -313,3 +313,117 @@ fn the_guard_puts_a_managed_router_back_with_the_nodes() {
     cross_site_pings(&s);
     s.assert_no_key_leaked();
 }
+
+/// A hub router wgprov does not manage (`next_hop: router`, `router: opnsense`): the test plays
+/// the operator. It makes the router's key pair (as OPNsense's "Generate new keypair" would),
+/// puts the public key and the router's LAN address in the inventory, applies, and sets the
+/// router up from nothing but the `router_hubs` values the apply printed. Then every node pings
+/// every node of the other site, and the two nodes of the hub's own site reach each other
+/// through it.
+const HAND_HUB: &str = "network:
+  wireguard_cidr: 10.100.0.0/16
+  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]
+sites:
+  home:
+    lan_cidrs: [192.168.0.0/24]
+    endpoint: 203.0.113.10:51820
+    next_hop: router
+    router: opnsense
+    router_address: 192.168.0.254
+    public_key: \"HUBKEY\"
+    nodes:
+      node1: { address: 192.168.0.10 }
+      node2: { address: 192.168.0.11 }
+  office:
+    lan_cidrs: [192.168.10.0/24]
+    router: other
+    nodes:
+      office1: { address: 192.168.10.5 }
+";
+
+#[test]
+fn a_hand_run_hub_router_set_up_from_the_printed_values_carries_its_site() {
+    if !lab_available() {
+        return;
+    }
+    let hub = wgprov::topology::keys::Keypair::generate();
+    let yaml = HAND_HUB.replace("HUBKEY", &hub.public.to_base64());
+    let s = Scenario::new("hh", &yaml, &yaml, &[]);
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(changed_hosts(&v), ["node1", "node2", "office1"], "{v:#}");
+    // the nodes peer with the router at its LAN address; no node is a next-hop
+    let peers = s.lab.sh("node1", "wg show wg0 endpoints");
+    assert_eq!(
+        peers.trim(),
+        format!("{}\t192.168.0.254:51820", hub.public.to_base64())
+    );
+    assert!(
+        !s.lab
+            .sh("node1", "ls /etc/wgprov")
+            .contains("port-forward.md")
+    );
+    // what to set up on the router, with every key now known
+    let h = &v["router_hubs"][0];
+    assert_eq!(h["site"], "home", "{v:#}");
+    assert_eq!(h["tunnel_address"], "10.100.0.1/16");
+    let peers = h["peers"].as_array().unwrap();
+    assert_eq!(peers.len(), 3, "{h:#}");
+    assert!(peers.iter().all(|p| p["public_key"].is_string()), "{h:#}");
+    // the same values are in /etc/wgprov/router-hub.md on the site's nodes
+    let md = s.lab.sh("node2", "cat /etc/wgprov/router-hub.md");
+    for p in peers {
+        assert!(md.contains(p["public_key"].as_str().unwrap()), "{md}");
+    }
+    // the operator: a WireGuard interface on the router from those values alone
+    let mut conf = format!(
+        "[Interface]\nPrivateKey = {}\nListenPort = {}\nAddress = {}\nMTU = {}\n",
+        hub.private.expose_base64().as_str(),
+        h["listen_port"],
+        h["tunnel_address"].as_str().unwrap(),
+        h["mtu"]
+    );
+    for p in peers {
+        conf.push_str(&format!(
+            "\n[Peer]\nPublicKey = {}\nAllowedIPs = {}\n",
+            p["public_key"].as_str().unwrap(),
+            p["allowed_ips"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|a| a.as_str().unwrap())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ));
+        if let (Some(host), Some(port)) = (p["endpoint_host"].as_str(), p["endpoint_port"].as_u64())
+        {
+            conf.push_str(&format!("Endpoint = {host}:{port}\n"));
+        }
+        if let Some(k) = p["persistent_keepalive"].as_u64() {
+            conf.push_str(&format!("PersistentKeepalive = {k}\n"));
+        }
+    }
+    s.lab.sh(
+        "home-router",
+        &format!(
+            "umask 077; mkdir -p /etc/wireguard && cat > /etc/wireguard/hub.conf <<'EOF'\n{conf}EOF\n\
+             WG_QUICK_USERSPACE_IMPLEMENTATION=wireguard-go wg-quick up hub >/dev/null 2>&1 && sysctl -qw net.ipv4.ip_forward=1"
+        ),
+    );
+    cross_site_pings(&s);
+    // the two nodes of home reach each other through the router
+    let ips = wg_ips(&s);
+    let node2 = &ips.iter().find(|(n, _, _)| n == "node2").unwrap().2;
+    assert_eq!(
+        node2, "10.100.0.3",
+        "node1 and node2 come after the hub's .1"
+    );
+    assert!(
+        s.ping("node1", node2),
+        "node1 cannot reach node2 through the hub"
+    );
+    // and nothing is left to change
+    let check = s.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    s.assert_no_key_leaked();
+}
