@@ -155,17 +155,21 @@ pub enum Handler {
     /// On a managed router: install the port-forward rules (or remove them when their script is
     /// gone) and flush the conntrack entries of the WireGuard port.
     PortForward,
+    /// On an OpenWrt hub router: set its WireGuard interface, peers and firewall through uci
+    /// and bring the interface up (or remove wgprov's sections when the script is gone).
+    RouterHub,
 }
 
 impl Handler {
     /// Every handler, by the name roles use in `notify`.
-    pub const ALL: [(&'static str, Handler); 6] = [
+    pub const ALL: [(&'static str, Handler); 7] = [
         ("wireguard", Handler::Wireguard),
         ("kubelet", Handler::Kubelet),
         ("sysctl", Handler::Sysctl),
         ("daemon_reload", Handler::DaemonReload),
         ("reresolve", Handler::Reresolve),
         ("port_forward", Handler::PortForward),
+        ("router_hub", Handler::RouterHub),
     ];
     /// The handler a role's `notify` names.
     pub fn parse(s: &str) -> Option<Handler> {

@@ -104,11 +104,13 @@ pub fn probe_targets(topo: &Topology, node: &NodePlan) -> Vec<Ipv4Addr> {
 }
 
 /// The status script of one node: the pings first (every target at once, each bounded by
-/// `wait`), then the interface's state, forwarding, and the facts (files and `wg show dump`).
+/// `wait`), then the interface's state, forwarding, and the facts (files and `wg show dump`,
+/// and the `extra` facts sections: an OpenWrt hub's check).
 pub fn script(
     iface: &InterfaceName,
     targets: &[Ipv4Addr],
     paths: &[RemotePath],
+    extra: &str,
     wait: Duration,
 ) -> String {
     let mut s = String::from("# wgprov:status\n");
@@ -121,7 +123,7 @@ pub fn script(
          printf '%s ip_forward %s\\n' \"$S\" \"$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)\"\n\
          printf '%s link %s\\n' \"$S\" \"$(ip -o link show dev {q} 2>/dev/null | head -n 1)\"\n"
     ));
-    s.push_str(&gather::script(iface, paths));
+    s.push_str(&gather::script_with(iface, paths, extra));
     s
 }
 
@@ -556,10 +558,16 @@ fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<String>) {
                 });
             }
         }
+        let hub = crate::router::openwrt_hub::of(v.topo, n).is_some();
         if !o.iface_up {
             problems.push(node_problem(
                 Kind::InterfaceDown,
-                if o.facts.wg.is_none() {
+                if hub {
+                    format!(
+                        "{iface} is not up on {}: every link of {} is down until it is (ifup {iface}; wgprov apply sets it through uci and brings it up)",
+                        n.name, n.name
+                    )
+                } else if o.facts.wg.is_none() {
                     format!(
                         "{iface} does not exist on {}: bring it up (wg-quick up {iface}, or systemctl start wg-quick@{iface}); every link of {} is down until then",
                         n.name, n.name
@@ -581,7 +589,16 @@ fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<String>) {
                 ),
             ));
         }
-        if o.iface_up
+        // an OpenWrt hub has no file to compare with: its script's own check says whether
+        // uci and the running interface are as it sets them
+        if hub && let Some(d) = crate::router::openwrt_hub::drift(&o.facts) {
+            drifted.insert(n.name.clone());
+            problems.push(node_problem(
+                Kind::Drift,
+                format!("{d} (wgprov apply sets them again)"),
+            ));
+        } else if !hub
+            && o.iface_up
             && let Some(wg) = &o.facts.wg
         {
             let conf = o
@@ -942,7 +959,12 @@ pub async fn observe_all<T: Transport + 'static>(
             .node(&n)
             .map(|x| probe_targets(topo, x))
             .unwrap_or_default();
-        let script = script(&iface, &targets, &paths, wait);
+        let extra = if crate::router::openwrt_hub::is_hub(topo, &n) {
+            crate::router::openwrt_hub::check_section()
+        } else {
+            String::new()
+        };
+        let script = script(&iface, &targets, &paths, &extra, wait);
         async move {
             let s = s?;
             let out = s
@@ -1720,6 +1742,38 @@ mod tests {
     }
 
     #[test]
+    fn an_openwrt_hub_drifts_when_its_scripts_check_fails_not_for_want_of_a_wg0_conf() {
+        let yaml = INV.replace(
+            "    next_hop: h1\n",
+            "    next_hop: router\n    router: { kind: openwrt, address: 192.168.0.1, wan_interface: wan }\n",
+        );
+        let mut m = Mesh::healthy(&yaml);
+        let hub = m.get("home-router");
+        hub.facts.files.remove("/etc/wireguard/wg0.conf");
+        hub.facts.extra.insert("router_hub".into(), "ok".into());
+        let r = m.report();
+        assert!(r.problems.is_empty(), "{}", text(&r));
+        m.get("home-router")
+            .facts
+            .extra
+            .insert("router_hub".into(), "drift".into());
+        let r = m.report();
+        assert_eq!(
+            kinds(&r),
+            vec![(Kind::Drift, None, Some("home-router".into()))],
+            "{}",
+            text(&r)
+        );
+        assert!(
+            r.problems[0]
+                .why
+                .contains("not as /etc/wgprov/router-hub.sh sets them"),
+            "{}",
+            text(&r)
+        );
+    }
+
+    #[test]
     fn drift_reads_the_file_as_wg_does_and_ignores_endpoints() {
         let kp = Keypair::generate();
         let conf = format!(
@@ -1948,7 +2002,7 @@ mod tests {
         let t: Vec<Ipv4Addr> = vec!["10.100.1.1".parse().unwrap(), "10.100.2.1".parse().unwrap()];
         let wg0 = InterfaceName::default();
         let paths = [RemotePath::new("/etc/wireguard/wg0.conf").unwrap()];
-        let s = script(&wg0, &t, &paths, Duration::from_secs(6));
+        let s = script(&wg0, &t, &paths, "", Duration::from_secs(6));
         assert!(s.starts_with("# wgprov:status\n"));
         let ping = s.find(probe::PROBE).unwrap();
         assert!(
@@ -1959,7 +2013,7 @@ mod tests {
         if let Err(e) = crate::shell::sh_syntax(&s) {
             panic!("{e}");
         }
-        assert!(!script(&wg0, &[], &paths, Duration::from_secs(6)).contains(probe::PROBE));
+        assert!(!script(&wg0, &[], &paths, "", Duration::from_secs(6)).contains(probe::PROBE));
 
         let fact = gather::MARK;
         let out = format!(

@@ -603,6 +603,7 @@ mod tests {
             daemon_reload: true,
             reresolve: true,
             port_forward: Some(vec![51820, 4500]),
+            router_hub: true,
         };
         let f = Facts {
             systemd: true,

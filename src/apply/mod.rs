@@ -352,6 +352,60 @@ fn existing_key(facts: &Facts, wg_path: &str) -> Option<std::result::Result<Keyp
     )
 }
 
+/// The key pair a node already has: from its wg-quick file, or for an OpenWrt hub router from
+/// its uci.
+fn node_key(
+    topo: &Topology,
+    node: &NodePlan,
+    facts: &Facts,
+    wg_path: &str,
+) -> Option<std::result::Result<Keypair, String>> {
+    if crate::router::openwrt_hub::of(topo, node).is_some() {
+        crate::router::openwrt_hub::existing_key(facts, &topo.network.interface)
+    } else {
+        existing_key(facts, wg_path)
+    }
+}
+
+/// The peers a host has now, each a public key and its AllowedIPs: from its wg-quick file, or
+/// from the script of an OpenWrt hub (`hub`). What keeps the entry of a peer whose node cannot
+/// be read.
+fn existing_peers(facts: &Facts, wg_path: &str, hub: bool) -> Vec<(String, Vec<String>)> {
+    let path = if hub {
+        crate::router::openwrt_hub::HUB_SCRIPT
+    } else {
+        wg_path
+    };
+    match facts.files.get(path).and_then(|x| x.content()) {
+        Some(t) if hub => crate::router::openwrt_hub::peers_of(t),
+        Some(t) => WgConfig::parse(t).peer_list(),
+        None => Vec::new(),
+    }
+}
+
+/// The port_forward handler's public ports to flush (the port-forward script's before and
+/// after), with a warning when the router has no `conntrack`; `install` says how to get it.
+fn plan_flush(
+    changes: &[Change],
+    f: &Facts,
+    handlers: &mut HandlerPlan,
+    install: &str,
+    warnings: &mut Vec<String>,
+) {
+    if let Some(ports) = &mut handlers.port_forward {
+        let c = changes
+            .iter()
+            .find(|c| c.desired.path == crate::router::PF_SCRIPT);
+        *ports = crate::router::flush_ports(
+            c.and_then(|c| c.current.content()),
+            c.and_then(|c| c.desired.state.content()),
+        );
+        if !f.tools.contains("conntrack") {
+            warnings.push(format!("conntrack is not installed on the router: entries of the old port-forward may keep steering the WireGuard port until they time out ({install})"));
+        }
+    }
+}
+
 /// What an operator should know about a config wgprov is about to keep (adopted keys that
 /// wg-quick treats specially).
 fn config_warnings(conf: &str, facts: &Facts) -> Vec<String> {
@@ -429,9 +483,13 @@ pub async fn apply(
             &crate::router::candidate_paths(),
             &crate::router::facts_section(),
         );
+        let hub_section = crate::router::openwrt_hub::facts_section(&iface);
         let scripts: HashMap<String, String> = reachable
             .iter()
             .map(|n| match paths.get(n) {
+                Some(p) if crate::router::openwrt_hub::is_hub(topo, n) => {
+                    (n.clone(), gather::script_with(&iface, p, &hub_section))
+                }
                 Some(p) => (n.clone(), gather::script(&iface, p)),
                 None => (n.clone(), router_script.clone()),
             })
@@ -467,7 +525,7 @@ pub async fn apply(
     for n in &topo.nodes {
         let is_target = target_names.contains(n.name.as_str());
         match facts.get(&n.name).map(|f| &f.0) {
-            Some(Ok(f)) => match existing_key(f, &wg_path) {
+            Some(Ok(f)) => match node_key(topo, n, f, &wg_path) {
                 Some(Ok(k)) => {
                     keys.insert(n.name.clone(), k);
                 }
@@ -516,6 +574,13 @@ pub async fn apply(
             }
             (_, Some((Ok(f), t))) => {
                 r.timings.facts = *t;
+                let hub = crate::router::openwrt_hub::of(topo, n).is_some();
+                if hub && let Some(why) = crate::router::openwrt_hub::refusal(f, &iface) {
+                    r.status = HostStatus::Failed;
+                    r.error = Some(why);
+                    reports.push(r);
+                    continue;
+                }
                 let os = match (f.os_family, n.os_family) {
                     (Some(found), Some(said)) if found != said => {
                         r.warnings.push(format!(
@@ -534,21 +599,16 @@ pub async fn apply(
                     r.warnings
                         .push("no WireGuard key on the node: a new one is generated".into());
                 }
-                let existing_conf = f
-                    .files
-                    .get(&wg_path)
-                    .and_then(|x| x.content())
-                    .map(str::to_string);
+                let known = existing_peers(f, &wg_path, hub);
                 let fallback = |allowed: &str| -> Option<String> {
-                    let conf = WgConfig::parse(existing_conf.as_deref()?);
                     let want: BTreeSet<&str> = allowed.split(',').map(str::trim).collect();
-                    conf.peers()
-                        .find(|p| {
-                            p.get("AllowedIPs")
-                                .map(|a| a.split(',').map(str::trim).collect::<BTreeSet<_>>())
-                                == Some(want.clone())
+                    known
+                        .iter()
+                        .find(|(k, a)| {
+                            !k.is_empty()
+                                && a.iter().map(String::as_str).collect::<BTreeSet<_>>() == want
                         })
-                        .and_then(|p| p.get("PublicKey").map(str::to_string))
+                        .map(|(k, _)| k.clone())
                 };
                 let existing =
                     |p: &str| f.files.get(p).and_then(|x| x.content()).map(str::to_string);
@@ -591,6 +651,25 @@ pub async fn apply(
                     handlers.repair(&drift);
                     r.drift = drift.into_iter().map(|d| d.what).collect();
                 }
+                // an OpenWrt hub: its script's check is the drift check, and a port-forward it
+                // had before is removed with its conntrack entries
+                if hub {
+                    let unchanged = changes.iter().any(|c| {
+                        c.desired.path == crate::router::openwrt_hub::HUB_SCRIPT
+                            && c.action == Action::Unchanged
+                    });
+                    if unchanged && let Some(d) = crate::router::openwrt_hub::drift(f) {
+                        r.drift.push(d);
+                        handlers.router_hub = true;
+                    }
+                    plan_flush(
+                        &changes,
+                        f,
+                        &mut handlers,
+                        "opkg install conntrack",
+                        &mut r.warnings,
+                    );
+                }
                 r.changes = file_reports(&changes);
                 r.handlers = handlers.describe(&iface, f);
                 if r.changed() > 0 || handlers != HandlerPlan::default() {
@@ -607,14 +686,28 @@ pub async fn apply(
                     r.warnings.extend(config_warnings(c, f));
                 }
                 let public_key = keys[&n.name].public.to_base64();
+                let expect = if hub {
+                    files
+                        .iter()
+                        .find(|d| d.path == crate::router::openwrt_hub::HUB_SCRIPT)
+                        .and_then(|d| d.state.content())
+                        .map(|s| {
+                            script::Expect::from_peers(
+                                &public_key,
+                                &crate::router::openwrt_hub::peers_of(s),
+                            )
+                        })
+                } else {
+                    planned_conf
+                        .as_deref()
+                        .map(|c| script::Expect::from_conf(&public_key, c))
+                };
                 plans.insert(
                     n.name.clone(),
                     HostPlan {
                         changes,
                         handlers,
-                        expect: planned_conf
-                            .as_deref()
-                            .map(|c| script::Expect::from_conf(&public_key, c)),
+                        expect,
                         facts: f.clone(),
                     },
                 );
@@ -849,18 +942,16 @@ fn plan_router(
         r.drift.push(d);
         handlers.port_forward.get_or_insert_with(Vec::new);
     }
-    if let Some(ports) = &mut handlers.port_forward {
-        let c = changes
-            .iter()
-            .find(|c| c.desired.path == crate::router::PF_SCRIPT);
-        *ports = crate::router::flush_ports(
-            c.and_then(|c| c.current.content()),
-            c.and_then(|c| c.desired.state.content()),
-        );
-        if !f.tools.contains("conntrack") {
-            r.warnings.push("conntrack is not installed on the router: entries of the old port-forward may keep steering the WireGuard port until they time out (apt-get install conntrack)".into());
-        }
-    }
+    plan_flush(
+        &changes,
+        f,
+        &mut handlers,
+        match router.kind {
+            crate::inventory::ManagedKind::Linux => "apt-get install conntrack",
+            crate::inventory::ManagedKind::Openwrt => "opkg install conntrack",
+        },
+        &mut r.warnings,
+    );
     if !f.systemd && router.kind == crate::inventory::ManagedKind::Linux {
         r.warnings.push(format!(
             "systemd is not running here: nothing re-installs the port-forward at boot; run `sh {}` from the router's boot scripts (e.g. /etc/rc.local)",
@@ -1406,6 +1497,68 @@ async fn run_guard(
     (report, statuses)
 }
 
+/// What kind of host a rollback puts back, for its facts and handlers.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum RollbackKind {
+    /// A node, or a Linux router that is its site's hub (a node's files).
+    Node,
+    /// A managed router that forwards the port.
+    Forwarder,
+    /// An OpenWrt router that is its site's hub.
+    OpenwrtHub,
+}
+
+impl RollbackKind {
+    fn of(topo: &Topology, name: &str) -> RollbackKind {
+        if is_forwarding_router(topo, name) {
+            RollbackKind::Forwarder
+        } else if crate::router::openwrt_hub::is_hub(topo, name) {
+            RollbackKind::OpenwrtHub
+        } else {
+            RollbackKind::Node
+        }
+    }
+
+    /// The handlers that bring the restored files into effect: a router's port-forward
+    /// re-installed from the restored script (and the conntrack entries of the port in place
+    /// flushed); an OpenWrt hub's script run (its port-forward script, if one came back, too);
+    /// every handler of a node.
+    fn handlers(self, facts: &Facts) -> HandlerPlan {
+        let pf_ports = || {
+            crate::router::flush_ports(
+                facts
+                    .files
+                    .get(crate::router::PF_SCRIPT)
+                    .and_then(|f| f.content()),
+                None,
+            )
+        };
+        match self {
+            RollbackKind::Node => HandlerPlan::everything(),
+            RollbackKind::Forwarder => HandlerPlan {
+                daemon_reload: true,
+                port_forward: Some(pf_ports()),
+                router_hub: true,
+                ..Default::default()
+            },
+            RollbackKind::OpenwrtHub => HandlerPlan {
+                port_forward: Some(pf_ports()),
+                router_hub: true,
+                ..Default::default()
+            },
+        }
+    }
+
+    /// What the report says was re-run.
+    fn describe(self) -> &'static str {
+        match self {
+            RollbackKind::Node => "wireguard, sysctl, kubelet re-run with the restored files",
+            RollbackKind::Forwarder => "port_forward re-run with the restored files",
+            RollbackKind::OpenwrtHub => "router_hub re-run with the restored files",
+        }
+    }
+}
+
 /// Restores the last apply's backups on every targeted host and re-runs the handlers.
 pub async fn rollback(
     planned: &Planned,
@@ -1429,35 +1582,22 @@ pub async fn rollback(
         run_all(targeted.clone(), settings.forks, |n| {
             let s = sessions[&n].clone();
             let iface = iface.clone();
-            let is_router = topo.router(&n).is_some();
+            let kind = RollbackKind::of(topo, &n);
             async move {
                 let s = s.map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
-                let router_paths = crate::router::candidate_paths();
-                let paths: &[crate::shell::RemotePath] =
-                    if is_router { &router_paths } else { &[] };
+                let paths = match kind {
+                    RollbackKind::Node => Vec::new(),
+                    RollbackKind::Forwarder | RollbackKind::OpenwrtHub => {
+                        crate::router::candidate_paths()
+                    }
+                };
                 let out = s
-                    .run_script(&gather::script(&iface, paths))
+                    .run_script(&gather::script(&iface, &paths))
                     .await
                     .map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
                 let facts =
                     gather::parse(&out.stdout_text()).map_err(|e| (HostStatus::Failed, e))?;
-                // a router: its port-forward re-installed from the restored script (and the
-                // conntrack entries of the port now in place flushed)
-                let handlers = if is_router {
-                    HandlerPlan {
-                        daemon_reload: true,
-                        port_forward: Some(crate::router::flush_ports(
-                            facts
-                                .files
-                                .get(crate::router::PF_SCRIPT)
-                                .and_then(|f| f.content()),
-                            None,
-                        )),
-                        ..Default::default()
-                    }
-                } else {
-                    HandlerPlan::everything()
-                };
+                let handlers = kind.handlers(&facts);
                 let out = s
                     .run_script(&host::rollback_script_with(&iface, &facts, &handlers))
                     .await
@@ -1497,11 +1637,7 @@ pub async fn rollback(
                         diff: String::new(),
                     })
                     .collect();
-                r.handlers = vec![if topo.router(n).is_some() {
-                    "port_forward re-run with the restored files".into()
-                } else {
-                    "wireguard, sysctl, kubelet re-run with the restored files".into()
-                }];
+                r.handlers = vec![RollbackKind::of(topo, n).describe().into()];
             }
             Err((status, e)) => {
                 r.status = *status;
@@ -1556,6 +1692,120 @@ mod tests {
             .unwrap()
             .inventory;
         Topology::build(&inv, &Default::default()).unwrap().0
+    }
+
+    const OPENWRT_HUB: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    next_hop: router\n    router: { kind: openwrt, address: 192.168.0.1, wan_interface: wan }\n    nodes:\n      n1: { address: 192.168.0.10 }\n  office:\n    endpoint: 198.51.100.20:51820\n    router: { kind: openwrt, address: 192.168.10.1, wan_interface: wan }\n    nodes:\n      o1: { address: 192.168.10.5 }\n";
+
+    /// The hub's files as apply plans them, against a router that has no script yet and one
+    /// that has an older one: no diff, text or JSON report ever shows the key.
+    #[test]
+    fn an_openwrt_hubs_diff_and_report_never_show_its_key() {
+        let t = topo_of(OPENWRT_HUB);
+        let roles = Roles::load(crate::roles::RoleSource::Embedded).unwrap();
+        let keys = desired::fresh_keys(&t);
+        let key = keys["home-router"].private.expose_base64().to_string();
+        let hub = t.node("home-router").unwrap();
+        let none = |_: &str| None;
+        let input = HostInput {
+            node: hub,
+            os_family: OsFamily::Debian,
+            systemd: false,
+            existing: &none,
+            peer_fallback: None,
+        };
+        let files = desired::desired_files(&roles, &t, &keys, &input).unwrap();
+        let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            paths,
+            [
+                crate::router::openwrt_hub::HUB_SCRIPT,
+                crate::router::PF_SCRIPT
+            ]
+        );
+        let new = files[0].state.content().unwrap().to_string();
+        assert!(new.contains(&key), "the script holds the key");
+        let old = new.replace("'10.100.1.0/24'", "'10.100.9.0/24'");
+        for current in [
+            FileFact::Absent,
+            FileFact::Present {
+                mode: 0o700,
+                content: old,
+            },
+        ] {
+            let changes = diff::compare(&files, &|p| {
+                if p == crate::router::openwrt_hub::HUB_SCRIPT {
+                    current.clone()
+                } else {
+                    FileFact::Absent
+                }
+            });
+            let mut r = HostReport::new("home-router");
+            r.changes = file_reports(&changes);
+            r.status = HostStatus::Changed;
+            let report = Report {
+                hosts: vec![r],
+                warnings: Vec::new(),
+                check: true,
+                guard: None,
+                interrupted: false,
+                router_rules: Vec::new(),
+                router_hubs: Vec::new(),
+            };
+            let text = crate::output::apply_text(&report, true, false);
+            let json = crate::output::apply_json(&report).to_string();
+            assert!(text.contains("router-hub.sh"), "{text}");
+            assert!(!text.contains(&key) && !json.contains(&key), "{text}");
+            if matches!(current, FileFact::Absent) {
+                assert!(text.contains("+private_key=(redacted)"), "{text}");
+            } else {
+                assert!(
+                    text.contains(
+                        "+uci add_list network.wgprov_peer_2.allowed_ips='10.100.1.0/24'"
+                    ),
+                    "{text}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn an_openwrt_hub_keeps_the_peers_of_its_script_and_is_rolled_back_by_its_own_handler() {
+        let t = topo_of(OPENWRT_HUB);
+        let keys = desired::fresh_keys(&t);
+        let hub = t.node("home-router").unwrap();
+        let (files, _) = crate::router::openwrt_hub::desired(
+            &t,
+            hub,
+            t.router("home-router").unwrap().1,
+            &keys,
+            None,
+        )
+        .unwrap();
+        let mut f = Facts::default();
+        f.files.insert(
+            crate::router::openwrt_hub::HUB_SCRIPT.into(),
+            FileFact::Present {
+                mode: 0o700,
+                content: files[0].state.content().unwrap().into(),
+            },
+        );
+        let known = existing_peers(&f, "/etc/wireguard/wg0.conf", true);
+        let o1 = keys["o1"].public.to_base64();
+        assert!(
+            known.contains(&(o1, vec!["10.100.1.0/24".to_string()])),
+            "{known:?}"
+        );
+        assert_eq!(
+            RollbackKind::of(&t, "home-router"),
+            RollbackKind::OpenwrtHub
+        );
+        assert_eq!(
+            RollbackKind::of(&t, "office-router"),
+            RollbackKind::Forwarder
+        );
+        assert_eq!(RollbackKind::of(&t, "n1"), RollbackKind::Node);
+        let h = RollbackKind::OpenwrtHub.handlers(&f);
+        assert!(h.router_hub && h.wireguard.is_none() && h.port_forward == Some(vec![]));
     }
 
     #[test]

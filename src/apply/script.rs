@@ -39,6 +39,9 @@ pub struct HandlerPlan {
     /// On a managed router: run its port-forward script (or remove the rules when the script
     /// is gone), then flush the conntrack entries of these public UDP ports.
     pub port_forward: Option<Vec<u16>>,
+    /// On an OpenWrt hub router: run its uci script (or remove wgprov's sections when the
+    /// script is gone).
+    pub router_hub: bool,
 }
 
 impl HandlerPlan {
@@ -95,6 +98,12 @@ impl HandlerPlan {
                 ports.join(", ")
             ));
         }
+        if self.router_hub {
+            v.push(format!(
+                "router_hub: sh {} (uci commit, network and firewall reload, ifup {iface})",
+                crate::router::openwrt_hub::HUB_SCRIPT
+            ));
+        }
         v
     }
 }
@@ -135,6 +144,7 @@ impl HandlerPlan {
             daemon_reload: true,
             reresolve: true,
             port_forward: None,
+            router_hub: false,
         }
     }
 
@@ -157,6 +167,7 @@ impl HandlerPlan {
             daemon_reload: self.daemon_reload,
             reresolve: notified(Handler::Reresolve),
             port_forward: self.port_forward.clone(),
+            router_hub: self.router_hub,
         }
     }
 }
@@ -185,6 +196,7 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
                 Handler::PortForward => {
                     h.port_forward.get_or_insert_with(Vec::new);
                 }
+                Handler::RouterHub => h.router_hub = true,
             }
         }
     }
@@ -316,6 +328,9 @@ pub(crate) fn handlers_script(
     if let Some(ports) = &h.port_forward {
         s.push_str(&crate::router::linux::handler(ports, facts.systemd, f));
     }
+    if h.router_hub {
+        s.push_str(&crate::router::openwrt_hub::handler(iface, f));
+    }
     s
 }
 
@@ -425,16 +440,15 @@ pub struct Expect {
 impl Expect {
     /// The expectation for a planned config text.
     pub fn from_conf(public_key: &str, conf: &str) -> Expect {
+        Expect::from_peers(public_key, &WgConfig::parse(conf).peer_list())
+    }
+
+    /// The expectation for planned peers, each a public key and its AllowedIPs.
+    pub fn from_peers(public_key: &str, peers: &[(String, Vec<String>)]) -> Expect {
         let mut tokens = Vec::new();
-        for p in WgConfig::parse(conf).peers() {
-            tokens.push(p.get("PublicKey").unwrap_or("").to_string());
-            tokens.extend(
-                p.get("AllowedIPs")
-                    .unwrap_or("")
-                    .split(',')
-                    .map(|x| x.trim().to_string())
-                    .filter(|x| !x.is_empty()),
-            );
+        for (key, allowed) in peers {
+            tokens.push(key.clone());
+            tokens.extend(allowed.iter().filter(|x| !x.is_empty()).cloned());
         }
         tokens.sort();
         Expect {
@@ -443,16 +457,34 @@ impl Expect {
         }
     }
 
+    /// The shell tests of the live interface, each with what its failure means: the key, then
+    /// the peers with their AllowedIPs.
+    pub(crate) fn tests(&self, iface: &InterfaceName) -> [(String, &'static str); 2] {
+        let q = sh_quote(iface);
+        [
+            (
+                format!(
+                    "[ \"$(wg show {q} public-key 2>/dev/null)\" = {} ]",
+                    sh_quote(&self.public_key)
+                ),
+                "the interface is not up with the planned key",
+            ),
+            (
+                format!(
+                    "[ \"$(wg show {q} allowed-ips 2>/dev/null | tr '\\t ' '\\n\\n' | sed '/^$/d' | LC_ALL=C sort)\" = {} ]",
+                    sh_quote(&self.tokens.join("\n"))
+                ),
+                "the interface has other peers than the config",
+            ),
+        ]
+    }
+
     /// Shell text that calls `fail` unless the live interface matches.
     pub(crate) fn check(&self, iface: &InterfaceName) -> String {
-        let q = sh_quote(iface);
-        format!(
-            "[ \"$(wg show {q} public-key 2>/dev/null)\" = {k} ] || fail 'verify: the interface is not up with the planned key'\n\
-             got=$(wg show {q} allowed-ips 2>/dev/null | tr '\\t ' '\\n\\n' | sed '/^$/d' | LC_ALL=C sort)\n\
-             [ \"$got\" = {want} ] || fail 'verify: the interface has other peers than the config'\n",
-            k = sh_quote(&self.public_key),
-            want = sh_quote(&self.tokens.join("\n")),
-        )
+        self.tests(iface)
+            .iter()
+            .map(|(t, why)| format!("{t} || fail 'verify: {why}'\n"))
+            .collect()
     }
 }
 

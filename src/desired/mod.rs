@@ -89,29 +89,39 @@ pub struct HostInput<'a> {
     pub peer_fallback: Option<&'a PeerFallback<'a>>,
 }
 
-/// Builds the template context of `node` (without role defaults).
-/// Peers whose key is neither known nor recoverable through `fallback` are left out and named
-/// in the second value.
-pub fn context(
+/// One peer of a node as its config lists it, with the key it is known by.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerEntry {
+    /// The peer's node name, or the site's name for an unmanaged site.
+    pub name: String,
+    /// Its site.
+    pub site: String,
+    /// What it is, for a comment: `node1 (next-hop of site home)`, `site friend (unmanaged)`.
+    pub comment: String,
+    /// Its public key, base64.
+    pub public_key: String,
+    /// Its AllowedIPs.
+    pub allowed_ips: Vec<String>,
+    /// Its endpoint (`host:port`), when it has one.
+    pub endpoint: Option<String>,
+    /// Its keepalive, on links that cross NAT.
+    pub persistent_keepalive: Option<u16>,
+}
+
+/// The peers of `node` with their keys, whatever form its config takes (a wg-quick file, an
+/// OpenWrt hub's uci script). Peers whose key is neither known nor recoverable through
+/// `fallback` are left out and named in the second value; without a fallback, an unknown key
+/// is an error.
+pub fn peer_entries(
     topo: &Topology,
     node: &NodePlan,
-    os_family: OsFamily,
-    systemd: bool,
     keys: &KeyRing,
     fallback: Option<&PeerFallback<'_>>,
-) -> Result<(Json, Vec<String>)> {
-    let net = &topo.network;
-    let site = topo.site(&node.site).expect("node's site");
-    let kp = keys.get(&node.name).ok_or_else(|| Error::Role {
-        role: "wireguard".into(),
-        message: format!("no key known for node {}", node.name),
-    })?;
+) -> Result<(Vec<PeerEntry>, Vec<String>)> {
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
-    let mut dns_endpoints = Vec::new();
     for p in topo.peers(node) {
         let allowed: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
-        let allowed = allowed.join(", ");
         let (pk, comment): (Option<PublicKey>, String) = match &p.peer {
             PeerRef::Node(n) => {
                 let role = if topo.node(n).is_some_and(|x| x.is_next_hop) {
@@ -133,9 +143,9 @@ pub fn context(
                 },
             ),
         };
-        let pk = match (pk, fallback) {
+        let public_key = match (pk, fallback) {
             (Some(k), _) => k.to_base64(),
-            (None, Some(f)) => match f(&allowed) {
+            (None, Some(f)) => match f(&allowed.join(", ")) {
                 Some(k) => k,
                 None => {
                     skipped.push(comment);
@@ -149,21 +159,62 @@ pub fn context(
                 });
             }
         };
-        if let Some(ep) = &p.endpoint
-            && crate::inventory::Endpoint::is_name(ep)
-        {
-            dns_endpoints.push(json!({"public_key": pk, "endpoint": ep}));
-        }
-        peers.push(json!({
-            "name": match &p.peer { PeerRef::Node(n) | PeerRef::Site(n) => n },
-            "site": p.site,
-            "comment": comment,
-            "public_key": pk,
-            "allowed_ips": allowed,
-            "endpoint": p.endpoint,
-            "persistent_keepalive": p.persistent_keepalive,
-        }));
+        peers.push(PeerEntry {
+            name: match &p.peer {
+                PeerRef::Node(n) | PeerRef::Site(n) => n.clone(),
+            },
+            site: p.site,
+            comment,
+            public_key,
+            allowed_ips: allowed,
+            endpoint: p.endpoint,
+            persistent_keepalive: p.persistent_keepalive,
+        });
     }
+    Ok((peers, skipped))
+}
+
+/// Builds the template context of `node` (without role defaults).
+/// Peers whose key is neither known nor recoverable through `fallback` are left out and named
+/// in the second value.
+pub fn context(
+    topo: &Topology,
+    node: &NodePlan,
+    os_family: OsFamily,
+    systemd: bool,
+    keys: &KeyRing,
+    fallback: Option<&PeerFallback<'_>>,
+) -> Result<(Json, Vec<String>)> {
+    let net = &topo.network;
+    let site = topo.site(&node.site).expect("node's site");
+    let kp = keys.get(&node.name).ok_or_else(|| Error::Role {
+        role: "wireguard".into(),
+        message: format!("no key known for node {}", node.name),
+    })?;
+    let (entries, skipped) = peer_entries(topo, node, keys, fallback)?;
+    let dns_endpoints: Vec<Json> = entries
+        .iter()
+        .filter(|p| {
+            p.endpoint
+                .as_deref()
+                .is_some_and(crate::inventory::Endpoint::is_name)
+        })
+        .map(|p| json!({"public_key": p.public_key, "endpoint": p.endpoint}))
+        .collect();
+    let peers: Vec<Json> = entries
+        .iter()
+        .map(|p| {
+            json!({
+                "name": p.name,
+                "site": p.site,
+                "comment": p.comment,
+                "public_key": p.public_key,
+                "allowed_ips": p.allowed_ips.join(", "),
+                "endpoint": p.endpoint,
+                "persistent_keepalive": p.persistent_keepalive,
+            })
+        })
+        .collect();
     let iface = &net.interface;
     let ctx = json!({
         "node": {
@@ -277,13 +328,24 @@ pub fn desired_files(
     desired_files_with_skips(roles, topo, keys, input).map(|(f, _)| f)
 }
 
-/// [`desired_files`], and the peers left out because their key could not be learned.
+/// [`desired_files`], and the peers left out because their key could not be learned. An
+/// OpenWrt router that is its site's hub gets no role's files: its WireGuard is set through
+/// uci by one script ([`crate::router::openwrt_hub`]).
 pub fn desired_files_with_skips(
     roles: &Roles,
     topo: &Topology,
     keys: &KeyRing,
     input: &HostInput,
 ) -> Result<(Vec<DesiredFile>, Vec<String>)> {
+    if let Some(router) = crate::router::openwrt_hub::of(topo, input.node) {
+        return crate::router::openwrt_hub::desired(
+            topo,
+            input.node,
+            router,
+            keys,
+            input.peer_fallback,
+        );
+    }
     let (base, skipped) = context(
         topo,
         input.node,
@@ -370,6 +432,9 @@ pub fn desired_files_with_skips(
 
 /// Every path the roles may manage on `node`, for either OS family: what facts must read.
 pub fn candidate_paths(roles: &Roles, topo: &Topology, node: &NodePlan) -> Result<Vec<RemotePath>> {
+    if crate::router::openwrt_hub::of(topo, node).is_some() {
+        return Ok(crate::router::openwrt_hub::candidate_paths());
+    }
     // only the paths are rendered: the node's own (placeholder) key is all the context needs
     let mut keys = KeyRing::new();
     keys.insert(node.name.clone(), Keypair::generate());
@@ -495,13 +560,14 @@ pub fn render_offline(
     for p in parts {
         out.extend(p?);
     }
-    // managed routers, as a router with systemd and iptables would have them
+    // managed routers that forward the port, as a router with systemd and iptables would have
+    // them (a hub router is a node, above)
     let facts = crate::facts::Facts {
         systemd: true,
         tools: ["iptables".to_string()].into(),
         ..Default::default()
     };
-    for (site, r) in topo.routers() {
+    for (site, r) in topo.routers().filter(|(_, r)| topo.node(&r.name).is_none()) {
         if let Ok(files) = crate::router::desired(topo, site, r, &facts) {
             out.push((r.name.clone(), files));
         }

@@ -11,6 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::inventory::OsFamily;
 use crate::shell::{InterfaceName, PATH_PRELUDE, RemotePath, sh_quote};
+use crate::topology::keys::PrivateKey;
 
 /// The units that run a kubelet, of every Kubernetes flavor.
 pub const KUBE_UNITS: &[&str] = &["kubelet", "k3s", "k3s-agent", "rke2-server", "rke2-agent"];
@@ -107,9 +108,17 @@ pub struct Facts {
     pub wg_enabled: bool,
     /// Unix time on the host when the facts were read.
     pub now: u64,
+    /// The private key an OpenWrt router's uci holds for the interface
+    /// (`network.<iface>.private_key`, section [`UCI_PRIVATE_KEY`]): `Err` when it is malformed.
+    /// Kept as a key, which never prints itself.
+    pub uci_private_key: Option<Result<PrivateKey, String>>,
     /// Sections added by a caller's extra facts (a managed router's), by name.
     pub extra: BTreeMap<String, String>,
 }
+
+/// The facts section that carries an OpenWrt router's uci private key, parsed into
+/// [`Facts::uci_private_key`] and never kept as text.
+pub const UCI_PRIVATE_KEY: &str = "uci_private_key";
 
 /// The gathering script for `iface` and the given file paths. It spawns as few processes as it
 /// can (they are what a facts round trip costs on the target): shell builtins for os-release and
@@ -272,6 +281,10 @@ pub fn parse(output: &str) -> Result<Facts, String> {
             "wg_enabled" => facts.wg_enabled = value.trim() == "yes",
             "now" => facts.now = value.trim().parse().unwrap_or(0),
             "end" => complete = true,
+            UCI_PRIVATE_KEY => {
+                let k = value.trim();
+                facts.uci_private_key = (!k.is_empty()).then(|| PrivateKey::from_base64(k));
+            }
             other => {
                 facts.extra.insert(other.to_string(), value);
             }
@@ -313,6 +326,24 @@ mod tests {
             "the dump's private key is dropped"
         );
         assert!(f.tools.contains("wg-quick") && !f.systemd && f.now == 1_700_000_000);
+    }
+
+    #[test]
+    fn an_openwrt_routers_uci_key_is_parsed_into_a_key_that_never_prints() {
+        let key = crate::topology::keys::PrivateKey::generate();
+        let b64 = key.expose_base64();
+        let out =
+            |k: &str| format!("{MARK} {UCI_PRIVATE_KEY}\n{k}\n{MARK} router_hub\nok\n{MARK} end\n");
+        let f = parse(&out(&b64)).unwrap();
+        assert_eq!(f.uci_private_key, Some(Ok(key)));
+        assert!(!format!("{f:?}").contains(b64.as_str()), "{f:?}");
+        assert!(!f.extra.contains_key(UCI_PRIVATE_KEY));
+        assert_eq!(f.extra["router_hub"], "ok");
+        assert_eq!(parse(&out("")).unwrap().uci_private_key, None);
+        assert!(matches!(
+            parse(&out("not-a-key")).unwrap().uci_private_key,
+            Some(Err(_))
+        ));
     }
 
     #[test]

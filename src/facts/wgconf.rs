@@ -235,6 +235,22 @@ impl WgConfig {
     pub fn private_key(&self) -> Option<&str> {
         self.interface().and_then(|i| i.get("PrivateKey"))
     }
+    /// Every peer's `PublicKey` (empty when missing) and `AllowedIPs`, in order.
+    pub fn peer_list(&self) -> Vec<(String, Vec<String>)> {
+        self.peers()
+            .map(|p| {
+                (
+                    p.get("PublicKey").unwrap_or("").to_string(),
+                    p.get("AllowedIPs")
+                        .unwrap_or("")
+                        .split(',')
+                        .map(|x| x.trim().to_string())
+                        .filter(|x| !x.is_empty())
+                        .collect(),
+                )
+            })
+            .collect()
+    }
 }
 
 /// True when `wg` reads `key` as `PrivateKey` or `PresharedKey`: it drops every whitespace
@@ -247,8 +263,13 @@ fn is_secret_key(key: &str) -> bool {
     key.eq_ignore_ascii_case("PrivateKey") || key.eq_ignore_ascii_case("PresharedKey")
 }
 
-/// Replaces the value of every `PrivateKey` and `PresharedKey` line with `(redacted)`: the form in which any
-/// config text may be shown.
+/// What marks a private key in uci's spelling (`network.wg0.private_key='…'`, and the
+/// `private_key='…'` line of an OpenWrt hub's script).
+const UCI_KEY: &str = "private_key=";
+
+/// Replaces the value of every `PrivateKey` and `PresharedKey` line with `(redacted)`, and the
+/// rest of every line after a `private_key=` (uci's spelling, in an OpenWrt hub's script): the
+/// form in which any config or script text may be shown.
 pub fn redact(text: &str) -> String {
     let mut out = String::with_capacity(text.len());
     for (i, raw) in text.split('\n').enumerate() {
@@ -265,7 +286,14 @@ pub fn redact(text: &str) -> String {
                     crate::topology::keys::REDACTED
                 );
             }
-            _ => out.push_str(raw),
+            _ => match raw.to_ascii_lowercase().find(UCI_KEY) {
+                // ASCII lowercasing keeps every byte offset
+                Some(at) => {
+                    out.push_str(&raw[..at + UCI_KEY.len()]);
+                    out.push_str(crate::topology::keys::REDACTED);
+                }
+                None => out.push_str(raw),
+            },
         }
     }
     out
@@ -344,6 +372,20 @@ mod tests {
         assert!(!r.contains("SECRET"), "{r}");
         assert_eq!(r.matches("(redacted)").count(), 3, "{r}");
         assert!(r.contains("Public Key = PUB"), "{r}");
+    }
+
+    #[test]
+    fn redact_hides_a_uci_private_key_wherever_it_is_set() {
+        let script = "#!/bin/sh\nprivate_key='SECRET1'\ncheck() {\n  [ \"$(uci -q get network.wg0.private_key)\" = \"$private_key\" ]\n}\nuci set network.wg0.private_key='SECRET2' || exit 1\nnetwork.wg0.Private_Key='SECRET3'\n";
+        let r = redact(script);
+        assert!(!r.contains("SECRET"), "{r}");
+        assert!(r.contains("\nprivate_key=(redacted)\n"), "{r}");
+        assert!(
+            r.contains("uci set network.wg0.private_key=(redacted)\n"),
+            "{r}"
+        );
+        // the check reads the key without a value: shown as it is
+        assert!(r.contains("[ \"$(uci -q get network.wg0.private_key)\" = \"$private_key\" ]"));
     }
 
     #[test]

@@ -815,7 +815,10 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                     );
                 }
                 match &managed_router {
-                    Some(r) if r.kind == ManagedKind::Linux => {
+                    Some(r) => {
+                        if r.kind == ManagedKind::Openwrt {
+                            openwrt_hub_limits(&mut d, nh, &sp, &interface, lan_access);
+                        }
                         nodes.push(Node {
                             name: r.name.clone(),
                             loc: loc(nh),
@@ -829,17 +832,6 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                             is_router: true,
                         });
                         Some(r.name.clone())
-                    }
-                    Some(r) => {
-                        d.error(
-                        loc(nh),
-                        format!("{sp}.next_hop"),
-                        format!(
-                            "`next_hop: router` with a router of kind {} is not built yet: only kind linux can be the hub",
-                            r.kind.as_str()
-                        ),
-                    );
-                        None
                     }
                     // a hub router wgprov does not manage: no next-hop node (see hand_hub)
                     None => None,
@@ -1060,6 +1052,38 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
         sites,
     });
     (inv, d.list)
+}
+
+/// What an OpenWrt hub (`next_hop: router` with `kind: openwrt`) cannot do: its WireGuard
+/// interface is a uci section named after `network.interface`, and uci names sections with
+/// letters, digits and `_` only; `lan_access` (the site's LANs masqueraded into the mesh) is
+/// built for wg-quick's PostUp only.
+fn openwrt_hub_limits(
+    d: &mut Diags,
+    nh: &S<String>,
+    sp: &str,
+    iface: &crate::shell::InterfaceName,
+    lan_access: bool,
+) {
+    if !iface
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b == b'_')
+    {
+        d.error(
+            loc(nh),
+            format!("{sp}.next_hop"),
+            format!(
+                "the OpenWrt hub's interface is the uci section network.{iface}, and uci section names are letters, digits and _ only: rename network.interface (e.g. wg0)"
+            ),
+        );
+    }
+    if lan_access {
+        d.error(
+            loc(nh),
+            format!("{sp}.lan_access"),
+            "`lan_access` with an OpenWrt hub is not built yet (only a next-hop node or a linux hub lets the site's LANs into the mesh)",
+        );
+    }
 }
 
 /// Checks a managed router's mapping (`router: { kind, address, wan_interface, ssh }`).
@@ -1398,12 +1422,13 @@ mod router_tests {
             "{e:?}"
         );
         let e = errors(&hub(
-            "{ kind: openwrt, address: 192.168.0.1, wan_interface: eth0 }",
-            51820,
+            "{ kind: openwrt, address: 192.168.0.1, wan_interface: wan }",
+            4500,
         ));
         assert!(
-            e.iter().any(|(_, _, m)| m.contains("not built yet")),
-            "{e:?}"
+            e.iter()
+                .any(|(_, f, m)| f == "sites.home.next_hop" && m.contains("must be 51820 too")),
+            "the same port rule for an OpenWrt hub: {e:?}"
         );
         // a hub router wgprov does not manage needs what wgprov cannot read from it
         let e = errors(&hub("opnsense", 51820));
@@ -1414,6 +1439,37 @@ mod router_tests {
         );
         assert!(
             e.iter().any(|(_, f, _)| f == "sites.home.router_address"),
+            "{e:?}"
+        );
+    }
+
+    #[test]
+    fn next_hop_router_makes_a_managed_openwrt_router_the_sites_hub() {
+        let hub = inv("{ kind: openwrt, address: 192.168.0.1, wan_interface: wan }")
+            .replace("    router:", "    next_hop: router\n    router:");
+        let l = load_str(Path::new("inv.yaml"), &hub).unwrap();
+        let site = &l.inventory.sites[0];
+        assert_eq!(site.next_hop.as_deref(), Some("home-router"));
+        let (topo, _) =
+            crate::topology::Topology::build(&l.inventory, &Default::default()).unwrap();
+        let r = topo.node("home-router").unwrap();
+        assert!(r.is_next_hop && r.is_router);
+        assert_eq!(r.wireguard_ip.to_string(), "10.100.0.1");
+        // its interface is a uci section: letters, digits and _ only
+        let e = errors(&hub.replace("network:\n", "network:\n  interface: wg-mesh\n"));
+        assert!(
+            e.iter().any(|(_, f, m)| f == "sites.home.next_hop"
+                && m.contains("uci section names are letters, digits and _ only")),
+            "{e:?}"
+        );
+        // lan_access is built for wg-quick only
+        let e = errors(&hub.replace(
+            "    endpoint:",
+            "    lan_cidrs: [192.168.0.0/24]\n    lan_access: true\n    endpoint:",
+        ));
+        assert!(
+            e.iter()
+                .any(|(_, f, m)| f == "sites.home.lan_access" && m.contains("not built yet")),
             "{e:?}"
         );
     }

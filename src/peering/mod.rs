@@ -394,17 +394,38 @@ pub(crate) fn yaml_scalar(s: &str) -> String {
 /// the config), `file absent` (no readable config) or `file bad` (a key `wg` refuses); then
 /// `running KEY` or `running none` for the live interface.
 pub fn public_key_script(conf: &RemotePath, iface: &InterfaceName) -> String {
+    key_script(
+        &format!("f={}\n", sh_quote(conf)),
+        "[ -r \"$f\" ]",
+        "sed -n -e 's/#.*//' -e 's/^[[:space:]]*[Pp][Rr][Ii][Vv][Aa][Tt][Ee][Kk][Ee][Yy][[:space:]]*=[[:space:]]*\\([^[:space:]]*\\)[[:space:]]*$/\\1/p' \"$f\" | head -n 1",
+        iface,
+    )
+}
+
+/// [`public_key_script`] for an OpenWrt hub router: the key is uci's
+/// (`network.<iface>.private_key`).
+pub fn uci_public_key_script(iface: &InterfaceName) -> String {
+    key_script(
+        "",
+        "command -v uci >/dev/null 2>&1",
+        &format!("uci -q get network.{iface}.private_key"),
+        iface,
+    )
+}
+
+/// The key script: `setup`, then when `readable` succeeds the key `read` prints is turned into
+/// its public key on the host.
+fn key_script(setup: &str, readable: &str, read: &str, iface: &InterfaceName) -> String {
     format!(
-        "{PATH_PRELUDE}f={conf}\n\
-         if [ -r \"$f\" ]; then\n\
-         \x20 k=$(sed -n -e 's/#.*//' -e 's/^[[:space:]]*[Pp][Rr][Ii][Vv][Aa][Tt][Ee][Kk][Ee][Yy][[:space:]]*=[[:space:]]*\\([^[:space:]]*\\)[[:space:]]*$/\\1/p' \"$f\" | head -n 1)\n\
+        "{PATH_PRELUDE}{setup}\
+         if {readable}; then\n\
+         \x20 k=$({read})\n\
          \x20 if [ -z \"$k\" ]; then echo 'file none'\n\
          \x20 elif p=$(printf '%s\\n' \"$k\" | wg pubkey 2>/dev/null); then echo \"file $p\"\n\
          \x20 else echo 'file bad'; fi\n\
          \x20 k=\n\
          else echo 'file absent'; fi\n\
          if p=$(wg show {iface} public-key 2>/dev/null); then echo \"running $p\"; else echo 'running none'; fi\n",
-        conf = sh_quote(conf),
         iface = sh_quote(iface),
     )
 }
@@ -482,8 +503,18 @@ pub async fn hub_public_key(
     ssh: &SshOptions,
 ) -> Result<(PublicKey, Option<String>)> {
     let iface = &topo.network.interface;
-    let conf = format!("/etc/wireguard/{iface}.conf");
-    let path = RemotePath::new(&conf).map_err(Error::Usage)?;
+    // an OpenWrt hub keeps its key in uci, a node in its wg-quick file
+    let openwrt = crate::router::openwrt_hub::of(topo, node).is_some();
+    let (conf, script) = if openwrt {
+        (
+            format!("network.{iface}.private_key (uci)"),
+            uci_public_key_script(iface),
+        )
+    } else {
+        let conf = format!("/etc/wireguard/{iface}.conf");
+        let path = RemotePath::new(&conf).map_err(Error::Usage)?;
+        (conf, public_key_script(&path, iface))
+    };
     let host_err = |message: String| Error::Host {
         host: node.name.clone(),
         message,
@@ -519,7 +550,7 @@ pub async fn hub_public_key(
     }
     let session = session.expect("the chain holds the node");
     let out = session
-        .run_script(&public_key_script(&path, iface))
+        .run_script(&script)
         .await
         .map_err(|e| host_err(e.to_string()));
     session.close().await;
@@ -717,6 +748,15 @@ mod tests {
             .unwrap();
         assert!(check.success(), "{s}");
         assert!(s.contains("wg pubkey") && !s.contains("cat "), "{s}");
+        // an OpenWrt hub's key is uci's, turned into its public key on the router too
+        let u = uci_public_key_script(&InterfaceName::default());
+        if let Err(e) = crate::shell::sh_syntax(&u) {
+            panic!("{e}\n{u}");
+        }
+        assert!(
+            u.contains("k=$(uci -q get network.wg0.private_key)") && u.contains("wg pubkey"),
+            "{u}"
+        );
     }
 
     #[test]

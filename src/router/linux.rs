@@ -202,9 +202,8 @@ pub fn desired(
 /// not, `none` without a script; and whether its unit is enabled.
 pub fn facts_section() -> String {
     format!(
-        "sec router_pf\nif [ -f {s} ]; then if sh {s} check >/dev/null 2>&1; then echo ok; else echo drift; fi; else echo none; fi\n\
-         sec router_pf_unit\nif [ -e {w} ]; then echo enabled; else echo disabled; fi\n",
-        s = sh_quote(PF_SCRIPT),
+        "{}sec router_pf_unit\nif [ -e {w} ]; then echo enabled; else echo disabled; fi\n",
+        super::check_section("router_pf", PF_SCRIPT),
         w = sh_quote(&format!(
             "/etc/systemd/system/multi-user.target.wants/{PF_UNIT_NAME}"
         )),
@@ -214,9 +213,8 @@ pub fn facts_section() -> String {
 /// How the router's running rules differ from its script, from the facts: `None` when they are
 /// in place (or there is no script yet: the change installs it).
 pub fn drift(facts: &Facts) -> Option<String> {
-    let state = facts.extra.get("router_pf").map(|s| s.trim());
     let mut why = Vec::new();
-    if state == Some("drift") {
+    if super::says_drift(facts, "router_pf") {
         why.push(format!(
             "the port-forward rules are not as {PF_SCRIPT} installs them (removed or changed by hand, or lost in a reboot)"
         ));
@@ -243,7 +241,8 @@ pub fn handler(ports: &[u16], systemd: bool, fail_fn: &str) -> String {
     let s = sh_quote(PF_SCRIPT);
     let unit = sh_quote(PF_UNIT_NAME);
     let mut out = format!(
-        "if [ -f {s} ]; then out=$(sh {s} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler port_forward: {PF_SCRIPT}'; }}\n"
+        "if [ -f {s} ]; then {}\n",
+        super::run_script(PF_SCRIPT, "port_forward", f)
     );
     if systemd {
         out.push_str(&format!(

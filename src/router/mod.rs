@@ -4,19 +4,22 @@
 //! A managed router is a host like a node: facts, desired files, diff, `--check`, the host
 //! transaction with its backups and dead-man, the guard. Its desired state is a script that
 //! installs the port-forward (and, where systemd runs, a unit that runs it at boot); its handler
-//! runs that script and flushes the conntrack entries of the WireGuard port. Everything here is
-//! pure: the scripts are text, tested without a router.
+//! runs that script and flushes the conntrack entries of the WireGuard port. A router that is
+//! its site's hub (`next_hop: router`) is a node of the mesh instead: a Linux one gets a node's
+//! files, an OpenWrt one a script that sets its WireGuard interface through uci
+//! ([`openwrt_hub`]). Everything here is pure: the scripts are text, tested without a router.
 
 pub mod hub;
 pub mod linux;
 pub mod openwrt;
+pub mod openwrt_hub;
 
 use std::net::Ipv4Addr;
 
 use crate::desired::DesiredFile;
 use crate::facts::Facts;
 use crate::inventory::{ManagedKind, ManagedRouter, RouterKind};
-use crate::shell::RemotePath;
+use crate::shell::{RemotePath, sh_quote};
 use crate::topology::{SitePlan, Topology};
 
 /// The script that installs the port-forward (run by the handler and at boot).
@@ -117,9 +120,33 @@ pub fn manual_rule(kind: RouterKind, f: &Forward) -> String {
     }
 }
 
-/// The paths a managed router's facts read.
+/// Shell text that runs `script` and, when it fails, shows what it said and calls `fail_fn`
+/// with the handler's step (`handler NAME: SCRIPT`).
+pub(crate) fn run_script(script: &str, handler: &str, fail_fn: &str) -> String {
+    format!(
+        "out=$(sh {s} 2>&1) || {{ echo \"$out\" >&2; {fail_fn} 'handler {handler}: {script}'; }}",
+        s = sh_quote(script)
+    )
+}
+
+/// The facts section `name`: `ok` when `sh SCRIPT check` exits 0, `drift` when it does not,
+/// `none` without the script.
+pub(crate) fn check_section(name: &str, script: &str) -> String {
+    format!(
+        "sec {name}\nif [ -f {s} ]; then if sh {s} check >/dev/null 2>&1; then echo ok; else echo drift; fi; else echo none; fi\n",
+        s = sh_quote(script)
+    )
+}
+
+/// True when the facts section `name` (see [`check_section`]) says the script's check failed.
+pub(crate) fn says_drift(facts: &Facts, name: &str) -> bool {
+    facts.extra.get(name).map(|s| s.trim()) == Some("drift")
+}
+
+/// The paths a managed router's facts read (the hub script too: a router that was its site's
+/// hub has it, and loses it).
 pub fn candidate_paths() -> Vec<RemotePath> {
-    [PF_SCRIPT, PF_UNIT]
+    [PF_SCRIPT, PF_UNIT, openwrt_hub::HUB_SCRIPT]
         .iter()
         .map(|p| RemotePath::new(p).expect("a fixed path is valid"))
         .collect()
@@ -131,7 +158,8 @@ pub fn facts_section() -> String {
 }
 
 /// A managed router's desired files: `/etc/wgprov/router-pf.sh` with iptables/nft rules (Linux)
-/// or `uci` commands (OpenWrt), and for Linux with systemd its boot unit. An error when the
+/// or `uci` commands (OpenWrt), and for Linux with systemd its boot unit; for OpenWrt, no hub
+/// script (a router that was its site's hub gives its sections up). An error when the
 /// next-hop has no IPv4 address (validation refuses that already).
 pub fn desired(
     topo: &Topology,
@@ -159,19 +187,27 @@ pub fn desired(
             linux::Backend::of(facts),
             facts.systemd,
         )),
-        ManagedKind::Openwrt => Ok(vec![DesiredFile {
-            role: "router_port_forward".into(),
-            path: RemotePath::new(PF_SCRIPT).expect("a fixed path is valid"),
-            state: crate::desired::FileState::Present {
-                content: openwrt::pf_script(
-                    &site.name,
-                    &router.wan_interface,
-                    f.as_ref().map(|(f, ip)| (f, *ip)),
-                ),
-                mode: 0o755,
+        ManagedKind::Openwrt => Ok(vec![
+            DesiredFile {
+                role: "router_port_forward".into(),
+                path: RemotePath::new(PF_SCRIPT).expect("a fixed path is valid"),
+                state: crate::desired::FileState::Present {
+                    content: openwrt::pf_script(
+                        &site.name,
+                        &router.wan_interface,
+                        f.as_ref().map(|(f, ip)| (f, *ip)),
+                    ),
+                    mode: 0o755,
+                },
+                notify: vec![crate::shell::Handler::PortForward],
             },
-            notify: vec![crate::shell::Handler::PortForward],
-        }]),
+            DesiredFile {
+                role: "router_hub".into(),
+                path: RemotePath::new(openwrt_hub::HUB_SCRIPT).expect("a fixed path is valid"),
+                state: crate::desired::FileState::Absent,
+                notify: vec![crate::shell::Handler::RouterHub],
+            },
+        ]),
     }
 }
 

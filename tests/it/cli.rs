@@ -145,6 +145,65 @@ fn render_writes_each_file_with_its_mode_and_prints_no_key() {
     }
 }
 
+/// An OpenWrt router as its site's hub: render writes its uci script (0700, the key inside on
+/// one line) and no wg-quick file, and the members peer with it as with a next-hop node.
+#[test]
+fn render_of_an_openwrt_hub_writes_its_uci_script_and_no_wg0_conf() {
+    let inv = Inv::new(
+        "network:
+  wireguard_cidr: 10.100.0.0/16
+  cluster_cidrs: [10.244.0.0/16]
+sites:
+  home:
+    endpoint: home.example.net:51820
+    next_hop: router
+    router: { kind: openwrt, address: 192.168.0.1, wan_interface: wan }
+    nodes:
+      node1: { address: 192.168.0.10 }
+  office:
+    router: opnsense
+    nodes:
+      office1: { address: 192.168.10.5 }
+",
+    );
+    let out = inv.dir.path().join("out");
+    let o = wgprov(&[
+        "render",
+        "-i",
+        inv.path.to_str().unwrap(),
+        "--out",
+        out.to_str().unwrap(),
+    ]);
+    let (so, se) = text(&o);
+    assert_eq!(o.status.code(), Some(0), "{se}");
+    let hub = out.join("home-router/etc/wgprov/router-hub.sh");
+    let mode = std::fs::metadata(&hub).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o700);
+    assert!(!out.join("home-router/etc/wireguard/wg0.conf").exists());
+    assert!(!out.join("home-router/etc/wgprov/router-pf.sh").exists());
+    assert!(!out.join("home-router/etc/sysctl.d").exists());
+    let script = std::fs::read_to_string(&hub).unwrap();
+    for needle in [
+        "uci add_list network.wg0.addresses='10.100.0.1/16' || exit 1",
+        "uci set network.wgprov_peer_1.description='node1' || exit 1",
+        "uci add_list network.wgprov_peer_2.allowed_ips='10.100.1.0/24' || exit 1",
+        "uci set firewall.wgprov_wg_in.dest_port='51820' || exit 1",
+    ] {
+        assert!(script.contains(needle), "no {needle:?} in\n{script}");
+    }
+    let key = script
+        .lines()
+        .find_map(|l| l.strip_prefix("private_key='"))
+        .and_then(|l| l.strip_suffix('\''))
+        .unwrap()
+        .to_string();
+    assert!(!so.contains(&key) && !se.contains(&key));
+    // the member peers with the router's .1 on its LAN address, as with a next-hop node
+    let member = std::fs::read_to_string(out.join("node1/etc/wireguard/wg0.conf")).unwrap();
+    assert!(member.contains("Endpoint = 192.168.0.1:51820"), "{member}");
+    assert!(member.contains("Address = 10.100.0.2/16"), "{member}");
+}
+
 #[test]
 fn roles_path_overrides_the_embedded_roles_and_strict_templates_fail_cleanly() {
     let inv = home_copy();
