@@ -257,8 +257,8 @@ pub fn context(
         "address": format!("{}/{}", node.wireguard_ip, net.wireguard_cidr.prefix_len()),
         "private_key": kp.private.expose_base64().as_str(),
         "public_key": kp.public.to_base64(),
-        "forward_up": forward_rules(site, true),
-        "forward_down": forward_rules(site, false),
+        "forward_up": forward_rules(site, node, net.listen_port, true),
+        "forward_down": forward_rules(site, node, net.listen_port, false),
         "peers": peers,
     });
     Ok((ctx, skipped))
@@ -266,9 +266,19 @@ pub fn context(
 
 /// The next-hop's PostUp (`up`) or PostDown rules: wg0→wg0 traffic through the FORWARD chain,
 /// and with `lan_access` the site's LANs into the mesh (forwarded, and masqueraded to the
-/// next-hop's WireGuard address, since peers accept only WireGuard sources).
-fn forward_rules(site: &SitePlan, up: bool) -> String {
+/// next-hop's WireGuard address, since peers accept only WireGuard sources). A router that is
+/// its site's hub also lets its WireGuard port in: a router's firewall drops what arrives on
+/// its WAN unless told otherwise, and WireGuard authenticates every packet itself.
+fn forward_rules(site: &SitePlan, node: &NodePlan, listen_port: u16, up: bool) -> String {
     let mut rules = vec![("", "FORWARD -i %i -o %i -j ACCEPT".to_string())];
+    if node.is_router {
+        rules.push(("", format!("INPUT -p udp --dport {listen_port} -j ACCEPT")));
+        // the guard and `status` probe the hub by pinging its WireGuard address
+        rules.push((
+            "",
+            "INPUT -i %i -p icmp --icmp-type echo-request -j ACCEPT".into(),
+        ));
+    }
     if site.lan_access {
         for lan in site
             .lan_cidrs

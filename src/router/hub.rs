@@ -133,6 +133,22 @@ fn key_or_hint(p: &HubPeer) -> String {
     })
 }
 
+/// A peer's endpoint and keepalive, each in a router's words, when it has them.
+fn tail(
+    p: &HubPeer,
+    endpoint: impl Fn(&str, u16) -> String,
+    keepalive: impl Fn(u16) -> String,
+) -> String {
+    let mut t = String::new();
+    if let (Some(host), Some(port)) = (&p.endpoint_host, p.endpoint_port) {
+        t.push_str(&endpoint(host, port));
+    }
+    if let Some(k) = p.persistent_keepalive {
+        t.push_str(&keepalive(k));
+    }
+    t
+}
+
 fn or_empty<T: ToString>(v: &Option<T>) -> String {
     v.as_ref()
         .map(|x| x.to_string())
@@ -227,14 +243,13 @@ pub fn instructions(h: &Hub) -> Vec<String> {
                     key_or_hint(p),
                     p.allowed_ips.join("'; list allowed_ips '")
                 );
-                if let (Some(host), Some(port)) = (&p.endpoint_host, p.endpoint_port) {
-                    l.push_str(&format!(
-                        "; option endpoint_host '{host}'; option endpoint_port '{port}'"
-                    ));
-                }
-                if let Some(k) = p.persistent_keepalive {
-                    l.push_str(&format!("; option persistent_keepalive '{k}'"));
-                }
+                l.push_str(&tail(
+                    p,
+                    |host, port| {
+                        format!("; option endpoint_host '{host}'; option endpoint_port '{port}'")
+                    },
+                    |k| format!("; option persistent_keepalive '{k}'"),
+                ));
                 v.push(l);
             }
             v.push(format!(
@@ -255,15 +270,11 @@ pub fn instructions(h: &Hub) -> Vec<String> {
                     key_or_hint(p),
                     p.allowed_ips.join(", ")
                 );
-                if let (Some(host), Some(port)) = (&p.endpoint_host, p.endpoint_port) {
-                    l.push_str(&format!(
-                        "; Endpoint = {}",
-                        crate::topology::host_port(host, port)
-                    ));
-                }
-                if let Some(k) = p.persistent_keepalive {
-                    l.push_str(&format!("; PersistentKeepalive = {k}"));
-                }
+                l.push_str(&tail(
+                    p,
+                    |host, port| format!("; Endpoint = {}", crate::topology::host_port(host, port)),
+                    |k| format!("; PersistentKeepalive = {k}"),
+                ));
                 v.push(l);
             }
             v.push(format!(

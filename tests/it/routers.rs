@@ -215,6 +215,13 @@ fn a_linux_router_as_the_sites_hub_carries_its_members_to_the_other_sites() {
         return;
     }
     let s = Scenario::new("rh", HUB, HUB, &[]);
+    // a router's firewall: nothing comes in but what it answers, and SSH
+    s.lab.sh(
+        "home-router",
+        "iptables -w -A INPUT -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT && \
+         iptables -w -A INPUT -i lo -j ACCEPT && iptables -w -A INPUT -p tcp --dport 22 -j ACCEPT && \
+         iptables -w -P INPUT DROP",
+    );
     let (code, v) = s.apply_json(&[]);
     assert_eq!(code, 0, "{v:#}");
     assert_eq!(
@@ -241,6 +248,14 @@ fn a_linux_router_as_the_sites_hub_carries_its_members_to_the_other_sites() {
         s.lab
             .sh("home-router", "ip -4 -o addr show wg0")
             .contains("10.100.0.1/16")
+    );
+    // its own firewall lets its WireGuard port in (wg0's PostUp), or office, which has no
+    // endpoint and must dial the hub, could never reach it; and the guard's pings on wg0
+    let input = s.lab.sh("home-router", "iptables -w -S INPUT");
+    assert!(
+        input.contains("-A INPUT -p udp -m udp --dport 51820 -j ACCEPT")
+            && input.contains("-A INPUT -i wg0 -p icmp -m icmp --icmp-type 8 -j ACCEPT"),
+        "{input}"
     );
     // members peer with the router only
     let peers = s.lab.sh("node1", "wg show wg0 endpoints");
