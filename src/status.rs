@@ -92,15 +92,24 @@ pub struct Observed {
 /// Every node's observation, or why it could not be made (SSH failed).
 pub type Observations = HashMap<String, std::result::Result<Observed, String>>;
 
-/// The WireGuard addresses `node` pings: its planned peers that are managed nodes.
+/// The WireGuard addresses `node` pings: its planned peers that are managed nodes, and a hub
+/// router set up by hand (its `.1` answers when the operator set it up as `plan` said).
 pub fn probe_targets(topo: &Topology, node: &NodePlan) -> Vec<Ipv4Addr> {
     topo.peers(node)
         .iter()
-        .filter_map(|p| match &p.peer {
-            PeerRef::Node(n) => topo.node(n).map(|x| x.wireguard_ip),
-            PeerRef::Site(_) => None,
-        })
+        .filter_map(|p| peer_ip(topo, p))
         .collect()
+}
+
+/// The WireGuard address a peer answers pings at, when wgprov knows one.
+fn peer_ip(topo: &Topology, p: &Peer) -> Option<Ipv4Addr> {
+    match &p.peer {
+        PeerRef::Node(n) => topo.node(n).map(|x| x.wireguard_ip),
+        PeerRef::Site(s) => topo
+            .site(s)
+            .filter(|s| s.managed && s.router_address.is_some())
+            .and_then(|s| crate::topology::alloc::hub_ip(s.wireguard_cidr)),
+    }
 }
 
 /// The status script of one node: the pings first (every target at once, each bounded by
@@ -692,8 +701,7 @@ fn link_states(v: &View) -> Vec<LinkStatus> {
                 }
                 let Some(o) = v.seen(&x.name) else { continue };
                 any_seen = true;
-                if let PeerRef::Node(t) = &xp.peer
-                    && let Some(ip) = topo.node(t).map(|t| t.wireguard_ip)
+                if let Some(ip) = peer_ip(topo, xp)
                     && let Some(a) = o.answered.get(&ip)
                 {
                     l.probes.insert(x.name.clone(), *a);
@@ -709,8 +717,8 @@ fn link_states(v: &View) -> Vec<LinkStatus> {
             let fresh = l.handshake_age.is_some_and(|a| a <= FRESH_HANDSHAKE_SECS);
             l.up = answered || (!any_down && fresh);
             // an unmanaged site cannot be pinged: without keepalive, an idle link and a broken
-            // one look the same
-            let idle = matches!(p.peer, PeerRef::Site(_)) && p.persistent_keepalive.is_none();
+            // one look the same (a hand-run hub router can: its `.1`)
+            let idle = peer_ip(topo, &p).is_none() && p.persistent_keepalive.is_none();
             l.state = if l.up {
                 "up"
             } else if any_seen && (any_down || !idle) {

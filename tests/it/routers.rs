@@ -390,6 +390,27 @@ fn a_hand_run_hub_router_set_up_from_the_printed_values_carries_its_site() {
     for p in peers {
         assert!(md.contains(p["public_key"].as_str().unwrap()), "{md}");
     }
+    // before the router is set up, status names the links to it as down
+    let inv = s.inv.to_str().unwrap().to_string();
+    let st = s.wgprov(&["status", "-i", &inv, "--format", "json"]);
+    assert_eq!(st.code, 1, "{}{}", st.stdout, st.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let down: Vec<String> = doc["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["to"] == "site home" && l["state"] == "down")
+        .map(|l| l["from"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(down, ["node1", "node2", "office1"], "{doc:#}");
+    assert!(
+        doc["problems"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|p| p["kind"] == "no_handshake" && p["node"] == "node1"),
+        "{doc:#}"
+    );
     // the operator: a WireGuard interface on the router from those values alone
     let mut conf = format!(
         "[Interface]\nPrivateKey = {}\nListenPort = {}\nAddress = {}\nMTU = {}\n",
@@ -437,6 +458,17 @@ fn a_hand_run_hub_router_set_up_from_the_printed_values_carries_its_site() {
         s.ping("node1", node2),
         "node1 cannot reach node2 through the hub"
     );
+    // and status sees a healthy network: the hub's .1 answers every node of its site
+    let st = s.wgprov(&["status", "-i", &inv, "--format", "json"]);
+    assert_eq!(st.code, 0, "{}{}", st.stdout, st.stderr);
+    let doc: serde_json::Value = serde_json::from_str(&st.stdout).unwrap();
+    let up = doc["links"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["to"] == "site home" && l["state"] == "up")
+        .count();
+    assert_eq!(up, 3, "{doc:#}");
     // and nothing is left to change
     let check = s.apply(&["--check", "--detailed-exitcode"]);
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
