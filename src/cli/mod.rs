@@ -750,34 +750,33 @@ fn export(path: &Path, site: &str, connect: &ConnectArgs) -> Result<u8> {
             path.display()
         )));
     }
-    if let (Some(_), Some(key)) = (&s.router_address, s.public_key) {
+    let (key, whose, after) = if let (Some(_), Some(key)) = (&s.router_address, s.public_key) {
         // a hub router wgprov does not manage: its key is the inventory's
-        let card = crate::peering::card_for(topo, site, key)?;
-        print!("{}", card.to_yaml());
-        eprintln!(
-            "site {site}: card written with its hub router's public key (from the inventory); it holds no secret. \
-             The other side runs: wgprov import -i THEIR-INVENTORY CARD, and the router needs a peer for them (wgprov apply prints it)"
-        );
-        return Ok(EXIT_OK);
-    }
-    let hub = s
-        .next_hop
-        .as_deref()
-        .and_then(|n| topo.node(n))
-        .ok_or_else(|| Error::Usage(format!("site {site} has no next-hop node")))?;
-    let (key, warning) = runtime()?.block_on(crate::peering::hub_public_key(
-        topo,
-        hub,
-        &connect.options(),
-    ))?;
-    if let Some(w) = warning {
-        eprintln!("warning: {w}");
-    }
+        (
+            key,
+            "its hub router's public key (from the inventory)".to_string(),
+            ", and the router needs a peer for them (wgprov apply prints it)",
+        )
+    } else {
+        let hub = s
+            .next_hop
+            .as_deref()
+            .and_then(|n| topo.node(n))
+            .ok_or_else(|| Error::Usage(format!("site {site} has no next-hop node")))?;
+        let (key, warning) = runtime()?.block_on(crate::peering::hub_public_key(
+            topo,
+            hub,
+            &connect.options(),
+        ))?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
+        (key, format!("{}'s public key", hub.name), "")
+    };
     let card = crate::peering::card_for(topo, site, key)?;
     print!("{}", card.to_yaml());
     eprintln!(
-        "site {site}: card written with {}'s public key; it holds no secret. The other side runs: wgprov import -i THEIR-INVENTORY CARD",
-        hub.name
+        "site {site}: card written with {whose}; it holds no secret. The other side runs: wgprov import -i THEIR-INVENTORY CARD{after}"
     );
     Ok(EXIT_OK)
 }

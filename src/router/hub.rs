@@ -37,7 +37,8 @@ pub struct Hub {
     /// The site.
     pub site: String,
     /// The router's kind (`opnsense`, `pfsense`, `openwrt`, `other`).
-    pub router: &'static str,
+    #[serde(serialize_with = "kind_name")]
+    pub router: RouterKind,
     /// Its LAN address (the site's nodes reach it there).
     pub router_address: String,
     /// The tunnel's address with the prefix of the whole WireGuard space (`10.100.0.1/16`).
@@ -52,6 +53,10 @@ pub struct Hub {
     pub wireguard_cidr: String,
     /// The peers: the site's nodes, then every other site.
     pub peers: Vec<HubPeer>,
+}
+
+fn kind_name<S: serde::Serializer>(k: &RouterKind, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(k.as_str())
 }
 
 /// Where the operator finds the router's public key (for the inventory's `public_key`).
@@ -113,7 +118,7 @@ pub fn hub(
         .collect();
     Some(Hub {
         site: site.name.clone(),
-        router: site.router.as_str(),
+        router: site.router,
         router_address: address,
         tunnel_address: format!("{ip}/{}", net.wireguard_cidr.prefix_len()),
         listen_port: net.listen_port,
@@ -162,9 +167,8 @@ pub fn instructions(h: &Hub) -> Vec<String> {
         .public_key
         .clone()
         .unwrap_or_else(|| "(the router's own)".into());
-    let kind = RouterKind::parse(h.router).unwrap_or(RouterKind::Other);
     let mut v = Vec::new();
-    match kind {
+    match h.router {
         RouterKind::Opnsense => {
             v.push(format!(
                 "VPN > WireGuard > Instances > +: Enabled: checked; Name: {name}; Public key: {key} (keep the pair generated there); Listen port: {}; Tunnel address: {}; MTU: {}; Disable routes: unchecked. Save",
@@ -293,7 +297,9 @@ pub fn text(hubs: &[Hub]) -> String {
     for h in hubs {
         o.push_str(&format!(
             "site {} (router: {}, at {}) is its own hub: set the tunnel up on the router by hand\n",
-            h.site, h.router, h.router_address
+            h.site,
+            h.router.as_str(),
+            h.router_address
         ));
         for (i, l) in instructions(h).iter().enumerate() {
             o.push_str(&format!("  {}. {l}\n", i + 1));

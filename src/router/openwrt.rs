@@ -16,23 +16,96 @@ use crate::shell::sh_quote;
 /// The uci section wgprov owns.
 pub const SECTION: &str = "firewall.wgprov_wireguard";
 
+/// The shell variable that holds the private key inside the OpenWrt hub's script.
+pub(super) const KEY_VAR: &str = "private_key";
+
+// ---- uci sections as data: the commands that set one and the tests that it is in place, for
+// the port-forward redirect here and the hub's interface, peers and firewall (openwrt_hub) ----
+
+/// One option's value in a section.
+#[derive(Clone)]
+pub(super) enum Val {
+    /// A plain option.
+    One(String),
+    /// A list (`uci add_list`, read back space-separated by `uci get`).
+    List(Vec<String>),
+    /// The private key, from the script's variable.
+    Key,
+    /// Not set: the check wants it empty.
+    Unset,
+}
+
+/// One uci section wgprov owns, with every option it sets (or wants unset).
+#[derive(Clone)]
+pub(super) struct Section {
+    pub(super) path: String,
+    pub(super) kind: String,
+    pub(super) options: Vec<(&'static str, Val)>,
+}
+
+pub(super) fn one(v: impl ToString) -> Val {
+    Val::One(v.to_string())
+}
+
+/// The `uci set`/`uci add_list` lines of a section (its type first).
+pub(super) fn set_lines(s: &Section) -> Vec<String> {
+    let mut v = vec![format!("uci set {}={}", s.path, s.kind)];
+    for (k, val) in &s.options {
+        match val {
+            Val::One(x) => v.push(format!("uci set {}.{k}={}", s.path, sh_quote(x))),
+            Val::List(xs) => v.extend(
+                xs.iter()
+                    .map(|x| format!("uci add_list {}.{k}={}", s.path, sh_quote(x))),
+            ),
+            Val::Key => v.push(format!("uci set {}.{k}=\"${KEY_VAR}\"", s.path)),
+            Val::Unset => {}
+        }
+    }
+    v
+}
+
+/// The tests that a section is in place: its type and every option as set (a list as `uci
+/// get` prints it, space-separated; an unset option empty).
+pub(super) fn check_lines(s: &Section) -> Vec<String> {
+    let get = |k: &str| format!("[ \"$(uci -q get {}{k})\" =", s.path);
+    let mut v = vec![format!("{} {} ]", get(""), sh_quote(&s.kind))];
+    for (k, val) in &s.options {
+        let want = match val {
+            Val::One(x) => sh_quote(x),
+            Val::List(xs) => sh_quote(&xs.join(" ")),
+            Val::Key => format!("\"${KEY_VAR}\""),
+            Val::Unset => "''".into(),
+        };
+        v.push(format!("{} {want} ]", get(&format!(".{k}"))));
+    }
+    v
+}
+
+/// The redirect wgprov owns.
+fn redirect(site: &str, zone: &str, f: &Forward, ip: Ipv4Addr) -> Section {
+    Section {
+        path: SECTION.into(),
+        kind: "redirect".into(),
+        options: vec![
+            ("name", one(format!("wgprov-wireguard-{site}"))),
+            ("target", one("DNAT")),
+            ("src", one(zone)),
+            ("proto", one("udp")),
+            ("src_dport", one(f.public_port)),
+            ("dest", one("lan")),
+            ("dest_ip", one(ip)),
+            ("dest_port", one(f.port)),
+        ],
+    }
+}
+
 /// The `uci set` lines of the redirect, in order: what the golden test fixes.
 pub fn uci_commands(site: &str, zone: &str, f: &Forward, ip: Ipv4Addr) -> Vec<String> {
-    let set = |k: &str, v: &str| format!("uci set {SECTION}.{k}={}", sh_quote(v));
-    vec![
-        format!("uci -q delete {SECTION}"),
-        format!("uci set {SECTION}=redirect"),
-        set("name", &format!("wgprov-wireguard-{site}")),
-        set("target", "DNAT"),
-        set("src", zone),
-        set("proto", "udp"),
-        set("src_dport", &f.public_port.to_string()),
-        set("dest", "lan"),
-        set("dest_ip", &ip.to_string()),
-        set("dest_port", &f.port.to_string()),
-        "uci commit firewall".into(),
-        "/etc/init.d/firewall reload".into(),
-    ]
+    let mut v = vec![format!("uci -q delete {SECTION}")];
+    v.extend(set_lines(&redirect(site, zone, f, ip)));
+    v.push("uci commit firewall".into());
+    v.push("/etc/init.d/firewall reload".into());
+    v
 }
 
 /// The port-forward script of an OpenWrt router (`check` as for Linux).
@@ -54,20 +127,10 @@ pub fn pf_script(site: &str, zone: &str, f: Option<(&Forward, Ipv4Addr)>) -> Str
     ));
     match f {
         Some((f, ip)) => {
-            let want = [
-                ("", "redirect".to_string()),
-                (".target", "DNAT".into()),
-                (".src", zone.to_string()),
-                (".proto", "udp".into()),
-                (".src_dport", f.public_port.to_string()),
-                (".dest", "lan".into()),
-                (".dest_ip", ip.to_string()),
-                (".dest_port", f.port.to_string()),
-            ];
-            let checks: Vec<String> = want
-                .iter()
-                .map(|(k, v)| format!("[ \"$(uci -q get {SECTION}{k})\" = {} ]", sh_quote(v)))
-                .collect();
+            // the name is a label for the operator, not checked
+            let mut r = redirect(site, zone, f, ip);
+            r.options.retain(|(k, _)| *k != "name");
+            let checks = check_lines(&r);
             s.push_str(&format!(
                 "check() {{\n  {}\n}}\nif [ \"${{1:-}}\" = check ]; then check; exit; fi\n",
                 checks.join(" &&\n  ")

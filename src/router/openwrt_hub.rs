@@ -32,6 +32,8 @@ use crate::shell::{Handler, InterfaceName, RemotePath, sh_quote};
 use crate::topology::keys::{Keypair, PrivateKey};
 use crate::topology::{NodePlan, Topology};
 
+use super::openwrt::{KEY_VAR, Section, Val, check_lines, one, set_lines};
+
 /// The script that sets the hub (run by the handler).
 pub const HUB_SCRIPT: &str = "/etc/wgprov/router-hub.sh";
 /// Left by the script when it created the interface section itself (there was none before):
@@ -49,8 +51,6 @@ pub const PEER_PREFIX: &str = "wgprov_peer_";
 pub const CHECK_SECTION: &str = "router_hub";
 /// The facts section listing the interface's peer sections wgprov did not create.
 const FOREIGN_SECTION: &str = "router_hub_foreign";
-/// The shell variable that holds the private key inside the script.
-const KEY_VAR: &str = "private_key";
 
 /// The managed OpenWrt router that `node` is, when it is one that is its site's hub.
 pub fn of<'a>(topo: &'a Topology, node: &NodePlan) -> Option<&'a ManagedRouter> {
@@ -86,29 +86,6 @@ pub struct Hub<'a> {
     pub public_key: String,
     /// Its peers, as a Linux hub gets them.
     pub peers: &'a [PeerEntry],
-}
-
-/// One option's value in a section.
-enum Val {
-    /// A plain option.
-    One(String),
-    /// A list (`uci add_list`, read back space-separated by `uci get`).
-    List(Vec<String>),
-    /// The private key, from the script's variable.
-    Key,
-    /// Not set: the check wants it empty.
-    Unset,
-}
-
-/// One uci section wgprov owns, with every option it sets (or wants unset).
-struct Section {
-    path: String,
-    kind: String,
-    options: Vec<(&'static str, Val)>,
-}
-
-fn one(v: impl ToString) -> Val {
-    Val::One(v.to_string())
 }
 
 fn interface(h: &Hub) -> Section {
@@ -181,40 +158,6 @@ fn firewall(h: &Hub) -> [Section; 2] {
             ],
         },
     ]
-}
-
-/// The `uci set`/`uci add_list` lines of a section (its type first).
-fn set_lines(s: &Section) -> Vec<String> {
-    let mut v = vec![format!("uci set {}={}", s.path, s.kind)];
-    for (k, val) in &s.options {
-        match val {
-            Val::One(x) => v.push(format!("uci set {}.{k}={}", s.path, sh_quote(x))),
-            Val::List(xs) => v.extend(
-                xs.iter()
-                    .map(|x| format!("uci add_list {}.{k}={}", s.path, sh_quote(x))),
-            ),
-            Val::Key => v.push(format!("uci set {}.{k}=\"${KEY_VAR}\"", s.path)),
-            Val::Unset => {}
-        }
-    }
-    v
-}
-
-/// The tests that a section is in place: its type and every option as set (a list as `uci
-/// get` prints it, space-separated; an unset option empty).
-fn check_lines(s: &Section) -> Vec<String> {
-    let get = |k: &str| format!("[ \"$(uci -q get {}{k})\" =", s.path);
-    let mut v = vec![format!("{} {} ]", get(""), sh_quote(&s.kind))];
-    for (k, val) in &s.options {
-        let want = match val {
-            Val::One(x) => sh_quote(x),
-            Val::List(xs) => sh_quote(&xs.join(" ")),
-            Val::Key => format!("\"${KEY_VAR}\""),
-            Val::Unset => "''".into(),
-        };
-        v.push(format!("{} {want} ]", get(&format!(".{k}"))));
-    }
-    v
 }
 
 /// Shell text listing the names of wgprov's peer sections, one a line.
