@@ -13,6 +13,7 @@ pub mod desired;
 pub mod diff;
 pub mod error;
 pub mod facts;
+pub mod fleet;
 pub mod inventory;
 pub mod lab;
 pub mod output;

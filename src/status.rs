@@ -20,10 +20,10 @@ use std::time::Duration;
 use ipnet::Ipv4Net;
 use serde::Serialize;
 
-use crate::apply::{Progress, Settings, connect_all, run_all};
 use crate::error::Result;
 use crate::facts::gather::{self, Facts, PeerState, WgState};
 use crate::facts::kubelet;
+use crate::fleet::{Connect, Progress, close_all, connect_all, run_all, with_jumps};
 use crate::inventory::{Flavor, OsFamily};
 use crate::probe;
 use crate::shell::{InterfaceName, RemotePath, sh_quote};
@@ -1028,18 +1028,20 @@ pub fn router_problems(
 }
 
 /// Reads every node (pings included) and diagnoses the mesh.
-pub async fn status(
+pub async fn status<C: Connect>(
     planned: &crate::topology::Planned,
-    settings: &Settings,
+    forks: usize,
+    connector: Arc<C>,
     progress: Arc<dyn Progress>,
 ) -> Result<StatusReport> {
     let topo = &planned.topology;
     let sessions = connect_all(
+        &connector,
         topo.nodes
             .iter()
             .map(crate::topology::SshTarget::from)
             .collect(),
-        settings,
+        forks,
         &progress,
     )
     .await;
@@ -1050,7 +1052,7 @@ pub async fn status(
     for n in &topo.nodes {
         progress.phase(&n.name, "probing");
     }
-    let obs = observe_all(topo, &usable, settings.forks, PROBE_WAIT).await;
+    let obs = observe_all(topo, &usable, forks, PROBE_WAIT).await;
     // the routers that forward the port: whether wgprov's rules are in place
     let router_names: Vec<String> = topo
         .ssh_targets()
@@ -1059,11 +1061,11 @@ pub async fn status(
         .map(|t| t.name)
         .collect();
     // with the nodes they jump through, if any
-    let routers = crate::apply::with_jumps(topo, &router_names);
+    let routers = with_jumps(topo, &router_names);
     let router_facts: HashMap<String, std::result::Result<Facts, String>> = if routers.is_empty() {
         HashMap::new()
     } else {
-        let rs = connect_all(routers, settings, &progress).await;
+        let rs = connect_all(&connector, routers, forks, &progress).await;
         let script = crate::facts::gather::script_with(
             &topo.network.interface,
             &crate::router::candidate_paths(),
@@ -1071,7 +1073,7 @@ pub async fn status(
         );
         let names = router_names.clone();
         let rs_ref = &rs;
-        let out = run_all(names, settings.forks, |n| {
+        let out = run_all(names, forks, |n| {
             let s = rs_ref.get(&n).cloned();
             let script = script.clone();
             async move {
@@ -1088,9 +1090,7 @@ pub async fn status(
             }
         })
         .await;
-        for s in rs.values().flatten() {
-            s.close().await;
-        }
+        close_all(&rs).await;
         out
     };
     for n in &topo.nodes {
@@ -1100,9 +1100,7 @@ pub async fn status(
         };
         progress.done(&n.name, outcome);
     }
-    for s in sessions.values().flatten() {
-        s.close().await;
-    }
+    close_all(&sessions).await;
     let mut report = diagnose(topo, &obs);
     report.problems.extend(router_problems(topo, &router_facts));
     Ok(report)

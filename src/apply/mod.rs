@@ -9,7 +9,6 @@
 pub mod drift;
 pub mod guard;
 pub mod host;
-pub mod runner;
 pub mod script;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -26,13 +25,13 @@ use crate::facts::Facts;
 use crate::facts::FileFact;
 use crate::facts::gather;
 use crate::facts::wgconf::WgConfig;
+use crate::fleet::{Connect, Sessions, close_all, connect_all, run_all, with_jumps};
+pub use crate::fleet::{Progress, Quiet};
 use crate::inventory::OsFamily;
 use crate::roles::Roles;
 use crate::topology::keys::{Keypair, PrivateKey};
 use crate::topology::{NodePlan, Planned, Topology};
 use crate::transport::Transport;
-use crate::transport::ssh::{SshOptions, SshSession};
-pub use runner::{Sessions, connect_all, run_all, with_jumps};
 use script::HandlerPlan;
 
 /// Settings of one apply (resolved from the command line).
@@ -51,8 +50,8 @@ pub struct Settings {
     /// Set when the operator asks to stop (Ctrl-C): no new host is started, hosts in flight
     /// finish, and under the guard every changed host is put back.
     pub stop: Arc<AtomicBool>,
-    /// SSH settings.
-    pub ssh: SshOptions,
+    /// The longest one remote command may take (the transport's command timeout).
+    pub command_timeout: Duration,
 }
 
 impl Settings {
@@ -318,23 +317,6 @@ fn glob(pattern: &str, name: &str) -> bool {
     go(pattern.as_bytes(), name.as_bytes())
 }
 
-/// Reports progress: one line per host per phase, drawn with indicatif on a terminal.
-pub trait Progress: Send + Sync {
-    /// `host` moved to `phase`.
-    fn phase(&self, host: &str, phase: &str);
-    /// `host` is done with `outcome`.
-    fn done(&self, host: &str, outcome: &str);
-    /// A line about the whole run (the guard's steps, announcements).
-    fn note(&self, _line: &str) {}
-}
-
-/// No progress output.
-pub struct Quiet;
-impl Progress for Quiet {
-    fn phase(&self, _: &str, _: &str) {}
-    fn done(&self, _: &str, _: &str) {}
-}
-
 /// The key pair a node already has, read from its config: `None` when it has none, an error
 /// when its `PrivateKey` is malformed (never silently replaced: that would change the node's
 /// identity behind its peers' backs).
@@ -433,10 +415,11 @@ struct HostPlan {
 }
 
 /// Runs apply (or `--check`) over the planned network.
-pub async fn apply(
+pub async fn apply<C: Connect>(
     planned: &Planned,
     roles: &Roles,
     settings: &Settings,
+    connector: Arc<C>,
     progress: Arc<dyn Progress>,
 ) -> Result<Report> {
     let topo = &planned.topology;
@@ -458,11 +441,12 @@ pub async fn apply(
     // 1. connect to every node (untargeted ones are read for their keys, never changed) and to
     // the targeted managed routers
     let sessions = connect_all(
+        &connector,
         topo.ssh_targets()
             .into_iter()
             .filter(|t| topo.node(&t.name).is_some() || routers.contains(&t.name))
             .collect(),
-        settings,
+        settings.forks,
         &progress,
     )
     .await;
@@ -555,7 +539,7 @@ pub async fn apply(
     for n in &targeted {
         let mut r = HostReport::new(&n.name);
         if let Some(Ok(s)) = sessions.get(&n.name) {
-            r.timings.connect = s.connect_time.as_secs_f64();
+            r.timings.connect = s.connect_time().as_secs_f64();
         }
         match (sessions.get(&n.name), facts.get(&n.name)) {
             (Some(Err(e)), _) => {
@@ -731,7 +715,7 @@ pub async fn apply(
 
     // 5. change the hosts that need it (never under --check), then the guard
     let mut guard_report = None;
-    let mut fresh: Sessions = HashMap::new();
+    let mut fresh: Sessions<C::Session> = HashMap::new();
     if !settings.check {
         let to_change: Vec<String> = reports
             .iter()
@@ -754,6 +738,7 @@ pub async fn apply(
             settings,
             progress: &progress,
             sessions: &sessions,
+            connector: &connector,
             iface: &iface,
             run: &run,
         };
@@ -871,9 +856,8 @@ pub async fn apply(
     for r in &reports {
         progress.done(&r.name, r.status.as_str());
     }
-    for s in sessions.values().chain(fresh.values()).flatten() {
-        s.close().await;
-    }
+    close_all(&sessions).await;
+    close_all(&fresh).await;
     Ok(Report {
         hosts: reports,
         warnings,
@@ -888,10 +872,10 @@ pub async fn apply(
 /// A managed router's report and plan: its desired files compared with its facts, the
 /// port-forward handler (with the public ports whose conntrack entries it flushes), drift of
 /// its running rules.
-fn plan_router(
+fn plan_router<S: Transport>(
     topo: &Topology,
     name: &str,
-    sessions: &Sessions,
+    sessions: &Sessions<S>,
     facts: &HashMap<String, (std::result::Result<Facts, String>, f64)>,
     wg_path: &str,
     iface: &crate::shell::InterfaceName,
@@ -899,7 +883,7 @@ fn plan_router(
     let mut r = HostReport::new(name);
     let (site, router) = topo.router(name).expect("a targeted router exists");
     if let Some(Ok(s)) = sessions.get(name) {
-        r.timings.connect = s.connect_time.as_secs_f64();
+        r.timings.connect = s.connect_time().as_secs_f64();
     }
     let f = match (sessions.get(name), facts.get(name)) {
         (Some(Err(e)), _) => {
@@ -975,11 +959,12 @@ fn plan_router(
 }
 
 /// What every step of a changing run shares.
-struct RunCx<'a> {
+struct RunCx<'a, C: Connect> {
     topo: &'a Topology,
     settings: &'a Settings,
     progress: &'a Arc<dyn Progress>,
-    sessions: &'a Sessions,
+    sessions: &'a Sessions<C::Session>,
+    connector: &'a Arc<C>,
     iface: &'a crate::shell::InterfaceName,
     run: &'a host::RunId,
 }
@@ -1082,8 +1067,8 @@ fn wave_bound(settings: &Settings) -> Duration {
     match settings.guard {
         Some(t) => (t / 3)
             .max(Duration::from_secs(5))
-            .min(settings.ssh.command_timeout),
-        None => settings.ssh.command_timeout,
+            .min(settings.command_timeout),
+        None => settings.command_timeout,
     }
 }
 
@@ -1142,8 +1127,8 @@ fn reflush_targets(
 
 /// Flushes the conntrack entries of the changed routers' public ports once more, after the
 /// nodes changed (best effort: a failure is only reported).
-async fn flush_again(
-    cx: &RunCx<'_>,
+async fn flush_again<C: Connect>(
+    cx: &RunCx<'_, C>,
     to_change: &[String],
     plans: &HashMap<String, HostPlan>,
     outcomes: &Outcomes,
@@ -1180,8 +1165,8 @@ type Outcomes = HashMap<String, (host::ChangeOutcome, f64, Option<Instant>)>;
 
 /// Runs each changed host's transaction, in waves (hosts reached through the mesh before the
 /// hosts their path crosses); stops starting waves once the operator asked to stop.
-async fn change_hosts(
-    cx: &RunCx<'_>,
+async fn change_hosts<C: Connect>(
+    cx: &RunCx<'_, C>,
     owner: &str,
     to_change: &[String],
     plans: &HashMap<String, HostPlan>,
@@ -1224,7 +1209,7 @@ async fn change_hosts(
                     expect: p.expect.as_ref(),
                     rollback: !cx.settings.no_rollback,
                     confirm_timeout: dead_man,
-                    lock_ttl: cx.settings.ssh.command_timeout,
+                    lock_ttl: cx.settings.command_timeout,
                 };
                 (n.clone(), host::change_script(&spec))
             })
@@ -1270,10 +1255,10 @@ struct GuardInput<'a> {
 type GuardStatuses = HashMap<String, (HostStatus, Option<String>, f64)>;
 
 /// The health gate, then confirmation over fresh connections, or the network-wide put-back.
-async fn run_guard(
-    cx: &RunCx<'_>,
+async fn run_guard<C: Connect>(
+    cx: &RunCx<'_, C>,
     g: &GuardInput<'_>,
-    fresh_out: &mut Sessions,
+    fresh_out: &mut Sessions<C::Session>,
 ) -> (GuardReport, GuardStatuses) {
     let topo = cx.topo;
     let wait = (g.timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
@@ -1303,18 +1288,23 @@ async fn run_guard(
         wait.as_secs(),
         g.before.iter().filter(|l| to_probe.contains(l)).count()
     ));
-    let live: HashMap<String, Arc<SshSession>> = cx
+    let live: HashMap<String, Arc<C::Session>> = cx
         .sessions
         .iter()
         .filter_map(|(n, s)| s.as_ref().ok().map(|s| (n.clone(), s.clone())))
         .collect();
     let t = Instant::now();
     // fresh connections for the confirmation open while the links are probed
-    let fresh_fut = connect_all(with_jumps(topo, g.pending), cx.settings, cx.progress);
+    let fresh_fut = connect_all(
+        cx.connector,
+        with_jumps(topo, g.pending),
+        cx.settings.forks,
+        cx.progress,
+    );
     let probe_fut = guard::probe_links(topo, &to_probe, &paths, &live, cx.iface, wait);
     tokio::pin!(fresh_fut);
     tokio::pin!(probe_fut);
-    let mut fresh_done: Option<Sessions> = None;
+    let mut fresh_done: Option<Sessions<C::Session>> = None;
     let after = loop {
         tokio::select! {
             a = &mut probe_fut => break a,
@@ -1365,7 +1355,7 @@ async fn run_guard(
         ..Default::default()
     };
     let mut statuses: GuardStatuses = HashMap::new();
-    let step_timeout = cx.settings.ssh.command_timeout.min(Duration::from_secs(30));
+    let step_timeout = cx.settings.command_timeout.min(Duration::from_secs(30));
     match verdict {
         guard::Verdict::Confirm => {
             cx.progress
@@ -1560,9 +1550,10 @@ impl RollbackKind {
 }
 
 /// Restores the last apply's backups on every targeted host and re-runs the handlers.
-pub async fn rollback(
+pub async fn rollback<C: Connect>(
     planned: &Planned,
     settings: &Settings,
+    connector: Arc<C>,
     progress: Arc<dyn Progress>,
 ) -> Result<Report> {
     let topo = &planned.topology;
@@ -1575,7 +1566,13 @@ pub async fn rollback(
     if targeted.is_empty() {
         return Err(Error::Usage("--limit matches no managed node".into()));
     }
-    let sessions = connect_all(with_jumps(topo, &targeted), settings, &progress).await;
+    let sessions = connect_all(
+        &connector,
+        with_jumps(topo, &targeted),
+        settings.forks,
+        &progress,
+    )
+    .await;
     let results = {
         let sessions = &sessions;
         let iface = iface.clone();
@@ -1647,9 +1644,7 @@ pub async fn rollback(
         progress.done(n, r.status.as_str());
         hosts.push(r);
     }
-    for s in sessions.values().flatten() {
-        s.close().await;
-    }
+    close_all(&sessions).await;
     Ok(Report {
         hosts,
         warnings: Vec::new(),
@@ -1829,7 +1824,7 @@ mod tests {
             no_rollback: false,
             guard: None,
             stop: Default::default(),
-            ssh: SshOptions::default(),
+            command_timeout: Duration::from_secs(120),
         };
         assert!(
             targeted_routers(&t, &settings).is_empty(),
@@ -2007,7 +2002,7 @@ mod tests {
             no_rollback: false,
             guard: Some(Duration::from_secs(90)),
             stop: Default::default(),
-            ssh: SshOptions::default(),
+            command_timeout: Duration::from_secs(120),
         };
         assert_eq!(wave_bound(&s), Duration::from_secs(30));
         s.guard = Some(Duration::from_secs(6));
@@ -2015,9 +2010,9 @@ mod tests {
         s.guard = Some(Duration::from_secs(300));
         assert_eq!(wave_bound(&s), Duration::from_secs(100));
         s.guard = Some(Duration::from_secs(600));
-        assert_eq!(wave_bound(&s), s.ssh.command_timeout);
+        assert_eq!(wave_bound(&s), s.command_timeout);
         s.guard = None;
-        assert_eq!(wave_bound(&s), s.ssh.command_timeout);
+        assert_eq!(wave_bound(&s), s.command_timeout);
     }
 
     #[test]

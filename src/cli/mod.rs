@@ -99,8 +99,12 @@ impl RunArgs {
             no_rollback,
             guard: None,
             stop: Default::default(),
-            ssh: self.connect.options(),
+            command_timeout: std::time::Duration::from_secs(self.connect.command_timeout.max(1)),
         }
+    }
+
+    fn connector(&self) -> std::sync::Arc<crate::fleet::SshConnector> {
+        std::sync::Arc::new(crate::fleet::SshConnector::new(self.connect.options()))
     }
 }
 
@@ -629,7 +633,7 @@ impl CliProgress {
     }
 }
 
-impl crate::apply::Progress for CliProgress {
+impl crate::fleet::Progress for CliProgress {
     fn phase(&self, host: &str, phase: &str) {
         self.step(&format!("{host}: {phase}"));
         if let Some((mp, bars)) = &self.bars {
@@ -700,7 +704,7 @@ fn apply(path: &Path, roles_path: Option<&Path>, run: &RunArgs, f: ApplyFlags) -
                 }
             }
         });
-        crate::apply::apply(&p, &roles, &settings, progress).await
+        crate::apply::apply(&p, &roles, &settings, run.connector(), progress).await
     })?;
     print_report(&report, run.format, f.diff, f.timings || verbose() > 0);
     Ok(report.exit_code(f.detailed_exitcode))
@@ -710,16 +714,25 @@ fn rollback(path: &Path, run: &RunArgs) -> Result<u8> {
     let p = planned(path, false)?;
     let settings = run.settings(false, false);
     let progress = std::sync::Arc::new(CliProgress::new(run.format));
-    let report = runtime()?.block_on(crate::apply::rollback(&p, &settings, progress))?;
+    let report = runtime()?.block_on(crate::apply::rollback(
+        &p,
+        &settings,
+        run.connector(),
+        progress,
+    ))?;
     print_report(&report, run.format, false, false);
     Ok(report.exit_code(false))
 }
 
 fn status(path: &Path, run: &RunArgs, picture: Option<GraphFormat>) -> Result<u8> {
     let p = planned(path, false)?;
-    let settings = run.settings(true, false);
     let progress = std::sync::Arc::new(CliProgress::new(run.format));
-    let report = runtime()?.block_on(crate::status::status(&p, &settings, progress))?;
+    let report = runtime()?.block_on(crate::status::status(
+        &p,
+        run.forks.max(1),
+        run.connector(),
+        progress,
+    ))?;
     match (picture, run.format) {
         (Some(f), _) => print_picture(
             &output::svg::health_dot(&p.topology, &report.picture_links()),

@@ -536,7 +536,7 @@ pub async fn hub_public_key(
     let keys = KeyCache::default();
     let mut session: Option<Arc<SshSession>> = None;
     for n in chain.iter().rev() {
-        let s = ssh::connect(&n.ssh, session.clone(), &keys, ssh)
+        let s = ssh::connect(&(&n.ssh).into(), session.clone(), &keys, ssh)
             .await
             .map_err(|e| {
                 let via = if n.name == node.name {

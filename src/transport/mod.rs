@@ -1,6 +1,7 @@
 //! How wgprov reaches a host: one SSH connection per host ([`ssh`]), on which every step runs
 //! as an exec with a script on stdin. [`Transport`] is all the rest of wgprov needs.
 
+#[cfg(test)]
 pub mod fake;
 pub mod ssh;
 
@@ -54,6 +55,26 @@ pub enum TransportError {
     Lost(String),
 }
 
+/// Where and how to connect to one host, resolved before anything connects (defaults, the
+/// inventory's layers and the OpenSSH config already applied).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Target {
+    /// Where to connect.
+    pub host: String,
+    /// Login user.
+    pub user: String,
+    /// TCP port.
+    pub port: u16,
+    /// Private key file (`~` not yet expanded); `None`: the ssh-agent.
+    pub identity_file: Option<String>,
+    /// known_hosts file (`~` not yet expanded).
+    pub known_hosts: String,
+    /// Run as root through `sudo -n`.
+    pub become_root: bool,
+    /// Host to jump through (its name; the runner connects it first).
+    pub proxy_jump: Option<String>,
+}
+
 /// Runs a shell script on a host: `script` is fed to `sh -s` on stdin (as root through
 /// `sudo -n` when the host needs `become`).
 pub trait Transport: Send + Sync {
@@ -70,6 +91,16 @@ pub trait Transport: Send + Sync {
         &self,
         script: &str,
     ) -> impl Future<Output = Result<ExecOutput, TransportError>> + Send;
+
+    /// How long connecting took (zero where that means nothing).
+    fn connect_time(&self) -> Duration {
+        Duration::ZERO
+    }
+
+    /// Closes the connection politely.
+    fn close(&self) -> impl Future<Output = ()> + Send {
+        async {}
+    }
 }
 
 #[cfg(test)]

@@ -12,8 +12,7 @@ use russh::client::{self, Handle};
 use russh::keys::{PrivateKey, PrivateKeyWithHashAlg, PublicKeyOrCertificate};
 use russh::{ChannelMsg, Disconnect};
 
-use super::{ExecOutput, Transport, TransportError};
-use crate::inventory::SshSettings;
+use super::{ExecOutput, Target, Transport, TransportError};
 
 /// Settings for every connection of a run.
 #[derive(Clone, Debug)]
@@ -218,7 +217,7 @@ fn config() -> Arc<client::Config> {
 /// Connects to `ssh` (reaching it through `jump` when given), checks its host key and
 /// authenticates.
 pub async fn connect(
-    ssh: &SshSettings,
+    ssh: &Target,
     jump: Option<Arc<SshSession>>,
     keys: &KeyCache,
     opts: &SshOptions,
@@ -263,7 +262,7 @@ async fn tcp_connect(host: &str, port: u16) -> std::io::Result<tokio::net::TcpSt
 }
 
 async fn connect_inner(
-    ssh: &SshSettings,
+    ssh: &Target,
     jump: Option<Arc<SshSession>>,
     keys: &KeyCache,
     opts: &SshOptions,
@@ -319,7 +318,7 @@ async fn connect_inner(
 
 async fn authenticate(
     handle: &mut Handle<Checker>,
-    ssh: &SshSettings,
+    ssh: &Target,
     keys: &KeyCache,
 ) -> Result<(), String> {
     let user = ssh.user.as_str();
@@ -420,14 +419,6 @@ impl SshSession {
         }
         Ok(out)
     }
-
-    /// Closes the connection politely.
-    pub async fn close(&self) {
-        let _ = self
-            .handle
-            .disconnect(Disconnect::ByApplication, "", "en")
-            .await;
-    }
 }
 
 impl Transport for SshSession {
@@ -450,6 +441,17 @@ impl Transport for SshSession {
 
     async fn run_script(&self, script: &str) -> Result<ExecOutput, TransportError> {
         self.run_script_within(script, self.command_timeout).await
+    }
+
+    fn connect_time(&self) -> Duration {
+        self.connect_time
+    }
+
+    async fn close(&self) {
+        let _ = self
+            .handle
+            .disconnect(Disconnect::ByApplication, "", "en")
+            .await;
     }
 }
 

@@ -1,18 +1,85 @@
-//! The only code that knows about concurrency: connections to every host (jump hosts first),
-//! and running one future per host, at most `forks` at once.
+//! The fleet runner, the only code that knows about concurrency: one connection per host (jump
+//! hosts first), one future per host at most `forks` at once, and the progress events jobs
+//! send. It is generic over [`Connect`], so apply, status and export run the same over SSH in
+//! the product and over a scripted fake in unit tests.
 
 use std::collections::{BTreeSet, HashMap};
+use std::future::Future;
 use std::sync::Arc;
 
 use tokio::sync::Semaphore;
 
-use super::{Progress, Settings};
 use crate::topology::{SshTarget, Topology};
-use crate::transport::TransportError;
-use crate::transport::ssh::{self, KeyCache, SshSession};
+use crate::transport::ssh::{self, KeyCache, SshOptions, SshSession};
+use crate::transport::{Target, Transport, TransportError};
 
-/// One SSH connection per host, or why there is none.
-pub type Sessions = HashMap<String, std::result::Result<Arc<SshSession>, TransportError>>;
+/// Opens a session to a host: SSH in the product ([`SshConnector`]), a fake in tests.
+pub trait Connect: Send + Sync + 'static {
+    /// The session a connection gives.
+    type Session: Transport + 'static;
+    /// Connects to `target`, through `jump` when it has a `proxy_jump`.
+    fn connect(
+        &self,
+        target: &Target,
+        jump: Option<Arc<Self::Session>>,
+    ) -> impl Future<Output = Result<Arc<Self::Session>, TransportError>> + Send;
+}
+
+/// Connects over SSH with the run's options; identity files are loaded once per run.
+pub struct SshConnector {
+    keys: KeyCache,
+    opts: SshOptions,
+}
+
+impl SshConnector {
+    /// A connector with these options.
+    pub fn new(opts: SshOptions) -> Self {
+        SshConnector {
+            keys: KeyCache::default(),
+            opts,
+        }
+    }
+}
+
+impl Connect for SshConnector {
+    type Session = SshSession;
+    async fn connect(
+        &self,
+        target: &Target,
+        jump: Option<Arc<SshSession>>,
+    ) -> Result<Arc<SshSession>, TransportError> {
+        ssh::connect(target, jump, &self.keys, &self.opts)
+            .await
+            .map(Arc::new)
+    }
+}
+
+/// Reports progress: jobs send events, a renderer (in the CLI) draws them.
+pub trait Progress: Send + Sync {
+    /// `host` moved to `phase`.
+    fn phase(&self, host: &str, phase: &str);
+    /// `host` is done with `outcome`.
+    fn done(&self, host: &str, outcome: &str);
+    /// A line about the whole run (the guard's steps, announcements).
+    fn note(&self, _line: &str) {}
+}
+
+/// No progress output.
+pub struct Quiet;
+impl Progress for Quiet {
+    fn phase(&self, _: &str, _: &str) {}
+    fn done(&self, _: &str, _: &str) {}
+}
+
+/// One connection per host, or why there is none.
+pub type Sessions<S> = HashMap<String, Result<Arc<S>, TransportError>>;
+
+/// Closes every session given.
+pub async fn close_all<S: Transport>(sessions: &Sessions<S>) {
+    for s in sessions.values().flatten() {
+        s.close().await;
+    }
+}
 
 /// The hosts named (nodes or managed routers), with the jump hosts they need (transitively), in
 /// inventory order.
@@ -36,14 +103,14 @@ pub fn with_jumps(topo: &Topology, names: &[String]) -> Vec<SshTarget> {
 
 /// Connects to every node given (jump hosts first, then the nodes behind them), at most
 /// `forks` at once. Every node ends with a session or the reason it has none.
-pub async fn connect_all(
+pub async fn connect_all<C: Connect>(
+    connector: &Arc<C>,
     nodes: Vec<SshTarget>,
-    settings: &Settings,
+    forks: usize,
     progress: &Arc<dyn Progress>,
-) -> Sessions {
-    let keys = Arc::new(KeyCache::default());
-    let sem = Arc::new(Semaphore::new(settings.forks.max(1)));
-    let mut sessions: Sessions = HashMap::new();
+) -> Sessions<C::Session> {
+    let sem = Arc::new(Semaphore::new(forks.max(1)));
+    let mut sessions: Sessions<C::Session> = HashMap::new();
     let mut pending = nodes;
     // rounds: nodes whose jump host is connected (or who need none) go next
     while !pending.is_empty() {
@@ -78,19 +145,12 @@ pub async fn connect_all(
                 },
             };
             started.push(n.name.clone());
-            let (name, ssh_settings) = (n.name.clone(), n.ssh.clone());
-            let (keys, sem, opts, progress) = (
-                keys.clone(),
-                sem.clone(),
-                settings.ssh.clone(),
-                progress.clone(),
-            );
+            let (name, target) = (n.name.clone(), Target::from(&n.ssh));
+            let (connector, sem, progress) = (connector.clone(), sem.clone(), progress.clone());
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 progress.phase(&name, "connecting");
-                let r = ssh::connect(&ssh_settings, jump, &keys, &opts)
-                    .await
-                    .map(Arc::new);
+                let r = connector.connect(&target, jump).await;
                 (name, r)
             });
         }
@@ -140,4 +200,18 @@ where
         }
     }
     out
+}
+
+impl From<&crate::inventory::SshSettings> for Target {
+    fn from(s: &crate::inventory::SshSettings) -> Target {
+        Target {
+            host: s.host.clone(),
+            user: s.user.clone(),
+            port: s.port,
+            identity_file: s.identity_file.clone(),
+            known_hosts: s.known_hosts.clone(),
+            become_root: s.become_root,
+            proxy_jump: s.proxy_jump.clone(),
+        }
+    }
 }
