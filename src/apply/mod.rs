@@ -11,6 +11,9 @@ pub mod guard;
 pub mod host;
 pub mod script;
 
+#[cfg(test)]
+pub(crate) mod fleet_tests;
+
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};

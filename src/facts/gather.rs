@@ -129,7 +129,8 @@ pub fn script(iface: &InterfaceName, paths: &[RemotePath]) -> String {
 
 /// [`script`] with `extra` sections (shell text using `sec NAME`), parsed into [`Facts::extra`].
 pub fn script_with(iface: &InterfaceName, paths: &[RemotePath], extra: &str) -> String {
-    let mut s = String::from(PATH_PRELUDE);
+    let mut s = String::from("# wgprov:facts\n");
+    s.push_str(PATH_PRELUDE);
     s.push_str(&format!(
         "M='{MARK}'\nsec() {{ printf '%s %s\\n' \"$M\" \"$*\"; }}\n"
     ));

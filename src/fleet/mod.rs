@@ -17,9 +17,10 @@ use crate::transport::{Target, Transport, TransportError};
 pub trait Connect: Send + Sync + 'static {
     /// The session a connection gives.
     type Session: Transport + 'static;
-    /// Connects to `target`, through `jump` when it has a `proxy_jump`.
+    /// Connects to host `name` at `target`, through `jump` when it has a `proxy_jump`.
     fn connect(
         &self,
+        name: &str,
         target: &Target,
         jump: Option<Arc<Self::Session>>,
     ) -> impl Future<Output = Result<Arc<Self::Session>, TransportError>> + Send;
@@ -45,6 +46,7 @@ impl Connect for SshConnector {
     type Session = SshSession;
     async fn connect(
         &self,
+        _name: &str,
         target: &Target,
         jump: Option<Arc<SshSession>>,
     ) -> Result<Arc<SshSession>, TransportError> {
@@ -150,7 +152,7 @@ pub async fn connect_all<C: Connect>(
             set.spawn(async move {
                 let _permit = sem.acquire_owned().await;
                 progress.phase(&name, "connecting");
-                let r = connector.connect(&target, jump).await;
+                let r = connector.connect(&name, &target, jump).await;
                 (name, r)
             });
         }

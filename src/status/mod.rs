@@ -1189,6 +1189,9 @@ pub fn text(r: &StatusReport) -> String {
 }
 
 #[cfg(test)]
+mod fleet_tests;
+
+#[cfg(test)]
 mod tests {
 
     #[test]
