@@ -14,13 +14,14 @@ pub mod diff;
 pub mod error;
 pub mod facts;
 pub mod fleet;
+pub mod hosts;
 pub mod inventory;
 pub mod lab;
 pub mod output;
 pub mod peering;
 pub mod probe;
 pub mod roles;
-pub mod router;
+
 pub mod shell;
 pub mod status;
 pub mod topology;

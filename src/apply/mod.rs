@@ -209,7 +209,7 @@ pub struct Report {
     /// The router rules still to be done by hand (routers wgprov does not manage), listed once.
     pub router_rules: Vec<String>,
     /// Hub routers wgprov does not manage: the tunnel and peers to create, with every key known.
-    pub router_hubs: Vec<crate::router::hub::Hub>,
+    pub router_hubs: Vec<crate::hosts::hub::Hub>,
 }
 
 /// Counts for the recap.
@@ -345,8 +345,8 @@ fn node_key(
     facts: &Facts,
     wg_path: &str,
 ) -> Option<std::result::Result<Keypair, String>> {
-    if crate::router::openwrt_hub::of(topo, node).is_some() {
-        crate::router::openwrt_hub::existing_key(facts, &topo.network.interface)
+    if crate::hosts::openwrt_hub::of(topo, node).is_some() {
+        crate::hosts::openwrt_hub::existing_key(facts, &topo.network.interface)
     } else {
         existing_key(facts, wg_path)
     }
@@ -357,12 +357,12 @@ fn node_key(
 /// be read.
 fn existing_peers(facts: &Facts, wg_path: &str, hub: bool) -> Vec<(String, Vec<String>)> {
     let path = if hub {
-        crate::router::openwrt_hub::HUB_SCRIPT
+        crate::hosts::openwrt_hub::HUB_SCRIPT
     } else {
         wg_path
     };
     match facts.files.get(path).and_then(|x| x.content()) {
-        Some(t) if hub => crate::router::openwrt_hub::peers_of(t),
+        Some(t) if hub => crate::hosts::openwrt_hub::peers_of(t),
         Some(t) => WgConfig::parse(t).peer_list(),
         None => Vec::new(),
     }
@@ -380,8 +380,8 @@ fn plan_flush(
     if let Some(ports) = &mut handlers.port_forward {
         let c = changes
             .iter()
-            .find(|c| c.desired.path == crate::router::PF_SCRIPT);
-        *ports = crate::router::flush_ports(
+            .find(|c| c.desired.path == crate::hosts::PF_SCRIPT);
+        *ports = crate::hosts::flush_ports(
             c.and_then(|c| c.current.content()),
             c.and_then(|c| c.desired.state.content()),
         );
@@ -467,14 +467,14 @@ pub async fn apply<C: Connect>(
         let sessions = &sessions;
         let router_script = gather::script_with(
             &iface,
-            &crate::router::candidate_paths(),
-            &crate::router::facts_section(),
+            &crate::hosts::candidate_paths(),
+            &crate::hosts::facts_section(),
         );
-        let hub_section = crate::router::openwrt_hub::facts_section(&iface);
+        let hub_section = crate::hosts::openwrt_hub::facts_section(&iface);
         let scripts: HashMap<String, String> = reachable
             .iter()
             .map(|n| match paths.get(n) {
-                Some(p) if crate::router::openwrt_hub::is_hub(topo, n) => {
+                Some(p) if crate::hosts::openwrt_hub::is_hub(topo, n) => {
                     (n.clone(), gather::script_with(&iface, p, &hub_section))
                 }
                 Some(p) => (n.clone(), gather::script(&iface, p)),
@@ -561,8 +561,8 @@ pub async fn apply<C: Connect>(
             }
             (_, Some((Ok(f), t))) => {
                 r.timings.facts = *t;
-                let hub = crate::router::openwrt_hub::of(topo, n).is_some();
-                if hub && let Some(why) = crate::router::openwrt_hub::refusal(f, &iface) {
+                let hub = crate::hosts::openwrt_hub::of(topo, n).is_some();
+                if hub && let Some(why) = crate::hosts::openwrt_hub::refusal(f, &iface) {
                     r.status = HostStatus::Failed;
                     r.error = Some(why);
                     reports.push(r);
@@ -642,10 +642,10 @@ pub async fn apply<C: Connect>(
                 // had before is removed with its conntrack entries
                 if hub {
                     let unchanged = changes.iter().any(|c| {
-                        c.desired.path == crate::router::openwrt_hub::HUB_SCRIPT
+                        c.desired.path == crate::hosts::openwrt_hub::HUB_SCRIPT
                             && c.action == Action::Unchanged
                     });
-                    if unchanged && let Some(d) = crate::router::openwrt_hub::drift(f) {
+                    if unchanged && let Some(d) = crate::hosts::openwrt_hub::drift(f) {
                         r.drift.push(d);
                         handlers.router_hub = true;
                     }
@@ -676,12 +676,12 @@ pub async fn apply<C: Connect>(
                 let expect = if hub {
                     files
                         .iter()
-                        .find(|d| d.path == crate::router::openwrt_hub::HUB_SCRIPT)
+                        .find(|d| d.path == crate::hosts::openwrt_hub::HUB_SCRIPT)
                         .and_then(|d| d.state.content())
                         .map(|s| {
                             script::Expect::from_peers(
                                 &public_key,
-                                &crate::router::openwrt_hub::peers_of(s),
+                                &crate::hosts::openwrt_hub::peers_of(s),
                             )
                         })
                 } else {
@@ -867,8 +867,8 @@ pub async fn apply<C: Connect>(
         check: settings.check,
         guard: guard_report,
         interrupted: settings.stopped(),
-        router_rules: crate::router::manual_rules(topo),
-        router_hubs: crate::router::hub::hubs(topo, &|n| keys.get(n).map(|k| k.public)),
+        router_rules: crate::hosts::manual_rules(topo),
+        router_hubs: crate::hosts::hub::hubs(topo, &|n| keys.get(n).map(|k| k.public)),
     })
 }
 
@@ -910,7 +910,7 @@ fn plan_router<S: Transport>(
             return (r, None);
         }
     };
-    let files = match crate::router::desired(topo, site, router, f) {
+    let files = match crate::hosts::desired(topo, site, router, f) {
         Ok(x) => x,
         Err(e) => {
             r.status = HostStatus::Failed;
@@ -924,8 +924,8 @@ fn plan_router<S: Transport>(
     let mut handlers = script::plan_handlers(&changes, f, wg_path);
     let script_unchanged = changes
         .iter()
-        .any(|c| c.desired.path == crate::router::PF_SCRIPT && c.action == Action::Unchanged);
-    if script_unchanged && let Some(d) = crate::router::linux::drift(f) {
+        .any(|c| c.desired.path == crate::hosts::PF_SCRIPT && c.action == Action::Unchanged);
+    if script_unchanged && let Some(d) = crate::hosts::linux::drift(f) {
         r.drift.push(d);
         handlers.port_forward.get_or_insert_with(Vec::new);
     }
@@ -942,7 +942,7 @@ fn plan_router<S: Transport>(
     if !f.systemd && router.kind == crate::inventory::ManagedKind::Linux {
         r.warnings.push(format!(
             "systemd is not running here: nothing re-installs the port-forward at boot; run `sh {}` from the router's boot scripts (e.g. /etc/rc.local)",
-            crate::router::PF_SCRIPT
+            crate::hosts::PF_SCRIPT
         ));
     }
     r.changes = file_reports(&changes);
@@ -1142,7 +1142,7 @@ async fn flush_again<C: Connect>(
         let Some(Ok(s)) = cx.sessions.get(&name) else {
             continue;
         };
-        let script = crate::router::linux::flush_script(&ports);
+        let script = crate::hosts::linux::flush_script(&ports);
         match s
             .run_script_within(&script, Duration::from_secs(10))
             .await
@@ -1505,7 +1505,7 @@ impl RollbackKind {
     fn of(topo: &Topology, name: &str) -> RollbackKind {
         if is_forwarding_router(topo, name) {
             RollbackKind::Forwarder
-        } else if crate::router::openwrt_hub::is_hub(topo, name) {
+        } else if crate::hosts::openwrt_hub::is_hub(topo, name) {
             RollbackKind::OpenwrtHub
         } else {
             RollbackKind::Node
@@ -1518,10 +1518,10 @@ impl RollbackKind {
     /// every handler of a node.
     fn handlers(self, facts: &Facts) -> HandlerPlan {
         let pf_ports = || {
-            crate::router::flush_ports(
+            crate::hosts::flush_ports(
                 facts
                     .files
-                    .get(crate::router::PF_SCRIPT)
+                    .get(crate::hosts::PF_SCRIPT)
                     .and_then(|f| f.content()),
                 None,
             )
@@ -1588,7 +1588,7 @@ pub async fn rollback<C: Connect>(
                 let paths = match kind {
                     RollbackKind::Node => Vec::new(),
                     RollbackKind::Forwarder | RollbackKind::OpenwrtHub => {
-                        crate::router::candidate_paths()
+                        crate::hosts::candidate_paths()
                     }
                 };
                 let out = s
@@ -1716,8 +1716,8 @@ mod tests {
         assert_eq!(
             paths,
             [
-                crate::router::openwrt_hub::HUB_SCRIPT,
-                crate::router::PF_SCRIPT
+                crate::hosts::openwrt_hub::HUB_SCRIPT,
+                crate::hosts::PF_SCRIPT
             ]
         );
         let new = files[0].state.content().unwrap().to_string();
@@ -1731,7 +1731,7 @@ mod tests {
             },
         ] {
             let changes = diff::compare(&files, &|p| {
-                if p == crate::router::openwrt_hub::HUB_SCRIPT {
+                if p == crate::hosts::openwrt_hub::HUB_SCRIPT {
                     current.clone()
                 } else {
                     FileFact::Absent
@@ -1771,7 +1771,7 @@ mod tests {
         let t = topo_of(OPENWRT_HUB);
         let keys = desired::fresh_keys(&t);
         let hub = t.node("home-router").unwrap();
-        let (files, _) = crate::router::openwrt_hub::desired(
+        let (files, _) = crate::hosts::openwrt_hub::desired(
             &t,
             hub,
             t.router("home-router").unwrap().1,
@@ -1781,7 +1781,7 @@ mod tests {
         .unwrap();
         let mut f = Facts::default();
         f.files.insert(
-            crate::router::openwrt_hub::HUB_SCRIPT.into(),
+            crate::hosts::openwrt_hub::HUB_SCRIPT.into(),
             FileFact::Present {
                 mode: 0o700,
                 content: files[0].state.content().unwrap().into(),

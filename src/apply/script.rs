@@ -89,9 +89,9 @@ impl HandlerPlan {
             let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
             v.push(format!(
                 "port_forward: sh {}{}, then conntrack -D -p udp --dport {}",
-                crate::router::PF_SCRIPT,
+                crate::hosts::PF_SCRIPT,
                 if facts.systemd {
-                    format!(" (enabled at boot: {})", crate::router::PF_UNIT_NAME)
+                    format!(" (enabled at boot: {})", crate::hosts::PF_UNIT_NAME)
                 } else {
                     String::new()
                 },
@@ -101,7 +101,7 @@ impl HandlerPlan {
         if self.router_hub {
             v.push(format!(
                 "router_hub: sh {} (uci commit, network and firewall reload, ifup {iface})",
-                crate::router::openwrt_hub::HUB_SCRIPT
+                crate::hosts::openwrt_hub::HUB_SCRIPT
             ));
         }
         v
@@ -326,10 +326,10 @@ pub(crate) fn handlers_script(
         ));
     }
     if let Some(ports) = &h.port_forward {
-        s.push_str(&crate::router::linux::handler(ports, facts.systemd, f));
+        s.push_str(&crate::hosts::linux::handler(ports, facts.systemd, f));
     }
     if h.router_hub {
-        s.push_str(&crate::router::openwrt_hub::handler(iface, f));
+        s.push_str(&crate::hosts::openwrt_hub::handler(iface, f));
     }
     s
 }

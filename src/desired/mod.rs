@@ -246,8 +246,8 @@ pub fn context(
         },
         // the tunnel to set up by hand on the site's router, when it is a hub wgprov does not
         // manage (roles/router_hub)
-        "router_hub": crate::router::hub::hub(topo, site, &|n| keys.get(n).map(|k| k.public))
-            .map(|h| crate::router::hub::text(&[h])),
+        "router_hub": crate::hosts::hub::hub(topo, site, &|n| keys.get(n).map(|k| k.public))
+            .map(|h| crate::hosts::hub::text(&[h])),
         "os_family": os_family.as_str(),
         "systemd": systemd,
         "mtu": net.mtu,
@@ -340,15 +340,15 @@ pub fn desired_files(
 
 /// [`desired_files`], and the peers left out because their key could not be learned. An
 /// OpenWrt router that is its site's hub gets no role's files: its WireGuard is set through
-/// uci by one script ([`crate::router::openwrt_hub`]).
+/// uci by one script ([`crate::hosts::openwrt_hub`]).
 pub fn desired_files_with_skips(
     roles: &Roles,
     topo: &Topology,
     keys: &KeyRing,
     input: &HostInput,
 ) -> Result<(Vec<DesiredFile>, Vec<String>)> {
-    if let Some(router) = crate::router::openwrt_hub::of(topo, input.node) {
-        return crate::router::openwrt_hub::desired(
+    if let Some(router) = crate::hosts::openwrt_hub::of(topo, input.node) {
+        return crate::hosts::openwrt_hub::desired(
             topo,
             input.node,
             router,
@@ -442,8 +442,8 @@ pub fn desired_files_with_skips(
 
 /// Every path the roles may manage on `node`, for either OS family: what facts must read.
 pub fn candidate_paths(roles: &Roles, topo: &Topology, node: &NodePlan) -> Result<Vec<RemotePath>> {
-    if crate::router::openwrt_hub::of(topo, node).is_some() {
-        return Ok(crate::router::openwrt_hub::candidate_paths());
+    if crate::hosts::openwrt_hub::of(topo, node).is_some() {
+        return Ok(crate::hosts::openwrt_hub::candidate_paths());
     }
     // only the paths are rendered: the node's own (placeholder) key is all the context needs
     let mut keys = KeyRing::new();
@@ -578,7 +578,7 @@ pub fn render_offline(
         ..Default::default()
     };
     for (site, r) in topo.routers().filter(|(_, r)| topo.node(&r.name).is_none()) {
-        if let Ok(files) = crate::router::desired(topo, site, r, &facts) {
+        if let Ok(files) = crate::hosts::desired(topo, site, r, &facts) {
             out.push((r.name.clone(), files));
         }
     }

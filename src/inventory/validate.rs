@@ -535,7 +535,7 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
                 format!("{sp}.public_key"),
                 format!(
                     "missing: the router is the hub and wgprov does not manage it, so it needs the router's WireGuard public key. {}",
-                    crate::router::hub::key_hint(router)
+                    crate::hosts::hub::key_hint(router)
                 ),
             );
         }

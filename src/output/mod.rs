@@ -16,7 +16,7 @@ struct PlanDoc<'a> {
     router_rules: Vec<String>,
     /// Hub routers wgprov does not manage: the tunnel and peers to create (offline: the nodes'
     /// keys are not known yet).
-    router_hubs: Vec<crate::router::hub::Hub>,
+    router_hubs: Vec<crate::hosts::hub::Hub>,
 }
 
 #[derive(Serialize)]
@@ -142,7 +142,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
                 kind: r.kind.as_str(),
                 address: r.address.clone(),
                 wan_interface: r.wan_interface.to_string(),
-                port_forward: crate::router::forward(topo, s).map(|f| f.to_string()),
+                port_forward: crate::hosts::forward(topo, s).map(|f| f.to_string()),
             }),
             lan_cidrs: s.lan_cidrs.iter().map(|c| c.to_string()).collect(),
             public_key: s.public_key.map(|k| k.to_base64()),
@@ -196,8 +196,8 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
             cni_mtu: cni_mtus(net.mtu),
         },
         sites,
-        router_rules: crate::router::manual_rules(topo),
-        router_hubs: crate::router::hub::hubs(topo, &|_| None),
+        router_rules: crate::hosts::manual_rules(topo),
+        router_hubs: crate::hosts::hub::hubs(topo, &|_| None),
     }
 }
 
@@ -310,7 +310,7 @@ pub fn plan_text(topo: &Topology) -> String {
             }
         }
         if let Some(r) = &s.managed_router {
-            if let Some(f) = crate::router::forward(topo, s) {
+            if let Some(f) = crate::hosts::forward(topo, s) {
                 let _ = writeln!(o, "  router {:<9} port-forward {f}", r.name);
             } else if s.next_hop.as_deref() == Some(r.name.as_str()) {
                 let _ = writeln!(
@@ -321,21 +321,19 @@ pub fn plan_text(topo: &Topology) -> String {
             }
         }
     }
-    o.push_str(&router_rules_text(&crate::router::manual_rules(topo)));
-    o.push_str(&router_hubs_text(&crate::router::hub::hubs(topo, &|_| {
-        None
-    })));
+    o.push_str(&router_rules_text(&crate::hosts::manual_rules(topo)));
+    o.push_str(&router_hubs_text(&crate::hosts::hub::hubs(topo, &|_| None)));
     o
 }
 
 /// The block listing the hub routers to set up by hand (empty when there are none).
-pub fn router_hubs_text(hubs: &[crate::router::hub::Hub]) -> String {
+pub fn router_hubs_text(hubs: &[crate::hosts::hub::Hub]) -> String {
     if hubs.is_empty() {
         return String::new();
     }
     format!(
         "\nHUB ROUTERS TO SET UP BY HAND (wgprov does not manage these routers; skip what is already in place):\n{}",
-        crate::router::hub::text(hubs)
+        crate::hosts::hub::text(hubs)
     )
 }
 

@@ -504,7 +504,7 @@ pub async fn hub_public_key(
 ) -> Result<(PublicKey, Option<String>)> {
     let iface = &topo.network.interface;
     // an OpenWrt hub keeps its key in uci, a node in its wg-quick file
-    let openwrt = crate::router::openwrt_hub::of(topo, node).is_some();
+    let openwrt = crate::hosts::openwrt_hub::of(topo, node).is_some();
     let (conf, script) = if openwrt {
         (
             format!("network.{iface}.private_key (uci)"),

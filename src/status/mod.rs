@@ -567,7 +567,7 @@ fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<String>) {
                 });
             }
         }
-        let hub = crate::router::openwrt_hub::of(v.topo, n).is_some();
+        let hub = crate::hosts::openwrt_hub::of(v.topo, n).is_some();
         if !o.iface_up {
             problems.push(node_problem(
                 Kind::InterfaceDown,
@@ -600,7 +600,7 @@ fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<String>) {
         }
         // an OpenWrt hub has no file to compare with: its script's own check says whether
         // uci and the running interface are as it sets them
-        if hub && let Some(d) = crate::router::openwrt_hub::drift(&o.facts) {
+        if hub && let Some(d) = crate::hosts::openwrt_hub::drift(&o.facts) {
             drifted.insert(n.name.clone());
             problems.push(node_problem(
                 Kind::Drift,
@@ -967,8 +967,8 @@ pub async fn observe_all<T: Transport + 'static>(
             .node(&n)
             .map(|x| probe_targets(topo, x))
             .unwrap_or_default();
-        let extra = if crate::router::openwrt_hub::is_hub(topo, &n) {
-            crate::router::openwrt_hub::check_section()
+        let extra = if crate::hosts::openwrt_hub::is_hub(topo, &n) {
+            crate::hosts::openwrt_hub::check_section()
         } else {
             String::new()
         };
@@ -1004,7 +1004,7 @@ pub fn router_problems(
         };
         match facts.get(&r.name) {
             Some(Ok(f)) => {
-                if let Some(d) = crate::router::linux::drift(f) {
+                if let Some(d) = crate::hosts::linux::drift(f) {
                     out.push(problem(
                         Kind::Drift,
                         format!(
@@ -1068,8 +1068,8 @@ pub async fn status<C: Connect>(
         let rs = connect_all(&connector, routers, forks, &progress).await;
         let script = crate::facts::gather::script_with(
             &topo.network.interface,
-            &crate::router::candidate_paths(),
-            &crate::router::facts_section(),
+            &crate::hosts::candidate_paths(),
+            &crate::hosts::facts_section(),
         );
         let names = router_names.clone();
         let rs_ref = &rs;
