@@ -19,6 +19,7 @@ pub mod inventory;
 pub mod lab;
 pub mod output;
 pub mod peering;
+pub mod plan;
 pub mod probe;
 pub mod roles;
 

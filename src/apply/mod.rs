@@ -6,7 +6,6 @@
 //! `--limit` narrows which hosts are changed, never who their peers are: facts are read from
 //! every node so that every config lists every peer.
 
-pub mod drift;
 pub mod guard;
 pub mod host;
 pub mod script;
@@ -634,7 +633,7 @@ pub async fn apply<C: Connect>(
                     .find(|c| c.desired.path == wg_path && c.action == Action::Unchanged)
                     && let Some(conf) = c.current.content()
                 {
-                    let drift = drift::detect(conf, f, &iface);
+                    let drift = crate::plan::drift::detect(conf, f, &iface);
                     handlers.repair(&drift);
                     r.drift = drift.into_iter().map(|d| d.what).collect();
                 }
@@ -1093,7 +1092,7 @@ fn change_waves(topo: &Topology, to_change: &[String]) -> Vec<Vec<String>> {
     if !routers.is_empty() {
         waves.push(routers);
     }
-    waves.extend(guard::waves(&nodes, &guard::paths(topo)));
+    waves.extend(guard::waves(&nodes, &crate::topology::reach::paths(topo)));
     waves
 }
 
@@ -1265,7 +1264,7 @@ async fn run_guard<C: Connect>(
 ) -> (GuardReport, GuardStatuses) {
     let topo = cx.topo;
     let wait = (g.timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
-    let paths = guard::paths(topo);
+    let paths = crate::topology::reach::paths(topo);
     // a router's change touches the links of its site's next-hop
     let touched: BTreeSet<&str> = g
         .touched

@@ -213,7 +213,7 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
 impl HandlerPlan {
     /// Adds what repairs `drift`: a restart when the interface is down, else `wg syncconf`
     /// (the wireguard handler also enables `wg-quick@` where systemd runs).
-    pub fn repair(&mut self, drift: &[super::drift::Drift]) {
+    pub fn repair(&mut self, drift: &[crate::plan::drift::Drift]) {
         if drift.is_empty() {
             return;
         }
@@ -745,13 +745,13 @@ pub(crate) mod tests {
         let mut h = HandlerPlan::default();
         h.repair(&[]);
         assert_eq!(h, HandlerPlan::default());
-        let peer = crate::apply::drift::Drift {
+        let peer = crate::plan::drift::Drift {
             what: "peer".into(),
             restart: false,
         };
         h.repair(std::slice::from_ref(&peer));
         assert_eq!(h.wireguard, Some(false));
-        h.repair(&[crate::apply::drift::Drift {
+        h.repair(&[crate::plan::drift::Drift {
             what: "down".into(),
             restart: true,
         }]);

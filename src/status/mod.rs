@@ -325,8 +325,8 @@ enum Health {
     Up,
 }
 
-pub use crate::apply::drift::running_vs_file as drift;
-use crate::apply::drift::{nets, short_key};
+pub use crate::plan::drift::running_vs_file as drift;
+use crate::plan::drift::{nets, short_key};
 
 /// The diagnosis. Pure: unit-tested with fixtures.
 ///
@@ -487,7 +487,7 @@ fn pair(a: &str, b: &str) -> (String, String) {
 fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<String>) {
     let iface = v.iface();
     // the hosts each node's SSH path crosses (proxy_jump, or the mesh)
-    let paths = crate::apply::guard::paths(v.topo);
+    let paths = crate::topology::reach::paths(v.topo);
     let mut nodes = Vec::new();
     let mut problems = Vec::new();
     let mut drifted: BTreeSet<String> = BTreeSet::new();

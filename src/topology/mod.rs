@@ -3,6 +3,7 @@
 
 pub mod alloc;
 pub mod keys;
+pub mod reach;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
