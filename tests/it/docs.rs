@@ -298,6 +298,24 @@ fn the_readme_is_short_and_every_manual_page_is_linked_from_the_index() {
         lines <= 250,
         "README.md has {lines} lines: the manual is docs/"
     );
+    // the set-up commands come first, and the test command is the one CI runs
+    let first_block: Vec<&str> = readme
+        .split("```")
+        .nth(1)
+        .expect("README.md has a code block")
+        .lines()
+        .collect();
+    for command in ["scripts/demo ", "scripts/test "] {
+        assert!(
+            first_block.iter().any(|l| l.starts_with(command)),
+            "README.md's first code block lacks {command}"
+        );
+    }
+    let ci = std::fs::read_to_string(root().join(".ci/run")).unwrap();
+    assert!(
+        ci.lines().any(|l| l.trim() == "exec scripts/test"),
+        ".ci/run does not run scripts/test, README's test command"
+    );
     let index = std::fs::read_to_string(root().join("docs/README.md")).unwrap();
     let linked: BTreeSet<String> = link_targets(&index)
         .into_iter()
