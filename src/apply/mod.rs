@@ -238,7 +238,7 @@ impl Report {
         }
         s
     }
-    /// Exit status per SPEC.md: 1 when any host failed, was unreachable or rolled back; 3 with
+    /// Exit status (the documented exit codes): 1 when any host failed, was unreachable or rolled back; 3 with
     /// `--check --detailed-exitcode` when changes are pending; else 0.
     pub fn exit_code(&self, detailed: bool) -> u8 {
         let s = self.summary();

@@ -1,6 +1,6 @@
 //! Drift: the running interface no longer matches its config file — peers removed or added by
 //! hand with `wg set`, a listen port or keepalive changed, the interface down, `wg-quick@`
-//! disabled so that it would not come back after a reboot. SPEC.md: drift counts as a change;
+//! disabled so that it would not come back after a reboot. Drift counts as a change:
 //! `apply --check` reports it, `apply` brings the running state back to the file. Pure: from
 //! the facts already gathered, no extra round trip.
 

@@ -1,5 +1,5 @@
 //! From a validated inventory to the network: stable address allocation, the hub-and-spoke peer
-//! graph of SPEC.md, and x25519 keys.
+//! graph (each site's next-hop peers with its members and with every other site's hub), and x25519 keys.
 
 pub mod alloc;
 pub mod keys;
