@@ -633,7 +633,7 @@ pub async fn apply<C: Connect>(
                     .find(|c| c.desired.path == wg_path && c.action == Action::Unchanged)
                     && let Some(conf) = c.current.content()
                 {
-                    let drift = crate::plan::drift::detect(conf, f, &iface);
+                    let drift = crate::hosts::drift::detect(conf, f, &iface);
                     handlers.repair(&drift);
                     r.drift = drift.into_iter().map(|d| d.what).collect();
                 }

@@ -3,16 +3,14 @@
 //! rollback. Contents travel base64-encoded inside the script on stdin (inside the encrypted
 //! channel, never on a command line). Which handler runs is decided here, from the facts.
 
-use std::collections::BTreeSet;
-
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use crate::desired::FileState;
 use crate::diff::{Action, Change};
 use crate::facts::Facts;
-use crate::facts::wgconf::WgConfig;
-use crate::shell::{Handler, InterfaceName, PATH_PRELUDE, sh_quote};
+pub use crate::hosts::handlers::{Expect, HandlerPlan, plan_handlers};
+use crate::shell::{InterfaceName, PATH_PRELUDE, sh_quote};
 
 /// Where backups of the last apply live.
 pub const STATE_DIR: &str = "/var/lib/wgprov";
@@ -20,207 +18,6 @@ pub const STATE_DIR: &str = "/var/lib/wgprov";
 pub const FAIL: &str = "@@WGPROV-FAIL@@";
 /// Marker printed when a script completed.
 pub const DONE: &str = "@@WGPROV-DONE@@";
-
-/// What the handlers will do on a host.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct HandlerPlan {
-    /// Bring the interface up to date: `Some(true)` restart, `Some(false)` `wg syncconf`.
-    pub wireguard: Option<bool>,
-    /// `sysctl -p` wgprov's file.
-    pub sysctl: bool,
-    /// Restart the node's kubelet unit (only where it is installed and enabled or running).
-    pub kubelet: bool,
-    /// Before that restart, fail (and put the host back) unless this is an address of the host.
-    pub node_ip: Option<String>,
-    /// `systemctl daemon-reload`, before any restart.
-    pub daemon_reload: bool,
-    /// Enable the endpoint re-resolution timer (or stop it when its files are gone).
-    pub reresolve: bool,
-    /// On a managed router: run its port-forward script (or remove the rules when the script
-    /// is gone), then flush the conntrack entries of these public UDP ports.
-    pub port_forward: Option<Vec<u16>>,
-    /// On an OpenWrt hub router: run its uci script (or remove wgprov's sections when the
-    /// script is gone).
-    pub router_hub: bool,
-}
-
-impl HandlerPlan {
-    /// Short descriptions, for reports.
-    pub fn describe(&self, iface: &InterfaceName, facts: &Facts) -> Vec<String> {
-        let mut v = Vec::new();
-        match self.wireguard {
-            Some(true) if facts.systemd => {
-                v.push(format!("wireguard: systemctl restart wg-quick@{iface}"))
-            }
-            Some(true) => v.push(format!("wireguard: wg-quick down/up {iface}")),
-            Some(false) => v.push(format!("wireguard: wg syncconf {iface}")),
-            None => {}
-        }
-        if self.daemon_reload && facts.systemd {
-            v.insert(0, "daemon_reload: systemctl daemon-reload".into());
-        }
-        if self.sysctl {
-            v.push("sysctl: sysctl -p /etc/sysctl.d/99-wgprov.conf".into());
-        }
-        if self.kubelet {
-            let units: Vec<&str> = facts.units.iter().map(String::as_str).collect();
-            let check = self
-                .node_ip
-                .as_deref()
-                .map(|ip| format!("check that {ip} is an address of the host, then "))
-                .unwrap_or_default();
-            if facts.systemd && !units.is_empty() {
-                v.push(format!(
-                    "kubelet: {check}restart {} (those enabled or running)",
-                    units.join(", ")
-                ));
-            } else if facts.tools.contains("kubelet") {
-                v.push("kubelet: installed but systemd is not running: restart it yourself".into());
-            } else {
-                v.push("kubelet: not installed, nothing to restart".into());
-            }
-        }
-        if self.reresolve && facts.systemd {
-            v.push(format!(
-                "reresolve: systemctl enable --now wgprov-reresolve-{iface}.timer"
-            ));
-        }
-        if let Some(ports) = &self.port_forward {
-            let ports: Vec<String> = ports.iter().map(u16::to_string).collect();
-            v.push(format!(
-                "port_forward: sh {}{}, then conntrack -D -p udp --dport {}",
-                crate::hosts::PF_SCRIPT,
-                if facts.systemd {
-                    format!(" (enabled at boot: {})", crate::hosts::PF_UNIT_NAME)
-                } else {
-                    String::new()
-                },
-                ports.join(", ")
-            ));
-        }
-        if self.router_hub {
-            v.push(format!(
-                "router_hub: sh {} (uci commit, network and firewall reload, ifup {iface})",
-                crate::hosts::openwrt_hub::HUB_SCRIPT
-            ));
-        }
-        v
-    }
-}
-
-/// Interface keys whose change needs the interface restarted (syncconf handles peers and the
-/// private key; everything else in `[Interface]` is wg-quick's).
-fn interface_changed(old: Option<&str>, new: Option<&str>) -> bool {
-    let norm = |t: Option<&str>| -> BTreeSet<(String, String)> {
-        let c = WgConfig::parse(t.unwrap_or(""));
-        c.interface()
-            .map(|i| {
-                i.lines
-                    .iter()
-                    .filter_map(|l| match l {
-                        crate::facts::wgconf::Line::Entry { key, value, .. }
-                            if !key.eq_ignore_ascii_case("PrivateKey") =>
-                        {
-                            Some((key.to_ascii_lowercase(), value.clone()))
-                        }
-                        _ => None,
-                    })
-                    .collect()
-            })
-            .unwrap_or_default()
-    };
-    norm(old) != norm(new)
-}
-
-impl HandlerPlan {
-    /// Every handler, the interface restarted: what putting back an unknown set of files needs
-    /// (`wgprov rollback`).
-    pub fn everything() -> HandlerPlan {
-        HandlerPlan {
-            wireguard: Some(true),
-            sysctl: true,
-            kubelet: true,
-            node_ip: None,
-            daemon_reload: true,
-            reresolve: true,
-            port_forward: None,
-            router_hub: false,
-        }
-    }
-
-    /// The handlers that put this change back: the same interface handling as the change (a
-    /// peers-only change goes back with `wg syncconf`, without a restart), and the handlers of
-    /// every file it touched.
-    pub fn to_put_back(&self, changes: &[Change]) -> HandlerPlan {
-        let notified = |h: Handler| {
-            changes
-                .iter()
-                .filter(|c| c.action != Action::Unchanged)
-                .any(|c| c.desired.notify.contains(&h))
-        };
-        HandlerPlan {
-            wireguard: self.wireguard,
-            sysctl: notified(Handler::Sysctl),
-            kubelet: notified(Handler::Kubelet),
-            // putting back never refuses to restart: the old node IP was the host's before
-            node_ip: None,
-            daemon_reload: self.daemon_reload,
-            reresolve: notified(Handler::Reresolve),
-            port_forward: self.port_forward.clone(),
-            router_hub: self.router_hub,
-        }
-    }
-}
-
-/// Decides the handlers from the changes, and whether the interface is up now.
-pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> HandlerPlan {
-    let mut h = HandlerPlan::default();
-    for c in changes.iter().filter(|c| c.action != Action::Unchanged) {
-        for n in &c.desired.notify {
-            match n {
-                Handler::Wireguard => {
-                    let new = match &c.desired.state {
-                        FileState::Present { content, .. } => Some(content.as_str()),
-                        FileState::Absent => None,
-                    };
-                    let restart = facts.wg.is_none() || interface_changed(c.current.content(), new);
-                    h.wireguard = Some(h.wireguard.unwrap_or(false) || restart);
-                }
-                Handler::Sysctl => h.sysctl = c.action != Action::Removed,
-                Handler::Kubelet => h.kubelet = true,
-                Handler::DaemonReload => h.daemon_reload = true,
-                Handler::Reresolve => {
-                    h.reresolve = true;
-                    h.daemon_reload = true;
-                }
-                Handler::PortForward => {
-                    h.port_forward.get_or_insert_with(Vec::new);
-                }
-                Handler::RouterHub => h.router_hub = true,
-            }
-        }
-    }
-    // converge: an unchanged config whose interface is down is brought up
-    if h.wireguard.is_none()
-        && facts.wg.is_none()
-        && changes.iter().any(|c| c.desired.path == wg_path)
-    {
-        h.wireguard = Some(true);
-    }
-    h
-}
-
-impl HandlerPlan {
-    /// Adds what repairs `drift`: a restart when the interface is down, else `wg syncconf`
-    /// (the wireguard handler also enables `wg-quick@` where systemd runs).
-    pub fn repair(&mut self, drift: &[crate::plan::drift::Drift]) {
-        if drift.is_empty() {
-            return;
-        }
-        let restart = drift.iter().any(|d| d.restart);
-        self.wireguard = Some(self.wireguard.unwrap_or(false) || restart);
-    }
-}
 
 /// The handlers as shell text. Their failures call the shell function `fail_fn` (`fail` in a
 /// change, `rfail` while putting files back).
@@ -427,67 +224,6 @@ pub(crate) fn restore_body(
     s
 }
 
-/// What the change checks on the host itself once the handlers ran: the interface's public key,
-/// and its peers with their AllowedIPs (as sorted tokens of `wg show IFACE allowed-ips`).
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Expect {
-    /// The planned public key.
-    pub public_key: String,
-    /// Sorted peer keys and AllowedIPs.
-    pub tokens: Vec<String>,
-}
-
-impl Expect {
-    /// The expectation for a planned config text.
-    pub fn from_conf(public_key: &str, conf: &str) -> Expect {
-        Expect::from_peers(public_key, &WgConfig::parse(conf).peer_list())
-    }
-
-    /// The expectation for planned peers, each a public key and its AllowedIPs.
-    pub fn from_peers(public_key: &str, peers: &[(String, Vec<String>)]) -> Expect {
-        let mut tokens = Vec::new();
-        for (key, allowed) in peers {
-            tokens.push(key.clone());
-            tokens.extend(allowed.iter().filter(|x| !x.is_empty()).cloned());
-        }
-        tokens.sort();
-        Expect {
-            public_key: public_key.to_string(),
-            tokens,
-        }
-    }
-
-    /// The shell tests of the live interface, each with what its failure means: the key, then
-    /// the peers with their AllowedIPs.
-    pub(crate) fn tests(&self, iface: &InterfaceName) -> [(String, &'static str); 2] {
-        let q = sh_quote(iface);
-        [
-            (
-                format!(
-                    "[ \"$(wg show {q} public-key 2>/dev/null)\" = {} ]",
-                    sh_quote(&self.public_key)
-                ),
-                "the interface is not up with the planned key",
-            ),
-            (
-                format!(
-                    "[ \"$(wg show {q} allowed-ips 2>/dev/null | tr '\\t ' '\\n\\n' | sed '/^$/d' | LC_ALL=C sort)\" = {} ]",
-                    sh_quote(&self.tokens.join("\n"))
-                ),
-                "the interface has other peers than the config",
-            ),
-        ]
-    }
-
-    /// Shell text that calls `fail` unless the live interface matches.
-    pub(crate) fn check(&self, iface: &InterfaceName) -> String {
-        self.tests(iface)
-            .iter()
-            .map(|(t, why)| format!("{t} || fail 'verify: {why}'\n"))
-            .collect()
-    }
-}
-
 fn wrap(b64: &str) -> String {
     let mut out = String::with_capacity(b64.len() + b64.len() / 76 + 1);
     for (i, ch) in b64.as_bytes().chunks(76).enumerate() {
@@ -531,6 +267,7 @@ pub(crate) mod tests {
     use crate::desired::DesiredFile;
     use crate::facts::FileFact;
     use crate::facts::gather::WgState;
+    use crate::shell::Handler;
 
     /// A change of `/etc/wireguard/wg0.conf` from `old` to `new`.
     pub(crate) fn change(old: Option<&str>, new: &str) -> Change {
@@ -745,13 +482,13 @@ pub(crate) mod tests {
         let mut h = HandlerPlan::default();
         h.repair(&[]);
         assert_eq!(h, HandlerPlan::default());
-        let peer = crate::plan::drift::Drift {
+        let peer = crate::hosts::drift::Drift {
             what: "peer".into(),
             restart: false,
         };
         h.repair(std::slice::from_ref(&peer));
         assert_eq!(h.wireguard, Some(false));
-        h.repair(&[crate::plan::drift::Drift {
+        h.repair(&[crate::hosts::drift::Drift {
             what: "down".into(),
             restart: true,
         }]);

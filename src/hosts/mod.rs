@@ -9,6 +9,8 @@
 //! files, an OpenWrt one a script that sets its WireGuard interface through uci
 //! ([`openwrt_hub`]). Everything here is pure: the scripts are text, tested without a router.
 
+pub mod drift;
+pub mod handlers;
 pub mod hub;
 pub mod linux;
 pub mod openwrt;

@@ -226,7 +226,7 @@ fn checks(h: &Hub) -> Vec<String> {
         .iter()
         .map(|p| (p.public_key.clone(), p.allowed_ips.clone()))
         .collect();
-    let expect = crate::apply::script::Expect::from_peers(&h.public_key, &running);
+    let expect = crate::hosts::handlers::Expect::from_peers(&h.public_key, &running);
     v.extend(expect.tests(h.iface).into_iter().map(|(t, _)| t));
     v
 }

@@ -325,8 +325,8 @@ enum Health {
     Up,
 }
 
-pub use crate::plan::drift::running_vs_file as drift;
-use crate::plan::drift::{nets, short_key};
+pub use crate::hosts::drift::running_vs_file as drift;
+use crate::hosts::drift::{nets, short_key};
 
 /// The diagnosis. Pure: unit-tested with fixtures.
 ///
