@@ -1,6 +1,7 @@
 //! Per host: the files it should have (path, mode, content) and the handlers they notify.
 //! Pure: from the topology, the keys, the roles and — when known — the host's current files.
 
+pub mod hub_sheet;
 pub mod wgmerge;
 
 use std::collections::HashMap;
@@ -246,8 +247,8 @@ pub fn context(
         },
         // the tunnel to set up by hand on the site's router, when it is a hub wgprov does not
         // manage (roles/router_hub)
-        "router_hub": crate::hosts::hub::hub(topo, site, &|n| keys.get(n).map(|k| k.public))
-            .map(|h| crate::hosts::hub::text(&[h])),
+        "router_hub": hub_sheet::hub(topo, site, &|n| keys.get(n).map(|k| k.public))
+            .map(|h| hub_sheet::text(&[h])),
         "os_family": os_family.as_str(),
         "systemd": systemd,
         "mtu": net.mtu,

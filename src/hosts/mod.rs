@@ -11,7 +11,7 @@
 
 pub mod drift;
 pub mod handlers;
-pub mod hub;
+pub use crate::desired::hub_sheet as hub;
 pub mod linux;
 pub mod openwrt;
 pub mod openwrt_hub;

@@ -362,9 +362,9 @@ mod tests {
         assert_eq!(to_home.endpoint.as_deref(), Some("home.example.net:51820"));
         assert_eq!(home.public_key.unwrap().to_base64(), HUB_KEY);
         // and home needs no port-forward: WireGuard arrives on the router's own WAN
-        assert_eq!(super::super::forward(&t, home), None);
+        assert_eq!(crate::hosts::forward(&t, home), None);
         assert!(
-            super::super::manual_rules(&t)
+            crate::hosts::manual_rules(&t)
                 .iter()
                 .all(|r| !r.contains("site home"))
         );
