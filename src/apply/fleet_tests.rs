@@ -12,7 +12,9 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 use super::*;
+use crate::desired::{self, FileState, HostInput};
 use crate::facts::gather::MARK;
+use crate::inventory::OsFamily;
 use crate::probe::PROBE;
 use crate::transport::TransportError;
 use crate::transport::fake::{FakeConnector, FakeHost, ok};
@@ -214,6 +216,27 @@ impl Fleet {
         &self.conn.hosts[n]
     }
 
+    /// `apply --check`: prepared, then stopped.
+    pub(crate) fn check(&self, settings: &Settings) -> Report {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(async {
+                prepare(
+                    &self.planned,
+                    &self.roles,
+                    settings,
+                    self.conn.clone(),
+                    Arc::new(Quiet),
+                )
+                .await
+                .unwrap()
+                .check()
+                .await
+            })
+    }
+
     pub(crate) fn run(&self, settings: &Settings) -> Report {
         tokio::runtime::Builder::new_current_thread()
             .enable_all()
@@ -233,7 +256,6 @@ impl Fleet {
 pub(crate) fn settings() -> Settings {
     Settings {
         limit: None,
-        check: false,
         forks: 4,
         no_rollback: false,
         guard: Some(Duration::from_secs(90)),
@@ -504,9 +526,7 @@ fn a_changed_host_the_controller_cannot_reach_anew_is_not_confirmed() {
 #[test]
 fn check_mode_reads_and_compares_but_changes_nothing() {
     let f = Fleet::applied(h2_and_o2_changed, &[]);
-    let mut s = settings();
-    s.check = true;
-    let r = f.run(&s);
+    let r = f.check(&settings());
     for n in ["h2", "o2"] {
         assert_eq!(status_of(&r, n), HostStatus::Changed, "{n}");
     }

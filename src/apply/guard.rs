@@ -107,29 +107,6 @@ pub fn planned_links(topo: &Topology) -> BTreeSet<Link> {
     l
 }
 
-/// The order of change: waves of hosts, each wave changed after the previous one finished. A
-/// host is changed only once every host whose path crosses it is done ("mesh first": the far
-/// side of a link before the near side).
-pub fn waves(changed: &[String], paths: &HashMap<String, Vec<String>>) -> Vec<Vec<String>> {
-    let mut left: Vec<String> = changed.to_vec();
-    let mut out = Vec::new();
-    while !left.is_empty() {
-        let (now, later): (Vec<String>, Vec<String>) = left.iter().cloned().partition(|x| {
-            !left
-                .iter()
-                .any(|y| y != x && paths.get(y).is_some_and(|p| p.contains(x)))
-        });
-        if now.is_empty() {
-            // a cycle of paths (should not happen): change the rest together
-            out.push(later);
-            break;
-        }
-        out.push(now);
-        left = later;
-    }
-    out
-}
-
 /// Which end probes a link: the one the controller reaches without crossing it (the other end
 /// is behind it); else the one that can start a handshake (it has an endpoint for the other:
 /// its ping brings the link up at once instead of waiting for the other side's retry); else
@@ -424,6 +401,7 @@ pub async fn probe_links<T: Transport + 'static>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::plan::order::waves;
     use crate::topology::reach::paths;
 
     #[test]

@@ -20,29 +20,23 @@ use std::time::{Duration, Instant};
 
 use serde::Serialize;
 
-use crate::desired::{self, FileState, HostInput, KeyRing};
-use crate::diff::{self, Action, Change};
+use crate::diff::{Action, Change};
 use crate::error::{Error, Result};
 use crate::facts::Facts;
-use crate::facts::FileFact;
 use crate::facts::gather;
-use crate::facts::wgconf::WgConfig;
 use crate::fleet::{Connect, Sessions, close_all, connect_all, run_all, with_jumps};
 pub use crate::fleet::{Progress, Quiet};
-use crate::inventory::OsFamily;
+use crate::hosts::kind::{HostKind, conf_path};
+use crate::plan::{self, HostPlan, order};
 use crate::roles::Roles;
-use crate::topology::keys::{Keypair, PrivateKey};
 use crate::topology::{NodePlan, Planned, Topology};
 use crate::transport::Transport;
-use script::HandlerPlan;
 
 /// Settings of one apply (resolved from the command line).
 #[derive(Clone, Debug)]
 pub struct Settings {
     /// Node name, site name or glob over node names; `None`: every node.
     pub limit: Option<String>,
-    /// Stop after the comparison: change nothing.
-    pub check: bool,
     /// How many hosts work at once.
     pub forks: usize,
     /// Leave a failed host as it is, for inspection.
@@ -319,104 +313,204 @@ fn glob(pattern: &str, name: &str) -> bool {
     go(pattern.as_bytes(), name.as_bytes())
 }
 
-/// The key pair a node already has, read from its config: `None` when it has none, an error
-/// when its `PrivateKey` is malformed (never silently replaced: that would change the node's
-/// identity behind its peers' backs).
-fn existing_key(facts: &Facts, wg_path: &str) -> Option<std::result::Result<Keypair, String>> {
-    let conf = facts.files.get(wg_path)?.content()?;
-    let k = WgConfig::parse(conf).private_key()?.to_string();
-    Some(
-        PrivateKey::from_base64(&k)
-            .map(|k| k.into_keypair())
-            .map_err(|_| {
-                format!(
-                    "{wg_path} has a malformed PrivateKey: wgprov will not replace the node's identity; fix the key, or remove the line to have a new one made"
-                )
-            }),
-    )
+/// A run read and planned, its connections open: what `--check` prints
+/// ([`Prepared::check`]), and what [`Prepared::execute`] changes.
+pub struct Prepared<'a, C: Connect> {
+    planned: &'a Planned,
+    settings: &'a Settings,
+    connector: Arc<C>,
+    progress: Arc<dyn Progress>,
+    sessions: Sessions<C::Session>,
+    /// The facts of every host that could be read.
+    facts: HashMap<String, Facts>,
+    keys: plan::Keys,
+    plans: HashMap<String, HostPlan>,
+    reports: Vec<HostReport>,
+    warnings: Vec<String>,
 }
 
-/// The key pair a node already has: from its wg-quick file, or for an OpenWrt hub router from
-/// its uci.
-fn node_key(
+/// Facts per host, or why there are none, with the seconds gathering took.
+type Gathered = HashMap<String, (std::result::Result<Facts, String>, f64)>;
+
+/// The hosts a run targets: the nodes `--limit` selects and the managed routers that only
+/// forward the port (a hub router is a node).
+fn targets<'t>(topo: &'t Topology, settings: &Settings) -> Vec<HostKind<'t>> {
+    targeted_nodes(topo, settings)
+        .into_iter()
+        .map(|n| n.name.clone())
+        .chain(targeted_routers(topo, settings))
+        .filter_map(|n| HostKind::of(topo, &n))
+        .collect()
+}
+
+/// One facts exec per reachable host (untargeted nodes are read for their keys, never changed).
+async fn gather_facts<S: Transport + 'static>(
     topo: &Topology,
-    node: &NodePlan,
-    facts: &Facts,
-    wg_path: &str,
-) -> Option<std::result::Result<Keypair, String>> {
-    if crate::hosts::openwrt_hub::of(topo, node).is_some() {
-        crate::hosts::openwrt_hub::existing_key(facts, &topo.network.interface)
-    } else {
-        existing_key(facts, wg_path)
+    roles: &Roles,
+    names: Vec<String>,
+    sessions: &Sessions<S>,
+    forks: usize,
+    progress: &Arc<dyn Progress>,
+) -> Result<Gathered> {
+    let iface = &topo.network.interface;
+    let mut scripts: HashMap<String, String> = HashMap::new();
+    for n in &names {
+        let kind = HostKind::of(topo, n).expect("a host of the plan");
+        let paths = kind.candidate_paths(roles, topo)?;
+        scripts.insert(n.clone(), kind.facts_script(iface, &paths));
     }
+    Ok(run_all(names, forks, |n| {
+        let s = sessions[&n].as_ref().expect("reachable").clone();
+        let script = scripts[&n].clone();
+        let progress = progress.clone();
+        async move {
+            progress.phase(&n, "gathering facts");
+            let t = Instant::now();
+            let r = match s.run_script(&script).await {
+                Ok(out) if out.status == 0 => gather::parse(&out.stdout_text()),
+                Ok(out) => Err(format!(
+                    "facts script exited {}: {}",
+                    out.status,
+                    out.stderr_text().trim()
+                )),
+                Err(e) => Err(e.to_string()),
+            };
+            (r, t.elapsed().as_secs_f64())
+        }
+    })
+    .await)
 }
 
-/// The peers a host has now, each a public key and its AllowedIPs: from its wg-quick file, or
-/// from the script of an OpenWrt hub (`hub`). What keeps the entry of a peer whose node cannot
-/// be read.
-fn existing_peers(facts: &Facts, wg_path: &str, hub: bool) -> Vec<(String, Vec<String>)> {
-    let path = if hub {
-        crate::hosts::openwrt_hub::HUB_SCRIPT
-    } else {
-        wg_path
-    };
-    match facts.files.get(path).and_then(|x| x.content()) {
-        Some(t) if hub => crate::hosts::openwrt_hub::peers_of(t),
-        Some(t) => WgConfig::parse(t).peer_list(),
-        None => Vec::new(),
+/// A targeted host's report from its connection, its facts and its plan.
+fn host_report<S: Transport>(
+    kind: HostKind,
+    sessions: &Sessions<S>,
+    gathered: &Gathered,
+    plan: Option<&std::result::Result<HostPlan, String>>,
+    iface: &crate::shell::InterfaceName,
+) -> HostReport {
+    let name = kind.name();
+    let mut r = HostReport::new(name);
+    if let Some(Ok(s)) = sessions.get(name) {
+        r.timings.connect = s.connect_time().as_secs_f64();
     }
-}
-
-/// The port_forward handler's public ports to flush (the port-forward script's before and
-/// after), with a warning when the router has no `conntrack`; `install` says how to get it.
-fn plan_flush(
-    changes: &[Change],
-    f: &Facts,
-    handlers: &mut HandlerPlan,
-    install: &str,
-    warnings: &mut Vec<String>,
-) {
-    if let Some(ports) = &mut handlers.port_forward {
-        let c = changes
-            .iter()
-            .find(|c| c.desired.path == crate::hosts::PF_SCRIPT);
-        *ports = crate::hosts::flush_ports(
-            c.and_then(|c| c.current.content()),
-            c.and_then(|c| c.desired.state.content()),
-        );
-        if !f.tools.contains("conntrack") {
-            warnings.push(format!("conntrack is not installed on the router: entries of the old port-forward may keep steering the WireGuard port until they time out ({install})"));
+    if let Some((_, t)) = gathered.get(name) {
+        r.timings.facts = *t;
+    }
+    match (sessions.get(name), gathered.get(name), plan) {
+        (Some(Err(e)), _, _) => {
+            r.status = HostStatus::Unreachable;
+            r.error = Some(e.to_string());
+        }
+        (_, Some((Err(e), _)), _) => {
+            r.status = HostStatus::Failed;
+            r.error = Some(format!("gathering facts: {e}"));
+        }
+        (_, _, Some(Err(e))) => {
+            r.status = HostStatus::Failed;
+            r.error = Some(e.clone());
+        }
+        (_, _, Some(Ok(p))) => {
+            r.warnings = p.warnings.clone();
+            r.drift = p.drift.clone();
+            r.changes = file_reports(&p.changes);
+            r.handlers = p.handlers.describe(iface, &p.facts);
+            if p.changes_anything() {
+                r.status = HostStatus::Changed;
+            }
+        }
+        _ => {
+            r.status = HostStatus::Unreachable;
+            r.error = Some("not contacted".into());
         }
     }
+    r
 }
 
-/// What an operator should know about a config wgprov is about to keep (adopted keys that
-/// wg-quick treats specially).
-fn config_warnings(conf: &str, facts: &Facts) -> Vec<String> {
-    let mut w = Vec::new();
-    let c = WgConfig::parse(conf);
-    if let Some(i) = c.interface() {
-        if i.get("SaveConfig")
-            .is_some_and(|v| v.eq_ignore_ascii_case("true"))
-        {
-            w.push("the config has SaveConfig = true: wg-quick down rewrites the file from the running interface, which can undo wgprov's changes; remove it".into());
-        }
-        if i.get("DNS").is_some() && !facts.tools.contains("resolvconf") {
-            w.push("the config sets DNS but the node has no resolvconf: wg-quick up will fail (install resolvconf or openresolv, or remove DNS)".into());
+/// Connects to every host the run needs, reads their facts in one exec each, and plans every
+/// targeted host: nothing is changed yet.
+pub async fn prepare<'a, C: Connect>(
+    planned: &'a Planned,
+    roles: &Roles,
+    settings: &'a Settings,
+    connector: Arc<C>,
+    progress: Arc<dyn Progress>,
+) -> Result<Prepared<'a, C>> {
+    let topo = &planned.topology;
+    let targets = targets(topo, settings);
+    if targets.is_empty() {
+        return Err(Error::Usage(format!(
+            "--limit {} matches no managed node",
+            settings.limit.as_deref().unwrap_or("")
+        )));
+    }
+    let forwarders: Vec<&str> = targets
+        .iter()
+        .filter(|k| k.is_forwarder())
+        .map(|k| k.name())
+        .collect();
+    let sessions = connect_all(
+        &connector,
+        topo.ssh_targets()
+            .into_iter()
+            .filter(|t| topo.node(&t.name).is_some() || forwarders.contains(&t.name.as_str()))
+            .collect(),
+        settings.forks,
+        &progress,
+    )
+    .await;
+    let reachable: Vec<String> = topo
+        .nodes
+        .iter()
+        .map(|n| n.name.as_str())
+        .chain(forwarders.iter().copied())
+        .filter(|n| matches!(sessions.get(*n), Some(Ok(_))))
+        .map(str::to_string)
+        .collect();
+    let gathered =
+        gather_facts(topo, roles, reachable, &sessions, settings.forks, &progress).await?;
+    let facts: HashMap<String, Facts> = gathered
+        .iter()
+        .filter_map(|(n, (f, _))| f.as_ref().ok().map(|f| (n.clone(), f.clone())))
+        .collect();
+    let names: BTreeSet<&str> = targets
+        .iter()
+        .filter_map(|k| k.node())
+        .map(|n| n.name.as_str())
+        .collect();
+    let keys = plan::keys(topo, &facts, &names);
+    let mut plans = HashMap::new();
+    let mut reports = Vec::new();
+    for kind in &targets {
+        let p = facts
+            .get(kind.name())
+            .map(|f| plan::host(*kind, roles, topo, &keys, f));
+        reports.push(host_report(
+            *kind,
+            &sessions,
+            &gathered,
+            p.as_ref(),
+            &topo.network.interface,
+        ));
+        if let Some(Ok(p)) = p {
+            plans.insert(kind.name().to_string(), p);
         }
     }
-    w
+    Ok(Prepared {
+        planned,
+        settings,
+        connector,
+        progress,
+        sessions,
+        warnings: keys.warnings.clone(),
+        facts,
+        keys,
+        plans,
+        reports,
+    })
 }
 
-/// Host work computed from the facts: what to change and how to check it.
-struct HostPlan {
-    changes: Vec<Change>,
-    handlers: HandlerPlan,
-    expect: Option<script::Expect>,
-    facts: Facts,
-}
-
-/// Runs apply (or `--check`) over the planned network.
+/// Runs apply over the planned network: [`prepare`], then [`Prepared::execute`].
 pub async fn apply<C: Connect>(
     planned: &Planned,
     roles: &Roles,
@@ -424,540 +518,210 @@ pub async fn apply<C: Connect>(
     connector: Arc<C>,
     progress: Arc<dyn Progress>,
 ) -> Result<Report> {
-    let topo = &planned.topology;
-    let iface = topo.network.interface.clone();
-    let wg_path = format!("/etc/wireguard/{iface}.conf");
-    let targeted = targeted_nodes(topo, settings);
-    let routers = targeted_routers(topo, settings);
-    if targeted.is_empty() && routers.is_empty() {
-        return Err(Error::Usage(format!(
-            "--limit {} matches no managed node",
-            settings.limit.as_deref().unwrap_or("")
-        )));
-    }
-    let mut paths: HashMap<String, Vec<crate::shell::RemotePath>> = HashMap::new();
-    for n in &topo.nodes {
-        paths.insert(n.name.clone(), desired::candidate_paths(roles, topo, n)?);
+    Ok(prepare(planned, roles, settings, connector, progress)
+        .await?
+        .execute()
+        .await)
+}
+
+impl<C: Connect> Prepared<'_, C> {
+    /// The report of a run that stops here (`--check`): what would change, nothing changed.
+    pub async fn check(self) -> Report {
+        close_all(&self.sessions).await;
+        self.report(self.reports.clone(), None, true)
     }
 
-    // 1. connect to every node (untargeted ones are read for their keys, never changed) and to
-    // the targeted managed routers
-    let sessions = connect_all(
-        &connector,
-        topo.ssh_targets()
-            .into_iter()
-            .filter(|t| topo.node(&t.name).is_some() || routers.contains(&t.name))
-            .collect(),
-        settings.forks,
-        &progress,
-    )
-    .await;
-
-    // 2. facts, one exec per node
-    let reachable: Vec<String> = topo
-        .nodes
-        .iter()
-        .map(|n| &n.name)
-        .chain(routers.iter())
-        .filter(|n| matches!(sessions.get(*n), Some(Ok(_))))
-        .cloned()
-        .collect();
-    let facts: HashMap<String, (std::result::Result<Facts, String>, f64)> = {
-        let sessions = &sessions;
-        let router_script = gather::script_with(
-            &iface,
-            &crate::hosts::candidate_paths(),
-            &crate::hosts::facts_section(),
-        );
-        let hub_section = crate::hosts::openwrt_hub::facts_section(&iface);
-        let scripts: HashMap<String, String> = reachable
-            .iter()
-            .map(|n| match paths.get(n) {
-                Some(p) if crate::hosts::openwrt_hub::is_hub(topo, n) => {
-                    (n.clone(), gather::script_with(&iface, p, &hub_section))
-                }
-                Some(p) => (n.clone(), gather::script(&iface, p)),
-                None => (n.clone(), router_script.clone()),
-            })
-            .collect();
-        run_all(reachable.clone(), settings.forks, |n| {
-            let s = sessions[&n].as_ref().expect("reachable").clone();
-            let script = scripts[&n].clone();
-            let progress = progress.clone();
-            async move {
-                progress.phase(&n, "gathering facts");
-                let t = Instant::now();
-                let r = match s.run_script(&script).await {
-                    Ok(out) if out.status == 0 => gather::parse(&out.stdout_text()),
-                    Ok(out) => Err(format!(
-                        "facts script exited {}: {}",
-                        out.status,
-                        out.stderr_text().trim()
-                    )),
-                    Err(e) => Err(e.to_string()),
-                };
-                (r, t.elapsed().as_secs_f64())
-            }
-        })
-        .await
-    };
-
-    // 3. keys: kept where a node has one; new for targeted nodes without
-    let mut warnings = Vec::new();
-    let mut keys = KeyRing::new();
-    let mut new_keys = BTreeSet::new();
-    let mut bad_keys: HashMap<String, String> = HashMap::new();
-    let target_names: BTreeSet<&str> = targeted.iter().map(|t| t.name.as_str()).collect();
-    for n in &topo.nodes {
-        let is_target = target_names.contains(n.name.as_str());
-        match facts.get(&n.name).map(|f| &f.0) {
-            Some(Ok(f)) => match node_key(topo, n, f, &wg_path) {
-                Some(Ok(k)) => {
-                    keys.insert(n.name.clone(), k);
-                }
-                Some(Err(e)) => {
-                    bad_keys.insert(n.name.clone(), e);
-                }
-                None if is_target => {
-                    keys.insert(n.name.clone(), Keypair::generate());
-                    new_keys.insert(n.name.clone());
-                }
-                None => warnings.push(format!(
-                    "node {} has no WireGuard key yet and is outside --limit: its peers cannot list it until it is applied",
-                    n.name
-                )),
-            },
-            _ if !is_target => warnings.push(format!(
-                "node {} could not be read: its peers keep their existing entry for it",
-                n.name
-            )),
-            _ => {}
+    fn report(&self, hosts: Vec<HostReport>, guard: Option<GuardReport>, check: bool) -> Report {
+        let topo = &self.planned.topology;
+        for r in &hosts {
+            self.progress.done(&r.name, r.status.as_str());
+        }
+        Report {
+            hosts,
+            warnings: self.warnings.clone(),
+            check,
+            guard,
+            interrupted: self.settings.stopped(),
+            router_rules: crate::hosts::manual_rules(topo),
+            router_hubs: crate::hosts::hub::hubs(topo, &|n| {
+                self.keys.ring.get(n).map(|k| k.public)
+            }),
         }
     }
 
-    // 4. plan and compare, per targeted host
-    let mut reports: Vec<HostReport> = Vec::new();
-    let mut plans: HashMap<String, HostPlan> = HashMap::new();
-    for n in &targeted {
-        let mut r = HostReport::new(&n.name);
-        if let Some(Ok(s)) = sessions.get(&n.name) {
-            r.timings.connect = s.connect_time().as_secs_f64();
-        }
-        match (sessions.get(&n.name), facts.get(&n.name)) {
-            (Some(Err(e)), _) => {
-                r.status = HostStatus::Unreachable;
-                r.error = Some(e.to_string());
-            }
-            (_, Some((Err(e), t))) => {
-                r.timings.facts = *t;
-                r.status = HostStatus::Failed;
-                r.error = Some(format!("gathering facts: {e}"));
-            }
-            (_, Some((Ok(_), t))) if bad_keys.contains_key(&n.name) => {
-                r.timings.facts = *t;
-                r.status = HostStatus::Failed;
-                r.error = Some(bad_keys[&n.name].clone());
-            }
-            (_, Some((Ok(f), t))) => {
-                r.timings.facts = *t;
-                let hub = crate::hosts::openwrt_hub::of(topo, n).is_some();
-                if hub && let Some(why) = crate::hosts::openwrt_hub::refusal(f, &iface) {
-                    r.status = HostStatus::Failed;
-                    r.error = Some(why);
-                    reports.push(r);
-                    continue;
-                }
-                let os = match (f.os_family, n.os_family) {
-                    (Some(found), Some(said)) if found != said => {
-                        r.warnings.push(format!(
-                            "the inventory says os_family {}, the host's /etc/os-release says {}: using {}",
-                            said.as_str(),
-                            found.as_str(),
-                            found.as_str()
-                        ));
-                        found
-                    }
-                    (Some(found), _) => found,
-                    (None, Some(said)) => said,
-                    (None, None) => OsFamily::Debian,
-                };
-                if new_keys.contains(&n.name) {
-                    r.warnings
-                        .push("no WireGuard key on the node: a new one is generated".into());
-                }
-                let known = existing_peers(f, &wg_path, hub);
-                let fallback = |allowed: &str| -> Option<String> {
-                    let want: BTreeSet<&str> = allowed.split(',').map(str::trim).collect();
-                    known
-                        .iter()
-                        .find(|(k, a)| {
-                            !k.is_empty()
-                                && a.iter().map(String::as_str).collect::<BTreeSet<_>>() == want
-                        })
-                        .map(|(k, _)| k.clone())
-                };
-                let existing =
-                    |p: &str| f.files.get(p).and_then(|x| x.content()).map(str::to_string);
-                let input = HostInput {
-                    node: n,
-                    os_family: os,
-                    systemd: f.systemd,
-                    existing: &existing,
-                    peer_fallback: Some(&fallback),
-                };
-                // hosts were contacted: a template that fails for this host's facts is this
-                // host's failure (exit 1), not an invalid inventory (exit 2)
-                let (files, skipped) =
-                    match desired::desired_files_with_skips(roles, topo, &keys, &input) {
-                        Ok(x) => x,
-                        Err(e) => {
-                            r.status = HostStatus::Failed;
-                            r.error = Some(format!("rendering its files: {e}"));
-                            reports.push(r);
-                            continue;
-                        }
-                    };
-                for s in skipped {
-                    r.warnings.push(format!("peer {s} left out: its key is unknown (its node could not be read and this host has no entry for it)"));
-                }
-                let changes = diff::compare(&files, &|p| {
-                    f.files.get(p).cloned().unwrap_or(FileFact::Absent)
-                });
-                let mut handlers = script::plan_handlers(&changes, f, &wg_path);
-                if handlers.kubelet {
-                    handlers.node_ip = Some(n.wireguard_ip.to_string());
-                }
-                // drift: an unchanged config whose running interface differs from it
-                if let Some(c) = changes
-                    .iter()
-                    .find(|c| c.desired.path == wg_path && c.action == Action::Unchanged)
-                    && let Some(conf) = c.current.content()
-                {
-                    let drift = crate::hosts::drift::detect(conf, f, &iface);
-                    handlers.repair(&drift);
-                    r.drift = drift.into_iter().map(|d| d.what).collect();
-                }
-                // an OpenWrt hub: its script's check is the drift check, and a port-forward it
-                // had before is removed with its conntrack entries
-                if hub {
-                    let unchanged = changes.iter().any(|c| {
-                        c.desired.path == crate::hosts::openwrt_hub::HUB_SCRIPT
-                            && c.action == Action::Unchanged
-                    });
-                    if unchanged && let Some(d) = crate::hosts::openwrt_hub::drift(f) {
-                        r.drift.push(d);
-                        handlers.router_hub = true;
-                    }
-                    plan_flush(
-                        &changes,
-                        f,
-                        &mut handlers,
-                        "opkg install conntrack",
-                        &mut r.warnings,
-                    );
-                }
-                r.changes = file_reports(&changes);
-                r.handlers = handlers.describe(&iface, f);
-                if r.changed() > 0 || handlers != HandlerPlan::default() {
-                    r.status = HostStatus::Changed;
-                }
-                let planned_conf = files
-                    .iter()
-                    .find(|d| d.path == wg_path)
-                    .and_then(|d| match &d.state {
-                        FileState::Present { content, .. } => Some(content.clone()),
-                        FileState::Absent => None,
-                    });
-                if let Some(c) = &planned_conf {
-                    r.warnings.extend(config_warnings(c, f));
-                }
-                let public_key = keys[&n.name].public.to_base64();
-                let expect = if hub {
-                    files
-                        .iter()
-                        .find(|d| d.path == crate::hosts::openwrt_hub::HUB_SCRIPT)
-                        .and_then(|d| d.state.content())
-                        .map(|s| {
-                            script::Expect::from_peers(
-                                &public_key,
-                                &crate::hosts::openwrt_hub::peers_of(s),
-                            )
-                        })
-                } else {
-                    planned_conf
-                        .as_deref()
-                        .map(|c| script::Expect::from_conf(&public_key, c))
-                };
-                plans.insert(
-                    n.name.clone(),
-                    HostPlan {
-                        changes,
-                        handlers,
-                        expect,
-                        facts: f.clone(),
-                    },
-                );
-            }
-            _ => {
-                r.status = HostStatus::Unreachable;
-                r.error = Some("not contacted".into());
+    /// Announces the router rules the change needs, before anything is touched: a managed
+    /// router's change is an action (it changes first), any other a warning.
+    fn announce(&mut self) {
+        let wg_path = conf_path(&self.planned.topology.network.interface);
+        for (w, managed) in
+            order::router_announcements(&self.planned.topology, &self.plans, &wg_path)
+        {
+            if managed {
+                self.progress.note(&w);
+            } else {
+                self.progress.note(&format!("router change needed: {w}"));
+                self.warnings.push(format!("router change needed: {w}"));
             }
         }
-        reports.push(r);
     }
 
-    // 4b. the managed routers: their port-forward, planned like a node's files
-    for name in &routers {
-        let (r, plan) = plan_router(topo, name, &sessions, &facts, &wg_path, &iface);
-        if let Some(p) = plan {
-            plans.insert(name.clone(), p);
-        }
-        reports.push(r);
-    }
-
-    // 5. change the hosts that need it (never under --check), then the guard
-    let mut guard_report = None;
-    let mut fresh: Sessions<C::Session> = HashMap::new();
-    if !settings.check {
+    /// Changes every host that needs it, in waves, then the guard gates and confirms the
+    /// change or puts it back everywhere; closes every connection.
+    pub async fn execute(mut self) -> Report {
+        let mut reports = self.reports.clone();
         let to_change: Vec<String> = reports
             .iter()
             .filter(|r| r.status == HostStatus::Changed)
             .map(|r| r.name.clone())
             .collect();
-        for (w, managed) in router_announcements(topo, &plans, &wg_path) {
-            if managed {
-                // the managed router's own change does it, first: an action, not a note
-                progress.note(&w);
-            } else {
-                progress.note(&format!("router change needed: {w}"));
-                warnings.push(format!("router change needed: {w}"));
-            }
-        }
-        let run = host::RunId::new();
-        let owner = host::owner();
+        self.announce();
+        let (run, owner) = (host::RunId::new(), host::owner());
         let cx = RunCx {
-            topo,
-            settings,
-            progress: &progress,
-            sessions: &sessions,
-            connector: &connector,
-            iface: &iface,
+            topo: &self.planned.topology,
+            settings: self.settings,
+            progress: &self.progress,
+            sessions: &self.sessions,
+            connector: &self.connector,
+            iface: &self.planned.topology.network.interface,
             run: &run,
         };
-        let outcomes = change_hosts(&cx, &owner, &to_change, &plans).await;
-        flush_again(&cx, &to_change, &plans, &outcomes).await;
-        let mut pending = Vec::new();
-        let mut lost = Vec::new();
-        let mut deadlines = Vec::new();
-        let mut touched = BTreeSet::new();
-        for r in &mut reports {
-            if !to_change.contains(&r.name) {
-                continue;
-            }
-            let Some((o, secs, due)) = outcomes.get(&r.name) else {
-                r.status = HostStatus::Failed;
-                r.error = Some("not changed: the run was stopped before this host's turn".into());
-                continue;
-            };
-            r.timings.apply = *secs;
-            touched.insert(r.name.clone());
-            if let Some(d) = due {
-                deadlines.push(*d);
-            }
-            match o {
-                host::ChangeOutcome::Changed => pending.push(r.name.clone()),
-                host::ChangeOutcome::RolledBack { error, restored } => {
-                    r.status = if *restored {
-                        HostStatus::RolledBack
-                    } else {
-                        HostStatus::Failed
-                    };
-                    r.error = Some(if *restored {
-                        format!("{error}; put back: files restored byte for byte, handlers re-run")
-                    } else {
-                        format!(
-                            "{error}; PUTTING IT BACK FAILED: see /var/lib/wgprov/log on the host"
-                        )
+        let outcomes = change_hosts(&cx, &owner, &to_change, &self.plans).await;
+        flush_again(&cx, &to_change, &self.plans, &outcomes).await;
+        let done = record_outcomes(&mut reports, &to_change, &outcomes);
+        let mut fresh: Sessions<C::Session> = HashMap::new();
+        let guard = self.guard(&cx, &done, &mut reports, &mut fresh).await;
+        close_all(&self.sessions).await;
+        close_all(&fresh).await;
+        self.report(reports, Some(guard), false)
+    }
+
+    /// The guard's part of a run: skipped without `--guard` or when nothing changed; else the
+    /// health gate over the links the change touched, then confirmation or the put-back.
+    async fn guard(
+        &self,
+        cx: &RunCx<'_, C>,
+        done: &Done,
+        reports: &mut [HostReport],
+        fresh: &mut Sessions<C::Session>,
+    ) -> GuardReport {
+        let skipped = |why: &str| GuardReport {
+            outcome: "skipped".into(),
+            why: why.into(),
+            ..Default::default()
+        };
+        let Some(timeout) = self.settings.guard else {
+            return skipped("--no-guard: the change was neither gated nor confirmed");
+        };
+        if done.pending.is_empty() && done.lost.is_empty() {
+            return skipped("no host changed");
+        }
+        let changes: HashMap<String, Vec<Change>> = self
+            .plans
+            .iter()
+            .filter(|(n, _)| done.touched.contains(*n))
+            .map(|(n, p)| (n.clone(), p.changes.clone()))
+            .collect();
+        let ok_facts: BTreeMap<String, &Facts> =
+            self.facts.iter().map(|(n, f)| (n.clone(), f)).collect();
+        let owners: HashMap<String, String> = self
+            .keys
+            .ring
+            .iter()
+            .map(|(n, k)| (k.public.to_base64(), n.clone()))
+            .collect();
+        let (before, existed) = guard::links_before(&ok_facts, &owners);
+        let wg_path = conf_path(cx.iface);
+        let g = GuardInput {
+            timeout,
+            pending: &done.pending,
+            lost: &done.lost,
+            touched: &done.touched,
+            before,
+            existed,
+            changes: &changes,
+            wg_path: &wg_path,
+            first_dead_man: done.deadlines.iter().min().copied(),
+        };
+        let (report, statuses) = run_guard(cx, &g, fresh).await;
+        for r in reports.iter_mut() {
+            if let Some((st, err, secs)) = statuses.get(&r.name) {
+                r.status = *st;
+                if let Some(e) = err {
+                    r.error = Some(match r.error.take() {
+                        Some(old) if *st == HostStatus::Reverted && done.lost.contains(&r.name) => {
+                            format!("{old}; {e}")
+                        }
+                        _ => e.clone(),
                     });
                 }
-                host::ChangeOutcome::Failed { error } => {
-                    r.status = HostStatus::Failed;
-                    r.error = Some(error.clone());
-                }
-                host::ChangeOutcome::Locked { owner } => {
-                    r.status = HostStatus::Failed;
-                    r.error = Some(format!(
-                        "locked by another apply ({owner}): nothing was touched on this host"
-                    ));
-                }
-                host::ChangeOutcome::Lost { error } => {
-                    r.status = HostStatus::Failed;
-                    r.error = Some(error.clone());
-                    lost.push(r.name.clone());
-                }
+                r.timings.guard = *secs;
             }
         }
-        guard_report = Some(match settings.guard {
-            None => GuardReport {
-                outcome: "skipped".into(),
-                why: "--no-guard: the change was neither gated nor confirmed".into(),
-                ..Default::default()
-            },
-            Some(_) if pending.is_empty() && lost.is_empty() => GuardReport {
-                outcome: "skipped".into(),
-                why: "no host changed".into(),
-                ..Default::default()
-            },
-            Some(timeout) => {
-                let changes: HashMap<String, Vec<Change>> = plans
-                    .iter()
-                    .filter(|(n, _)| touched.contains(*n))
-                    .map(|(n, p)| (n.clone(), p.changes.clone()))
-                    .collect();
-                let ok_facts: BTreeMap<String, &Facts> = facts
-                    .iter()
-                    .filter_map(|(n, (f, _))| f.as_ref().ok().map(|f| (n.clone(), f)))
-                    .collect();
-                let owners: HashMap<String, String> = keys
-                    .iter()
-                    .map(|(n, k)| (k.public.to_base64(), n.clone()))
-                    .collect();
-                let (before, existed) = guard::links_before(&ok_facts, &owners);
-                let g = GuardInput {
-                    timeout,
-                    pending: &pending,
-                    lost: &lost,
-                    touched: &touched,
-                    before,
-                    existed,
-                    changes: &changes,
-                    wg_path: &wg_path,
-                    first_dead_man: deadlines.iter().min().copied(),
-                };
-                let (report, statuses) = run_guard(&cx, &g, &mut fresh).await;
-                for r in &mut reports {
-                    if let Some((st, err, secs)) = statuses.get(&r.name) {
-                        r.status = *st;
-                        if let Some(e) = err {
-                            r.error = Some(match r.error.take() {
-                                Some(old)
-                                    if *st == HostStatus::Reverted && lost.contains(&r.name) =>
-                                {
-                                    format!("{old}; {e}")
-                                }
-                                _ => e.clone(),
-                            });
-                        }
-                        r.timings.guard = *secs;
-                    }
-                }
-                report
-            }
-        });
+        report
     }
-    for r in &reports {
-        progress.done(&r.name, r.status.as_str());
-    }
-    close_all(&sessions).await;
-    close_all(&fresh).await;
-    Ok(Report {
-        hosts: reports,
-        warnings,
-        check: settings.check,
-        guard: guard_report,
-        interrupted: settings.stopped(),
-        router_rules: crate::hosts::manual_rules(topo),
-        router_hubs: crate::hosts::hub::hubs(topo, &|n| keys.get(n).map(|k| k.public)),
-    })
 }
 
-/// A managed router's report and plan: its desired files compared with its facts, the
-/// port-forward handler (with the public ports whose conntrack entries it flushes), drift of
-/// its running rules.
-fn plan_router<S: Transport>(
-    topo: &Topology,
-    name: &str,
-    sessions: &Sessions<S>,
-    facts: &HashMap<String, (std::result::Result<Facts, String>, f64)>,
-    wg_path: &str,
-    iface: &crate::shell::InterfaceName,
-) -> (HostReport, Option<HostPlan>) {
-    let mut r = HostReport::new(name);
-    let (site, router) = topo.router(name).expect("a targeted router exists");
-    if let Some(Ok(s)) = sessions.get(name) {
-        r.timings.connect = s.connect_time().as_secs_f64();
-    }
-    let f = match (sessions.get(name), facts.get(name)) {
-        (Some(Err(e)), _) => {
-            r.status = HostStatus::Unreachable;
-            r.error = Some(e.to_string());
-            return (r, None);
+/// What the change did on the hosts it ran on.
+#[derive(Default)]
+struct Done {
+    /// Changed, waiting for confirmation.
+    pending: Vec<String>,
+    /// Outcome unknown (the session dropped).
+    lost: Vec<String>,
+    /// When each changed host's dead-man fires.
+    deadlines: Vec<Instant>,
+    /// Every host a change was attempted on.
+    touched: BTreeSet<String>,
+}
+
+/// Writes each changed host's outcome into its report.
+fn record_outcomes(reports: &mut [HostReport], to_change: &[String], outcomes: &Outcomes) -> Done {
+    let mut d = Done::default();
+    for r in reports.iter_mut() {
+        if !to_change.contains(&r.name) {
+            continue;
         }
-        (_, Some((Err(e), t))) => {
-            r.timings.facts = *t;
+        let Some((o, secs, due)) = outcomes.get(&r.name) else {
             r.status = HostStatus::Failed;
-            r.error = Some(format!("gathering facts: {e}"));
-            return (r, None);
-        }
-        (_, Some((Ok(f), t))) => {
-            r.timings.facts = *t;
-            f
-        }
-        _ => {
-            r.status = HostStatus::Unreachable;
-            r.error = Some("not contacted".into());
-            return (r, None);
-        }
-    };
-    let files = match crate::hosts::desired(topo, site, router, f) {
-        Ok(x) => x,
-        Err(e) => {
-            r.status = HostStatus::Failed;
-            r.error = Some(e);
-            return (r, None);
-        }
-    };
-    let changes = diff::compare(&files, &|p| {
-        f.files.get(p).cloned().unwrap_or(FileFact::Absent)
-    });
-    let mut handlers = script::plan_handlers(&changes, f, wg_path);
-    let script_unchanged = changes
-        .iter()
-        .any(|c| c.desired.path == crate::hosts::PF_SCRIPT && c.action == Action::Unchanged);
-    if script_unchanged && let Some(d) = crate::hosts::linux::drift(f) {
-        r.drift.push(d);
-        handlers.port_forward.get_or_insert_with(Vec::new);
+            r.error = Some("not changed: the run was stopped before this host's turn".into());
+            continue;
+        };
+        r.timings.apply = *secs;
+        d.touched.insert(r.name.clone());
+        d.deadlines.extend(due);
+        let (status, error) = match o {
+            host::ChangeOutcome::Changed => {
+                d.pending.push(r.name.clone());
+                continue;
+            }
+            host::ChangeOutcome::RolledBack {
+                error,
+                restored: true,
+            } => (
+                HostStatus::RolledBack,
+                format!("{error}; put back: files restored byte for byte, handlers re-run"),
+            ),
+            host::ChangeOutcome::RolledBack {
+                error,
+                restored: false,
+            } => (
+                HostStatus::Failed,
+                format!("{error}; PUTTING IT BACK FAILED: see /var/lib/wgprov/log on the host"),
+            ),
+            host::ChangeOutcome::Failed { error } => (HostStatus::Failed, error.clone()),
+            host::ChangeOutcome::Locked { owner } => (
+                HostStatus::Failed,
+                format!("locked by another apply ({owner}): nothing was touched on this host"),
+            ),
+            host::ChangeOutcome::Lost { error } => {
+                d.lost.push(r.name.clone());
+                (HostStatus::Failed, error.clone())
+            }
+        };
+        r.status = status;
+        r.error = Some(error);
     }
-    plan_flush(
-        &changes,
-        f,
-        &mut handlers,
-        match router.kind {
-            crate::inventory::ManagedKind::Linux => "apt-get install conntrack",
-            crate::inventory::ManagedKind::Openwrt => "opkg install conntrack",
-        },
-        &mut r.warnings,
-    );
-    if !f.systemd && router.kind == crate::inventory::ManagedKind::Linux {
-        r.warnings.push(format!(
-            "systemd is not running here: nothing re-installs the port-forward at boot; run `sh {}` from the router's boot scripts (e.g. /etc/rc.local)",
-            crate::hosts::PF_SCRIPT
-        ));
-    }
-    r.changes = file_reports(&changes);
-    r.handlers = handlers.describe(iface, f);
-    if r.changed() > 0 || handlers != HandlerPlan::default() {
-        r.status = HostStatus::Changed;
-    }
-    (
-        r,
-        Some(HostPlan {
-            changes,
-            handlers,
-            expect: None,
-            facts: f.clone(),
-        }),
-    )
+    d
 }
 
 /// What every step of a changing run shares.
@@ -969,95 +733,6 @@ struct RunCx<'a, C: Connect> {
     connector: &'a Arc<C>,
     iface: &'a crate::shell::InterfaceName,
     run: &'a host::RunId,
-}
-
-/// Router rules a change needs, announced before anything is touched: a next-hop that will
-/// listen on another port, or a site whose next-hop moves. `true` marks a site whose router
-/// wgprov manages: its router's change does it, first, in the same guarded transaction.
-fn router_announcements(
-    topo: &Topology,
-    plans: &HashMap<String, HostPlan>,
-    wg_path: &str,
-) -> Vec<(String, bool)> {
-    let mut out = Vec::new();
-    for site in topo.sites.iter().filter(|s| s.managed) {
-        let Some(nh) = site.next_hop.as_deref().and_then(|n| topo.node(n)) else {
-            continue;
-        };
-        let Some(c) = plans
-            .get(&nh.name)
-            .and_then(|p| p.changes.iter().find(|c| c.desired.path == wg_path))
-        else {
-            continue;
-        };
-        let Some(old) = c.current.content() else {
-            continue;
-        };
-        // a site without an endpoint is never dialled from outside, and a hub router receives
-        // WireGuard on its own WAN: no router rule to change
-        let Some(endpoint) = &site.endpoint else {
-            continue;
-        };
-        if nh.is_router {
-            continue;
-        }
-        let new_port = topo.network.listen_port;
-        let public = endpoint.port;
-        let old_conf = WgConfig::parse(old);
-        let iface = old_conf.interface();
-        let old_port = iface
-            .and_then(|i| i.get("ListenPort"))
-            .and_then(|p| p.trim().parse::<u16>().ok());
-        let was_hub = iface.is_some_and(|i| i.get("PostUp").is_some());
-        let what = if let Some(op) = old_port
-            && op != new_port
-        {
-            format!(
-                "site {}: {} will listen on UDP {new_port} instead of {op}",
-                site.name, nh.name
-            )
-        } else if !was_hub {
-            format!("site {}: the next-hop moves to {}", site.name, nh.name)
-        } else {
-            continue;
-        };
-        match &site.managed_router {
-            Some(r) if plans.contains_key(&r.name) => out.push((
-                format!(
-                    "{what}: the managed router {} changes first, forwarding UDP {public} to {}:{new_port}, in this same guarded transaction",
-                    r.name, nh.address
-                ),
-                true,
-            )),
-            Some(r) => out.push((
-                format!(
-                    "{what}: the managed router {} must forward UDP {public} to {}:{new_port}, but it is outside --limit: apply it too (--limit {},{})",
-                    r.name,
-                    nh.address,
-                    r.name,
-                    nh.name
-                ),
-                false,
-            )),
-            None => out.push((
-                if old_port.is_some_and(|op| op != new_port) {
-                    format!(
-                        "{what}: the router ({}) must forward UDP {public} to {}:{new_port}; change it first, or the guard will find the links between sites down and put everything back",
-                        site.router.as_str(),
-                        nh.address
-                    )
-                } else {
-                    format!(
-                        "{what}: the router ({}) must forward UDP {public} to {}:{new_port}",
-                        site.router.as_str(),
-                        nh.address
-                    )
-                },
-                false,
-            )),
-        }
-    }
-    out
 }
 
 /// How long the controller waits for one wave's changes under the guard: a third of the
@@ -1080,53 +755,6 @@ fn dead_man_timeout(confirm: Duration, bound: Duration, i: usize, n: usize) -> D
     confirm + bound * (n.saturating_sub(i + 1) as u32)
 }
 
-/// The order of change: the managed routers that forward the port first, in a wave of their
-/// own (a node that moves its port needs the router's forward in place), then the nodes in the
-/// guard's waves (a hub router is a next-hop like a node: it changes in the waves of the mesh).
-fn change_waves(topo: &Topology, to_change: &[String]) -> Vec<Vec<String>> {
-    let (routers, nodes): (Vec<String>, Vec<String>) = to_change
-        .iter()
-        .cloned()
-        .partition(|n| is_forwarding_router(topo, n));
-    let mut waves = Vec::new();
-    if !routers.is_empty() {
-        waves.push(routers);
-    }
-    waves.extend(guard::waves(&nodes, &crate::topology::reach::paths(topo)));
-    waves
-}
-
-/// True for a managed router that only forwards the port (not a hub, which is a node).
-fn is_forwarding_router(topo: &Topology, name: &str) -> bool {
-    topo.router(name).is_some() && topo.node(name).is_none()
-}
-
-/// The routers whose port-forward changed before nodes changed after them, with the public
-/// ports to flush again: between the router's change and its next-hop's, the next-hop could
-/// still send from its old port, and the router's NAT would map the public port back to that
-/// old port for as long as the entry lives.
-fn reflush_targets(
-    topo: &Topology,
-    to_change: &[String],
-    plans: &HashMap<String, HostPlan>,
-    changed: &dyn Fn(&str) -> bool,
-) -> Vec<(String, Vec<u16>)> {
-    let nodes_changed = to_change
-        .iter()
-        .any(|n| !is_forwarding_router(topo, n) && changed(n));
-    if !nodes_changed {
-        return Vec::new();
-    }
-    to_change
-        .iter()
-        .filter(|n| is_forwarding_router(topo, n) && changed(n))
-        .filter_map(|n| {
-            let ports = plans.get(n)?.handlers.port_forward.clone()?;
-            (!ports.is_empty()).then(|| (n.clone(), ports))
-        })
-        .collect()
-}
-
 /// Flushes the conntrack entries of the changed routers' public ports once more, after the
 /// nodes changed (best effort: a failure is only reported).
 async fn flush_again<C: Connect>(
@@ -1136,7 +764,7 @@ async fn flush_again<C: Connect>(
     outcomes: &Outcomes,
 ) {
     let changed = |n: &str| matches!(outcomes.get(n), Some((host::ChangeOutcome::Changed, _, _)));
-    let targets = reflush_targets(cx.topo, to_change, plans, &changed);
+    let targets = order::reflush_targets(cx.topo, to_change, plans, &changed);
     for (name, ports) in targets {
         let Some(Ok(s)) = cx.sessions.get(&name) else {
             continue;
@@ -1173,7 +801,7 @@ async fn change_hosts<C: Connect>(
     to_change: &[String],
     plans: &HashMap<String, HostPlan>,
 ) -> Outcomes {
-    let waves = change_waves(cx.topo, to_change);
+    let waves = order::change_waves(cx.topo, to_change);
     let bound = wave_bound(cx.settings);
     let mut out = HashMap::new();
     for (i, wave) in waves.iter().enumerate() {
@@ -1185,7 +813,7 @@ async fn change_hosts<C: Connect>(
                 "changing wave {}/{} ({}): {}",
                 i + 1,
                 waves.len(),
-                if is_forwarding_router(cx.topo, &wave[0]) {
+                if order::is_forwarding_router(cx.topo, &wave[0]) {
                     "managed routers first"
                 } else {
                     "hosts behind the mesh first"
@@ -1489,68 +1117,6 @@ async fn run_guard<C: Connect>(
     (report, statuses)
 }
 
-/// What kind of host a rollback puts back, for its facts and handlers.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum RollbackKind {
-    /// A node, or a Linux router that is its site's hub (a node's files).
-    Node,
-    /// A managed router that forwards the port.
-    Forwarder,
-    /// An OpenWrt router that is its site's hub.
-    OpenwrtHub,
-}
-
-impl RollbackKind {
-    fn of(topo: &Topology, name: &str) -> RollbackKind {
-        if is_forwarding_router(topo, name) {
-            RollbackKind::Forwarder
-        } else if crate::hosts::openwrt_hub::is_hub(topo, name) {
-            RollbackKind::OpenwrtHub
-        } else {
-            RollbackKind::Node
-        }
-    }
-
-    /// The handlers that bring the restored files into effect: a router's port-forward
-    /// re-installed from the restored script (and the conntrack entries of the port in place
-    /// flushed); an OpenWrt hub's script run (its port-forward script, if one came back, too);
-    /// every handler of a node.
-    fn handlers(self, facts: &Facts) -> HandlerPlan {
-        let pf_ports = || {
-            crate::hosts::flush_ports(
-                facts
-                    .files
-                    .get(crate::hosts::PF_SCRIPT)
-                    .and_then(|f| f.content()),
-                None,
-            )
-        };
-        match self {
-            RollbackKind::Node => HandlerPlan::everything(),
-            RollbackKind::Forwarder => HandlerPlan {
-                daemon_reload: true,
-                port_forward: Some(pf_ports()),
-                router_hub: true,
-                ..Default::default()
-            },
-            RollbackKind::OpenwrtHub => HandlerPlan {
-                port_forward: Some(pf_ports()),
-                router_hub: true,
-                ..Default::default()
-            },
-        }
-    }
-
-    /// What the report says was re-run.
-    fn describe(self) -> &'static str {
-        match self {
-            RollbackKind::Node => "wireguard, sysctl, kubelet re-run with the restored files",
-            RollbackKind::Forwarder => "port_forward re-run with the restored files",
-            RollbackKind::OpenwrtHub => "router_hub re-run with the restored files",
-        }
-    }
-}
-
 /// Restores the last apply's backups on every targeted host and re-runs the handlers.
 pub async fn rollback<C: Connect>(
     planned: &Planned,
@@ -1581,22 +1147,17 @@ pub async fn rollback<C: Connect>(
         run_all(targeted.clone(), settings.forks, |n| {
             let s = sessions[&n].clone();
             let iface = iface.clone();
-            let kind = RollbackKind::of(topo, &n);
+            let kind = HostKind::of(topo, &n).expect("a targeted host").kind();
             async move {
                 let s = s.map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
-                let paths = match kind {
-                    RollbackKind::Node => Vec::new(),
-                    RollbackKind::Forwarder | RollbackKind::OpenwrtHub => {
-                        crate::hosts::candidate_paths()
-                    }
-                };
+                let paths = kind.rollback_paths();
                 let out = s
                     .run_script(&gather::script(&iface, &paths))
                     .await
                     .map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
                 let facts =
                     gather::parse(&out.stdout_text()).map_err(|e| (HostStatus::Failed, e))?;
-                let handlers = kind.handlers(&facts);
+                let handlers = kind.rollback_handlers(&facts);
                 let out = s
                     .run_script(&host::rollback_script_with(&iface, &facts, &handlers))
                     .await
@@ -1636,7 +1197,13 @@ pub async fn rollback<C: Connect>(
                         diff: String::new(),
                     })
                     .collect();
-                r.handlers = vec![RollbackKind::of(topo, n).describe().into()];
+                r.handlers = vec![
+                    HostKind::of(topo, n)
+                        .expect("a targeted host")
+                        .kind()
+                        .rollback_described()
+                        .into(),
+                ];
             }
             Err((status, e)) => {
                 r.status = *status;
@@ -1661,6 +1228,14 @@ pub async fn rollback<C: Connect>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::desired::{self, HostInput};
+    use crate::diff;
+    use crate::facts::FileFact;
+    use crate::hosts::handlers::HandlerPlan;
+    use crate::hosts::kind::Kind;
+    use crate::inventory::OsFamily;
+    use crate::plan::order::{change_waves, reflush_targets, router_announcements};
+    use crate::topology::keys::Keypair;
 
     fn node(name: &str, site: &str) -> NodePlan {
         NodePlan {
@@ -1710,7 +1285,10 @@ mod tests {
             existing: &none,
             peer_fallback: None,
         };
-        let files = desired::desired_files(&roles, &t, &keys, &input).unwrap();
+        let (files, _) = HostKind::of(&t, "home-router")
+            .unwrap()
+            .desired(&roles, &t, &keys, &input)
+            .unwrap();
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
@@ -1786,22 +1364,18 @@ mod tests {
                 content: files[0].state.content().unwrap().into(),
             },
         );
-        let known = existing_peers(&f, "/etc/wireguard/wg0.conf", true);
+        let hub_kind = HostKind::of(&t, "home-router").unwrap();
+        let known = hub_kind.existing_peers(&f, &t.network.interface);
         let o1 = keys["o1"].public.to_base64();
         assert!(
             known.contains(&(o1, vec!["10.100.1.0/24".to_string()])),
             "{known:?}"
         );
-        assert_eq!(
-            RollbackKind::of(&t, "home-router"),
-            RollbackKind::OpenwrtHub
-        );
-        assert_eq!(
-            RollbackKind::of(&t, "office-router"),
-            RollbackKind::Forwarder
-        );
-        assert_eq!(RollbackKind::of(&t, "n1"), RollbackKind::Node);
-        let h = RollbackKind::OpenwrtHub.handlers(&f);
+        let kind = |n: &str| HostKind::of(&t, n).unwrap().kind();
+        assert_eq!(kind("home-router"), Kind::OpenwrtHub);
+        assert_eq!(kind("office-router"), Kind::Forwarder);
+        assert_eq!(kind("n1"), Kind::Node);
+        let h = Kind::OpenwrtHub.rollback_handlers(&f);
         assert!(h.router_hub && h.wireguard.is_none() && h.port_forward == Some(vec![]));
     }
 
@@ -1821,7 +1395,6 @@ mod tests {
         assert_eq!(change_waves(&t, &names(&["n2"])), vec![names(&["n2"])]);
         let settings = Settings {
             limit: Some("n1".into()),
-            check: false,
             forks: 1,
             no_rollback: false,
             guard: None,
@@ -1863,6 +1436,8 @@ mod tests {
                 handlers: HandlerPlan::default(),
                 expect: None,
                 facts: Facts::default(),
+                drift: Vec::new(),
+                warnings: Vec::new(),
             };
             (node.to_string(), plan)
         };
@@ -1908,6 +1483,8 @@ mod tests {
             },
             expect: None,
             facts: Facts::default(),
+            drift: Vec::new(),
+            warnings: Vec::new(),
         };
         let plans: HashMap<String, HostPlan> = [
             ("home-router".to_string(), plan(Some(vec![51820]))),
@@ -1964,6 +1541,9 @@ mod tests {
     #[test]
     fn a_malformed_existing_private_key_is_an_error_not_a_new_identity() {
         let path = "/etc/wireguard/wg0.conf";
+        let n = node("n1", "home");
+        let existing_key =
+            |f: &Facts, _: &str| HostKind::Node(&n).existing_key(f, &Default::default());
         let facts = |conf: &str| {
             let mut f = Facts::default();
             f.files.insert(
@@ -1999,7 +1579,6 @@ mod tests {
         assert_eq!(dead_man_timeout(t, b, 2, 3), t);
         let mut s = Settings {
             limit: None,
-            check: false,
             forks: 1,
             no_rollback: false,
             guard: Some(Duration::from_secs(90)),
@@ -2020,12 +1599,12 @@ mod tests {
     #[test]
     fn adopted_configs_get_warnings_wg_quick_would_bite_on() {
         let f = Facts::default();
-        let w = config_warnings("[Interface]\nSaveConfig = true\nDNS = 1.1.1.1\n", &f);
+        let w = crate::plan::config_warnings("[Interface]\nSaveConfig = true\nDNS = 1.1.1.1\n", &f);
         assert_eq!(w.len(), 2, "{w:?}");
         let mut with = Facts::default();
         with.tools.insert("resolvconf".into());
         assert_eq!(
-            config_warnings("[Interface]\nDNS = 1.1.1.1\n", &with).len(),
+            crate::plan::config_warnings("[Interface]\nDNS = 1.1.1.1\n", &with).len(),
             0
         );
     }

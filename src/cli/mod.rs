@@ -91,10 +91,9 @@ impl ConnectArgs {
 }
 
 impl RunArgs {
-    fn settings(&self, check: bool, no_rollback: bool) -> crate::apply::Settings {
+    fn settings(&self, no_rollback: bool) -> crate::apply::Settings {
         crate::apply::Settings {
             limit: self.limit.clone(),
-            check,
             forks: self.forks.max(1),
             no_rollback,
             guard: None,
@@ -680,7 +679,7 @@ fn print_report(report: &crate::apply::Report, format: Format, diff: bool, timin
 fn apply(path: &Path, roles_path: Option<&Path>, run: &RunArgs, f: ApplyFlags) -> Result<u8> {
     let roles = Roles::load(RoleSource::resolve(roles_path, path))?;
     let p = planned(path, !f.check)?;
-    let mut settings = run.settings(f.check, f.no_rollback);
+    let mut settings = run.settings(f.no_rollback);
     settings.guard = f.guard;
     let progress = std::sync::Arc::new(CliProgress::new(run.format));
     let stop = settings.stop.clone();
@@ -704,7 +703,14 @@ fn apply(path: &Path, roles_path: Option<&Path>, run: &RunArgs, f: ApplyFlags) -
                 }
             }
         });
-        crate::apply::apply(&p, &roles, &settings, run.connector(), progress).await
+        let prepared =
+            crate::apply::prepare(&p, &roles, &settings, run.connector(), progress).await?;
+        // --check is decided here and nowhere below: the plan is printed, nothing changes
+        Ok::<_, Error>(if f.check {
+            prepared.check().await
+        } else {
+            prepared.execute().await
+        })
     })?;
     print_report(&report, run.format, f.diff, f.timings || verbose() > 0);
     Ok(report.exit_code(f.detailed_exitcode))
@@ -712,7 +718,7 @@ fn apply(path: &Path, roles_path: Option<&Path>, run: &RunArgs, f: ApplyFlags) -
 
 fn rollback(path: &Path, run: &RunArgs) -> Result<u8> {
     let p = planned(path, false)?;
-    let settings = run.settings(false, false);
+    let settings = run.settings(false);
     let progress = std::sync::Arc::new(CliProgress::new(run.format));
     let report = runtime()?.block_on(crate::apply::rollback(
         &p,

@@ -11,6 +11,7 @@
 
 pub mod drift;
 pub mod handlers;
+pub mod kind;
 pub use crate::desired::hub_sheet as hub;
 pub mod linux;
 pub mod openwrt;
