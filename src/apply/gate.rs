@@ -23,16 +23,9 @@ pub(super) struct GuardInput<'a> {
 
 pub(super) type GuardStatuses = HashMap<String, (HostStatus, Option<String>, f64)>;
 
-/// The health gate, then confirmation over fresh connections, or the network-wide put-back.
-pub(super) async fn run_guard<C: Connect>(
-    cx: &RunCx<'_, C>,
-    g: &GuardInput<'_>,
-    fresh_out: &mut Sessions<C::Session>,
-) -> (GuardReport, GuardStatuses) {
-    let topo = cx.topo;
-    let wait = (g.timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
-    let paths = crate::topology::reach::paths(topo);
-    // a router's change touches the links of its site's next-hop
+/// The links the gate probes: those of the hosts the change touched (a router's change touches
+/// the links of its site's next-hop) that were up before, or are new.
+fn links_to_probe(topo: &Topology, g: &GuardInput<'_>) -> BTreeSet<guard::Link> {
     let touched: BTreeSet<&str> = g
         .touched
         .iter()
@@ -41,36 +34,38 @@ pub(super) async fn run_guard<C: Connect>(
             None => t.as_str(),
         })
         .collect();
-    let to_probe = guard::links_to_probe(
+    guard::links_to_probe(
         guard::planned_links(topo)
             .into_iter()
             .filter(|l| touched.iter().any(|t| l.has(t)))
             .collect(),
         &g.before,
         &g.existed,
-    );
-    cx.progress.note(&format!(
-        "guard: probing {} link{} over {} (up to {} s), {} up before the change",
-        to_probe.len(),
-        if to_probe.len() == 1 { "" } else { "s" },
-        cx.iface,
-        wait.as_secs(),
-        g.before.iter().filter(|l| to_probe.contains(l)).count()
-    ));
+    )
+}
+
+/// Probes the links over the run's connections while fresh connections for the confirmation
+/// open; the fresh ones are awaited only when nothing broke and nobody asked to stop.
+async fn probe_and_reconnect<C: Connect>(
+    cx: &RunCx<'_, C>,
+    g: &GuardInput<'_>,
+    to_probe: &BTreeSet<guard::Link>,
+    wait: Duration,
+) -> (guard::Health, Sessions<C::Session>) {
+    let topo = cx.topo;
+    let paths = crate::topology::reach::paths(topo);
     let live: HashMap<String, Arc<C::Session>> = cx
         .sessions
         .iter()
         .filter_map(|(n, s)| s.as_ref().ok().map(|s| (n.clone(), s.clone())))
         .collect();
-    let t = Instant::now();
-    // fresh connections for the confirmation open while the links are probed
     let fresh_fut = connect_all(
         cx.connector,
         with_jumps(topo, g.pending),
         cx.settings.forks,
         cx.progress,
     );
-    let probe_fut = guard::probe_links(topo, &to_probe, &paths, &live, cx.iface, wait);
+    let probe_fut = guard::probe_links(topo, to_probe, &paths, &live, cx.iface, wait);
     tokio::pin!(fresh_fut);
     tokio::pin!(probe_fut);
     let mut fresh_done: Option<Sessions<C::Session>> = None;
@@ -80,13 +75,7 @@ pub(super) async fn run_guard<C: Connect>(
             f = &mut fresh_fut, if fresh_done.is_none() => fresh_done = Some(f),
         }
     };
-    let gate_seconds = t.elapsed().as_secs_f64();
     let health = guard::health(&g.before, &after);
-    let cause = if health.broken.is_empty() {
-        String::new()
-    } else {
-        guard::likely_cause(topo, &health.broken, g.changes, g.wg_path)
-    };
     let fresh = if health.broken.is_empty() && !cx.settings.stopped() {
         match fresh_done {
             Some(f) => f,
@@ -94,6 +83,34 @@ pub(super) async fn run_guard<C: Connect>(
         }
     } else {
         fresh_done.unwrap_or_default()
+    };
+    (health, fresh)
+}
+
+/// The health gate, then confirmation over fresh connections, or the network-wide put-back.
+pub(super) async fn run_guard<C: Connect>(
+    cx: &RunCx<'_, C>,
+    g: &GuardInput<'_>,
+    fresh_out: &mut Sessions<C::Session>,
+) -> (GuardReport, GuardStatuses) {
+    let topo = cx.topo;
+    let wait = (g.timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
+    let to_probe = links_to_probe(topo, g);
+    cx.progress.note(&format!(
+        "guard: probing {} link{} over {} (up to {} s), {} up before the change",
+        to_probe.len(),
+        if to_probe.len() == 1 { "" } else { "s" },
+        cx.iface,
+        wait.as_secs(),
+        g.before.iter().filter(|l| to_probe.contains(l)).count()
+    ));
+    let t = Instant::now();
+    let (health, fresh) = probe_and_reconnect(cx, g, &to_probe, wait).await;
+    let gate_seconds = t.elapsed().as_secs_f64();
+    let cause = if health.broken.is_empty() {
+        String::new()
+    } else {
+        guard::likely_cause(topo, &health.broken, g.changes, g.wg_path)
     };
     let not_reached: Vec<String> = g
         .pending
@@ -127,131 +144,177 @@ pub(super) async fn run_guard<C: Connect>(
     let step_timeout = cx.settings.command_timeout.min(Duration::from_secs(30));
     match verdict {
         guard::Verdict::Confirm => {
-            cx.progress
-                .note("guard: every link that was up is up; confirming over fresh connections");
-            let res = run_all(g.pending.to_vec(), cx.settings.forks, |n| {
-                let s = fresh[&n].as_ref().expect("reached anew").clone();
-                let run = cx.run.clone();
-                let progress = cx.progress.clone();
-                async move {
-                    progress.phase(&n, "confirming over a fresh connection");
-                    let t = Instant::now();
-                    (
-                        host::confirm(&*s, &run, step_timeout).await,
-                        t.elapsed().as_secs_f64(),
-                    )
-                }
-            })
-            .await;
-            let mut unconfirmed = Vec::new();
-            for (n, (o, secs)) in res {
-                let (st, err) = match o {
-                    host::Settled::Done => (HostStatus::Changed, None),
-                    host::Settled::NotPending(m) => (
-                        HostStatus::Reverted,
-                        Some(format!("put itself back before it could be confirmed: {m}")),
-                    ),
-                    host::Settled::Failed(e) | host::Settled::Lost(e) => (
-                        HostStatus::Reverted,
-                        Some(format!(
-                            "could not be confirmed ({e}): its dead-man puts it back by itself"
-                        )),
-                    ),
-                };
-                if st != HostStatus::Changed {
-                    unconfirmed.push(n.clone());
-                }
-                statuses.insert(n, (st, err, secs));
-            }
-            if unconfirmed.is_empty() {
-                report.outcome = "confirmed".into();
-                report.why = if health.new_down.is_empty() {
-                    "every link that was up before is up, and every changed host was confirmed over a fresh connection".into()
-                } else {
-                    format!(
-                        "kept: every link that was up before is up; but {} new link{} did not come up: {}",
-                        health.new_down.len(),
-                        if health.new_down.len() == 1 { "" } else { "s" },
-                        health
-                            .new_down
-                            .iter()
-                            .map(|l| l.to_string())
-                            .collect::<Vec<_>>()
-                            .join(", ")
-                    )
-                };
-            } else {
-                unconfirmed.sort();
-                report.outcome = "reverted".into();
-                report.why = format!(
-                    "{} could not be confirmed and put itself back",
-                    unconfirmed.join(", ")
-                );
-            }
+            confirm(
+                cx,
+                g,
+                &fresh,
+                &health,
+                step_timeout,
+                &mut report,
+                &mut statuses,
+            )
+            .await
         }
         guard::Verdict::Revert(why) => {
-            cx.progress
-                .note(&format!("guard: putting the change back everywhere: {why}"));
-            report.outcome = "reverted".into();
-            report.why = why.clone();
-            let mut targets: Vec<String> = g.pending.to_vec();
-            targets.extend(g.lost.iter().cloned());
-            let res = run_all(targets, cx.settings.forks, |n| {
-                let s = match (fresh.get(&n), cx.sessions.get(&n)) {
-                    (Some(Ok(s)), _) | (_, Some(Ok(s))) => Some(s.clone()),
-                    _ => None,
-                };
-                let run = cx.run.clone();
-                let why = why.clone();
-                let quick = if matches!(fresh.get(&n), Some(Ok(_))) {
-                    step_timeout
-                } else {
-                    Duration::from_secs(10)
-                };
-                let progress = cx.progress.clone();
-                async move {
-                    progress.phase(&n, "putting back");
-                    let t = Instant::now();
-                    let o = match s {
-                        Some(s) => host::revert(&*s, &run, &why, quick).await,
-                        None => host::Settled::Lost("no connection".into()),
-                    };
-                    (o, t.elapsed().as_secs_f64())
-                }
-            })
-            .await;
-            for (n, (o, secs)) in res {
-                let (st, err) = match o {
-                    host::Settled::Done => (
-                        HostStatus::Reverted,
-                        Some(
-                            "put back by the guard: files restored byte for byte, handlers re-run"
-                                .to_string(),
-                        ),
-                    ),
-                    host::Settled::NotPending(m) => (
-                        HostStatus::Reverted,
-                        Some(format!("had already put itself back: {m}")),
-                    ),
-                    host::Settled::Failed(e) => (
-                        HostStatus::Failed,
-                        Some(format!("PUTTING IT BACK FAILED: {e}")),
-                    ),
-                    host::Settled::Lost(e) => {
-                        report.left_to_dead_man.push(n.clone());
-                        (
-                            HostStatus::Reverted,
-                            Some(format!(
-                                "not reachable now ({e}): its dead-man puts it back by itself"
-                            )),
-                        )
-                    }
-                };
-                statuses.insert(n, (st, err, secs));
-            }
-            report.left_to_dead_man.sort();
+            revert(
+                cx,
+                g,
+                &fresh,
+                &why,
+                step_timeout,
+                &mut report,
+                &mut statuses,
+            )
+            .await
         }
     }
     *fresh_out = fresh;
     (report, statuses)
+}
+
+/// Confirms every changed host over its fresh connection; one that cannot be confirmed puts
+/// itself back, and the outcome says so.
+async fn confirm<C: Connect>(
+    cx: &RunCx<'_, C>,
+    g: &GuardInput<'_>,
+    fresh: &Sessions<C::Session>,
+    health: &guard::Health,
+    step_timeout: Duration,
+    report: &mut GuardReport,
+    statuses: &mut GuardStatuses,
+) {
+    cx.progress
+        .note("guard: every link that was up is up; confirming over fresh connections");
+    let res = run_all(g.pending.to_vec(), cx.settings.forks, |n| {
+        let s = fresh[&n].as_ref().expect("reached anew").clone();
+        let run = cx.run.clone();
+        let progress = cx.progress.clone();
+        async move {
+            progress.phase(&n, "confirming over a fresh connection");
+            let t = Instant::now();
+            (
+                host::confirm(&*s, &run, step_timeout).await,
+                t.elapsed().as_secs_f64(),
+            )
+        }
+    })
+    .await;
+    let mut unconfirmed = Vec::new();
+    for (n, (o, secs)) in res {
+        let (st, err) = match o {
+            host::Settled::Done => (HostStatus::Changed, None),
+            host::Settled::NotPending(m) => (
+                HostStatus::Reverted,
+                Some(format!("put itself back before it could be confirmed: {m}")),
+            ),
+            host::Settled::Failed(e) | host::Settled::Lost(e) => (
+                HostStatus::Reverted,
+                Some(format!(
+                    "could not be confirmed ({e}): its dead-man puts it back by itself"
+                )),
+            ),
+        };
+        if st != HostStatus::Changed {
+            unconfirmed.push(n.clone());
+        }
+        statuses.insert(n, (st, err, secs));
+    }
+    if unconfirmed.is_empty() {
+        report.outcome = "confirmed".into();
+        report.why = if health.new_down.is_empty() {
+            "every link that was up before is up, and every changed host was confirmed over a fresh connection".into()
+        } else {
+            format!(
+                "kept: every link that was up before is up; but {} new link{} did not come up: {}",
+                health.new_down.len(),
+                if health.new_down.len() == 1 { "" } else { "s" },
+                health
+                    .new_down
+                    .iter()
+                    .map(|l| l.to_string())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        };
+    } else {
+        unconfirmed.sort();
+        report.outcome = "reverted".into();
+        report.why = format!(
+            "{} could not be confirmed and put itself back",
+            unconfirmed.join(", ")
+        );
+    }
+}
+
+/// Puts every changed host back (over a fresh connection, else the one of the change); a host
+/// out of reach is left to its dead-man, and the report names it.
+async fn revert<C: Connect>(
+    cx: &RunCx<'_, C>,
+    g: &GuardInput<'_>,
+    fresh: &Sessions<C::Session>,
+    why: &str,
+    step_timeout: Duration,
+    report: &mut GuardReport,
+    statuses: &mut GuardStatuses,
+) {
+    cx.progress
+        .note(&format!("guard: putting the change back everywhere: {why}"));
+    report.outcome = "reverted".into();
+    report.why = why.to_string();
+    let mut targets: Vec<String> = g.pending.to_vec();
+    targets.extend(g.lost.iter().cloned());
+    let res = run_all(targets, cx.settings.forks, |n| {
+        let s = match (fresh.get(&n), cx.sessions.get(&n)) {
+            (Some(Ok(s)), _) | (_, Some(Ok(s))) => Some(s.clone()),
+            _ => None,
+        };
+        let run = cx.run.clone();
+        let why = why.to_string();
+        let quick = if matches!(fresh.get(&n), Some(Ok(_))) {
+            step_timeout
+        } else {
+            Duration::from_secs(10)
+        };
+        let progress = cx.progress.clone();
+        async move {
+            progress.phase(&n, "putting back");
+            let t = Instant::now();
+            let o = match s {
+                Some(s) => host::revert(&*s, &run, &why, quick).await,
+                None => host::Settled::Lost("no connection".into()),
+            };
+            (o, t.elapsed().as_secs_f64())
+        }
+    })
+    .await;
+    for (n, (o, secs)) in res {
+        let (st, err) = match o {
+            host::Settled::Done => (
+                HostStatus::Reverted,
+                Some(
+                    "put back by the guard: files restored byte for byte, handlers re-run"
+                        .to_string(),
+                ),
+            ),
+            host::Settled::NotPending(m) => (
+                HostStatus::Reverted,
+                Some(format!("had already put itself back: {m}")),
+            ),
+            host::Settled::Failed(e) => (
+                HostStatus::Failed,
+                Some(format!("PUTTING IT BACK FAILED: {e}")),
+            ),
+            host::Settled::Lost(e) => {
+                report.left_to_dead_man.push(n.clone());
+                (
+                    HostStatus::Reverted,
+                    Some(format!(
+                        "not reachable now ({e}): its dead-man puts it back by itself"
+                    )),
+                )
+            }
+        };
+        statuses.insert(n, (st, err, secs));
+    }
+    report.left_to_dead_man.sort();
 }

@@ -34,38 +34,7 @@ pub async fn rollback<C: Connect>(
             let s = sessions[&n].clone();
             let iface = iface.clone();
             let kind = HostKind::of(topo, &n).expect("a targeted host").kind();
-            async move {
-                let s = s.map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
-                let paths = kind.rollback_paths();
-                let out = s
-                    .run_script(&gather::script(&iface, &paths))
-                    .await
-                    .map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
-                let facts =
-                    gather::parse(&out.stdout_text()).map_err(|e| (HostStatus::Failed, e))?;
-                let handlers = kind.rollback_handlers(&facts);
-                let out = s
-                    .run_script(&host::rollback_script_with(&iface, &facts, &handlers))
-                    .await
-                    .map_err(|e| (HostStatus::Failed, e.to_string()))?;
-                let r = script::parse_result(&out.stdout_text());
-                match r.failed_step {
-                    None if r.done => Ok(out
-                        .stdout_text()
-                        .lines()
-                        .filter_map(|l| l.strip_prefix("restored "))
-                        .map(str::to_string)
-                        .collect::<Vec<_>>()),
-                    Some(step) => Err((
-                        HostStatus::Failed,
-                        format!("{step}: {}", out.stderr_text().trim()),
-                    )),
-                    None => Err((
-                        HostStatus::Failed,
-                        format!("rollback stopped (exit {})", out.status),
-                    )),
-                }
-            }
+            async move { roll_back(s, iface, kind).await }
         })
         .await
     };
@@ -109,4 +78,42 @@ pub async fn rollback<C: Connect>(
         router_rules: Vec::new(),
         router_hubs: Vec::new(),
     })
+}
+
+/// Puts one host's last backup back: its facts first (for a router, its scripts), then the
+/// restore with its kind's handlers. The restored paths, or the status and why.
+async fn roll_back<S: Transport>(
+    s: std::result::Result<Arc<S>, crate::transport::TransportError>,
+    iface: crate::shell::InterfaceName,
+    kind: crate::hosts::kind::Kind,
+) -> std::result::Result<Vec<String>, (HostStatus, String)> {
+    let s = s.map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
+    let paths = kind.rollback_paths();
+    let out = s
+        .run_script(&gather::script(&iface, &paths))
+        .await
+        .map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
+    let facts = gather::parse(&out.stdout_text()).map_err(|e| (HostStatus::Failed, e))?;
+    let handlers = kind.rollback_handlers(&facts);
+    let out = s
+        .run_script(&host::rollback_script_with(&iface, &facts, &handlers))
+        .await
+        .map_err(|e| (HostStatus::Failed, e.to_string()))?;
+    let r = script::parse_result(&out.stdout_text());
+    match r.failed_step {
+        None if r.done => Ok(out
+            .stdout_text()
+            .lines()
+            .filter_map(|l| l.strip_prefix("restored "))
+            .map(str::to_string)
+            .collect::<Vec<_>>()),
+        Some(step) => Err((
+            HostStatus::Failed,
+            format!("{step}: {}", out.stderr_text().trim()),
+        )),
+        None => Err((
+            HostStatus::Failed,
+            format!("rollback stopped (exit {})", out.status),
+        )),
+    }
 }

@@ -138,37 +138,8 @@ pub fn host(
     if keys.new.contains(name) {
         warnings.push("no WireGuard key on the node: a new one is generated".into());
     }
-    let known = kind.existing_peers(f, iface);
-    let fallback = |allowed: &str| -> Option<String> {
-        let want: BTreeSet<&str> = allowed.split(',').map(str::trim).collect();
-        known
-            .iter()
-            .find(|(k, a)| {
-                !k.is_empty() && a.iter().map(String::as_str).collect::<BTreeSet<_>>() == want
-            })
-            .map(|(k, _)| k.clone())
-    };
-    let existing = |p: &str| f.files.get(p).and_then(|x| x.content()).map(str::to_string);
+    let files = files(kind, roles, topo, keys, f, os, &mut warnings)?;
     let node = kind.node();
-    let files = match node {
-        Some(node) => {
-            let input = HostInput {
-                node,
-                os_family: os,
-                systemd: f.systemd,
-                existing: &existing,
-                peer_fallback: Some(&fallback),
-            };
-            // hosts were contacted: a template that fails for this host's facts is this
-            // host's failure (exit 1), not an invalid inventory (exit 2)
-            let (files, skipped) = kind.desired(roles, topo, &keys.ring, &input)?;
-            for s in skipped {
-                warnings.push(format!("peer {s} left out: its key is unknown (its node could not be read and this host has no entry for it)"));
-            }
-            files
-        }
-        None => kind.forwarder_files(topo, f)?,
-    };
     let changes = diff::compare(&files, &|p| {
         f.files.get(p).cloned().unwrap_or(FileFact::Absent)
     });
@@ -214,6 +185,51 @@ pub fn host(
         drift,
         warnings,
     })
+}
+
+/// A host's desired files; a peer whose node could not be read keeps the entry the host has
+/// for it (same AllowedIPs), and one with no entry is left out with a warning.
+fn files(
+    kind: HostKind,
+    roles: &Roles,
+    topo: &Topology,
+    keys: &Keys,
+    f: &Facts,
+    os: OsFamily,
+    warnings: &mut Vec<String>,
+) -> Result<Vec<crate::desired::DesiredFile>, String> {
+    let iface = &topo.network.interface;
+    let known = kind.existing_peers(f, iface);
+    let fallback = |allowed: &str| -> Option<String> {
+        let want: BTreeSet<&str> = allowed.split(',').map(str::trim).collect();
+        known
+            .iter()
+            .find(|(k, a)| {
+                !k.is_empty() && a.iter().map(String::as_str).collect::<BTreeSet<_>>() == want
+            })
+            .map(|(k, _)| k.clone())
+    };
+    let existing = |p: &str| f.files.get(p).and_then(|x| x.content()).map(str::to_string);
+    let files = match kind.node() {
+        Some(node) => {
+            let input = HostInput {
+                node,
+                os_family: os,
+                systemd: f.systemd,
+                existing: &existing,
+                peer_fallback: Some(&fallback),
+            };
+            // hosts were contacted: a template that fails for this host's facts is this
+            // host's failure (exit 1), not an invalid inventory (exit 2)
+            let (files, skipped) = kind.desired(roles, topo, &keys.ring, &input)?;
+            for s in skipped {
+                warnings.push(format!("peer {s} left out: its key is unknown (its node could not be read and this host has no entry for it)"));
+            }
+            files
+        }
+        None => kind.forwarder_files(topo, f)?,
+    };
+    Ok(files)
 }
 
 /// Drift of a host whose files are unchanged: a node's running interface against its config,
