@@ -64,7 +64,7 @@ fn phase(name: &str, inv: &Path) {
             let keys = desired::fresh_keys(&p.topology);
             let keys_s = t_keys.elapsed().as_secs_f64();
             let t_render = Instant::now();
-            let hosts = desired::render_offline(&roles, &p.topology, &keys).unwrap();
+            let hosts = wgprov::hosts::render::render_offline(&roles, &p.topology, &keys).unwrap();
             let render_s = t_render.elapsed().as_secs_f64();
             let t_write = Instant::now();
             let out = inv.parent().unwrap().join("out");

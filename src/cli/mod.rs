@@ -568,7 +568,7 @@ fn render(path: &Path, roles_path: Option<&Path>, out: &Path) -> Result<u8> {
     let roles = Roles::load(RoleSource::resolve(roles_path, path))?;
     let p = planned(path, true)?;
     let keys = desired::fresh_keys(&p.topology);
-    let hosts = desired::render_offline(&roles, &p.topology, &keys)?;
+    let hosts = crate::hosts::render::render_offline(&roles, &p.topology, &keys)?;
     let count = write_tree(out, &hosts)?;
     eprintln!(
         "rendered {count} files for {} nodes into {} (private keys are fresh previews: apply keeps each node's own key)",

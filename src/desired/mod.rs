@@ -339,24 +339,14 @@ pub fn desired_files(
     desired_files_with_skips(roles, topo, keys, input).map(|(f, _)| f)
 }
 
-/// [`desired_files`], and the peers left out because their key could not be learned. An
-/// OpenWrt router that is its site's hub gets no role's files: its WireGuard is set through
-/// uci by one script ([`crate::hosts::openwrt_hub`]).
+/// [`desired_files`], and the peers left out because their key could not be learned. (An
+/// OpenWrt router that is its site's hub gets no role's files: its kind gives its own.)
 pub fn desired_files_with_skips(
     roles: &Roles,
     topo: &Topology,
     keys: &KeyRing,
     input: &HostInput,
 ) -> Result<(Vec<DesiredFile>, Vec<String>)> {
-    if let Some(router) = crate::hosts::openwrt_hub::of(topo, input.node) {
-        return crate::hosts::openwrt_hub::desired(
-            topo,
-            input.node,
-            router,
-            keys,
-            input.peer_fallback,
-        );
-    }
     let (base, skipped) = context(
         topo,
         input.node,
@@ -443,9 +433,6 @@ pub fn desired_files_with_skips(
 
 /// Every path the roles may manage on `node`, for either OS family: what facts must read.
 pub fn candidate_paths(roles: &Roles, topo: &Topology, node: &NodePlan) -> Result<Vec<RemotePath>> {
-    if crate::hosts::openwrt_hub::of(topo, node).is_some() {
-        return Ok(crate::hosts::openwrt_hub::candidate_paths());
-    }
     // only the paths are rendered: the node's own (placeholder) key is all the context needs
     let mut keys = KeyRing::new();
     keys.insert(node.name.clone(), Keypair::generate());
@@ -526,62 +513,4 @@ pub fn fresh_keys(topo: &Topology) -> KeyRing {
             .flat_map(|h| h.join().expect("key generation thread"))
             .collect()
     })
-}
-
-/// Desired files of every managed node with no facts (offline), spread over every core, then
-/// those of every managed router (as one with systemd and iptables).
-pub fn render_offline(
-    roles: &Roles,
-    topo: &Topology,
-    keys: &KeyRing,
-) -> Result<Vec<(String, Vec<DesiredFile>)>> {
-    let nodes: Vec<&NodePlan> = topo.nodes.iter().collect();
-    let threads = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
-        .max(1);
-    let chunk = nodes.len().div_ceil(threads).max(1);
-    let none = |_: &str| None;
-    let parts: Vec<Result<Vec<HostFiles>>> = std::thread::scope(|s| {
-        let handles: Vec<_> = nodes
-            .chunks(chunk)
-            .map(|c| {
-                s.spawn(move || {
-                    c.iter()
-                        .map(|n| {
-                            let input = HostInput {
-                                node: n,
-                                os_family: offline_os_family(n),
-                                systemd: true,
-                                existing: &none,
-                                peer_fallback: None,
-                            };
-                            desired_files(roles, topo, keys, &input).map(|f| (n.name.clone(), f))
-                        })
-                        .collect()
-                })
-            })
-            .collect();
-        handles
-            .into_iter()
-            .map(|h| h.join().expect("render thread"))
-            .collect()
-    });
-    let mut out = Vec::with_capacity(nodes.len());
-    for p in parts {
-        out.extend(p?);
-    }
-    // managed routers that forward the port, as a router with systemd and iptables would have
-    // them (a hub router is a node, above)
-    let facts = crate::facts::Facts {
-        systemd: true,
-        tools: ["iptables".to_string()].into(),
-        ..Default::default()
-    };
-    for (site, r) in topo.routers().filter(|(_, r)| topo.node(&r.name).is_none()) {
-        if let Ok(files) = crate::hosts::desired(topo, site, r, &facts) {
-            out.push((r.name.clone(), files));
-        }
-    }
-    Ok(out)
 }

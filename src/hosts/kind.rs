@@ -163,13 +163,11 @@ impl<'a> HostKind<'a> {
         topo: &Topology,
         keys: &KeyRing,
         input: &HostInput,
-    ) -> std::result::Result<(Vec<DesiredFile>, Vec<String>), String> {
+    ) -> Result<(Vec<DesiredFile>, Vec<String>)> {
         match self {
-            HostKind::Node(_) => desired::desired_files_with_skips(roles, topo, keys, input)
-                .map_err(|e| format!("rendering its files: {e}")),
+            HostKind::Node(_) => desired::desired_files_with_skips(roles, topo, keys, input),
             HostKind::OpenwrtHub(n, r) => {
                 openwrt_hub::desired(topo, n, r, keys, input.peer_fallback)
-                    .map_err(|e| format!("rendering its files: {e}"))
             }
             HostKind::Forwarder(..) => Ok((Vec::new(), Vec::new())),
         }

@@ -16,6 +16,7 @@ pub use crate::desired::hub_sheet as hub;
 pub mod linux;
 pub mod openwrt;
 pub mod openwrt_hub;
+pub mod render;
 
 use std::net::Ipv4Addr;
 

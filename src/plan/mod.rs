@@ -221,7 +221,9 @@ fn files(
             };
             // hosts were contacted: a template that fails for this host's facts is this
             // host's failure (exit 1), not an invalid inventory (exit 2)
-            let (files, skipped) = kind.desired(roles, topo, &keys.ring, &input)?;
+            let (files, skipped) = kind
+                .desired(roles, topo, &keys.ring, &input)
+                .map_err(|e| format!("rendering its files: {e}"))?;
             for s in skipped {
                 warnings.push(format!("peer {s} left out: its key is unknown (its node could not be read and this host has no entry for it)"));
             }

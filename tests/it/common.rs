@@ -43,7 +43,7 @@ pub fn render(p: &Planned) -> (Vec<(String, Vec<DesiredFile>)>, KeyRing) {
     let roles = Roles::load(RoleSource::Embedded).unwrap();
     let keys = desired::fresh_keys(&p.topology);
     (
-        desired::render_offline(&roles, &p.topology, &keys).unwrap(),
+        wgprov::hosts::render::render_offline(&roles, &p.topology, &keys).unwrap(),
         keys,
     )
 }
