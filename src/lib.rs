@@ -14,6 +14,7 @@ pub mod diff;
 pub mod error;
 pub mod facts;
 pub mod fleet;
+pub mod formats;
 pub mod hosts;
 pub mod inventory;
 pub mod lab;

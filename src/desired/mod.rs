@@ -9,7 +9,7 @@ use std::collections::HashMap;
 use serde_json::{Value as Json, json};
 
 use crate::error::{Error, Result};
-use crate::facts::kubelet;
+use crate::formats::kubelet;
 use crate::inventory::OsFamily;
 use crate::roles::{ContentSpec, EditKind, MergeKind, Roles};
 use crate::shell::{Handler, RemotePath};
@@ -55,7 +55,7 @@ impl std::fmt::Debug for FileState {
             FileState::Absent => f.write_str("Absent"),
             FileState::Present { content, mode } => f
                 .debug_struct("Present")
-                .field("content", &crate::facts::wgconf::redact(content))
+                .field("content", &crate::formats::wgconf::redact(content))
                 .field("mode", &format_args!("{mode:o}"))
                 .finish(),
         }

@@ -4,7 +4,7 @@
 //! managed keys (Address, ListenPort, MTU, PrivateKey) take the rendered values; the peers are
 //! replaced by the rendered ones. Merging twice gives the same text as merging once.
 
-use crate::facts::wgconf::{Line, Section, WgConfig};
+use crate::formats::wgconf::{Line, Section, WgConfig};
 
 /// Hook keys that may repeat: rendered ones are added when missing, existing ones kept.
 const MULTI: &[&str] = &["PreUp", "PostUp", "PreDown", "PostDown"];

@@ -5,8 +5,8 @@ use serde::Serialize;
 use similar::TextDiff;
 
 use crate::desired::{DesiredFile, FileState};
-use crate::facts::FileFact;
-use crate::facts::wgconf::redact;
+use crate::formats::state::FileFact;
+use crate::formats::wgconf::redact;
 
 /// What happens to one file.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]

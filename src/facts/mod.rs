@@ -1,8 +1,7 @@
-//! What a host has now: one shell script gathered in one exec ([`gather`]), and the parsers
-//! facts are read with — a wg-quick config reader/editor and a kubelet defaults-file editor.
+//! What a host has now: one shell script gathered in one exec ([`gather`]), parsed into the
+//! state types of [`crate::formats::state`].
 
 pub mod gather;
-pub mod kubelet;
-pub mod wgconf;
 
+pub use crate::formats::{kubelet, wgconf};
 pub use gather::{Facts, FileFact};

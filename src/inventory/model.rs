@@ -169,35 +169,7 @@ pub struct ManagedRouter {
     pub ssh: SshSettings,
 }
 
-/// Operating-system family of a node: decides where the kubelet defaults file lives.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum OsFamily {
-    /// Debian, Ubuntu: `/etc/default/kubelet`.
-    Debian,
-    /// RHEL, Fedora, Rocky, Alma: `/etc/sysconfig/kubelet`.
-    Redhat,
-}
-
-impl OsFamily {
-    /// Every family.
-    pub const ALL: [OsFamily; 2] = [Self::Debian, Self::Redhat];
-    /// Parses the inventory spelling.
-    pub fn parse(s: &str) -> Option<Self> {
-        match s {
-            "debian" => Some(Self::Debian),
-            "redhat" => Some(Self::Redhat),
-            _ => None,
-        }
-    }
-    /// The inventory spelling.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Self::Debian => "debian",
-            Self::Redhat => "redhat",
-        }
-    }
-}
+pub use crate::formats::kubelet::OsFamily;
 
 /// A public `host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]

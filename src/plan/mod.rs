@@ -8,8 +8,8 @@ use std::collections::{BTreeSet, HashMap};
 
 use crate::desired::{FileState, HostInput, KeyRing};
 use crate::diff::{self, Action, Change};
-use crate::facts::wgconf::WgConfig;
-use crate::facts::{Facts, FileFact};
+use crate::formats::state::{Facts, FileFact};
+use crate::formats::wgconf::WgConfig;
 use crate::hosts::handlers::{Expect, HandlerPlan, plan_handlers};
 use crate::hosts::kind::{HostKind, conf_path};
 use crate::inventory::OsFamily;

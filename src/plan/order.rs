@@ -4,7 +4,7 @@
 
 use std::collections::HashMap;
 
-use crate::facts::wgconf::WgConfig;
+use crate::formats::wgconf::WgConfig;
 use crate::topology::Topology;
 
 use super::HostPlan;

@@ -2,6 +2,36 @@
 //! `--node-ip` inside `KUBELET_EXTRA_ARGS` and keep every other flag and line as written.
 //! Handles quoted and unquoted values and both `--node-ip=X` and `--node-ip X`.
 
+/// Operating-system family of a node: decides where the kubelet defaults file lives.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OsFamily {
+    /// Debian, Ubuntu: `/etc/default/kubelet`.
+    Debian,
+    /// RHEL, Fedora, Rocky, Alma: `/etc/sysconfig/kubelet`.
+    Redhat,
+}
+
+impl OsFamily {
+    /// Every family.
+    pub const ALL: [OsFamily; 2] = [Self::Debian, Self::Redhat];
+    /// Parses the inventory spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "debian" => Some(Self::Debian),
+            "redhat" => Some(Self::Redhat),
+            _ => None,
+        }
+    }
+    /// The inventory spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Debian => "debian",
+            Self::Redhat => "redhat",
+        }
+    }
+}
+
 /// The variable kubelet's systemd drop-in reads.
 pub const VAR: &str = "KUBELET_EXTRA_ARGS";
 
