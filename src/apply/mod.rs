@@ -98,23 +98,32 @@ fn targets<'t>(topo: &'t Topology, settings: &Settings) -> Vec<HostKind<'t>> {
         .collect()
 }
 
-/// One facts exec per reachable host (untargeted nodes are read for their keys, never changed).
-async fn gather_facts<S: Transport + 'static>(
+/// The facts script of every host given, rendered before any host is contacted: a role whose
+/// paths do not render is an invalid inventory, and nothing is touched.
+fn facts_scripts<'n>(
     topo: &Topology,
     roles: &Roles,
+    names: impl Iterator<Item = &'n str>,
+) -> Result<HashMap<String, String>> {
+    let iface = &topo.network.interface;
+    let mut scripts = HashMap::new();
+    for n in names {
+        let kind = HostKind::of(topo, n).expect("a host of the plan");
+        let paths = kind.candidate_paths(roles, topo)?;
+        scripts.insert(n.to_string(), kind.facts_script(iface, &paths));
+    }
+    Ok(scripts)
+}
+
+/// One facts exec per reachable host (untargeted nodes are read for their keys, never changed).
+async fn gather_facts<S: Transport + 'static>(
+    scripts: &HashMap<String, String>,
     names: Vec<String>,
     sessions: &Sessions<S>,
     forks: usize,
     progress: &Arc<dyn Progress>,
-) -> Result<Gathered> {
-    let iface = &topo.network.interface;
-    let mut scripts: HashMap<String, String> = HashMap::new();
-    for n in &names {
-        let kind = HostKind::of(topo, n).expect("a host of the plan");
-        let paths = kind.candidate_paths(roles, topo)?;
-        scripts.insert(n.clone(), kind.facts_script(iface, &paths));
-    }
-    Ok(run_all(names, forks, |n| {
+) -> Gathered {
+    run_all(names, forks, |n| {
         let s = sessions[&n].as_ref().expect("reachable").clone();
         let script = scripts[&n].clone();
         let progress = progress.clone();
@@ -133,7 +142,7 @@ async fn gather_facts<S: Transport + 'static>(
             (r, t.elapsed().as_secs_f64())
         }
     })
-    .await)
+    .await
 }
 
 /// A targeted host's report from its connection, its facts and its plan.
@@ -204,6 +213,14 @@ pub async fn prepare<'a, C: Connect>(
         .filter(|k| k.is_forwarder())
         .map(|k| k.name())
         .collect();
+    let scripts = facts_scripts(
+        topo,
+        roles,
+        topo.nodes
+            .iter()
+            .map(|n| n.name.as_str())
+            .chain(forwarders.iter().copied()),
+    )?;
     let sessions = connect_all(
         &connector,
         topo.ssh_targets()
@@ -222,8 +239,7 @@ pub async fn prepare<'a, C: Connect>(
         .filter(|n| matches!(sessions.get(*n), Some(Ok(_))))
         .map(str::to_string)
         .collect();
-    let gathered =
-        gather_facts(topo, roles, reachable, &sessions, settings.forks, &progress).await?;
+    let gathered = gather_facts(&scripts, reachable, &sessions, settings.forks, &progress).await;
     let facts: HashMap<String, Facts> = gathered
         .iter()
         .filter_map(|(n, (f, _))| f.as_ref().ok().map(|f| (n.clone(), f.clone())))
