@@ -85,7 +85,7 @@ pub struct Prepared<'a, C: Connect> {
 }
 
 /// Facts per host, or why there are none, with the seconds gathering took.
-type Gathered = HashMap<String, (std::result::Result<Facts, String>, f64)>;
+type Gathered = HashMap<String, (std::result::Result<Facts, gather::FactsError>, f64)>;
 
 /// The hosts a run targets: the nodes `--limit` selects and the managed routers that only
 /// forward the port (a hub router is a node).
@@ -132,12 +132,11 @@ async fn gather_facts<S: Transport + 'static>(
             let t = Instant::now();
             let r = match s.run_script(&script).await {
                 Ok(out) if out.status == 0 => gather::parse(&out.stdout_text()),
-                Ok(out) => Err(format!(
-                    "facts script exited {}: {}",
-                    out.status,
-                    out.stderr_text().trim()
-                )),
-                Err(e) => Err(e.to_string()),
+                Ok(out) => Err(gather::FactsError::Exited {
+                    status: out.status,
+                    stderr: out.stderr_text().trim().to_string(),
+                }),
+                Err(e) => Err(e.into()),
             };
             (r, t.elapsed().as_secs_f64())
         }
@@ -150,7 +149,7 @@ fn host_report<S: Transport>(
     kind: HostKind,
     sessions: &Sessions<S>,
     gathered: &Gathered,
-    plan: Option<&std::result::Result<HostPlan, String>>,
+    plan: Option<&std::result::Result<HostPlan, plan::PlanError>>,
     iface: &crate::shell::InterfaceName,
 ) -> HostReport {
     let name = kind.name();
@@ -172,7 +171,7 @@ fn host_report<S: Transport>(
         }
         (_, _, Some(Err(e))) => {
             r.status = HostStatus::Failed;
-            r.error = Some(e.clone());
+            r.error = Some(e.to_string());
         }
         (_, _, Some(Ok(p))) => {
             r.warnings = p.warnings.clone();
@@ -765,7 +764,8 @@ mod tests {
         let err = existing_key(&facts("[Interface]\nPrivateKey = not-a-key\n"), path)
             .unwrap()
             .err()
-            .unwrap();
+            .unwrap()
+            .to_string();
         assert!(
             err.contains("malformed PrivateKey") && !err.contains("not-a-key"),
             "{err}"

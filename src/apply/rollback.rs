@@ -93,7 +93,8 @@ async fn roll_back<S: Transport>(
         .run_script(&gather::script(&iface, &paths))
         .await
         .map_err(|e| (HostStatus::Unreachable, e.to_string()))?;
-    let facts = gather::parse(&out.stdout_text()).map_err(|e| (HostStatus::Failed, e))?;
+    let facts =
+        gather::parse(&out.stdout_text()).map_err(|e| (HostStatus::Failed, e.to_string()))?;
     let handlers = kind.rollback_handlers(&facts);
     let out = s
         .run_script(&host::rollback_script_with(&iface, &facts, &handlers))

@@ -67,15 +67,49 @@ pub fn script_with(iface: &InterfaceName, paths: &[RemotePath], extra: &str) -> 
     s
 }
 
-fn b64(s: &str) -> Result<String, String> {
+/// Why a host's facts could not be had.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum FactsError {
+    /// A file's content did not decode.
+    #[error("bad base64 in facts: {0}")]
+    Base64(String),
+    /// A file's mode did not parse.
+    #[error("bad mode for {0}")]
+    BadMode(String),
+    /// A file came without its mode.
+    #[error("no mode for {0}")]
+    NoMode(String),
+    /// The output ended before the script's last section.
+    #[error("the facts script did not finish")]
+    Unfinished,
+    /// The script exited non-zero.
+    #[error("facts script exited {status}: {stderr}")]
+    Exited {
+        /// Its exit status.
+        status: u32,
+        /// What it said on stderr.
+        stderr: String,
+    },
+    /// The connection failed while it ran.
+    #[error(transparent)]
+    Transport(#[from] crate::transport::TransportError),
+}
+
+impl From<FactsError> for String {
+    fn from(e: FactsError) -> String {
+        e.to_string()
+    }
+}
+
+fn b64(s: &str) -> Result<String, FactsError> {
     let bytes = STANDARD
         .decode(s.trim())
-        .map_err(|e| format!("bad base64 in facts: {e}"))?;
+        .map_err(|e| FactsError::Base64(e.to_string()))?;
     Ok(String::from_utf8_lossy(&bytes).into_owned())
 }
 
 /// Parses the output of [`script`].
-pub fn parse(output: &str) -> Result<Facts, String> {
+pub fn parse(output: &str) -> Result<Facts, FactsError> {
     let mut facts = Facts::default();
     let mut complete = false;
     let mut modes: BTreeMap<String, u32> = BTreeMap::new();
@@ -96,7 +130,7 @@ pub fn parse(output: &str) -> Result<Facts, String> {
                 for l in value.lines() {
                     if let Some((m, path)) = l.split_once(' ') {
                         let m = u32::from_str_radix(m, 8)
-                            .map_err(|_| format!("bad mode for {path}"))?;
+                            .map_err(|_| FactsError::BadMode(path.to_string()))?;
                         modes.insert(path.to_string(), m);
                     }
                 }
@@ -107,7 +141,9 @@ pub fn parse(output: &str) -> Result<Facts, String> {
                     FileFact::Absent
                 } else {
                     FileFact::Present {
-                        mode: *modes.get(arg).ok_or_else(|| format!("no mode for {arg}"))?,
+                        mode: *modes
+                            .get(arg)
+                            .ok_or_else(|| FactsError::NoMode(arg.to_string()))?,
                         content: b64(v)?,
                     }
                 };
@@ -130,7 +166,7 @@ pub fn parse(output: &str) -> Result<Facts, String> {
         }
     }
     if !complete {
-        return Err("the facts script did not finish".into());
+        return Err(FactsError::Unfinished);
     }
     Ok(facts)
 }

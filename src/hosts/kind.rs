@@ -14,6 +14,7 @@ use crate::shell::{InterfaceName, RemotePath};
 use crate::topology::keys::{Keypair, PrivateKey};
 use crate::topology::{NodePlan, SitePlan, Topology};
 
+use super::HostError;
 use super::handlers::HandlerPlan;
 use super::{linux, openwrt_hub};
 
@@ -106,17 +107,17 @@ impl<'a> HostKind<'a> {
         &self,
         facts: &Facts,
         iface: &InterfaceName,
-    ) -> Option<std::result::Result<Keypair, String>> {
+    ) -> Option<std::result::Result<Keypair, HostError>> {
         match self {
             HostKind::Node(_) => {
                 let wg_path = conf_path(iface);
                 let conf = facts.files.get(&wg_path)?.content()?;
                 let k = WgConfig::parse(conf).private_key()?.to_string();
-                Some(PrivateKey::from_base64(&k).map(|k| k.into_keypair()).map_err(|_| {
-                    format!(
-                        "{wg_path} has a malformed PrivateKey: wgprov will not replace the node's identity; fix the key, or remove the line to have a new one made"
-                    )
-                }))
+                Some(
+                    PrivateKey::from_base64(&k)
+                        .map(|k| k.into_keypair())
+                        .map_err(|_| HostError::MalformedKey { path: wg_path }),
+                )
             }
             HostKind::OpenwrtHub(..) => openwrt_hub::existing_key(facts, iface),
             HostKind::Forwarder(..) => None,
@@ -179,7 +180,7 @@ impl<'a> HostKind<'a> {
         &self,
         topo: &Topology,
         facts: &Facts,
-    ) -> std::result::Result<Vec<DesiredFile>, String> {
+    ) -> std::result::Result<Vec<DesiredFile>, HostError> {
         match self {
             HostKind::Forwarder(s, r) => super::desired(topo, s, r, facts),
             _ => Ok(Vec::new()),

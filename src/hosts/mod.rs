@@ -26,6 +26,37 @@ use crate::inventory::{ManagedKind, ManagedRouter, RouterKind};
 use crate::shell::{RemotePath, sh_quote};
 use crate::topology::{SitePlan, Topology};
 
+/// Why a host of some kind cannot be planned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HostError {
+    /// A node's wg-quick file has a private key that does not decode.
+    #[error(
+        "{path} has a malformed PrivateKey: wgprov will not replace the node's identity; fix the key, or remove the line to have a new one made"
+    )]
+    MalformedKey {
+        /// The file.
+        path: String,
+    },
+    /// An OpenWrt hub's uci holds a private key that does not decode.
+    #[error(
+        "network.{iface}.private_key in uci {why}: wgprov will not replace the router's identity; fix the key, or delete the option to have a new one made"
+    )]
+    MalformedUciKey {
+        /// The interface.
+        iface: String,
+        /// What is wrong with it.
+        why: String,
+    },
+    /// A forwarding router's next-hop has no IPv4 address to forward to.
+    #[error("the next-hop {next_hop} has address `{address}`: a DNAT rule needs an IPv4 address")]
+    NotIpv4 {
+        /// The next-hop.
+        next_hop: String,
+        /// Its address.
+        address: String,
+    },
+}
+
 /// The script that installs the port-forward (run by the handler and at boot).
 pub const PF_SCRIPT: &str = "/etc/wgprov/router-pf.sh";
 /// The unit that runs it at boot, where systemd runs.
@@ -170,16 +201,14 @@ pub fn desired(
     site: &SitePlan,
     router: &ManagedRouter,
     facts: &Facts,
-) -> Result<Vec<DesiredFile>, String> {
+) -> Result<Vec<DesiredFile>, HostError> {
     let f = forward(topo, site)
         .map(|f| {
             f.to.parse::<Ipv4Addr>()
                 .map(|ip| (f.clone(), ip))
-                .map_err(|_| {
-                    format!(
-                        "the next-hop {} has address `{}`: a DNAT rule needs an IPv4 address",
-                        f.next_hop, f.to
-                    )
+                .map_err(|_| HostError::NotIpv4 {
+                    next_hop: f.next_hop.clone(),
+                    address: f.to.clone(),
                 })
         })
         .transpose()?;

@@ -347,13 +347,13 @@ pub fn check_section() -> String {
 pub fn existing_key(
     facts: &Facts,
     iface: &InterfaceName,
-) -> Option<std::result::Result<Keypair, String>> {
+) -> Option<std::result::Result<Keypair, super::HostError>> {
     facts.uci_private_key.clone().map(|k| {
-        k.map(PrivateKey::into_keypair).map_err(|e| {
-            format!(
-                "network.{iface}.private_key in uci {e}: wgprov will not replace the router's identity; fix the key, or delete the option to have a new one made"
-            )
-        })
+        k.map(PrivateKey::into_keypair)
+            .map_err(|e| super::HostError::MalformedUciKey {
+                iface: iface.to_string(),
+                why: e.to_string(),
+            })
     })
 }
 
@@ -676,7 +676,7 @@ ifup wg0
         let kp = existing_key(&f, &iface).unwrap().unwrap();
         assert_eq!(kp.private.expose_base64().as_str(), KEY);
         f.uci_private_key = Some(PrivateKey::from_base64("short"));
-        let e = existing_key(&f, &iface).unwrap().unwrap_err();
+        let e = existing_key(&f, &iface).unwrap().unwrap_err().to_string();
         assert!(
             e.starts_with("network.wg0.private_key in uci is not valid base64"),
             "{e}"

@@ -10,6 +10,7 @@ use crate::desired::{FileState, HostInput, KeyRing};
 use crate::diff::{self, Action, Change};
 use crate::formats::state::{Facts, FileFact};
 use crate::formats::wgconf::WgConfig;
+use crate::hosts::HostError;
 use crate::hosts::handlers::{Expect, HandlerPlan, plan_handlers};
 use crate::hosts::kind::{HostKind, conf_path};
 use crate::inventory::OsFamily;
@@ -17,6 +18,21 @@ use crate::roles::Roles;
 use crate::shell::InterfaceName;
 use crate::topology::Topology;
 use crate::topology::keys::Keypair;
+
+/// Why a host cannot be planned.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    /// Its kind cannot plan it (a malformed key, no address to forward to).
+    #[error(transparent)]
+    Host(#[from] HostError),
+    /// Its kind refuses what the host has (e.g. peers wgprov did not create on an OpenWrt hub).
+    #[error("{0}")]
+    Refused(String),
+    /// Its files do not render for its facts (the host's failure, not the inventory's: hosts
+    /// were contacted).
+    #[error("rendering its files: {0}")]
+    Render(String),
+}
 
 /// What one host must do, computed from its facts.
 #[derive(Clone, Debug)]
@@ -51,7 +67,7 @@ pub struct Keys {
     /// Nodes whose key is new in this run.
     pub new: BTreeSet<String>,
     /// Nodes whose key is malformed, with why (never replaced).
-    pub bad: HashMap<String, String>,
+    pub bad: HashMap<String, HostError>,
     /// What the run should say about keys it could not learn.
     pub warnings: Vec<String>,
 }
@@ -119,15 +135,15 @@ pub fn host(
     topo: &Topology,
     keys: &Keys,
     f: &Facts,
-) -> Result<HostPlan, String> {
+) -> Result<HostPlan, PlanError> {
     let name = kind.name();
     let iface = &topo.network.interface;
     let wg_path = conf_path(iface);
     if let Some(e) = keys.bad.get(name) {
-        return Err(e.clone());
+        return Err(e.clone().into());
     }
     if let Some(why) = kind.refusal(f, iface) {
-        return Err(why);
+        return Err(PlanError::Refused(why));
     }
     let mut warnings = Vec::new();
     let os = os_family(
@@ -197,7 +213,7 @@ fn files(
     f: &Facts,
     os: OsFamily,
     warnings: &mut Vec<String>,
-) -> Result<Vec<crate::desired::DesiredFile>, String> {
+) -> Result<Vec<crate::desired::DesiredFile>, PlanError> {
     let iface = &topo.network.interface;
     let known = kind.existing_peers(f, iface);
     let fallback = |allowed: &str| -> Option<String> {
@@ -223,7 +239,7 @@ fn files(
             // host's failure (exit 1), not an invalid inventory (exit 2)
             let (files, skipped) = kind
                 .desired(roles, topo, &keys.ring, &input)
-                .map_err(|e| format!("rendering its files: {e}"))?;
+                .map_err(|e| PlanError::Render(e.to_string()))?;
             for s in skipped {
                 warnings.push(format!("peer {s} left out: its key is unknown (its node could not be read and this host has no entry for it)"));
             }

@@ -1086,7 +1086,7 @@ pub async fn status<C: Connect>(
                     .run_script_within(&script, Duration::from_secs(30))
                     .await
                     .map_err(|e| e.to_string())?;
-                crate::facts::gather::parse(&out.stdout_text())
+                crate::facts::gather::parse(&out.stdout_text()).map_err(String::from)
             }
         })
         .await;

@@ -128,11 +128,67 @@ pub struct KeyCache {
     keys: Mutex<HashMap<PathBuf, KeyCell>>,
 }
 
-type KeyCell = Arc<std::sync::OnceLock<Result<Arc<PrivateKey>, String>>>;
+type KeyCell = Arc<std::sync::OnceLock<Result<Arc<PrivateKey>, KeyFileError>>>;
+
+/// Why a private key file could not be used.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyFileError {
+    /// It could not be read or decoded.
+    #[error("{path}: {why}")]
+    Unreadable {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// It is encrypted and the passphrase given did not open it.
+    #[error("{path}: {why} (wrong passphrase?)")]
+    WrongPassphrase {
+        /// The file.
+        path: String,
+        /// What went wrong.
+        why: String,
+    },
+    /// It is encrypted, and there is neither a passphrase in the environment nor a terminal.
+    #[error("{path} is encrypted: set WGPROV_KEY_PASSPHRASE")]
+    NoPassphrase {
+        /// The file.
+        path: String,
+    },
+}
+
+/// Why authentication failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AuthError {
+    /// A key file could not be used.
+    #[error(transparent)]
+    Key(#[from] KeyFileError),
+    /// The SSH protocol failed on the way.
+    #[error("{0}")]
+    Protocol(String),
+    /// The server refused the key named.
+    #[error("the server refused the key {key} for user {user}")]
+    Refused {
+        /// The identity file.
+        key: String,
+        /// The login user.
+        user: String,
+    },
+    /// No key of the agent or the default files was accepted.
+    #[error("no key was accepted for user {user} (ssh-agent: {agent}; tried {tried})")]
+    NoKeyAccepted {
+        /// The login user.
+        user: String,
+        /// Whether an agent ran.
+        agent: &'static str,
+        /// The default key files tried.
+        tried: String,
+    },
+}
 
 impl KeyCache {
     /// Loads `path`, asking for its passphrase once (`WGPROV_KEY_PASSPHRASE`, else the terminal).
-    pub fn load(&self, path: &Path) -> Result<Arc<PrivateKey>, String> {
+    pub fn load(&self, path: &Path) -> Result<Arc<PrivateKey>, KeyFileError> {
         self.load_with(path, load_key_file)
     }
 
@@ -141,8 +197,8 @@ impl KeyCache {
     pub fn load_with(
         &self,
         path: &Path,
-        loader: impl FnOnce(&Path) -> Result<PrivateKey, String>,
-    ) -> Result<Arc<PrivateKey>, String> {
+        loader: impl FnOnce(&Path) -> Result<PrivateKey, KeyFileError>,
+    ) -> Result<Arc<PrivateKey>, KeyFileError> {
         let cell = self
             .keys
             .lock()
@@ -154,7 +210,7 @@ impl KeyCache {
     }
 }
 
-fn load_key_file(path: &Path) -> Result<PrivateKey, String> {
+fn load_key_file(path: &Path) -> Result<PrivateKey, KeyFileError> {
     match russh::keys::load_secret_key(path, None) {
         Ok(k) => Ok(k),
         Err(russh::keys::Error::KeyIsEncrypted) => {
@@ -162,20 +218,29 @@ fn load_key_file(path: &Path) -> Result<PrivateKey, String> {
                 Ok(p) => p,
                 Err(_) => ask_passphrase(path)?,
             };
-            russh::keys::load_secret_key(path, Some(&pass))
-                .map_err(|e| format!("{}: {e} (wrong passphrase?)", path.display()))
+            russh::keys::load_secret_key(path, Some(&pass)).map_err(|e| {
+                KeyFileError::WrongPassphrase {
+                    path: path.display().to_string(),
+                    why: e.to_string(),
+                }
+            })
         }
-        Err(e) => Err(format!("{}: {e}", path.display())),
+        Err(e) => Err(KeyFileError::Unreadable {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        }),
     }
 }
 
-fn ask_passphrase(path: &Path) -> Result<String, String> {
+fn ask_passphrase(path: &Path) -> Result<String, KeyFileError> {
     use std::io::{BufRead, Write};
     let tty = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
         .open("/dev/tty")
-        .map_err(|_| format!("{} is encrypted: set WGPROV_KEY_PASSPHRASE", path.display()))?;
+        .map_err(|_| KeyFileError::NoPassphrase {
+            path: path.display().to_string(),
+        })?;
     let _ = std::process::Command::new("stty")
         .arg("-echo")
         .stdin(tty.try_clone().unwrap())
@@ -189,7 +254,10 @@ fn ask_passphrase(path: &Path) -> Result<String, String> {
         .stdin(tty)
         .status();
     let _ = writeln!(w);
-    r.map_err(|e| e.to_string())?;
+    r.map_err(|e| KeyFileError::Unreadable {
+        path: path.display().to_string(),
+        why: e.to_string(),
+    })?;
     Ok(line.trim_end_matches(['\n', '\r']).to_string())
 }
 
@@ -306,7 +374,7 @@ async fn connect_inner(
     };
     authenticate(&mut handle, ssh, keys)
         .await
-        .map_err(unreachable)?;
+        .map_err(|e| unreachable(e.to_string()))?;
     Ok(SshSession {
         handle,
         _jump: jump,
@@ -320,24 +388,28 @@ async fn authenticate(
     handle: &mut Handle<Checker>,
     ssh: &Target,
     keys: &KeyCache,
-) -> Result<(), String> {
+) -> Result<(), AuthError> {
     let user = ssh.user.as_str();
+    let protocol = |e: russh::Error| AuthError::Protocol(e.to_string());
     let rsa_hash = handle
         .best_supported_rsa_hash()
         .await
-        .map_err(|e| e.to_string())?
+        .map_err(protocol)?
         .flatten();
     if let Some(id) = &ssh.identity_file {
         let key = keys.load(&expand_home(id))?;
         let ok = handle
             .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, rsa_hash))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(protocol)?
             .success();
         return if ok {
             Ok(())
         } else {
-            Err(format!("the server refused the key {id} for user {user}"))
+            Err(AuthError::Refused {
+                key: id.clone(),
+                user: user.to_string(),
+            })
         };
     }
     // the ssh-agent, then the default key files, as OpenSSH does
@@ -366,25 +438,25 @@ async fn authenticate(
         if handle
             .authenticate_publickey(user, PrivateKeyWithHashAlg::new(key, rsa_hash))
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(protocol)?
             .success()
         {
             return Ok(());
         }
     }
-    Err(format!(
-        "no key was accepted for user {user} (ssh-agent: {}; tried {})",
-        if std::env::var_os("SSH_AUTH_SOCK").is_some() {
+    Err(AuthError::NoKeyAccepted {
+        user: user.to_string(),
+        agent: if std::env::var_os("SSH_AUTH_SOCK").is_some() {
             "none accepted"
         } else {
             "not running"
         },
-        if tried.is_empty() {
+        tried: if tried.is_empty() {
             "no default key files".into()
         } else {
             tried.join(", ")
-        }
-    ))
+        },
+    })
 }
 
 impl SshSession {
