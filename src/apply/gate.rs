@@ -220,7 +220,7 @@ async fn confirm<C: Connect>(
         statuses.insert(n, (st, err, secs));
     }
     if unconfirmed.is_empty() {
-        report.outcome = "confirmed".into();
+        report.outcome = GuardOutcome::Confirmed;
         report.why = if health.new_down.is_empty() {
             "every link that was up before is up, and every changed host was confirmed over a fresh connection".into()
         } else {
@@ -238,7 +238,7 @@ async fn confirm<C: Connect>(
         };
     } else {
         unconfirmed.sort();
-        report.outcome = "reverted".into();
+        report.outcome = GuardOutcome::Reverted;
         report.why = format!(
             "{} could not be confirmed and put itself back",
             unconfirmed.join(", ")
@@ -259,7 +259,7 @@ async fn revert<C: Connect>(
 ) {
     cx.progress
         .note(&format!("guard: putting the change back everywhere: {why}"));
-    report.outcome = "reverted".into();
+    report.outcome = GuardOutcome::Reverted;
     report.why = why.to_string();
     let mut targets: Vec<String> = g.pending.to_vec();
     targets.extend(g.lost.iter().cloned());

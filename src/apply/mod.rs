@@ -375,7 +375,7 @@ impl<C: Connect> Prepared<'_, C> {
         fresh: &mut Sessions<C::Session>,
     ) -> GuardReport {
         let skipped = |why: &str| GuardReport {
-            outcome: "skipped".into(),
+            outcome: GuardOutcome::Skipped,
             why: why.into(),
             ..Default::default()
         };

@@ -107,11 +107,47 @@ impl HostReport {
     }
 }
 
+/// How the guard ended.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum GuardOutcome {
+    /// Every changed host confirmed: the change is kept.
+    Confirmed,
+    /// The change was put back everywhere.
+    Reverted,
+    /// Nothing was gated (`--no-guard`, or no host changed).
+    #[default]
+    Skipped,
+}
+
+impl GuardOutcome {
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            GuardOutcome::Confirmed => "confirmed",
+            GuardOutcome::Reverted => "reverted",
+            GuardOutcome::Skipped => "skipped",
+        }
+    }
+}
+
+impl std::fmt::Display for GuardOutcome {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl PartialEq<&str> for GuardOutcome {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// What the guard did.
 #[derive(Clone, Debug, Default, Serialize)]
 pub struct GuardReport {
-    /// `confirmed`, `reverted` or `skipped`.
-    pub outcome: String,
+    /// How it ended.
+    pub outcome: GuardOutcome,
     /// Links up before the change (among those it could touch).
     pub links_before: usize,
     /// Probed links that answered after it.

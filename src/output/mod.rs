@@ -403,7 +403,7 @@ pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool)
         let _ = writeln!(
             o,
             "\nGUARD {}: {} (links up before: {}, answering after: {}; gate {:.1} s)",
-            g.outcome.to_uppercase(),
+            g.outcome.as_str().to_uppercase(),
             g.why,
             g.links_before,
             g.links_after,
