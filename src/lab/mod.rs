@@ -7,6 +7,7 @@
 //! created directly between the lab's namespaces; every name carries the lab's prefix; teardown
 //! removes exactly the lab's namespaces, the processes inside them (by PID) and its directory.
 
+pub mod demo;
 pub mod plan;
 pub mod systemd;
 
