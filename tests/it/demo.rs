@@ -101,10 +101,10 @@ fn run_demo(prefix: &str) -> (Option<ExitStatus>, String, String) {
         .spawn()
         .unwrap();
     let started = Instant::now();
-    let mut status = None;
-    while status.is_none() {
-        status = child.try_wait().unwrap();
-        if status.is_none() && started.elapsed() > DEMO_LIMIT {
+    let mut timed_out = false;
+    while child.try_wait().unwrap().is_none() {
+        if started.elapsed() > DEMO_LIMIT {
+            timed_out = true;
             // SAFETY: kill(2) on the child we started and have not reaped.
             unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
             let grace = Instant::now() + Duration::from_secs(30);
@@ -112,11 +112,13 @@ fn run_demo(prefix: &str) -> (Option<ExitStatus>, String, String) {
                 std::thread::sleep(Duration::from_millis(100));
             }
             let _ = child.kill();
-            let _ = child.wait();
             break;
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+    // reaps it (or returns the status try_wait already saw)
+    let status = child.wait().unwrap();
+    let status = (!timed_out).then_some(status);
     let read = |p| std::fs::read_to_string(p).unwrap_or_default();
     (status, read(&out), read(&err))
 }
