@@ -61,6 +61,7 @@ pub fn up(inventory: &Path, p: &LabPlan) -> Result<LabState> {
     }
 }
 
+/// The `/etc/os-release` a node of this OS family shows.
 pub(super) fn os_release(f: OsFamily) -> &'static str {
     match f {
         OsFamily::Debian => {
@@ -72,6 +73,7 @@ pub(super) fn os_release(f: OsFamily) -> &'static str {
     }
 }
 
+/// `/etc/hosts` of a lab host named `own`: itself, and the endpoint names the lab resolves.
 pub(super) fn hosts_file(p: &LabPlan, own: &str) -> String {
     let mut h = format!(
         "127.0.0.1\tlocalhost\n127.0.1.1\t{own}\n::1\tlocalhost ip6-localhost ip6-loopback\n"

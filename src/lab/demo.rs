@@ -41,6 +41,7 @@ extern "C" fn on_interrupt(_: libc::c_int) {
     INTERRUPTED.store(true, Ordering::SeqCst);
 }
 
+/// An error once the demo was asked to stop (SIGINT/SIGTERM).
 fn interrupted() -> Result<()> {
     if INTERRUPTED.load(Ordering::SeqCst) {
         Err(Error::Lab("interrupted".into()))
@@ -93,6 +94,7 @@ struct Prepared {
     layout: LabPlan,
 }
 
+/// Checks the machine, writes and plans the demo inventory, lays out its lab.
 fn prepare(prefix: &str, systemd: bool) -> Result<Prepared> {
     super::check_prefix(prefix)?;
     super::preflight()?;

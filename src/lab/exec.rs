@@ -33,6 +33,7 @@ enum Target {
     Machine(PathBuf),
 }
 
+/// Where `name` of the lab runs commands; a usage error listing every name when none.
 fn target(st: &LabState, name: &str) -> Result<Target> {
     if st.boot_loops.contains_key(name) {
         return Ok(Target::Machine(

@@ -6,6 +6,20 @@
 //! Safety: nothing is created in the machine's own network namespace — veth pairs are
 //! created directly between the lab's namespaces; every name carries the lab's prefix; teardown
 //! removes exactly the lab's namespaces, the processes inside them (by PID) and its directory.
+//!
+//! The lab uses the library only through its public API (inventory, topology), and nothing
+//! outside the command line uses the lab. Where things are:
+//!
+//! | module | what |
+//! | --- | --- |
+//! | [`plan`] | the layout, pure: namespaces, addresses, NAT rules, directories |
+//! | `build` | `up`: builds that layout, recording each step in the lab's state |
+//! | [`systemd`] | nodes that are Debian machines booted under systemd-nspawn |
+//! | `exec` | `exec`, `command`, `status`: entering a lab host, a summary |
+//! | `change` | `mesh_only`, `readdress_wan`: changes a test plays out on a running lab |
+//! | `teardown` | `down`: removes exactly what `up` made |
+//! | [`demo`] | `wgprov lab demo` |
+//! | `net`, `preflight` | the small commands it is built from; what the machine must have |
 
 mod build;
 mod change;
@@ -72,6 +86,7 @@ pub struct LabState {
     pub machines: BTreeMap<String, String>,
 }
 
+/// A lab error with this message.
 fn lab_err(m: impl Into<String>) -> Error {
     Error::Lab(m.into())
 }
@@ -88,6 +103,7 @@ pub fn existing_namespaces(prefix: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// Where the lab's state is kept.
 fn state_path(prefix: &str) -> PathBuf {
     lab_dir(prefix).join("state.json")
 }
@@ -104,6 +120,7 @@ pub fn read_state(prefix: &str) -> Result<Option<LabState>> {
     }
 }
 
+/// Writes the lab's state (owner-only), so that `down` knows what to remove.
 fn save_state(st: &LabState) -> Result<()> {
     let text = serde_json::to_string_pretty(st).expect("state serializes");
     write(&state_path(&st.prefix), &text, 0o600)

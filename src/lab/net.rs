@@ -26,6 +26,7 @@ pub(super) fn run(prog: &str, args: &[&str]) -> Result<String> {
     }
 }
 
+/// `ip -n NS ARGS…`.
 pub(super) fn ip(ns: &str, args: &[&str]) -> Result<()> {
     let mut a = vec!["-n", ns];
     a.extend_from_slice(args);
@@ -62,12 +63,14 @@ pub(super) fn veth_into_bridge(
     ip(ns, &["link", "set", leg, "master", bridge, "up"])
 }
 
+/// Runs a program inside network namespace `ns` only; its stdout.
 pub(super) fn in_ns(ns: &str, args: &[&str]) -> Result<String> {
     let mut a = vec!["netns", "exec", ns];
     a.extend_from_slice(args);
     run("ip", &a)
 }
 
+/// Writes a file with this mode, making its directory.
 pub(super) fn write(path: &Path, content: &str, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     if let Some(d) = path.parent() {
@@ -100,6 +103,7 @@ pub(super) fn keygen(path: &Path, comment: &str) -> Result<String> {
     std::fs::read_to_string(path.with_extension("pub")).map_err(|e| Error::io(path, e))
 }
 
+/// Makes these directories and their parents.
 pub(super) fn mkdirs(dirs: &[PathBuf]) -> Result<()> {
     for d in dirs {
         std::fs::create_dir_all(d).map_err(|e| Error::io(d, e))?;
@@ -107,6 +111,7 @@ pub(super) fn mkdirs(dirs: &[PathBuf]) -> Result<()> {
     Ok(())
 }
 
+/// The processes in network namespace `ns` (none when it is gone).
 pub(super) fn pids_in(ns: &str) -> Vec<i32> {
     run("ip", &["netns", "pids", ns])
         .map(|o| {
@@ -117,6 +122,7 @@ pub(super) fn pids_in(ns: &str) -> Vec<i32> {
         .unwrap_or_default()
 }
 
+/// True when process `pid` exists and has not exited.
 pub(super) fn alive(pid: u32) -> bool {
     // a zombie has exited: only its entry waits to be reaped
     std::fs::read_to_string(format!("/proc/{pid}/stat"))

@@ -176,6 +176,7 @@ pub fn lab_dir(prefix: &str) -> PathBuf {
     PathBuf::from(BASE_DIR).join(prefix)
 }
 
+/// A lab error with this message.
 fn lab_err(m: impl Into<String>) -> Error {
     Error::Lab(m.into())
 }

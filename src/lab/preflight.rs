@@ -22,6 +22,7 @@ const TOOLS: &[(&str, &str)] = &[
     ("bash", "bash"),
 ];
 
+/// True when `prog` is on PATH, or in /usr/sbin or /sbin (root tools).
 pub(super) fn on_path(prog: &str) -> bool {
     let path = std::env::var_os("PATH").unwrap_or_default();
     std::env::split_paths(&path)

@@ -209,6 +209,7 @@ pub(super) fn prepare_node(
     Ok(host_pub)
 }
 
+/// Sets a file's mode.
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(p, e))
@@ -362,6 +363,7 @@ pub(super) fn console_tail(dir: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// A process's command name (`/proc/PID/comm`), empty when it is gone.
 fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_string())
