@@ -20,12 +20,12 @@
 
 use std::collections::{HashMap, HashSet};
 use std::net::{IpAddr, Ipv4Addr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use ipnet::{IpNet, Ipv4Net};
 
 use crate::error::{Error, Result};
-use crate::inventory::{Inventory, OsFamily};
+use crate::inventory::{Inventory, Node, OsFamily, Site};
 use crate::topology::Topology;
 
 /// The "internet" side's own address (a public server stand-in, for reachability checks).
@@ -176,6 +176,7 @@ pub fn lab_dir(prefix: &str) -> PathBuf {
     PathBuf::from(BASE_DIR).join(prefix)
 }
 
+/// A lab error with this message.
 fn lab_err(m: impl Into<String>) -> Error {
     Error::Lab(m.into())
 }
@@ -189,52 +190,10 @@ pub fn plan(
     controller_at: Option<&str>,
 ) -> Result<LabPlan> {
     check_prefix(prefix)?;
-    if let Some(s) = controller_at
-        && !inv.sites.iter().any(|x| x.managed && x.name == s)
-    {
-        return Err(Error::Usage(format!(
-            "--controller-at {s}: no managed site of that name"
-        )));
-    }
-    for s in no_port_forward {
-        if !inv.sites.iter().any(|x| x.managed && x.name == *s) {
-            return Err(Error::Usage(format!(
-                "--no-port-forward {s}: no managed site of that name"
-            )));
-        }
-    }
+    check_sites(inv, no_port_forward, controller_at)?;
     let dir = lab_dir(prefix);
-    let mut inventory_nets: Vec<IpNet> = vec![IpNet::V4(inv.network.wireguard_cidr)];
-    inventory_nets.extend(inv.network.cluster_cidrs.iter().flatten().copied());
-    for s in &inv.sites {
-        inventory_nets.extend(s.lan_cidrs.iter().copied());
-    }
-    let controller_ip = [
-        Ipv4Addr::new(100, 127, 255, 254),
-        Ipv4Addr::new(169, 254, 253, 254),
-    ]
-    .into_iter()
-    .find(|ip| !inventory_nets.iter().any(|n| n.contains(&IpAddr::V4(*ip))))
-    .ok_or_else(|| lab_err("no free management address for the controller"))?;
-
-    // WAN addresses: literal endpoints as written, the others from the documentation ranges
-    let mut used_wan: HashSet<Ipv4Addr> = HashSet::new();
-    used_wan.insert(INTERNET_IP);
-    for s in inv.sites.iter().filter(|s| s.managed) {
-        if let Some(IpAddr::V4(ip)) = s.endpoint.as_ref().and_then(|e| e.ip())
-            && !used_wan.insert(ip)
-        {
-            return Err(lab_err(format!(
-                "site {}: endpoint address {ip} is used twice",
-                s.name
-            )));
-        }
-    }
-    let mut pool = (100u8..250)
-        .map(|i| Ipv4Addr::new(198, 51, 100, i))
-        .chain((100u8..250).map(|i| Ipv4Addr::new(203, 0, 113, i)))
-        .filter(|ip| !used_wan.contains(ip));
-
+    let controller_ip = controller_address(inv)?;
+    let mut pool = wan_pool(inv)?.into_iter();
     let mut routers = Vec::new();
     let mut nodes = Vec::new();
     let mut hosts = Vec::new();
@@ -255,119 +214,16 @@ pub fn plan(
         {
             hosts.push((wan_ip, e.host.clone()));
         }
-        // node addresses must be IPv4 literals, unique across the lab (the controller routes by them)
-        let mut addrs = Vec::new();
         // a hub router (`next_hop: router`) is the site's router itself, not a node of the lab
-        let lab_nodes: Vec<&crate::inventory::Node> =
-            s.nodes.iter().filter(|n| !n.is_router).collect();
-        for n in &lab_nodes {
-            let a: Ipv4Addr = n.address.parse().map_err(|_| {
-                lab_err(format!(
-                    "node {}: the lab needs an IPv4 address, not `{}`",
-                    n.name, n.address
-                ))
-            })?;
-            if let Some(other) = seen_addr.insert(a, n.name.clone()) {
-                return Err(lab_err(format!(
-                    "nodes {other} and {} share the address {a}: the lab's controller reaches nodes by address, so give them distinct ones",
-                    n.name
-                )));
-            }
-            let wg_ip = topo.node(&n.name).map(|x| x.wireguard_ip.to_string());
-            if n.ssh.host != n.address && Some(&n.ssh.host) != wg_ip.as_ref() {
-                return Err(lab_err(format!(
-                    "node {}: ssh.host {} is neither its address nor its WireGuard address; the lab reaches nodes at one of those",
-                    n.name, n.ssh.host
-                )));
-            }
-            addrs.push(a);
-        }
-        let lan = match s.lan_cidrs.iter().find_map(|n| match n {
-            IpNet::V4(v) => Some(*v),
-            IpNet::V6(_) => None,
-        }) {
-            Some(l) => l,
-            None => Ipv4Net::new(addrs[0], 24).expect("24 is valid").trunc(),
-        };
-        if lan.prefix_len() > 30 {
-            return Err(lab_err(format!(
-                "site {}: LAN {lan} is too small for a router and nodes",
-                s.name
-            )));
-        }
-        for (n, a) in lab_nodes.iter().zip(&addrs) {
-            if !lan.contains(a) || *a == lan.network() || *a == lan.broadcast() {
-                return Err(lab_err(format!(
-                    "node {}: address {a} is not a host address of the site's LAN {lan}",
-                    n.name
-                )));
-            }
-        }
-        // a managed router, or a hub router set up by hand, is where the inventory says it is
-        let router_at = s
-            .managed_router
-            .as_ref()
-            .map(|m| m.address.as_str())
-            .or(s.router_address.as_deref());
-        let lan_ip = match router_at {
-            Some(address) => {
-                let a: Ipv4Addr = address.parse().map_err(|_| {
-                    lab_err(format!(
-                        "site {}: the lab needs the router's address as an IPv4 address, not `{address}`",
-                        s.name
-                    ))
-                })?;
-                if !lan.contains(&a) || addrs.contains(&a) || a == lan.network() {
-                    return Err(lab_err(format!(
-                        "site {}: the router's address {a} must be a free host address of the LAN {lan}",
-                        s.name
-                    )));
-                }
-                a
-            }
-            None => lan.hosts().find(|h| !addrs.contains(h)).ok_or_else(|| {
-                lab_err(format!(
-                    "site {}: no LAN address left for the router",
-                    s.name
-                ))
-            })?,
-        };
-        // a router wgprov manages runs sshd; a hub router set up by hand gets the same private
-        // namespaces (its own /etc, /var/run and PID space), so that the test that plays the
-        // operator can run its WireGuard there, and sshd for that test's own use
-        let sshd = match (&s.managed_router, &s.router_address) {
-            (Some(m), _) => Some(RouterSshd {
-                name: m.name.clone(),
-                port: m.ssh.port,
-                dir: dir.join("routers").join(&s.name),
-                wireguard_ip: topo.node(&m.name).map(|n| n.wireguard_ip),
-            }),
-            (None, Some(_)) => Some(RouterSshd {
-                name: format!("{}-router", s.name),
-                port: 22,
-                dir: dir.join("routers").join(&s.name),
-                wireguard_ip: topo
-                    .site(&s.name)
-                    .and_then(|t| crate::topology::alloc::hub_ip(t.wireguard_cidr)),
-            }),
-            (None, None) => None,
-        };
+        let lab_nodes: Vec<&Node> = s.nodes.iter().filter(|n| !n.is_router).collect();
+        let addrs = node_addresses(topo, &lab_nodes, &mut seen_addr)?;
+        let lan = site_lan(s, &lab_nodes, &addrs)?;
+        let lan_ip = router_lan_ip(s, lan, &addrs)?;
+        let sshd = router_sshd(topo, s, &dir);
         let forward = if no_port_forward.contains(&s.name) || sshd.is_some() {
             None
         } else {
-            let nh = topo
-                .node(s.next_hop.as_deref().expect("managed site has a next-hop"))
-                .expect("next-hop node");
-            let public = s
-                .endpoint
-                .as_ref()
-                .map(|e| e.port)
-                .unwrap_or(inv.network.listen_port);
-            Some((
-                public,
-                nh.address.parse().expect("checked above"),
-                inv.network.listen_port,
-            ))
+            Some(port_forward(inv, topo, s))
         };
         routers.push(RouterPlan {
             site: s.name.clone(),
@@ -399,43 +255,7 @@ pub fn plan(
     }
     let controller_lan = match controller_at {
         None => None,
-        Some(site) => {
-            let r = routers
-                .iter()
-                .find(|r: &&RouterPlan| r.site == site)
-                .expect("checked above");
-            let taken: Vec<Ipv4Addr> = nodes
-                .iter()
-                .filter(|n: &&NodeLab| n.site == site)
-                .map(|n| n.address)
-                .chain([r.lan_ip])
-                .collect();
-            let address = r
-                .lan
-                .hosts()
-                .rev()
-                .find(|h| !taken.contains(h))
-                .ok_or_else(|| {
-                    lab_err(format!(
-                        "site {site}: no LAN address left for the controller"
-                    ))
-                })?;
-            let nh = inv
-                .site(site)
-                .and_then(|s| s.next_hop.as_deref())
-                .and_then(|n| nodes.iter().find(|x| x.name == n))
-                .map(|n| n.address)
-                // a hub router: the router is the next-hop
-                .unwrap_or(r.lan_ip);
-            Some(ControllerLan {
-                site: site.to_string(),
-                address,
-                prefix: r.lan.prefix_len(),
-                gateway: r.lan_ip,
-                next_hop: nh,
-                wireguard_cidr: inv.network.wireguard_cidr,
-            })
-        }
+        Some(site) => Some(controller_lan(inv, &routers, &nodes, site)?),
     };
     Ok(LabPlan {
         prefix: prefix.to_string(),
@@ -448,6 +268,246 @@ pub fn plan(
         hosts,
         controller_lan,
         systemd: None,
+    })
+}
+
+/// `--controller-at` and `--no-port-forward` name managed sites.
+fn check_sites(
+    inv: &Inventory,
+    no_port_forward: &[String],
+    controller_at: Option<&str>,
+) -> Result<()> {
+    if let Some(s) = controller_at
+        && !inv.sites.iter().any(|x| x.managed && x.name == s)
+    {
+        return Err(Error::Usage(format!(
+            "--controller-at {s}: no managed site of that name"
+        )));
+    }
+    for s in no_port_forward {
+        if !inv.sites.iter().any(|x| x.managed && x.name == *s) {
+            return Err(Error::Usage(format!(
+                "--no-port-forward {s}: no managed site of that name"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// The controller's management address: the first candidate outside every network the
+/// inventory uses.
+fn controller_address(inv: &Inventory) -> Result<Ipv4Addr> {
+    let mut inventory_nets: Vec<IpNet> = vec![IpNet::V4(inv.network.wireguard_cidr)];
+    inventory_nets.extend(inv.network.cluster_cidrs.iter().flatten().copied());
+    for s in &inv.sites {
+        inventory_nets.extend(s.lan_cidrs.iter().copied());
+    }
+    [
+        Ipv4Addr::new(100, 127, 255, 254),
+        Ipv4Addr::new(169, 254, 253, 254),
+    ]
+    .into_iter()
+    .find(|ip| !inventory_nets.iter().any(|n| n.contains(&IpAddr::V4(*ip))))
+    .ok_or_else(|| lab_err("no free management address for the controller"))
+}
+
+/// WAN addresses for sites whose endpoint is a name, in order: the documentation ranges, less
+/// the literal endpoints (each must be used once) and the internet's own address.
+fn wan_pool(inv: &Inventory) -> Result<Vec<Ipv4Addr>> {
+    let mut used_wan: HashSet<Ipv4Addr> = HashSet::new();
+    used_wan.insert(INTERNET_IP);
+    for s in inv.sites.iter().filter(|s| s.managed) {
+        if let Some(IpAddr::V4(ip)) = s.endpoint.as_ref().and_then(|e| e.ip())
+            && !used_wan.insert(ip)
+        {
+            return Err(lab_err(format!(
+                "site {}: endpoint address {ip} is used twice",
+                s.name
+            )));
+        }
+    }
+    Ok((100u8..250)
+        .map(|i| Ipv4Addr::new(198, 51, 100, i))
+        .chain((100u8..250).map(|i| Ipv4Addr::new(203, 0, 113, i)))
+        .filter(|ip| !used_wan.contains(ip))
+        .collect())
+}
+
+/// The nodes' addresses: IPv4 literals, unique across the lab (the controller routes by them),
+/// and reached over SSH at that address or the WireGuard one.
+fn node_addresses(
+    topo: &Topology,
+    lab_nodes: &[&Node],
+    seen_addr: &mut HashMap<Ipv4Addr, String>,
+) -> Result<Vec<Ipv4Addr>> {
+    let mut addrs = Vec::new();
+    for n in lab_nodes {
+        let a: Ipv4Addr = n.address.parse().map_err(|_| {
+            lab_err(format!(
+                "node {}: the lab needs an IPv4 address, not `{}`",
+                n.name, n.address
+            ))
+        })?;
+        if let Some(other) = seen_addr.insert(a, n.name.clone()) {
+            return Err(lab_err(format!(
+                "nodes {other} and {} share the address {a}: the lab's controller reaches nodes by address, so give them distinct ones",
+                n.name
+            )));
+        }
+        let wg_ip = topo.node(&n.name).map(|x| x.wireguard_ip.to_string());
+        if n.ssh.host != n.address && Some(&n.ssh.host) != wg_ip.as_ref() {
+            return Err(lab_err(format!(
+                "node {}: ssh.host {} is neither its address nor its WireGuard address; the lab reaches nodes at one of those",
+                n.name, n.ssh.host
+            )));
+        }
+        addrs.push(a);
+    }
+    Ok(addrs)
+}
+
+/// The site's LAN: its first IPv4 `lan_cidrs`, else the /24 of its first node; every node's
+/// address must be a host address of it.
+fn site_lan(s: &Site, lab_nodes: &[&Node], addrs: &[Ipv4Addr]) -> Result<Ipv4Net> {
+    let lan = match s.lan_cidrs.iter().find_map(|n| match n {
+        IpNet::V4(v) => Some(*v),
+        IpNet::V6(_) => None,
+    }) {
+        Some(l) => l,
+        None => Ipv4Net::new(addrs[0], 24).expect("24 is valid").trunc(),
+    };
+    if lan.prefix_len() > 30 {
+        return Err(lab_err(format!(
+            "site {}: LAN {lan} is too small for a router and nodes",
+            s.name
+        )));
+    }
+    for (n, a) in lab_nodes.iter().zip(addrs) {
+        if !lan.contains(a) || *a == lan.network() || *a == lan.broadcast() {
+            return Err(lab_err(format!(
+                "node {}: address {a} is not a host address of the site's LAN {lan}",
+                n.name
+            )));
+        }
+    }
+    Ok(lan)
+}
+
+/// The router's LAN address: where the inventory puts a managed router or a hub router set up
+/// by hand, else the first free host address.
+fn router_lan_ip(s: &Site, lan: Ipv4Net, addrs: &[Ipv4Addr]) -> Result<Ipv4Addr> {
+    let router_at = s
+        .managed_router
+        .as_ref()
+        .map(|m| m.address.as_str())
+        .or(s.router_address.as_deref());
+    match router_at {
+        Some(address) => {
+            let a: Ipv4Addr = address.parse().map_err(|_| {
+                lab_err(format!(
+                    "site {}: the lab needs the router's address as an IPv4 address, not `{address}`",
+                    s.name
+                ))
+            })?;
+            if !lan.contains(&a) || addrs.contains(&a) || a == lan.network() {
+                return Err(lab_err(format!(
+                    "site {}: the router's address {a} must be a free host address of the LAN {lan}",
+                    s.name
+                )));
+            }
+            Ok(a)
+        }
+        None => lan.hosts().find(|h| !addrs.contains(h)).ok_or_else(|| {
+            lab_err(format!(
+                "site {}: no LAN address left for the router",
+                s.name
+            ))
+        }),
+    }
+}
+
+/// A router wgprov manages runs sshd; a hub router set up by hand gets the same private
+/// namespaces (its own /etc, /var/run and PID space), so that the test that plays the operator
+/// can run its WireGuard there, and sshd for that test's own use.
+fn router_sshd(topo: &Topology, s: &Site, dir: &Path) -> Option<RouterSshd> {
+    match (&s.managed_router, &s.router_address) {
+        (Some(m), _) => Some(RouterSshd {
+            name: m.name.clone(),
+            port: m.ssh.port,
+            dir: dir.join("routers").join(&s.name),
+            wireguard_ip: topo.node(&m.name).map(|n| n.wireguard_ip),
+        }),
+        (None, Some(_)) => Some(RouterSshd {
+            name: format!("{}-router", s.name),
+            port: 22,
+            dir: dir.join("routers").join(&s.name),
+            wireguard_ip: topo
+                .site(&s.name)
+                .and_then(|t| crate::topology::alloc::hub_ip(t.wireguard_cidr)),
+        }),
+        (None, None) => None,
+    }
+}
+
+/// The site's UDP port-forward: its public port to its next-hop's address and listen port.
+fn port_forward(inv: &Inventory, topo: &Topology, s: &Site) -> (u16, Ipv4Addr, u16) {
+    let nh = topo
+        .node(s.next_hop.as_deref().expect("managed site has a next-hop"))
+        .expect("next-hop node");
+    let public = s
+        .endpoint
+        .as_ref()
+        .map(|e| e.port)
+        .unwrap_or(inv.network.listen_port);
+    (
+        public,
+        nh.address.parse().expect("checked above"),
+        inv.network.listen_port,
+    )
+}
+
+/// The controller's leg on `site`'s LAN: the last free address, the router as default route,
+/// the site's next-hop (or hub router) as the route to the WireGuard space.
+fn controller_lan(
+    inv: &Inventory,
+    routers: &[RouterPlan],
+    nodes: &[NodeLab],
+    site: &str,
+) -> Result<ControllerLan> {
+    let r = routers
+        .iter()
+        .find(|r| r.site == site)
+        .expect("checked above");
+    let taken: Vec<Ipv4Addr> = nodes
+        .iter()
+        .filter(|n| n.site == site)
+        .map(|n| n.address)
+        .chain([r.lan_ip])
+        .collect();
+    let address = r
+        .lan
+        .hosts()
+        .rev()
+        .find(|h| !taken.contains(h))
+        .ok_or_else(|| {
+            lab_err(format!(
+                "site {site}: no LAN address left for the controller"
+            ))
+        })?;
+    let nh = inv
+        .site(site)
+        .and_then(|s| s.next_hop.as_deref())
+        .and_then(|n| nodes.iter().find(|x| x.name == n))
+        .map(|n| n.address)
+        // a hub router: the router is the next-hop
+        .unwrap_or(r.lan_ip);
+    Ok(ControllerLan {
+        site: site.to_string(),
+        address,
+        prefix: r.lan.prefix_len(),
+        gateway: r.lan_ip,
+        next_hop: nh,
+        wireguard_cidr: inv.network.wireguard_cidr,
     })
 }
 

@@ -1,6 +1,6 @@
 //! Nodes that are real machines (`lab up --systemd`): Debian booted under systemd-nspawn inside
 //! each node's lab network namespace, with systemd as PID 1, sshd, wireguard-tools and
-//! wireguard-go, its own host key and the controller's key authorized (LAB.md, "Real machines").
+//! wireguard-go, its own host key and the controller's key authorized.
 //!
 //! - The image is built once by `scripts/lab-image` (debootstrap, embedded in the binary) into
 //!   a cache directory ([`image_dir`]); every node boots an overlayfs over it, its upper and work
@@ -22,8 +22,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
+use super::build::{hosts_file, node_legs, node_links, os_release};
+use super::net::{alive, keygen, mkdirs, write};
 use super::plan::{LabPlan, NodeLab};
-use super::{LabState, alive, keygen, lab_err, mkdirs, node_legs, node_links, save_state, write};
+use super::preflight::on_path;
+use super::{LabState, lab_err, save_state};
 use crate::error::{Error, Result};
 use crate::inventory::OsFamily;
 use crate::shell::sh_quote;
@@ -102,7 +105,7 @@ fn check_path(p: &Path) -> Result<()> {
 /// What a systemd lab needs beyond the plain lab's tools; says exactly what is missing.
 pub fn preflight(nodes: usize) -> Result<()> {
     let mut problems = Vec::new();
-    if !super::on_path("systemd-nspawn") {
+    if !on_path("systemd-nspawn") {
         problems.push(
             "systemd-nspawn is missing (apt-get install --no-install-recommends systemd-container, or scripts/lab-image)"
                 .to_string(),
@@ -111,7 +114,7 @@ pub fn preflight(nodes: usize) -> Result<()> {
     if hierarchies().is_empty() {
         problems.push("no cgroup hierarchy under /sys/fs/cgroup".to_string());
     }
-    // each booted systemd takes several inotify instances (LAB.md: > ~17 nodes need more)
+    // each booted systemd takes several inotify instances (past ~17 nodes, more than the default limit)
     if let Some(max) = std::fs::read_to_string("/proc/sys/fs/inotify/max_user_instances")
         .ok()
         .and_then(|s| s.trim().parse::<usize>().ok())
@@ -192,13 +195,9 @@ pub(super) fn prepare_node(
     let host_pub = keygen(&up.join("etc/ssh/ssh_host_ed25519_key"), &n.name)?;
     write(&up.join("root/.ssh/authorized_keys"), client_pub, 0o600)?;
     write(&up.join("etc/hostname"), &format!("{}\n", n.name), 0o644)?;
-    write(&up.join("etc/hosts"), &super::hosts_file(p, &n.name), 0o644)?;
+    write(&up.join("etc/hosts"), &hosts_file(p, &n.name), 0o644)?;
     if n.os_family == OsFamily::Redhat {
-        write(
-            &up.join("etc/os-release"),
-            super::os_release(n.os_family),
-            0o644,
-        )?;
+        write(&up.join("etc/os-release"), os_release(n.os_family), 0o644)?;
     }
     if n.ssh_port != 22 {
         write(
@@ -210,6 +209,7 @@ pub(super) fn prepare_node(
     Ok(host_pub)
 }
 
+/// Sets a file's mode.
 fn set_mode(p: &Path, mode: u32) -> Result<()> {
     use std::os::unix::fs::PermissionsExt;
     std::fs::set_permissions(p, std::fs::Permissions::from_mode(mode)).map_err(|e| Error::io(p, e))
@@ -363,6 +363,7 @@ pub(super) fn console_tail(dir: &Path) -> String {
     lines[lines.len().saturating_sub(15)..].join("\n")
 }
 
+/// A process's command name (`/proc/PID/comm`), empty when it is gone.
 fn comm(pid: u32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map(|s| s.trim().to_string())

@@ -3,6 +3,7 @@ pub mod apply;
 pub mod cirecipe;
 pub mod cli;
 pub mod common;
+pub mod demo;
 pub mod docs;
 pub mod fuzz;
 pub mod guard;
