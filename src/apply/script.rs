@@ -231,8 +231,6 @@ pub(crate) fn handlers_script(
     restore: bool,
     fail_fn: &str,
 ) -> String {
-    let q = sh_quote(iface);
-    let unit = sh_quote(&format!("wg-quick@{iface}"));
     let f = fail_fn;
     let mut s = String::new();
     if h.daemon_reload && facts.systemd {
@@ -241,59 +239,105 @@ pub(crate) fn handlers_script(
         ));
     }
     if let Some(restart) = h.wireguard {
-        if facts.systemd {
-            s.push_str(&format!("systemctl enable -q {unit} 2>/dev/null || true\n"));
-        }
-        let conf = format!("/etc/wireguard/{iface}.conf");
-        // where systemd runs, the interface is its unit's: one brought up by hand (unit
-        // inactive) makes the unit's `wg-quick up` fail ("already exists"), and one brought up
-        // from a transient unit (the dead-man) dies with that unit when wireguard-go runs it
-        let via_unit = |what: &str| {
-            format!(
-                "systemctl is-active -q {unit} || wg-quick down {q} >/dev/null 2>&1 || true\n\
-                 out=$(systemctl restart {unit} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: systemctl restart wg-quick{what}'; }}\n"
-            )
-        };
-        if restore && restart && facts.systemd {
-            // back to the old interface through its unit, or unit and interface gone if there
-            // was no config
-            s.push_str(&format!(
-                "if [ -f {c} ]; then\n{up}else systemctl stop {unit} >/dev/null 2>&1; wg-quick down {q} >/dev/null 2>&1; systemctl disable -q {unit} 2>/dev/null || true; fi\n",
-                c = sh_quote(&conf),
-                up = via_unit(" (restored config)"),
-            ));
-        } else if restore && restart {
-            // back to the old interface: up with the restored config, or gone if there was none
-            s.push_str(&format!(
-                "wg-quick down {q} >/dev/null 2>&1 || true\nif [ -f {c} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up (restored config)'; }}; fi\n",
-                c = sh_quote(&conf)
-            ));
-        } else if restart {
-            if facts.systemd {
-                s.push_str(&via_unit(""));
-            } else {
-                s.push_str(&format!(
-                    "wg-quick down {q} >/dev/null 2>&1 || true\nout=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up'; }}\n"
-                ));
-            }
-        } else {
-            // never feed syncconf empty input: strip to a file and check it first
-            s.push_str(&format!(
-                "t=$(mktemp) || {f} 'handler wireguard: mktemp'\n\
-                 wg-quick strip {q} > \"$t\" 2>/dev/null || {{ rm -f \"$t\"; {f} 'handler wireguard: wg-quick strip'; }}\n\
-                 if ! grep -q '^PrivateKey' \"$t\"; then rm -f \"$t\"; {f} 'handler wireguard: stripped config is empty'; fi\n\
-                 out=$(wg syncconf {q} \"$t\" 2>&1) || {{ rm -f \"$t\"; echo \"$out\" >&2; {f} 'handler wireguard: wg syncconf'; }}\n\
-                 rm -f \"$t\"\n"
-            ));
-        }
+        s.push_str(&wireguard_handler(
+            iface,
+            facts.systemd,
+            restart,
+            restore,
+            f,
+        ));
     }
     if h.sysctl {
         s.push_str(&format!(
             "if [ -f /etc/sysctl.d/99-wgprov.conf ]; then out=$(sysctl -q -p /etc/sysctl.d/99-wgprov.conf 2>&1) || {{ echo \"$out\" >&2; {f} 'handler sysctl'; }}; fi\n",
         ));
     }
-    if h.kubelet && facts.systemd && !facts.units.is_empty() {
-        if let Some(ip) = &h.node_ip {
+    if h.kubelet {
+        s.push_str(&kubelet_handler(h.node_ip.as_deref(), iface, facts, f));
+    }
+    if h.reresolve && facts.systemd {
+        s.push_str(&reresolve_handler(iface, f));
+    }
+    if let Some(ports) = &h.port_forward {
+        s.push_str(&crate::hosts::linux::handler(ports, facts.systemd, f));
+    }
+    if h.router_hub {
+        s.push_str(&crate::hosts::openwrt_hub::handler(iface, f));
+    }
+    s
+}
+
+/// The wireguard handler: the interface restarted (through its unit where systemd runs), or
+/// brought to the file's peers and key with `wg syncconf`. Putting back with a restart brings
+/// the old interface back, or takes it down when there was no config.
+fn wireguard_handler(
+    iface: &InterfaceName,
+    systemd: bool,
+    restart: bool,
+    restore: bool,
+    f: &str,
+) -> String {
+    let q = sh_quote(iface);
+    let unit = sh_quote(&format!("wg-quick@{iface}"));
+    let mut s = String::new();
+    if systemd {
+        s.push_str(&format!("systemctl enable -q {unit} 2>/dev/null || true\n"));
+    }
+    let conf = sh_quote(&format!("/etc/wireguard/{iface}.conf"));
+    if restore && restart && systemd {
+        // back to the old interface through its unit, or unit and interface gone if there
+        // was no config
+        s.push_str(&format!(
+            "if [ -f {conf} ]; then\n{up}else systemctl stop {unit} >/dev/null 2>&1; wg-quick down {q} >/dev/null 2>&1; systemctl disable -q {unit} 2>/dev/null || true; fi\n",
+            up = restart_via_unit(&q, &unit, " (restored config)", f),
+        ));
+    } else if restore && restart {
+        // back to the old interface: up with the restored config, or gone if there was none
+        s.push_str(&format!(
+            "wg-quick down {q} >/dev/null 2>&1 || true\nif [ -f {conf} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up (restored config)'; }}; fi\n",
+        ));
+    } else if restart && systemd {
+        s.push_str(&restart_via_unit(&q, &unit, "", f));
+    } else if restart {
+        s.push_str(&format!(
+            "wg-quick down {q} >/dev/null 2>&1 || true\nout=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up'; }}\n"
+        ));
+    } else {
+        s.push_str(&syncconf(&q, f));
+    }
+    s
+}
+
+/// Restarts the interface through its unit. Where systemd runs, the interface is its unit's:
+/// one brought up by hand (unit inactive) makes the unit's `wg-quick up` fail ("already
+/// exists"), and one brought up from a transient unit (the dead-man) dies with that unit when
+/// wireguard-go runs it. `q` and `unit` are quoted; `what` ends the failed step's name.
+fn restart_via_unit(q: &str, unit: &str, what: &str, f: &str) -> String {
+    format!(
+        "systemctl is-active -q {unit} || wg-quick down {q} >/dev/null 2>&1 || true\n\
+         out=$(systemctl restart {unit} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: systemctl restart wg-quick{what}'; }}\n"
+    )
+}
+
+/// `wg syncconf` from the stripped config, never fed empty input: the stripped text is checked
+/// for a private key first. `q` is the quoted interface name.
+fn syncconf(q: &str, f: &str) -> String {
+    format!(
+        "t=$(mktemp) || {f} 'handler wireguard: mktemp'\n\
+         wg-quick strip {q} > \"$t\" 2>/dev/null || {{ rm -f \"$t\"; {f} 'handler wireguard: wg-quick strip'; }}\n\
+         if ! grep -q '^PrivateKey' \"$t\"; then rm -f \"$t\"; {f} 'handler wireguard: stripped config is empty'; fi\n\
+         out=$(wg syncconf {q} \"$t\" 2>&1) || {{ rm -f \"$t\"; echo \"$out\" >&2; {f} 'handler wireguard: wg syncconf'; }}\n\
+         rm -f \"$t\"\n"
+    )
+}
+
+/// The kubelet handler: where systemd runs, restart each kubelet unit that is enabled or
+/// running — first refusing (with `node_ip`) to restart onto a node IP the host does not have;
+/// without systemd, a note.
+fn kubelet_handler(node_ip: Option<&str>, iface: &InterfaceName, facts: &Facts, f: &str) -> String {
+    let mut s = String::new();
+    if facts.systemd && !facts.units.is_empty() {
+        if let Some(ip) = node_ip {
             // the kubelet refuses a node IP that is not on an interface, and k3s/rke2 crash-loop
             // on it: never restart into that
             s.push_str(&format!(
@@ -311,27 +355,26 @@ pub(crate) fn handlers_script(
                 why = sh_quote(&format!("handler kubelet: systemctl restart {u}")),
             ));
         }
-    } else if h.kubelet && facts.tools.contains("kubelet") {
+    } else if facts.tools.contains("kubelet") {
         s.push_str("echo 'kubelet is installed but systemd is not running: restart kubelet yourself' >&2\n");
     }
-    if h.reresolve && facts.systemd {
-        let timer = format!("wgprov-reresolve-{iface}.timer");
-        s.push_str(&format!(
-            "if [ -f {file} ]; then out=$(systemctl enable -q --now {t} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; \
-             else systemctl stop {t} >/dev/null 2>&1; rm -f {wants}; fi\n",
-            file = sh_quote(&format!("/etc/systemd/system/{timer}")),
-            t = sh_quote(&timer),
-            wants = sh_quote(&format!("/etc/systemd/system/timers.target.wants/{timer}")),
-            why = sh_quote(&format!("handler reresolve: systemctl enable --now {timer}")),
-        ));
-    }
-    if let Some(ports) = &h.port_forward {
-        s.push_str(&crate::hosts::linux::handler(ports, facts.systemd, f));
-    }
-    if h.router_hub {
-        s.push_str(&crate::hosts::openwrt_hub::handler(iface, f));
-    }
     s
+}
+
+/// The reresolve handler (systemd only): enable the endpoint re-resolution timer, or stop it
+/// when its unit file is gone.
+fn reresolve_handler(iface: &InterfaceName, f: &str) -> String {
+    let timer = format!("wgprov-reresolve-{iface}.timer");
+    format!(
+        "if [ -f {file} ]; then out=$(systemctl enable -q --now {t} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; \
+         else systemctl stop {t} >/dev/null 2>&1; rm -f {wants}; fi\n",
+        file = sh_quote(&format!("/etc/systemd/system/{timer}")),
+        t = sh_quote(&timer),
+        wants = sh_quote(&format!("/etc/systemd/system/timers.target.wants/{timer}")),
+        why = sh_quote(&format!(
+            "handler reresolve: systemctl enable --now {timer}"
+        )),
+    )
 }
 
 /// The start of every remote script: a known PATH, `set -u`, private files, and `fail`.
