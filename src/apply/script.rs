@@ -392,12 +392,23 @@ pub(crate) fn done_tail() -> String {
 /// file in the same directory, mode, fsync, rename; nothing is renamed into place unless every
 /// step before it succeeded). Expects `fail` and `$B` to be defined.
 pub(crate) fn backup_and_write(changes: &[Change]) -> String {
-    let mut s = String::new();
-    s.push_str("rm -rf \"$B.new\" && mkdir \"$B.new\" || fail backup\n");
     let changed: Vec<&Change> = changes
         .iter()
         .filter(|c| c.action != Action::Unchanged)
         .collect();
+    let mut s = backup(&changed);
+    s.push_str(WRITTEN);
+    for c in &changed {
+        s.push_str(&write_file(c));
+    }
+    s
+}
+
+/// The backup stage: each file as it is (or `absent`) into `$B.new`, with a manifest, then
+/// `$B.new` swapped in as `$B`.
+fn backup(changed: &[&Change]) -> String {
+    let mut s = String::new();
+    s.push_str("rm -rf \"$B.new\" && mkdir \"$B.new\" || fail backup\n");
     for (i, c) in changed.iter().enumerate() {
         let p = sh_quote(&c.desired.path);
         s.push_str(&format!(
@@ -406,36 +417,36 @@ pub(crate) fn backup_and_write(changes: &[Change]) -> String {
         ));
     }
     s.push_str("rm -rf \"$B.old\"; if [ -d \"$B\" ]; then mv \"$B\" \"$B.old\" || fail backup; fi\nmv \"$B.new\" \"$B\" && rm -rf \"$B.old\" || fail backup\n");
-    s.push_str(WRITTEN);
-    for c in &changed {
-        let p = sh_quote(&c.desired.path);
-        let path = &c.desired.path;
-        match &c.desired.state {
-            FileState::Present { content, mode } => {
-                let dir = c.desired.path.parent();
-                let dq = sh_quote(dir);
-                // directories wgprov creates get their mode: its own state and notes are readable
-                // by root only where they hold secrets
-                let dmode = if dir.starts_with("/etc/wireguard") || dir.starts_with(STATE_DIR) {
-                    "700"
-                } else {
-                    "755"
-                };
-                s.push_str(&format!(
-                    "[ -d {dq} ] || {{ mkdir -p {dq} && chmod {dmode} {dq}; }} || fail 'write {path}'\n\
-                     t=$(mktemp {tmpl}) || fail 'write {path}'\n\
-                     base64 -d > \"$t\" <<'@@WGPROV-EOF@@' || {{ rm -f \"$t\"; fail 'write {path}'; }}\n{b64}\n@@WGPROV-EOF@@\n\
-                     {{ chmod {mode:o} \"$t\" && sync \"$t\" && mv -f \"$t\" {p}; }} || {{ rm -f \"$t\"; fail 'write {path}'; }}\n",
-                    tmpl = sh_quote(&format!("{dir}/.wgprov.XXXXXX")),
-                    b64 = wrap(&STANDARD.encode(content)),
-                ));
-            }
-            FileState::Absent => {
-                s.push_str(&format!("rm -f {p} || fail 'remove {path}'\n"));
-            }
-        }
-    }
     s
+}
+
+/// One file written atomically (its directory made first, with the mode wgprov gives it), or
+/// removed.
+fn write_file(c: &Change) -> String {
+    let p = sh_quote(&c.desired.path);
+    let path = &c.desired.path;
+    match &c.desired.state {
+        FileState::Present { content, mode } => {
+            let dir = c.desired.path.parent();
+            let dq = sh_quote(dir);
+            // directories wgprov creates get their mode: its own state and notes are readable
+            // by root only where they hold secrets
+            let dmode = if dir.starts_with("/etc/wireguard") || dir.starts_with(STATE_DIR) {
+                "700"
+            } else {
+                "755"
+            };
+            format!(
+                "[ -d {dq} ] || {{ mkdir -p {dq} && chmod {dmode} {dq}; }} || fail 'write {path}'\n\
+                 t=$(mktemp {tmpl}) || fail 'write {path}'\n\
+                 base64 -d > \"$t\" <<'@@WGPROV-EOF@@' || {{ rm -f \"$t\"; fail 'write {path}'; }}\n{b64}\n@@WGPROV-EOF@@\n\
+                 {{ chmod {mode:o} \"$t\" && sync \"$t\" && mv -f \"$t\" {p}; }} || {{ rm -f \"$t\"; fail 'write {path}'; }}\n",
+                tmpl = sh_quote(&format!("{dir}/.wgprov.XXXXXX")),
+                b64 = wrap(&STANDARD.encode(content)),
+            )
+        }
+        FileState::Absent => format!("rm -f {p} || fail 'remove {path}'\n"),
+    }
 }
 
 /// Marks, in a change script, the moment the backup is complete and files start to change:
