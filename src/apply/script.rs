@@ -320,12 +320,13 @@ fn restart_via_unit(q: &str, unit: &str, what: &str, f: &str) -> String {
 }
 
 /// `wg syncconf` from the stripped config, never fed empty input: the stripped text is checked
-/// for a private key first. `q` is the quoted interface name.
+/// for a private key first, read as `wg` reads a line (blanks dropped, the key's name in any
+/// case: `privatekey = …` is one too). `q` is the quoted interface name.
 fn syncconf(q: &str, f: &str) -> String {
     format!(
         "t=$(mktemp) || {f} 'handler wireguard: mktemp'\n\
          wg-quick strip {q} > \"$t\" 2>/dev/null || {{ rm -f \"$t\"; {f} 'handler wireguard: wg-quick strip'; }}\n\
-         if ! grep -q '^PrivateKey' \"$t\"; then rm -f \"$t\"; {f} 'handler wireguard: stripped config is empty'; fi\n\
+         if ! tr -d ' \\t\\r' < \"$t\" | grep -qi '^privatekey='; then rm -f \"$t\"; {f} 'handler wireguard: stripped config is empty'; fi\n\
          out=$(wg syncconf {q} \"$t\" 2>&1) || {{ rm -f \"$t\"; echo \"$out\" >&2; {f} 'handler wireguard: wg syncconf'; }}\n\
          rm -f \"$t\"\n"
     )
@@ -836,7 +837,7 @@ pub(crate) mod tests {
         let write = s.find("mv -f \"$t\" '/etc/wireguard/wg0.conf'").unwrap();
         let sync = s.find("wg syncconf").unwrap();
         assert!(backup < write && write < sync);
-        assert!(s.contains("grep -q '^PrivateKey' \"$t\""));
+        assert!(s.contains("tr -d ' \\t\\r' < \"$t\" | grep -qi '^privatekey='"));
         assert!(
             !s.contains("PrivateKey = A"),
             "contents travel base64-encoded"
@@ -847,5 +848,92 @@ pub(crate) mod tests {
             Some("handler wireguard: wg-quick up")
         );
         assert!(!r.done);
+    }
+
+    /// Runs the `wg syncconf` handler under `sh` with `wg-quick strip` printing `stripped` and
+    /// `wg syncconf` copying what it is fed: what it fed syncconf, and what the script printed.
+    fn syncconf_with(stripped: &str) -> (Option<String>, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (conf, fed) = (dir.path().join("stripped"), dir.path().join("fed"));
+        std::fs::write(&conf, stripped).unwrap();
+        let stubs = [
+            (
+                "wg-quick",
+                format!("[ \"$1\" = strip ] && cat '{}'", conf.display()),
+            ),
+            (
+                "wg",
+                format!("[ \"$1\" = syncconf ] && cp \"$3\" '{}'", fed.display()),
+            ),
+        ];
+        for (name, body) in stubs {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let h = HandlerPlan {
+            wireguard: Some(false),
+            ..Default::default()
+        };
+        let script = format!(
+            "fail() {{ echo \"{FAIL} $1\"; exit 1; }}\n{}echo '{DONE}'\n",
+            handlers_script(&h, &InterfaceName::default(), &up(), false, "fail")
+        );
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .env("PATH", path)
+            .output()
+            .expect("sh runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (std::fs::read_to_string(&fed).ok(), stdout)
+    }
+
+    /// `wg` reads a key line in any case and spacing, and wgprov keeps the operator's spelling
+    /// of an existing wg0.conf: a `privatekey = …` line is the private key, and a peers-only
+    /// change of such a config goes through `wg syncconf`.
+    #[test]
+    fn a_lowercase_privatekey_line_does_not_make_a_peers_only_change_fail() {
+        let old = "[Interface]\nAddress = 10.100.0.2/16\nprivatekey = A\n";
+        let new = format!("{old}\n[Peer]\nPublicKey = P\nAllowedIPs = 10.100.0.3/32\n");
+        let c = change(Some(old), &new);
+        let h = plan_handlers(std::slice::from_ref(&c), &up(), "/etc/wireguard/wg0.conf");
+        assert_eq!(h.wireguard, Some(false), "a peers-only change: syncconf");
+        // what `wg-quick strip` prints of such files: the lines as written, leading blanks gone
+        for key_line in [
+            "privatekey = A",
+            "PRIVATEKEY=A",
+            "PrivateKey = A",
+            "Private Key\t= A # the node's own",
+        ] {
+            let stripped = format!("[Interface]\n{key_line}\n\n[Peer]\npublickey = P\n");
+            let (fed, out) = syncconf_with(&stripped);
+            assert_eq!(fed.as_deref(), Some(stripped.as_str()), "{key_line}: {out}");
+            assert!(
+                out.contains(DONE) && !out.contains(FAIL),
+                "{key_line}: {out}"
+            );
+        }
+        // a stripped config without a private key is still never fed to syncconf
+        for stripped in [
+            "",
+            "[Interface]\nListenPort = 51820\n",
+            "[Interface]\n# PrivateKey = A\n",
+            "[Interface]\nPrivateKeys = A\nPublicKey = B\n",
+        ] {
+            let (fed, out) = syncconf_with(stripped);
+            assert_eq!(fed, None, "{stripped:?}: {out}");
+            assert!(
+                out.contains(&format!(
+                    "{FAIL} handler wireguard: stripped config is empty"
+                )),
+                "{stripped:?}: {out}"
+            );
+        }
     }
 }
