@@ -28,8 +28,6 @@ pub(crate) fn handlers_script(
     restore: bool,
     fail_fn: &str,
 ) -> String {
-    let q = sh_quote(iface);
-    let unit = sh_quote(&format!("wg-quick@{iface}"));
     let f = fail_fn;
     let mut s = String::new();
     if h.daemon_reload && facts.systemd {
@@ -38,59 +36,106 @@ pub(crate) fn handlers_script(
         ));
     }
     if let Some(restart) = h.wireguard {
-        if facts.systemd {
-            s.push_str(&format!("systemctl enable -q {unit} 2>/dev/null || true\n"));
-        }
-        let conf = format!("/etc/wireguard/{iface}.conf");
-        // where systemd runs, the interface is its unit's: one brought up by hand (unit
-        // inactive) makes the unit's `wg-quick up` fail ("already exists"), and one brought up
-        // from a transient unit (the dead-man) dies with that unit when wireguard-go runs it
-        let via_unit = |what: &str| {
-            format!(
-                "systemctl is-active -q {unit} || wg-quick down {q} >/dev/null 2>&1 || true\n\
-                 out=$(systemctl restart {unit} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: systemctl restart wg-quick{what}'; }}\n"
-            )
-        };
-        if restore && restart && facts.systemd {
-            // back to the old interface through its unit, or unit and interface gone if there
-            // was no config
-            s.push_str(&format!(
-                "if [ -f {c} ]; then\n{up}else systemctl stop {unit} >/dev/null 2>&1; wg-quick down {q} >/dev/null 2>&1; systemctl disable -q {unit} 2>/dev/null || true; fi\n",
-                c = sh_quote(&conf),
-                up = via_unit(" (restored config)"),
-            ));
-        } else if restore && restart {
-            // back to the old interface: up with the restored config, or gone if there was none
-            s.push_str(&format!(
-                "wg-quick down {q} >/dev/null 2>&1 || true\nif [ -f {c} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up (restored config)'; }}; fi\n",
-                c = sh_quote(&conf)
-            ));
-        } else if restart {
-            if facts.systemd {
-                s.push_str(&via_unit(""));
-            } else {
-                s.push_str(&format!(
-                    "wg-quick down {q} >/dev/null 2>&1 || true\nout=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up'; }}\n"
-                ));
-            }
-        } else {
-            // never feed syncconf empty input: strip to a file and check it first
-            s.push_str(&format!(
-                "t=$(mktemp) || {f} 'handler wireguard: mktemp'\n\
-                 wg-quick strip {q} > \"$t\" 2>/dev/null || {{ rm -f \"$t\"; {f} 'handler wireguard: wg-quick strip'; }}\n\
-                 if ! grep -q '^PrivateKey' \"$t\"; then rm -f \"$t\"; {f} 'handler wireguard: stripped config is empty'; fi\n\
-                 out=$(wg syncconf {q} \"$t\" 2>&1) || {{ rm -f \"$t\"; echo \"$out\" >&2; {f} 'handler wireguard: wg syncconf'; }}\n\
-                 rm -f \"$t\"\n"
-            ));
-        }
+        s.push_str(&wireguard_handler(
+            iface,
+            facts.systemd,
+            restart,
+            restore,
+            f,
+        ));
     }
     if h.sysctl {
         s.push_str(&format!(
             "if [ -f /etc/sysctl.d/99-wgprov.conf ]; then out=$(sysctl -q -p /etc/sysctl.d/99-wgprov.conf 2>&1) || {{ echo \"$out\" >&2; {f} 'handler sysctl'; }}; fi\n",
         ));
     }
-    if h.kubelet && facts.systemd && !facts.units.is_empty() {
-        if let Some(ip) = &h.node_ip {
+    if h.kubelet {
+        s.push_str(&kubelet_handler(h.node_ip.as_deref(), iface, facts, f));
+    }
+    if h.reresolve && facts.systemd {
+        s.push_str(&reresolve_handler(iface, f));
+    }
+    if let Some(ports) = &h.port_forward {
+        s.push_str(&crate::hosts::linux::handler(ports, facts.systemd, f));
+    }
+    if h.router_hub {
+        s.push_str(&crate::hosts::openwrt_hub::handler(iface, f));
+    }
+    s
+}
+
+/// The wireguard handler: the interface restarted (through its unit where systemd runs), or
+/// brought to the file's peers and key with `wg syncconf`. Putting back with a restart brings
+/// the old interface back, or takes it down when there was no config.
+fn wireguard_handler(
+    iface: &InterfaceName,
+    systemd: bool,
+    restart: bool,
+    restore: bool,
+    f: &str,
+) -> String {
+    let q = sh_quote(iface);
+    let unit = sh_quote(&format!("wg-quick@{iface}"));
+    let mut s = String::new();
+    if systemd {
+        s.push_str(&format!("systemctl enable -q {unit} 2>/dev/null || true\n"));
+    }
+    let conf = sh_quote(&format!("/etc/wireguard/{iface}.conf"));
+    if restore && restart && systemd {
+        // back to the old interface through its unit, or unit and interface gone if there
+        // was no config
+        s.push_str(&format!(
+            "if [ -f {conf} ]; then\n{up}else systemctl stop {unit} >/dev/null 2>&1; wg-quick down {q} >/dev/null 2>&1; systemctl disable -q {unit} 2>/dev/null || true; fi\n",
+            up = restart_via_unit(&q, &unit, " (restored config)", f),
+        ));
+    } else if restore && restart {
+        // back to the old interface: up with the restored config, or gone if there was none
+        s.push_str(&format!(
+            "wg-quick down {q} >/dev/null 2>&1 || true\nif [ -f {conf} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up (restored config)'; }}; fi\n",
+        ));
+    } else if restart && systemd {
+        s.push_str(&restart_via_unit(&q, &unit, "", f));
+    } else if restart {
+        s.push_str(&format!(
+            "wg-quick down {q} >/dev/null 2>&1 || true\nout=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up'; }}\n"
+        ));
+    } else {
+        s.push_str(&syncconf(&q, f));
+    }
+    s
+}
+
+/// Restarts the interface through its unit. Where systemd runs, the interface is its unit's:
+/// one brought up by hand (unit inactive) makes the unit's `wg-quick up` fail ("already
+/// exists"), and one brought up from a transient unit (the dead-man) dies with that unit when
+/// wireguard-go runs it. `q` and `unit` are quoted; `what` ends the failed step's name.
+fn restart_via_unit(q: &str, unit: &str, what: &str, f: &str) -> String {
+    format!(
+        "systemctl is-active -q {unit} || wg-quick down {q} >/dev/null 2>&1 || true\n\
+         out=$(systemctl restart {unit} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: systemctl restart wg-quick{what}'; }}\n"
+    )
+}
+
+/// `wg syncconf` from the stripped config, never fed empty input: the stripped text is checked
+/// for a private key first, read as `wg` reads a line (blanks dropped, the key's name in any
+/// case: `privatekey = …` is one too). `q` is the quoted interface name.
+fn syncconf(q: &str, f: &str) -> String {
+    format!(
+        "t=$(mktemp) || {f} 'handler wireguard: mktemp'\n\
+         wg-quick strip {q} > \"$t\" 2>/dev/null || {{ rm -f \"$t\"; {f} 'handler wireguard: wg-quick strip'; }}\n\
+         if ! tr -d ' \\t\\r' < \"$t\" | grep -qi '^privatekey='; then rm -f \"$t\"; {f} 'handler wireguard: stripped config is empty'; fi\n\
+         out=$(wg syncconf {q} \"$t\" 2>&1) || {{ rm -f \"$t\"; echo \"$out\" >&2; {f} 'handler wireguard: wg syncconf'; }}\n\
+         rm -f \"$t\"\n"
+    )
+}
+
+/// The kubelet handler: where systemd runs, restart each kubelet unit that is enabled or
+/// running — first refusing (with `node_ip`) to restart onto a node IP the host does not have;
+/// without systemd, a note.
+fn kubelet_handler(node_ip: Option<&str>, iface: &InterfaceName, facts: &Facts, f: &str) -> String {
+    let mut s = String::new();
+    if facts.systemd && !facts.units.is_empty() {
+        if let Some(ip) = node_ip {
             // the kubelet refuses a node IP that is not on an interface, and k3s/rke2 crash-loop
             // on it: never restart into that
             s.push_str(&format!(
@@ -108,27 +153,26 @@ pub(crate) fn handlers_script(
                 why = sh_quote(&format!("handler kubelet: systemctl restart {u}")),
             ));
         }
-    } else if h.kubelet && facts.tools.contains("kubelet") {
+    } else if facts.tools.contains("kubelet") {
         s.push_str("echo 'kubelet is installed but systemd is not running: restart kubelet yourself' >&2\n");
     }
-    if h.reresolve && facts.systemd {
-        let timer = format!("wgprov-reresolve-{iface}.timer");
-        s.push_str(&format!(
-            "if [ -f {file} ]; then out=$(systemctl enable -q --now {t} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; \
-             else systemctl stop {t} >/dev/null 2>&1; rm -f {wants}; fi\n",
-            file = sh_quote(&format!("/etc/systemd/system/{timer}")),
-            t = sh_quote(&timer),
-            wants = sh_quote(&format!("/etc/systemd/system/timers.target.wants/{timer}")),
-            why = sh_quote(&format!("handler reresolve: systemctl enable --now {timer}")),
-        ));
-    }
-    if let Some(ports) = &h.port_forward {
-        s.push_str(&crate::hosts::linux::handler(ports, facts.systemd, f));
-    }
-    if h.router_hub {
-        s.push_str(&crate::hosts::openwrt_hub::handler(iface, f));
-    }
     s
+}
+
+/// The reresolve handler (systemd only): enable the endpoint re-resolution timer, or stop it
+/// when its unit file is gone.
+fn reresolve_handler(iface: &InterfaceName, f: &str) -> String {
+    let timer = format!("wgprov-reresolve-{iface}.timer");
+    format!(
+        "if [ -f {file} ]; then out=$(systemctl enable -q --now {t} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; \
+         else systemctl stop {t} >/dev/null 2>&1; rm -f {wants}; fi\n",
+        file = sh_quote(&format!("/etc/systemd/system/{timer}")),
+        t = sh_quote(&timer),
+        wants = sh_quote(&format!("/etc/systemd/system/timers.target.wants/{timer}")),
+        why = sh_quote(&format!(
+            "handler reresolve: systemctl enable --now {timer}"
+        )),
+    )
 }
 
 /// The start of every remote script: a known PATH, `set -u`, private files, and `fail`.
@@ -146,12 +190,23 @@ pub(crate) fn done_tail() -> String {
 /// file in the same directory, mode, fsync, rename; nothing is renamed into place unless every
 /// step before it succeeded). Expects `fail` and `$B` to be defined.
 pub(crate) fn backup_and_write(changes: &[Change]) -> String {
-    let mut s = String::new();
-    s.push_str("rm -rf \"$B.new\" && mkdir \"$B.new\" || fail backup\n");
     let changed: Vec<&Change> = changes
         .iter()
         .filter(|c| c.action != Action::Unchanged)
         .collect();
+    let mut s = backup(&changed);
+    s.push_str(WRITTEN);
+    for c in &changed {
+        s.push_str(&write_file(c));
+    }
+    s
+}
+
+/// The backup stage: each file as it is (or `absent`) into `$B.new`, with a manifest, then
+/// `$B.new` swapped in as `$B`.
+fn backup(changed: &[&Change]) -> String {
+    let mut s = String::new();
+    s.push_str("rm -rf \"$B.new\" && mkdir \"$B.new\" || fail backup\n");
     for (i, c) in changed.iter().enumerate() {
         let p = sh_quote(&c.desired.path);
         s.push_str(&format!(
@@ -160,36 +215,36 @@ pub(crate) fn backup_and_write(changes: &[Change]) -> String {
         ));
     }
     s.push_str("rm -rf \"$B.old\"; if [ -d \"$B\" ]; then mv \"$B\" \"$B.old\" || fail backup; fi\nmv \"$B.new\" \"$B\" && rm -rf \"$B.old\" || fail backup\n");
-    s.push_str(WRITTEN);
-    for c in &changed {
-        let p = sh_quote(&c.desired.path);
-        let path = &c.desired.path;
-        match &c.desired.state {
-            FileState::Present { content, mode } => {
-                let dir = c.desired.path.parent();
-                let dq = sh_quote(dir);
-                // directories wgprov creates get their mode: its own state and notes are readable
-                // by root only where they hold secrets
-                let dmode = if dir.starts_with("/etc/wireguard") || dir.starts_with(STATE_DIR) {
-                    "700"
-                } else {
-                    "755"
-                };
-                s.push_str(&format!(
-                    "[ -d {dq} ] || {{ mkdir -p {dq} && chmod {dmode} {dq}; }} || fail 'write {path}'\n\
-                     t=$(mktemp {tmpl}) || fail 'write {path}'\n\
-                     base64 -d > \"$t\" <<'@@WGPROV-EOF@@' || {{ rm -f \"$t\"; fail 'write {path}'; }}\n{b64}\n@@WGPROV-EOF@@\n\
-                     {{ chmod {mode:o} \"$t\" && sync \"$t\" && mv -f \"$t\" {p}; }} || {{ rm -f \"$t\"; fail 'write {path}'; }}\n",
-                    tmpl = sh_quote(&format!("{dir}/.wgprov.XXXXXX")),
-                    b64 = wrap(&STANDARD.encode(content)),
-                ));
-            }
-            FileState::Absent => {
-                s.push_str(&format!("rm -f {p} || fail 'remove {path}'\n"));
-            }
-        }
-    }
     s
+}
+
+/// One file written atomically (its directory made first, with the mode wgprov gives it), or
+/// removed.
+fn write_file(c: &Change) -> String {
+    let p = sh_quote(&c.desired.path);
+    let path = &c.desired.path;
+    match &c.desired.state {
+        FileState::Present { content, mode } => {
+            let dir = c.desired.path.parent();
+            let dq = sh_quote(dir);
+            // directories wgprov creates get their mode: its own state and notes are readable
+            // by root only where they hold secrets
+            let dmode = if dir.starts_with("/etc/wireguard") || dir.starts_with(STATE_DIR) {
+                "700"
+            } else {
+                "755"
+            };
+            format!(
+                "[ -d {dq} ] || {{ mkdir -p {dq} && chmod {dmode} {dq}; }} || fail 'write {path}'\n\
+                 t=$(mktemp {tmpl}) || fail 'write {path}'\n\
+                 base64 -d > \"$t\" <<'@@WGPROV-EOF@@' || {{ rm -f \"$t\"; fail 'write {path}'; }}\n{b64}\n@@WGPROV-EOF@@\n\
+                 {{ chmod {mode:o} \"$t\" && sync \"$t\" && mv -f \"$t\" {p}; }} || {{ rm -f \"$t\"; fail 'write {path}'; }}\n",
+                tmpl = sh_quote(&format!("{dir}/.wgprov.XXXXXX")),
+                b64 = wrap(&STANDARD.encode(content)),
+            )
+        }
+        FileState::Absent => format!("rm -f {p} || fail 'remove {path}'\n"),
+    }
 }
 
 /// Marks, in a change script, the moment the backup is complete and files start to change:
@@ -519,7 +574,7 @@ pub(crate) mod tests {
         let write = s.find("mv -f \"$t\" '/etc/wireguard/wg0.conf'").unwrap();
         let sync = s.find("wg syncconf").unwrap();
         assert!(backup < write && write < sync);
-        assert!(s.contains("grep -q '^PrivateKey' \"$t\""));
+        assert!(s.contains("tr -d ' \\t\\r' < \"$t\" | grep -qi '^privatekey='"));
         assert!(
             !s.contains("PrivateKey = A"),
             "contents travel base64-encoded"
@@ -530,5 +585,92 @@ pub(crate) mod tests {
             Some("handler wireguard: wg-quick up")
         );
         assert!(!r.done);
+    }
+
+    /// Runs the `wg syncconf` handler under `sh` with `wg-quick strip` printing `stripped` and
+    /// `wg syncconf` copying what it is fed: what it fed syncconf, and what the script printed.
+    fn syncconf_with(stripped: &str) -> (Option<String>, String) {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (conf, fed) = (dir.path().join("stripped"), dir.path().join("fed"));
+        std::fs::write(&conf, stripped).unwrap();
+        let stubs = [
+            (
+                "wg-quick",
+                format!("[ \"$1\" = strip ] && cat '{}'", conf.display()),
+            ),
+            (
+                "wg",
+                format!("[ \"$1\" = syncconf ] && cp \"$3\" '{}'", fed.display()),
+            ),
+        ];
+        for (name, body) in stubs {
+            let p = dir.path().join(name);
+            std::fs::write(&p, format!("#!/bin/sh\n{body}\n")).unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let h = HandlerPlan {
+            wireguard: Some(false),
+            ..Default::default()
+        };
+        let script = format!(
+            "fail() {{ echo \"{FAIL} $1\"; exit 1; }}\n{}echo '{DONE}'\n",
+            handlers_script(&h, &InterfaceName::default(), &up(), false, "fail")
+        );
+        let path = format!(
+            "{}:{}",
+            dir.path().display(),
+            std::env::var("PATH").unwrap()
+        );
+        let out = std::process::Command::new("sh")
+            .args(["-c", &script])
+            .env("PATH", path)
+            .output()
+            .expect("sh runs");
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        (std::fs::read_to_string(&fed).ok(), stdout)
+    }
+
+    /// `wg` reads a key line in any case and spacing, and wgprov keeps the operator's spelling
+    /// of an existing wg0.conf: a `privatekey = …` line is the private key, and a peers-only
+    /// change of such a config goes through `wg syncconf`.
+    #[test]
+    fn a_lowercase_privatekey_line_does_not_make_a_peers_only_change_fail() {
+        let old = "[Interface]\nAddress = 10.100.0.2/16\nprivatekey = A\n";
+        let new = format!("{old}\n[Peer]\nPublicKey = P\nAllowedIPs = 10.100.0.3/32\n");
+        let c = change(Some(old), &new);
+        let h = plan_handlers(std::slice::from_ref(&c), &up(), "/etc/wireguard/wg0.conf");
+        assert_eq!(h.wireguard, Some(false), "a peers-only change: syncconf");
+        // what `wg-quick strip` prints of such files: the lines as written, leading blanks gone
+        for key_line in [
+            "privatekey = A",
+            "PRIVATEKEY=A",
+            "PrivateKey = A",
+            "Private Key\t= A # the node's own",
+        ] {
+            let stripped = format!("[Interface]\n{key_line}\n\n[Peer]\npublickey = P\n");
+            let (fed, out) = syncconf_with(&stripped);
+            assert_eq!(fed.as_deref(), Some(stripped.as_str()), "{key_line}: {out}");
+            assert!(
+                out.contains(DONE) && !out.contains(FAIL),
+                "{key_line}: {out}"
+            );
+        }
+        // a stripped config without a private key is still never fed to syncconf
+        for stripped in [
+            "",
+            "[Interface]\nListenPort = 51820\n",
+            "[Interface]\n# PrivateKey = A\n",
+            "[Interface]\nPrivateKeys = A\nPublicKey = B\n",
+        ] {
+            let (fed, out) = syncconf_with(stripped);
+            assert_eq!(fed, None, "{stripped:?}: {out}");
+            assert!(
+                out.contains(&format!(
+                    "{FAIL} handler wireguard: stripped config is empty"
+                )),
+                "{stripped:?}: {out}"
+            );
+        }
     }
 }

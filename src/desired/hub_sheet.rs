@@ -167,127 +167,143 @@ pub fn instructions(h: &Hub) -> Vec<String> {
         .public_key
         .clone()
         .unwrap_or_else(|| "(the router's own)".into());
-    let mut v = Vec::new();
     match h.router {
-        RouterKind::Opnsense => {
-            v.push(format!(
-                "VPN > WireGuard > Instances > +: Enabled: checked; Name: {name}; Public key: {key} (keep the pair generated there); Listen port: {}; Tunnel address: {}; MTU: {}; Disable routes: unchecked. Save",
-                h.listen_port, h.tunnel_address, h.mtu
-            ));
-            for p in &h.peers {
-                v.push(format!(
-                    "VPN > WireGuard > Peers > +: Enabled: checked; Name: {}; Public key: {}; Pre-shared key: (empty); Allowed IPs: {}; Endpoint address: {}; Endpoint port: {}; Instances: {name}; Keepalive interval: {}. Save",
-                    p.name.replace(' ', "-"),
-                    key_or_hint(p),
-                    p.allowed_ips.join(", "),
-                    or_empty(&p.endpoint_host),
-                    or_empty(&p.endpoint_port),
-                    or_empty(&p.persistent_keepalive),
-                ));
-            }
-            v.push("VPN > WireGuard > General: Enable WireGuard: checked. Apply".into());
-            v.push(format!(
-                "Interfaces > Assignments: assign the instance's device ({name}), Enable: checked, IPv4 Configuration Type: None. Save, Apply"
-            ));
-            v.push(format!(
-                "Firewall > Rules > WAN > +: Action: Pass; Interface: WAN; Protocol: UDP; Destination: WAN address; Destination port range: {p} to {p}. Save, Apply",
-                p = h.listen_port
-            ));
-            v.push(format!(
-                "Firewall > Rules > WireGuard (Group) > +: Action: Pass; Protocol: any; Source: {c}; Destination: {c} (the hub forwards between its peers). Save, Apply",
-                c = h.wireguard_cidr
-            ));
-        }
-        RouterKind::Pfsense => {
-            v.push(format!(
-                "VPN > WireGuard > Tunnels > Add Tunnel: Enable: checked; Description: {name}; Listen Port: {}; Interface Keys: Public Key {key} (keep the pair generated there); Interface Addresses: {}. Save Tunnel",
-                h.listen_port, h.tunnel_address
-            ));
-            for p in &h.peers {
-                let dynamic = if p.endpoint_host.is_some() {
-                    "unchecked"
-                } else {
-                    "checked"
-                };
-                v.push(format!(
-                    "VPN > WireGuard > Peers > Add Peer: Enable: checked; Tunnel: the {name} tunnel (tun_wgN); Description: {}; Dynamic Endpoint: {dynamic}; Endpoint: {}; Endpoint Port: {}; Keep Alive: {}; Public Key: {}; Pre-shared Key: (empty); Allowed IPs: {}. Save Peer",
-                    p.name,
-                    or_empty(&p.endpoint_host),
-                    or_empty(&p.endpoint_port),
-                    or_empty(&p.persistent_keepalive),
-                    key_or_hint(p),
-                    p.allowed_ips.join(", "),
-                ));
-            }
-            v.push(
-                "VPN > WireGuard > Settings: Enable WireGuard: checked. Save, Apply Changes".into(),
-            );
-            v.push(format!(
-                "Interfaces > Interface Assignments: add the {name} tunnel (tun_wgN), then its page: Enable: checked; IPv4 Configuration Type: Static IPv4; IPv4 Address: {}; MTU: {}. Save, Apply Changes",
-                h.tunnel_address, h.mtu
-            ));
-            v.push(format!(
-                "Firewall > Rules > WAN > Add: Action: Pass; Protocol: UDP; Destination: WAN address; Destination Port Range: {p} to {p}. Save, Apply Changes",
-                p = h.listen_port
-            ));
-            v.push(format!(
-                "Firewall > Rules > (the tunnel's interface) > Add: Action: Pass; Protocol: Any; Source: Network {c}; Destination: Network {c} (the hub forwards between its peers). Save, Apply Changes",
-                c = h.wireguard_cidr
-            ));
-        }
-        RouterKind::Openwrt => {
-            v.push(format!(
-                "/etc/config/network: config interface 'wg0' with option proto 'wireguard'; option private_key (the key whose public half is {key}); option listen_port '{}'; list addresses '{}'; option mtu '{}'",
-                h.listen_port, h.tunnel_address, h.mtu
-            ));
-            for p in &h.peers {
-                let mut l = format!(
-                    "/etc/config/network: config wireguard_wg0 with option description '{}'; option public_key '{}'; list allowed_ips '{}'; option route_allowed_ips '0'",
-                    p.name,
-                    key_or_hint(p),
-                    p.allowed_ips.join("'; list allowed_ips '")
-                );
-                l.push_str(&tail(
-                    p,
-                    |host, port| {
-                        format!("; option endpoint_host '{host}'; option endpoint_port '{port}'")
-                    },
-                    |k| format!("; option persistent_keepalive '{k}'"),
-                ));
-                v.push(l);
-            }
-            v.push(format!(
-                "/etc/config/firewall: config zone with option name 'wgprov'; list network 'wg0'; option input 'ACCEPT'; option output 'ACCEPT'; option forward 'ACCEPT' (the hub forwards between its peers); and config rule with option src 'wan'; option proto 'udp'; option dest_port '{}'; option target 'ACCEPT'",
-                h.listen_port
-            ));
-            v.push("then: /etc/init.d/network reload; /etc/init.d/firewall reload".into());
-        }
-        RouterKind::Other => {
-            v.push(format!(
-                "a WireGuard interface: its own private key (public key {key}); ListenPort = {}; Address = {}; MTU = {}",
-                h.listen_port, h.tunnel_address, h.mtu
-            ));
-            for p in &h.peers {
-                let mut l = format!(
-                    "[Peer] # {}: PublicKey = {}; AllowedIPs = {}",
-                    p.name,
-                    key_or_hint(p),
-                    p.allowed_ips.join(", ")
-                );
-                l.push_str(&tail(
-                    p,
-                    |host, port| format!("; Endpoint = {}", crate::topology::host_port(host, port)),
-                    |k| format!("; PersistentKeepalive = {k}"),
-                ));
-                v.push(l);
-            }
-            v.push(format!(
-                "let UDP {} in from the WAN, forward between peers on the WireGuard interface ({c} to {c}), and turn on IPv4 forwarding",
-                h.listen_port,
-                c = h.wireguard_cidr
-            ));
-        }
+        RouterKind::Opnsense => opnsense(h, &name, &key),
+        RouterKind::Pfsense => pfsense(h, &name, &key),
+        RouterKind::Openwrt => openwrt(h, &key),
+        RouterKind::Other => other_router(h, &key),
     }
+}
+
+/// OPNsense: the instance, each peer, WireGuard on, the device assigned, the firewall rules.
+fn opnsense(h: &Hub, name: &str, key: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    v.push(format!(
+        "VPN > WireGuard > Instances > +: Enabled: checked; Name: {name}; Public key: {key} (keep the pair generated there); Listen port: {}; Tunnel address: {}; MTU: {}; Disable routes: unchecked. Save",
+        h.listen_port, h.tunnel_address, h.mtu
+    ));
+    for p in &h.peers {
+        v.push(format!(
+            "VPN > WireGuard > Peers > +: Enabled: checked; Name: {}; Public key: {}; Pre-shared key: (empty); Allowed IPs: {}; Endpoint address: {}; Endpoint port: {}; Instances: {name}; Keepalive interval: {}. Save",
+            p.name.replace(' ', "-"),
+            key_or_hint(p),
+            p.allowed_ips.join(", "),
+            or_empty(&p.endpoint_host),
+            or_empty(&p.endpoint_port),
+            or_empty(&p.persistent_keepalive),
+        ));
+    }
+    v.push("VPN > WireGuard > General: Enable WireGuard: checked. Apply".into());
+    v.push(format!(
+        "Interfaces > Assignments: assign the instance's device ({name}), Enable: checked, IPv4 Configuration Type: None. Save, Apply"
+    ));
+    v.push(format!(
+        "Firewall > Rules > WAN > +: Action: Pass; Interface: WAN; Protocol: UDP; Destination: WAN address; Destination port range: {p} to {p}. Save, Apply",
+        p = h.listen_port
+    ));
+    v.push(format!(
+        "Firewall > Rules > WireGuard (Group) > +: Action: Pass; Protocol: any; Source: {c}; Destination: {c} (the hub forwards between its peers). Save, Apply",
+        c = h.wireguard_cidr
+    ));
+    v
+}
+
+/// pfSense: the tunnel, each peer, WireGuard on, the interface assigned, the firewall rules.
+fn pfsense(h: &Hub, name: &str, key: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    v.push(format!(
+        "VPN > WireGuard > Tunnels > Add Tunnel: Enable: checked; Description: {name}; Listen Port: {}; Interface Keys: Public Key {key} (keep the pair generated there); Interface Addresses: {}. Save Tunnel",
+        h.listen_port, h.tunnel_address
+    ));
+    for p in &h.peers {
+        let dynamic = if p.endpoint_host.is_some() {
+            "unchecked"
+        } else {
+            "checked"
+        };
+        v.push(format!(
+            "VPN > WireGuard > Peers > Add Peer: Enable: checked; Tunnel: the {name} tunnel (tun_wgN); Description: {}; Dynamic Endpoint: {dynamic}; Endpoint: {}; Endpoint Port: {}; Keep Alive: {}; Public Key: {}; Pre-shared Key: (empty); Allowed IPs: {}. Save Peer",
+            p.name,
+            or_empty(&p.endpoint_host),
+            or_empty(&p.endpoint_port),
+            or_empty(&p.persistent_keepalive),
+            key_or_hint(p),
+            p.allowed_ips.join(", "),
+        ));
+    }
+    v.push("VPN > WireGuard > Settings: Enable WireGuard: checked. Save, Apply Changes".into());
+    v.push(format!(
+        "Interfaces > Interface Assignments: add the {name} tunnel (tun_wgN), then its page: Enable: checked; IPv4 Configuration Type: Static IPv4; IPv4 Address: {}; MTU: {}. Save, Apply Changes",
+        h.tunnel_address, h.mtu
+    ));
+    v.push(format!(
+        "Firewall > Rules > WAN > Add: Action: Pass; Protocol: UDP; Destination: WAN address; Destination Port Range: {p} to {p}. Save, Apply Changes",
+        p = h.listen_port
+    ));
+    v.push(format!(
+        "Firewall > Rules > (the tunnel's interface) > Add: Action: Pass; Protocol: Any; Source: Network {c}; Destination: Network {c} (the hub forwards between its peers). Save, Apply Changes",
+        c = h.wireguard_cidr
+    ));
+    v
+}
+
+/// OpenWrt: the interface and each peer in `/etc/config/network`, the firewall zone and rule,
+/// then the reloads.
+fn openwrt(h: &Hub, key: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    v.push(format!(
+        "/etc/config/network: config interface 'wg0' with option proto 'wireguard'; option private_key (the key whose public half is {key}); option listen_port '{}'; list addresses '{}'; option mtu '{}'",
+        h.listen_port, h.tunnel_address, h.mtu
+    ));
+    for p in &h.peers {
+        let mut l = format!(
+            "/etc/config/network: config wireguard_wg0 with option description '{}'; option public_key '{}'; list allowed_ips '{}'; option route_allowed_ips '0'",
+            p.name,
+            key_or_hint(p),
+            p.allowed_ips.join("'; list allowed_ips '")
+        );
+        l.push_str(&tail(
+            p,
+            |host, port| format!("; option endpoint_host '{host}'; option endpoint_port '{port}'"),
+            |k| format!("; option persistent_keepalive '{k}'"),
+        ));
+        v.push(l);
+    }
+    v.push(format!(
+        "/etc/config/firewall: config zone with option name 'wgprov'; list network 'wg0'; option input 'ACCEPT'; option output 'ACCEPT'; option forward 'ACCEPT' (the hub forwards between its peers); and config rule with option src 'wan'; option proto 'udp'; option dest_port '{}'; option target 'ACCEPT'",
+        h.listen_port
+    ));
+    v.push("then: /etc/init.d/network reload; /etc/init.d/firewall reload".into());
+    v
+}
+
+/// Any other router: the interface and each peer in `wg`'s words, and what its firewall must
+/// let through.
+fn other_router(h: &Hub, key: &str) -> Vec<String> {
+    let mut v = Vec::new();
+    v.push(format!(
+        "a WireGuard interface: its own private key (public key {key}); ListenPort = {}; Address = {}; MTU = {}",
+        h.listen_port, h.tunnel_address, h.mtu
+    ));
+    for p in &h.peers {
+        let mut l = format!(
+            "[Peer] # {}: PublicKey = {}; AllowedIPs = {}",
+            p.name,
+            key_or_hint(p),
+            p.allowed_ips.join(", ")
+        );
+        l.push_str(&tail(
+            p,
+            |host, port| format!("; Endpoint = {}", crate::topology::host_port(host, port)),
+            |k| format!("; PersistentKeepalive = {k}"),
+        ));
+        v.push(l);
+    }
+    v.push(format!(
+        "let UDP {} in from the WAN, forward between peers on the WireGuard interface ({c} to {c}), and turn on IPv4 forwarding",
+        h.listen_port,
+        c = h.wireguard_cidr
+    ));
     v
 }
 

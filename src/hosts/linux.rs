@@ -69,83 +69,95 @@ pub fn pf_script(
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nset -u\n"
     ));
     match backend {
-        Backend::Iptables => {
-            let (dnat, accept) = match f {
-                Some((f, ip)) => (
-                    format!(
-                        "-i {wan} -p udp --dport {} -j DNAT --to-destination {ip}:{}",
-                        f.public_port, f.port
-                    ),
-                    format!("-i {wan} -p udp -d {ip} --dport {} -j ACCEPT", f.port),
-                ),
-                None => (String::new(), String::new()),
-            };
-            let n = usize::from(f.is_some());
-            s.push_str(&format!(
-                "rules() {{ iptables -w \"$@\" -S {CHAIN} 2>/dev/null | grep -c '^-A'; }}\n\
-                 check() {{\n  iptables -w -t nat -C PREROUTING -j {CHAIN} 2>/dev/null &&\n  \
-                 iptables -w -C FORWARD -j {CHAIN} 2>/dev/null &&\n  \
-                 [ \"$(rules -t nat)\" = {n} ] && [ \"$(rules)\" = {n} ]"
-            ));
-            if f.is_some() {
-                s.push_str(&format!(
-                    " &&\n  iptables -w -t nat -C {CHAIN} {dnat} 2>/dev/null &&\n  iptables -w -C {CHAIN} {accept} 2>/dev/null"
-                ));
-            }
-            s.push_str("\n}\nif [ \"${1:-}\" = check ]; then check; exit; fi\n");
-            // one restore per table: the chain is replaced whole, never seen half-written
-            s.push_str(&format!(
-                "iptables-restore -w --noflush <<'@@WGPROV-RULES@@' || exit 1\n*nat\n:{CHAIN} - [0:0]\n"
-            ));
-            if f.is_some() {
-                s.push_str(&format!("-A {CHAIN} {dnat}\n"));
-            }
-            s.push_str(&format!("COMMIT\n*filter\n:{CHAIN} - [0:0]\n"));
-            if f.is_some() {
-                s.push_str(&format!("-A {CHAIN} {accept}\n"));
-            }
-            s.push_str("COMMIT\n@@WGPROV-RULES@@\n");
-            s.push_str(&format!(
-                "iptables -w -t nat -C PREROUTING -j {CHAIN} 2>/dev/null || iptables -w -t nat -I PREROUTING 1 -j {CHAIN} || exit 1\n\
-                 iptables -w -C FORWARD -j {CHAIN} 2>/dev/null || iptables -w -I FORWARD 1 -j {CHAIN} || exit 1\n\
-                 check || {{ echo 'the port-forward rules are not in place after installing them' >&2; exit 1; }}\n"
-            ));
-        }
-        Backend::Nftables => {
-            let (dnat, accept) = match f {
-                Some((f, ip)) => (
-                    format!(
-                        "iifname \"{wan}\" udp dport {} dnat to {ip}:{}",
-                        f.public_port, f.port
-                    ),
-                    format!(
-                        "iifname \"{wan}\" ip daddr {ip} udp dport {} accept",
-                        f.port
-                    ),
-                ),
-                None => (String::new(), String::new()),
-            };
-            s.push_str(&format!(
-                "check() {{\n  t=$(nft list table ip wgprov 2>/dev/null) || return 1\n  \
-                 printf '%s\\n' \"$t\" | grep -qF {d} && printf '%s\\n' \"$t\" | grep -qF {a}\n}}\n\
-                 if [ \"${{1:-}}\" = check ]; then check; exit; fi\n\
-                 nft -f - <<'@@WGPROV-RULES@@' || exit 1\ntable ip wgprov\ndelete table ip wgprov\n\
-                 table ip wgprov {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n",
-                d = sh_quote(if dnat.is_empty() { "prerouting" } else { &dnat }),
-                a = sh_quote(if accept.is_empty() { "forward" } else { &accept }),
-            ));
-            if !dnat.is_empty() {
-                s.push_str(&format!("    {dnat}\n"));
-            }
-            s.push_str(
-                "  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
-            );
-            if !accept.is_empty() {
-                s.push_str(&format!("    {accept}\n"));
-            }
-            s.push_str("  }\n}\n@@WGPROV-RULES@@\ncheck || { echo 'the port-forward rules are not in place after installing them' >&2; exit 1; }\n");
-        }
+        Backend::Iptables => s.push_str(&iptables_rules(wan, f)),
+        Backend::Nftables => s.push_str(&nft_rules(wan, f)),
     }
+    s
+}
+
+/// The script's body with iptables: `check`, then wgprov's chains replaced whole (one
+/// `iptables-restore --noflush` per table) and jumped to from PREROUTING and FORWARD.
+fn iptables_rules(wan: &str, f: Option<(&Forward, Ipv4Addr)>) -> String {
+    let mut s = String::new();
+    let (dnat, accept) = match f {
+        Some((f, ip)) => (
+            format!(
+                "-i {wan} -p udp --dport {} -j DNAT --to-destination {ip}:{}",
+                f.public_port, f.port
+            ),
+            format!("-i {wan} -p udp -d {ip} --dport {} -j ACCEPT", f.port),
+        ),
+        None => (String::new(), String::new()),
+    };
+    let n = usize::from(f.is_some());
+    s.push_str(&format!(
+        "rules() {{ iptables -w \"$@\" -S {CHAIN} 2>/dev/null | grep -c '^-A'; }}\n\
+         check() {{\n  iptables -w -t nat -C PREROUTING -j {CHAIN} 2>/dev/null &&\n  \
+         iptables -w -C FORWARD -j {CHAIN} 2>/dev/null &&\n  \
+         [ \"$(rules -t nat)\" = {n} ] && [ \"$(rules)\" = {n} ]"
+    ));
+    if f.is_some() {
+        s.push_str(&format!(
+            " &&\n  iptables -w -t nat -C {CHAIN} {dnat} 2>/dev/null &&\n  iptables -w -C {CHAIN} {accept} 2>/dev/null"
+        ));
+    }
+    s.push_str("\n}\nif [ \"${1:-}\" = check ]; then check; exit; fi\n");
+    // one restore per table: the chain is replaced whole, never seen half-written
+    s.push_str(&format!(
+        "iptables-restore -w --noflush <<'@@WGPROV-RULES@@' || exit 1\n*nat\n:{CHAIN} - [0:0]\n"
+    ));
+    if f.is_some() {
+        s.push_str(&format!("-A {CHAIN} {dnat}\n"));
+    }
+    s.push_str(&format!("COMMIT\n*filter\n:{CHAIN} - [0:0]\n"));
+    if f.is_some() {
+        s.push_str(&format!("-A {CHAIN} {accept}\n"));
+    }
+    s.push_str("COMMIT\n@@WGPROV-RULES@@\n");
+    s.push_str(&format!(
+        "iptables -w -t nat -C PREROUTING -j {CHAIN} 2>/dev/null || iptables -w -t nat -I PREROUTING 1 -j {CHAIN} || exit 1\n\
+         iptables -w -C FORWARD -j {CHAIN} 2>/dev/null || iptables -w -I FORWARD 1 -j {CHAIN} || exit 1\n\
+         check || {{ echo 'the port-forward rules are not in place after installing them' >&2; exit 1; }}\n"
+    ));
+    s
+}
+
+/// The script's body with nftables: `check`, then the table `ip wgprov` replaced whole by one
+/// `nft -f`.
+fn nft_rules(wan: &str, f: Option<(&Forward, Ipv4Addr)>) -> String {
+    let mut s = String::new();
+    let (dnat, accept) = match f {
+        Some((f, ip)) => (
+            format!(
+                "iifname \"{wan}\" udp dport {} dnat to {ip}:{}",
+                f.public_port, f.port
+            ),
+            format!(
+                "iifname \"{wan}\" ip daddr {ip} udp dport {} accept",
+                f.port
+            ),
+        ),
+        None => (String::new(), String::new()),
+    };
+    s.push_str(&format!(
+        "check() {{\n  t=$(nft list table ip wgprov 2>/dev/null) || return 1\n  \
+         printf '%s\\n' \"$t\" | grep -qF {d} && printf '%s\\n' \"$t\" | grep -qF {a}\n}}\n\
+         if [ \"${{1:-}}\" = check ]; then check; exit; fi\n\
+         nft -f - <<'@@WGPROV-RULES@@' || exit 1\ntable ip wgprov\ndelete table ip wgprov\n\
+         table ip wgprov {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n",
+        d = sh_quote(if dnat.is_empty() { "prerouting" } else { &dnat }),
+        a = sh_quote(if accept.is_empty() { "forward" } else { &accept }),
+    ));
+    if !dnat.is_empty() {
+        s.push_str(&format!("    {dnat}\n"));
+    }
+    s.push_str(
+        "  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
+    );
+    if !accept.is_empty() {
+        s.push_str(&format!("    {accept}\n"));
+    }
+    s.push_str("  }\n}\n@@WGPROV-RULES@@\ncheck || { echo 'the port-forward rules are not in place after installing them' >&2; exit 1; }\n");
     s
 }
 

@@ -213,6 +213,17 @@ pub fn plan_json(topo: &Topology) -> serde_json::Value {
 
 /// `plan` as text: one block per site, one line per node, one line per peer.
 pub fn plan_text(topo: &Topology) -> String {
+    let mut o = network_text(topo);
+    for s in &topo.sites {
+        o.push_str(&site_text(topo, s));
+    }
+    o.push_str(&router_rules_text(&crate::hosts::manual_rules(topo)));
+    o.push_str(&router_hubs_text(&crate::hosts::hub::hubs(topo, &|_| None)));
+    o
+}
+
+/// The plan's first lines: the network, the MTU each CNI should use, the cluster CIDRs.
+fn network_text(topo: &Topology) -> String {
     let net = &topo.network;
     let mut o = String::new();
     let _ = writeln!(
@@ -238,91 +249,101 @@ pub fn plan_text(topo: &Topology) -> String {
         let list: Vec<String> = cc.iter().map(|c| c.to_string()).collect();
         let _ = writeln!(o, "cluster CIDRs {}", list.join(", "));
     }
-    for s in &topo.sites {
-        let ep = s
-            .endpoint
-            .as_ref()
-            .map(|e| format!("endpoint {e}"))
-            .unwrap_or_else(|| "no endpoint".into());
-        if !s.managed {
-            let _ = writeln!(
-                o,
-                "\nsite {}  {}  {}  (unmanaged)",
-                s.name, s.wireguard_cidr, ep
-            );
-            continue;
-        }
+    o
+}
+
+/// A site's block of the plan: its line, its nodes with their peers, its managed router.
+fn site_text(topo: &Topology, s: &crate::topology::SitePlan) -> String {
+    let net = &topo.network;
+    let mut o = String::new();
+    let ep = s
+        .endpoint
+        .as_ref()
+        .map(|e| format!("endpoint {e}"))
+        .unwrap_or_else(|| "no endpoint".into());
+    if !s.managed {
         let _ = writeln!(
             o,
-            "\nsite {}  {}  {}  next-hop {}  router {}{}",
-            s.name,
-            s.wireguard_cidr,
-            ep,
-            match (&s.next_hop, &s.router_address) {
-                (Some(n), _) => n.as_str(),
-                (None, Some(_)) => "the router (set up by hand)",
-                (None, None) => "-",
-            },
-            match &s.managed_router {
-                Some(r) => format!(
-                    "{} (managed: {} at {}, WAN {})",
-                    r.kind.as_str(),
-                    r.name,
-                    r.address,
-                    r.wan_interface
-                ),
-                None => s.router.as_str().to_string(),
-            },
-            if s.wan_mtu == 1500 {
-                String::new()
-            } else {
-                format!("  wan_mtu {}", s.wan_mtu)
-            }
+            "\nsite {}  {}  {}  (unmanaged)",
+            s.name, s.wireguard_cidr, ep
         );
-        for n in s.nodes.iter().filter_map(|n| topo.node(n)) {
+        return o;
+    }
+    let _ = writeln!(
+        o,
+        "\nsite {}  {}  {}  next-hop {}  router {}{}",
+        s.name,
+        s.wireguard_cidr,
+        ep,
+        match (&s.next_hop, &s.router_address) {
+            (Some(n), _) => n.as_str(),
+            (None, Some(_)) => "the router (set up by hand)",
+            (None, None) => "-",
+        },
+        match &s.managed_router {
+            Some(r) => format!(
+                "{} (managed: {} at {}, WAN {})",
+                r.kind.as_str(),
+                r.name,
+                r.address,
+                r.wan_interface
+            ),
+            None => s.router.as_str().to_string(),
+        },
+        if s.wan_mtu == 1500 {
+            String::new()
+        } else {
+            format!("  wan_mtu {}", s.wan_mtu)
+        }
+    );
+    for n in s.nodes.iter().filter_map(|n| topo.node(n)) {
+        o.push_str(&node_text(topo, n));
+    }
+    if let Some(r) = &s.managed_router {
+        if let Some(f) = crate::hosts::forward(topo, s) {
+            let _ = writeln!(o, "  router {:<9} port-forward {f}", r.name);
+        } else if s.next_hop.as_deref() == Some(r.name.as_str()) {
             let _ = writeln!(
                 o,
-                "  {:<16} {:<15} lan {}{}{}",
-                n.name,
-                n.wireguard_ip,
-                n.address,
-                if n.is_next_hop { "  next-hop" } else { "" },
-                if n.kubernetes == net.kubernetes {
-                    String::new()
-                } else {
-                    format!("  kubernetes {}", n.kubernetes.as_str())
-                }
+                "  router {} is the site's hub: its wg0 listens on UDP {} on the WAN ({}) itself, no port-forward",
+                r.name, net.listen_port, r.wan_interface
             );
-            for p in topo.peers(n) {
-                let who = match &p.peer {
-                    PeerRef::Node(x) => x.clone(),
-                    PeerRef::Site(x) => format!("site {x}"),
-                };
-                let allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
-                let _ = write!(o, "    peer {:<16} allowed {}", who, allowed.join(","));
-                if let Some(e) = &p.endpoint {
-                    let _ = write!(o, "  endpoint {e}");
-                }
-                if let Some(k) = p.persistent_keepalive {
-                    let _ = write!(o, "  keepalive {k}");
-                }
-                o.push('\n');
-            }
-        }
-        if let Some(r) = &s.managed_router {
-            if let Some(f) = crate::hosts::forward(topo, s) {
-                let _ = writeln!(o, "  router {:<9} port-forward {f}", r.name);
-            } else if s.next_hop.as_deref() == Some(r.name.as_str()) {
-                let _ = writeln!(
-                    o,
-                    "  router {} is the site's hub: its wg0 listens on UDP {} on the WAN ({}) itself, no port-forward",
-                    r.name, net.listen_port, r.wan_interface
-                );
-            }
         }
     }
-    o.push_str(&router_rules_text(&crate::hosts::manual_rules(topo)));
-    o.push_str(&router_hubs_text(&crate::hosts::hub::hubs(topo, &|_| None)));
+    o
+}
+
+/// A node's line of the plan, then one line per peer.
+fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "  {:<16} {:<15} lan {}{}{}",
+        n.name,
+        n.wireguard_ip,
+        n.address,
+        if n.is_next_hop { "  next-hop" } else { "" },
+        if n.kubernetes == topo.network.kubernetes {
+            String::new()
+        } else {
+            format!("  kubernetes {}", n.kubernetes.as_str())
+        }
+    );
+    for p in topo.peers(n) {
+        let who = match &p.peer {
+            PeerRef::Node(x) => x.clone(),
+            PeerRef::Site(x) => format!("site {x}"),
+        };
+        let allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
+        let _ = write!(o, "    peer {:<16} allowed {}", who, allowed.join(","));
+        if let Some(e) = &p.endpoint {
+            let _ = write!(o, "  endpoint {e}");
+        }
+        if let Some(k) = p.persistent_keepalive {
+            let _ = write!(o, "  keepalive {k}");
+        }
+        o.push('\n');
+    }
     o
 }
 
@@ -360,77 +381,100 @@ fn router_rules_text(rules: &[String]) -> String {
 /// `apply` as text: one line per host per file, diffs with `--diff`, handlers, warnings, and
 /// a recap line per host like Ansible's.
 pub fn apply_text(report: &crate::apply::Report, show_diff: bool, timings: bool) -> String {
-    use crate::apply::HostStatus;
     let mut o = String::new();
     let verb = if report.check { "would run" } else { "ran" };
     for h in &report.hosts {
-        for c in &h.changes {
-            let _ = writeln!(o, "{}: {} {}", h.name, c.action.as_str(), c.path);
-            if show_diff && !c.diff.is_empty() {
-                for l in c.diff.lines() {
-                    let _ = writeln!(o, "    {l}");
-                }
-            }
-        }
-        for d in &h.drift {
-            let _ = writeln!(o, "{}: drift: {d}", h.name);
-        }
-        if h.status != HostStatus::Unreachable && h.error.is_none()
-            || h.status == HostStatus::RolledBack
-        {
-            for hd in &h.handlers {
-                let _ = writeln!(o, "{}: handler {hd} ({verb})", h.name);
-            }
-        }
-        for w in &h.warnings {
-            let _ = writeln!(o, "{}: warning: {w}", h.name);
-        }
-        if let Some(e) = &h.error {
-            let what = match h.status {
-                HostStatus::Unreachable => "UNREACHABLE",
-                HostStatus::RolledBack => "FAILED, ROLLED BACK",
-                HostStatus::Reverted => "REVERTED",
-                HostStatus::Changed => "NOTE",
-                _ => "FAILED",
-            };
-            let _ = writeln!(o, "{}: {what}: {e}", h.name);
-        }
+        o.push_str(&host_text(h, show_diff, verb));
     }
     for w in &report.warnings {
         let _ = writeln!(o, "warning: {w}");
     }
     if let Some(g) = &report.guard {
-        let _ = writeln!(
-            o,
-            "\nGUARD {}: {} (links up before: {}, answering after: {}; gate {:.1} s)",
-            g.outcome.as_str().to_uppercase(),
-            g.why,
-            g.links_before,
-            g.links_after,
-            g.gate_seconds
-        );
-        for l in &g.broken {
-            let _ = writeln!(o, "  broken: {l}");
-        }
-        for l in &g.new_down {
-            let _ = writeln!(o, "  new link down: {l}");
-        }
-        for l in &g.unknown {
-            let _ = writeln!(o, "  could not be probed: {l}");
-        }
-        if !g.left_to_dead_man.is_empty() {
-            let _ = writeln!(
-                o,
-                "  not reachable now, put back by their own dead-man: {}",
-                g.left_to_dead_man.join(", ")
-            );
-        }
+        o.push_str(&guard_text(g));
     }
     if report.interrupted {
         let _ = writeln!(o, "\nSTOPPED by the operator: no new host was started");
     }
     o.push_str(&router_rules_text(&report.router_rules));
     o.push_str(&router_hubs_text(&report.router_hubs));
+    o.push_str(&recap_text(report, timings));
+    o
+}
+
+/// A host's lines of `apply`: its files (with their diffs), drift, the handlers (`verb`: ran or
+/// would run), warnings, and its error.
+fn host_text(h: &crate::apply::HostReport, show_diff: bool, verb: &str) -> String {
+    use crate::apply::HostStatus;
+    let mut o = String::new();
+    for c in &h.changes {
+        let _ = writeln!(o, "{}: {} {}", h.name, c.action.as_str(), c.path);
+        if show_diff && !c.diff.is_empty() {
+            for l in c.diff.lines() {
+                let _ = writeln!(o, "    {l}");
+            }
+        }
+    }
+    for d in &h.drift {
+        let _ = writeln!(o, "{}: drift: {d}", h.name);
+    }
+    if h.status != HostStatus::Unreachable && h.error.is_none()
+        || h.status == HostStatus::RolledBack
+    {
+        for hd in &h.handlers {
+            let _ = writeln!(o, "{}: handler {hd} ({verb})", h.name);
+        }
+    }
+    for w in &h.warnings {
+        let _ = writeln!(o, "{}: warning: {w}", h.name);
+    }
+    if let Some(e) = &h.error {
+        let what = match h.status {
+            HostStatus::Unreachable => "UNREACHABLE",
+            HostStatus::RolledBack => "FAILED, ROLLED BACK",
+            HostStatus::Reverted => "REVERTED",
+            HostStatus::Changed => "NOTE",
+            _ => "FAILED",
+        };
+        let _ = writeln!(o, "{}: {what}: {e}", h.name);
+    }
+    o
+}
+
+/// What the guard decided, and the links behind the decision.
+fn guard_text(g: &crate::apply::GuardReport) -> String {
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "\nGUARD {}: {} (links up before: {}, answering after: {}; gate {:.1} s)",
+        g.outcome.as_str().to_uppercase(),
+        g.why,
+        g.links_before,
+        g.links_after,
+        g.gate_seconds
+    );
+    for l in &g.broken {
+        let _ = writeln!(o, "  broken: {l}");
+    }
+    for l in &g.new_down {
+        let _ = writeln!(o, "  new link down: {l}");
+    }
+    for l in &g.unknown {
+        let _ = writeln!(o, "  could not be probed: {l}");
+    }
+    if !g.left_to_dead_man.is_empty() {
+        let _ = writeln!(
+            o,
+            "  not reachable now, put back by their own dead-man: {}",
+            g.left_to_dead_man.join(", ")
+        );
+    }
+    o
+}
+
+/// The recap: its heading, then one line of counts per host (and its timings with `timings`).
+fn recap_text(report: &crate::apply::Report, timings: bool) -> String {
+    use crate::apply::HostStatus;
+    let mut o = String::new();
     let _ = writeln!(
         o,
         "\n{}RECAP {}",

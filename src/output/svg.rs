@@ -34,58 +34,79 @@ pub fn picture(topo: &Topology, health: Option<&[LinkHealth]>) -> String {
         "graph wgprov {\n  node [shape=box, fontname=\"monospace\"];\n  edge [fontname=\"monospace\", fontsize=10];\n",
     );
     for s in &topo.sites {
-        let ep = s
-            .endpoint
-            .as_ref()
-            .map(|e| e.to_string())
-            .unwrap_or_else(|| "no endpoint".into());
-        let _ = writeln!(o, "  subgraph {} {{", q(&format!("cluster_{}", s.name)));
-        let title = format!(
-            "{}{} {}",
-            s.name,
-            if s.managed { "" } else { " (unmanaged)" },
-            s.wireguard_cidr
+        o.push_str(&cluster(topo, s));
+    }
+    let health: Option<BTreeMap<(String, String), bool>> =
+        health.map(|h| h.iter().map(|(a, b, up)| (ordered(a, b), *up)).collect());
+    for ((a, b), l) in &links(topo) {
+        o.push_str(&edge(a, b, l, health.as_ref()));
+    }
+    o.push_str("}\n");
+    o
+}
+
+/// A site as a DOT cluster: its title, the hub drawn for an unmanaged site or a hub router set
+/// up by hand, and its nodes (next-hops drawn double).
+fn cluster(topo: &Topology, s: &crate::topology::SitePlan) -> String {
+    let mut o = String::new();
+    let ep = s
+        .endpoint
+        .as_ref()
+        .map(|e| e.to_string())
+        .unwrap_or_else(|| "no endpoint".into());
+    let _ = writeln!(o, "  subgraph {} {{", q(&format!("cluster_{}", s.name)));
+    let title = format!(
+        "{}{} {}",
+        s.name,
+        if s.managed { "" } else { " (unmanaged)" },
+        s.wireguard_cidr
+    );
+    let _ = writeln!(o, "    label={};", label(&[&title, &ep]));
+    if !s.managed {
+        let _ = writeln!(
+            o,
+            "    {} [label={}, style=dashed];",
+            q(&format!("site:{}", s.name)),
+            label(&[&format!("{} next-hop", s.name)])
         );
-        let _ = writeln!(o, "    label={};", label(&[&title, &ep]));
-        if !s.managed {
-            let _ = writeln!(
-                o,
-                "    {} [label={}, style=dashed];",
-                q(&format!("site:{}", s.name)),
-                label(&[&format!("{} next-hop", s.name)])
-            );
-        } else if s.router_address.is_some() {
-            // a hub router set up by hand: the site's hub, drawn like a next-hop, dashed
-            let ip = crate::topology::alloc::hub_ip(s.wireguard_cidr)
-                .map(|i| i.to_string())
-                .unwrap_or_default();
-            let _ = writeln!(
-                o,
-                "    {} [label={}, peripheries=2, style=dashed];",
-                q(&format!("site:{}", s.name)),
-                label(&[&format!("{}-router", s.name), &ip, "hub (by hand)"])
-            );
-        }
-        for n in s.nodes.iter().filter_map(|n| topo.node(n)) {
-            let ip = n.wireguard_ip.to_string();
-            let mut lines = vec![n.name.as_str(), ip.as_str()];
-            if n.is_next_hop {
-                lines.push("next-hop");
-            }
-            let style = if n.is_next_hop {
-                ", peripheries=2, style=bold"
-            } else {
-                ""
-            };
-            let _ = writeln!(o, "    {} [label={}{}];", q(&n.name), label(&lines), style);
-        }
-        o.push_str("  }\n");
+    } else if s.router_address.is_some() {
+        // a hub router set up by hand: the site's hub, drawn like a next-hop, dashed
+        let ip = crate::topology::alloc::hub_ip(s.wireguard_cidr)
+            .map(|i| i.to_string())
+            .unwrap_or_default();
+        let _ = writeln!(
+            o,
+            "    {} [label={}, peripheries=2, style=dashed];",
+            q(&format!("site:{}", s.name)),
+            label(&[&format!("{}-router", s.name), &ip, "hub (by hand)"])
+        );
     }
-    // one edge per pair, with the endpoint each end dials (when it dials one)
-    struct Link {
-        cross_site: bool,
-        endpoints: Vec<String>,
+    for n in s.nodes.iter().filter_map(|n| topo.node(n)) {
+        let ip = n.wireguard_ip.to_string();
+        let mut lines = vec![n.name.as_str(), ip.as_str()];
+        if n.is_next_hop {
+            lines.push("next-hop");
+        }
+        let style = if n.is_next_hop {
+            ", peripheries=2, style=bold"
+        } else {
+            ""
+        };
+        let _ = writeln!(o, "    {} [label={}{}];", q(&n.name), label(&lines), style);
     }
+    o.push_str("  }\n");
+    o
+}
+
+/// A link of the picture: whether it crosses sites, and the endpoint each end dials.
+struct Link {
+    cross_site: bool,
+    endpoints: Vec<String>,
+}
+
+/// One link per pair of ends (ordered by name), with the endpoint each end dials (when it dials
+/// one).
+fn links(topo: &Topology) -> BTreeMap<(String, String), Link> {
     let mut links: BTreeMap<(String, String), Link> = BTreeMap::new();
     for n in &topo.nodes {
         for p in topo.peers(n) {
@@ -119,41 +140,40 @@ pub fn picture(topo: &Topology, health: Option<&[LinkHealth]>) -> String {
             }
         }
     }
-    let health: Option<BTreeMap<(String, String), bool>> =
-        health.map(|h| h.iter().map(|(a, b, up)| (ordered(a, b), *up)).collect());
-    for ((a, b), l) in &links {
-        let mut attrs = Vec::new();
-        if l.cross_site {
-            attrs.push("style=bold".to_string());
-        }
-        let ends: Vec<&str> = l.endpoints.iter().map(|s| s.as_str()).collect();
-        let mut text = ends.clone();
-        if let Some(h) = &health {
-            match h.get(&(a.clone(), b.clone())) {
-                Some(true) => attrs.push("color=green4, penwidth=2".into()),
-                Some(false) => {
-                    attrs.retain(|x| x != "style=bold");
-                    attrs.push("color=red, fontcolor=red, style=dashed, penwidth=3".into());
-                    text.insert(0, "DOWN");
-                }
-                None => {
-                    attrs.retain(|x| x != "style=bold");
-                    attrs.push("color=grey60, style=dotted".into());
-                }
+    links
+}
+
+/// A link as a DOT edge, coloured by its health when `health` is given (by ordered ends).
+fn edge(a: &str, b: &str, l: &Link, health: Option<&BTreeMap<(String, String), bool>>) -> String {
+    let mut attrs = Vec::new();
+    if l.cross_site {
+        attrs.push("style=bold".to_string());
+    }
+    let ends: Vec<&str> = l.endpoints.iter().map(|s| s.as_str()).collect();
+    let mut text = ends.clone();
+    if let Some(h) = health {
+        match h.get(&(a.to_string(), b.to_string())) {
+            Some(true) => attrs.push("color=green4, penwidth=2".into()),
+            Some(false) => {
+                attrs.retain(|x| x != "style=bold");
+                attrs.push("color=red, fontcolor=red, style=dashed, penwidth=3".into());
+                text.insert(0, "DOWN");
+            }
+            None => {
+                attrs.retain(|x| x != "style=bold");
+                attrs.push("color=grey60, style=dotted".into());
             }
         }
-        if !text.is_empty() {
-            attrs.push(format!("label={}", label(&text)));
-        }
-        let attrs = if attrs.is_empty() {
-            String::new()
-        } else {
-            format!(" [{}]", attrs.join(", "))
-        };
-        let _ = writeln!(o, "  {} -- {}{attrs};", q(a), q(b));
     }
-    o.push_str("}\n");
-    o
+    if !text.is_empty() {
+        attrs.push(format!("label={}", label(&text)));
+    }
+    let attrs = if attrs.is_empty() {
+        String::new()
+    } else {
+        format!(" [{}]", attrs.join(", "))
+    };
+    format!("  {} -- {}{attrs};\n", q(a), q(b))
 }
 
 fn ordered(a: &str, b: &str) -> (String, String) {

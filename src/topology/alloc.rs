@@ -47,6 +47,35 @@ impl Allocation {
 /// that had to move because an explicit value took them), or every error (space exhausted).
 pub fn allocate(inv: &Inventory, lock: &Lock) -> Result<(Allocation, Vec<Diagnostic>)> {
     let mut d = Diags::new(&inv.path);
+    let ordered = site_blocks(inv, lock, &mut d);
+    let mut node_ips = IndexMap::new();
+    for s in &inv.sites {
+        if let Some(b) = ordered.get(&s.name) {
+            allocate_site(&mut d, s, *b, lock.sites.get(&s.name), &mut node_ips);
+        }
+    }
+    if d.has_errors() {
+        return Err(Error::Invalid(d.list));
+    }
+    let mut ips = IndexMap::new();
+    for n in inv.nodes() {
+        if let Some(ip) = node_ips.get(&n.name) {
+            ips.insert(n.name.clone(), *ip);
+        }
+    }
+    Ok((
+        Allocation {
+            site_blocks: ordered,
+            node_ips: ips,
+        },
+        d.list,
+    ))
+}
+
+/// Every site's block, in inventory order: the explicit ones, then those the lock recorded,
+/// then the block holding a site's explicit node addresses, then the lowest free ones (an error
+/// for each site left without one).
+fn site_blocks(inv: &Inventory, lock: &Lock, d: &mut Diags) -> IndexMap<String, Ipv4Net> {
     let wg = inv.network.wireguard_cidr;
     let prefix = inv.network.site_prefix;
     let mut blocks: IndexMap<String, Ipv4Net> = IndexMap::new();
@@ -60,37 +89,7 @@ pub fn allocate(inv: &Inventory, lock: &Lock) -> Result<(Allocation, Vec<Diagnos
         }
     }
     // 2. recorded blocks, when still valid
-    for s in &inv.sites {
-        if blocks.contains_key(&s.name) {
-            continue;
-        }
-        let Some(b) = lock.sites.get(&s.name).and_then(|l| l.wireguard_cidr) else {
-            continue;
-        };
-        if b.prefix_len() != prefix || !wg.contains(&b) {
-            d.warn(
-                s.loc,
-                format!("sites.{}.wireguard_cidr", s.name),
-                format!("the lock file's block {b} no longer fits the network ({wg}, /{prefix} blocks): a new block is allocated"),
-            );
-        } else if used.contains(&b) {
-            let owner = blocks
-                .iter()
-                .find(|(_, v)| **v == b)
-                .map(|(k, _)| k.clone());
-            d.warn(
-                s.loc,
-                format!("sites.{}.wireguard_cidr", s.name),
-                format!(
-                    "the lock file's block {b} is now taken by site {}: a new block is allocated",
-                    owner.unwrap_or_default()
-                ),
-            );
-        } else {
-            used.insert(b);
-            blocks.insert(s.name.clone(), b);
-        }
-    }
+    recorded_blocks(inv, lock, d, &mut blocks, &mut used);
     // 3. a site whose nodes have explicit addresses gets the block holding them, when free
     for s in &inv.sites {
         if blocks.contains_key(&s.name) {
@@ -136,29 +135,51 @@ pub fn allocate(inv: &Inventory, lock: &Lock) -> Result<(Allocation, Vec<Diagnos
             ordered.insert(s.name.clone(), *b);
         }
     }
+    ordered
+}
 
-    let mut node_ips = IndexMap::new();
+/// Gives each site without a block yet the block the lock recorded for it, unless it no longer
+/// fits the network or another site has it now (a warning each: a new block is allocated).
+fn recorded_blocks(
+    inv: &Inventory,
+    lock: &Lock,
+    d: &mut Diags,
+    blocks: &mut IndexMap<String, Ipv4Net>,
+    used: &mut HashSet<Ipv4Net>,
+) {
+    let wg = inv.network.wireguard_cidr;
+    let prefix = inv.network.site_prefix;
     for s in &inv.sites {
-        if let Some(b) = ordered.get(&s.name) {
-            allocate_site(&mut d, s, *b, lock.sites.get(&s.name), &mut node_ips);
+        if blocks.contains_key(&s.name) {
+            continue;
+        }
+        let Some(b) = lock.sites.get(&s.name).and_then(|l| l.wireguard_cidr) else {
+            continue;
+        };
+        if b.prefix_len() != prefix || !wg.contains(&b) {
+            d.warn(
+                s.loc,
+                format!("sites.{}.wireguard_cidr", s.name),
+                format!("the lock file's block {b} no longer fits the network ({wg}, /{prefix} blocks): a new block is allocated"),
+            );
+        } else if used.contains(&b) {
+            let owner = blocks
+                .iter()
+                .find(|(_, v)| **v == b)
+                .map(|(k, _)| k.clone());
+            d.warn(
+                s.loc,
+                format!("sites.{}.wireguard_cidr", s.name),
+                format!(
+                    "the lock file's block {b} is now taken by site {}: a new block is allocated",
+                    owner.unwrap_or_default()
+                ),
+            );
+        } else {
+            used.insert(b);
+            blocks.insert(s.name.clone(), b);
         }
     }
-    if d.has_errors() {
-        return Err(Error::Invalid(d.list));
-    }
-    let mut ips = IndexMap::new();
-    for n in inv.nodes() {
-        if let Some(ip) = node_ips.get(&n.name) {
-            ips.insert(n.name.clone(), *ip);
-        }
-    }
-    Ok((
-        Allocation {
-            site_blocks: ordered,
-            node_ips: ips,
-        },
-        d.list,
-    ))
 }
 
 /// The hub's address in a site's block: its first host address (`.1`), as in the reference

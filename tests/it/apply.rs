@@ -109,7 +109,8 @@ impl Scenario {
                     &[
                         "sh",
                         "-c",
-                        "sed -n 's/^PrivateKey *= *//p' /etc/wireguard/wg0.conf 2>/dev/null",
+                        // any case: `wg` reads `privatekey = …` as the key too
+                        "sed -n 's/^ *privatekey *= *//Ip' /etc/wireguard/wg0.conf 2>/dev/null",
                     ],
                 );
                 (code == 0 && !out.trim().is_empty()).then(|| out.trim().to_string())
@@ -876,4 +877,92 @@ fn no_private_or_preshared_key_appears_in_any_output_of_a_full_run() {
             "a secret appears in wgprov's output"
         );
     }
+}
+
+/// Two sites, three nodes: small enough for a quick lab.
+const PK_INV: &str = "network:
+  wireguard_cidr: 10.100.0.0/16
+  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]
+sites:
+  home:
+    lan_cidrs: [192.168.0.0/24]
+    endpoint: 203.0.113.10:51820
+    next_hop: node1
+    router: opnsense
+    nodes:
+      node1: { address: 192.168.0.10 }
+      node2: { address: 192.168.0.11 }
+  office:
+    lan_cidrs: [192.168.10.0/24]
+    endpoint: 198.51.100.20:51820
+    router: pfsense
+    nodes:
+      office1: { address: 192.168.10.5 }
+";
+
+/// `wg` reads a key line in any case, and wgprov keeps the operator's spelling of an existing
+/// wg0.conf: with every node's key line spelled `privatekey = …`, a peers-only change (a
+/// keepalive on the next-hops' links) goes through `wg syncconf`, every key stays as it was,
+/// and pings cross between the sites.
+#[test]
+fn a_lowercase_privatekey_line_does_not_make_a_peers_only_change_fail() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::new("pk", PK_INV, PK_INV, &[]);
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    let nodes = ["node1", "node2", "office1"];
+    let mut public = Vec::new();
+    for n in nodes {
+        public.push(s.lab.sh(n, "wg show wg0 public-key").trim().to_string());
+        s.lab.sh(
+            n,
+            "sed -i 's/^PrivateKey = /privatekey = /' /etc/wireguard/wg0.conf",
+        );
+    }
+    // the spelling is the operator's: nothing to change
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(changed_hosts(&v).is_empty(), "{v:#}");
+    std::fs::write(
+        &s.inv,
+        PK_INV.replace(
+            "  cluster_cidrs:",
+            "  persistent_keepalive: 21\n  cluster_cidrs:",
+        ),
+    )
+    .unwrap();
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(changed_hosts(&v), ["node1", "office1"], "{v:#}");
+    for n in ["node1", "office1"] {
+        assert_eq!(
+            v["hosts"][n]["handlers"],
+            serde_json::json!(["wireguard: wg syncconf wg0"]),
+            "a peers-only change: {v:#}"
+        );
+        let keepalive = s.lab.sh(n, "wg show wg0 persistent-keepalive");
+        assert!(keepalive.contains("\t21\n"), "{n}: {keepalive}");
+    }
+    for (n, key) in nodes.iter().zip(&public) {
+        let conf = s.lab.sh(n, "cat /etc/wireguard/wg0.conf");
+        assert!(
+            conf.contains("\nprivatekey = ") && !conf.contains("PrivateKey"),
+            "{n}: the key line's spelling was not kept"
+        );
+        assert_eq!(
+            s.lab.sh(n, "wg show wg0 public-key").trim(),
+            key,
+            "{n}: its key changed"
+        );
+    }
+    for (a, sa, _) in wg_ips(&s) {
+        for (b, sb, ip) in wg_ips(&s) {
+            if sa != sb {
+                assert!(s.ping(&a, &ip), "{a} cannot ping {b} ({ip}) over wg0");
+            }
+        }
+    }
+    s.assert_no_key_leaked();
 }
