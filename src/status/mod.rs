@@ -20,7 +20,9 @@ pub use observe::{
     MARK, Observations, Observed, PROBE_WAIT, observe_all, parse, probe_targets, script, status,
 };
 pub use paths::{conf_path, kubelet_path, node_ip_path};
-pub use report::{Kind, LinkStatus, NodeStatus, PeerStatus, Problem, StatusReport, text};
+pub use report::{
+    Kind, LinkHealth, LinkStatus, NodeStatus, PeerStatus, Problem, StatusReport, text,
+};
 pub use rules::{FRESH_HANDSHAKE_SECS, diagnose, drift, router_problems};
 
 #[cfg(test)]

@@ -6,6 +6,11 @@ use std::fmt::Write as _;
 
 use serde::Serialize;
 
+/// A link's health for the status picture: `(from, to, up)`, where `from` and `to` are node
+/// names (or `site:NAME` for an unmanaged site's next-hop); the order of the two ends does not
+/// matter.
+pub type LinkHealth = (String, String, bool);
+
 /// One peer as a node sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct PeerStatus {
@@ -138,7 +143,7 @@ pub struct StatusReport {
 
 impl StatusReport {
     /// The links whose health is known, for `status --picture` (unmanaged sites as `site:NAME`).
-    pub fn picture_links(&self) -> Vec<crate::output::svg::LinkHealth> {
+    pub fn picture_links(&self) -> Vec<LinkHealth> {
         let svg = |s: &str| match s.strip_prefix("site ") {
             Some(site) => format!("site:{site}"),
             None => s.to_string(),
