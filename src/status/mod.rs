@@ -17,7 +17,8 @@ mod report;
 mod rules;
 
 pub use observe::{
-    MARK, Observations, Observed, PROBE_WAIT, observe_all, parse, probe_targets, script, status,
+    MARK, Observations, ObserveError, Observed, PROBE_WAIT, RouterFacts, observe_all, parse,
+    probe_targets, script, status,
 };
 pub use paths::{conf_path, kubelet_path, node_ip_path};
 pub use report::{

@@ -9,12 +9,12 @@ use std::time::Duration;
 
 use crate::error::Result;
 use crate::facts::gather::{self, Facts};
-use crate::fleet::{Connect, Progress, close_all, connect_all, run_all, with_jumps};
+use crate::fleet::{Connect, Progress, Sessions, close_all, connect_all, run_all, with_jumps};
 use crate::inventory::{Flavor, OsFamily};
 use crate::probe;
 use crate::shell::{InterfaceName, RemotePath, sh_quote};
 use crate::topology::{NodePlan, Topology};
-use crate::transport::Transport;
+use crate::transport::{Transport, TransportError};
 
 use super::paths::{conf_path, node_ip_path};
 use super::report::StatusReport;
@@ -40,8 +40,25 @@ pub struct Observed {
     pub answered: BTreeMap<Ipv4Addr, bool>,
 }
 
+/// Why a host (a node, or a managed router) could not be read.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ObserveError {
+    /// The run made no connection to it.
+    #[error("not contacted")]
+    NotContacted,
+    /// Connecting, or running the script, failed.
+    #[error(transparent)]
+    Transport(#[from] TransportError),
+    /// The script's output could not be read (it says why).
+    #[error("{0}")]
+    Output(String),
+}
+
 /// Every node's observation, or why it could not be made (SSH failed).
-pub type Observations = HashMap<String, std::result::Result<Observed, String>>;
+pub type Observations = HashMap<String, std::result::Result<Observed, ObserveError>>;
+
+/// A managed router's facts, or why they could not be read.
+pub type RouterFacts = HashMap<String, std::result::Result<Facts, ObserveError>>;
 
 /// The WireGuard addresses `node` pings: its planned peers that are managed nodes, and a hub
 /// router set up by hand (its `.1` answers when the operator set it up as `plan` said).
@@ -76,8 +93,8 @@ pub fn script(
 }
 
 /// Reads the output of [`script`].
-pub fn parse(stdout: &str, targets: &[Ipv4Addr]) -> std::result::Result<Observed, String> {
-    let facts = gather::parse(stdout)?;
+pub fn parse(stdout: &str, targets: &[Ipv4Addr]) -> std::result::Result<Observed, ObserveError> {
+    let facts = gather::parse(stdout).map_err(ObserveError::Output)?;
     let mut o = Observed {
         answered: probe::parse(stdout, targets),
         ..Default::default()
@@ -110,7 +127,7 @@ pub fn parse(stdout: &str, targets: &[Ipv4Addr]) -> std::result::Result<Observed
 /// node at once up to `forks`, each bounded by `wait` plus a margin.
 pub async fn observe_all<T: Transport + 'static>(
     topo: &Topology,
-    sessions: &HashMap<String, std::result::Result<Arc<T>, String>>,
+    sessions: &Sessions<T>,
     forks: usize,
     wait: Duration,
 ) -> Observations {
@@ -130,10 +147,7 @@ pub async fn observe_all<T: Transport + 'static>(
         .collect();
     let names: Vec<String> = topo.nodes.iter().map(|n| n.name.clone()).collect();
     run_all(names, forks, |n| {
-        let s = sessions
-            .get(&n)
-            .cloned()
-            .unwrap_or_else(|| Err("not contacted".into()));
+        let s = sessions.get(&n).cloned();
         let targets = topo
             .node(&n)
             .map(|x| probe_targets(topo, x))
@@ -145,11 +159,10 @@ pub async fn observe_all<T: Transport + 'static>(
         };
         let script = script(&iface, &targets, &paths, &extra, wait);
         async move {
-            let s = s?;
+            let s = s.ok_or(ObserveError::NotContacted)??;
             let out = s
                 .run_script_within(&script, wait + Duration::from_secs(30))
-                .await
-                .map_err(|e| e.to_string())?;
+                .await?;
             parse(&out.stdout_text(), &targets)
         }
     })
@@ -174,54 +187,11 @@ pub async fn status<C: Connect>(
         &progress,
     )
     .await;
-    let usable: HashMap<String, std::result::Result<Arc<_>, String>> = sessions
-        .iter()
-        .map(|(n, s)| (n.clone(), s.clone().map_err(|e| e.to_string())))
-        .collect();
     for n in &topo.nodes {
         progress.phase(&n.name, "probing");
     }
-    let obs = observe_all(topo, &usable, forks, PROBE_WAIT).await;
-    // the routers that forward the port: whether wgprov's rules are in place
-    let router_names: Vec<String> = topo
-        .ssh_targets()
-        .into_iter()
-        .filter(|t| topo.node(&t.name).is_none())
-        .map(|t| t.name)
-        .collect();
-    // with the nodes they jump through, if any
-    let routers = with_jumps(topo, &router_names);
-    let router_facts: HashMap<String, std::result::Result<Facts, String>> = if routers.is_empty() {
-        HashMap::new()
-    } else {
-        let rs = connect_all(&connector, routers, forks, &progress).await;
-        let script = crate::facts::gather::script_with(
-            &topo.network.interface,
-            &crate::hosts::candidate_paths(),
-            &crate::hosts::facts_section(),
-        );
-        let names = router_names.clone();
-        let rs_ref = &rs;
-        let out = run_all(names, forks, |n| {
-            let s = rs_ref.get(&n).cloned();
-            let script = script.clone();
-            async move {
-                let s = match s {
-                    Some(Ok(s)) => s,
-                    Some(Err(e)) => return Err(e.to_string()),
-                    None => return Err("not contacted".into()),
-                };
-                let out = s
-                    .run_script_within(&script, Duration::from_secs(30))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                crate::facts::gather::parse(&out.stdout_text())
-            }
-        })
-        .await;
-        close_all(&rs).await;
-        out
-    };
+    let obs = observe_all(topo, &sessions, forks, PROBE_WAIT).await;
+    let router_facts = read_routers(topo, forks, &connector, &progress).await;
     for n in &topo.nodes {
         let outcome = match obs.get(&n.name) {
             Some(Ok(_)) => "read",
@@ -233,4 +203,47 @@ pub async fn status<C: Connect>(
     let mut report = diagnose(topo, &obs);
     report.problems.extend(router_problems(topo, &router_facts));
     Ok(report)
+}
+
+/// The facts of the routers wgprov manages that only forward the port (whether wgprov's rules
+/// are in place), each read over its own session.
+async fn read_routers<C: Connect>(
+    topo: &Topology,
+    forks: usize,
+    connector: &Arc<C>,
+    progress: &Arc<dyn Progress>,
+) -> RouterFacts {
+    // the routers that forward the port: whether wgprov's rules are in place
+    let router_names: Vec<String> = topo
+        .ssh_targets()
+        .into_iter()
+        .filter(|t| topo.node(&t.name).is_none())
+        .map(|t| t.name)
+        .collect();
+    // with the nodes they jump through, if any
+    let routers = with_jumps(topo, &router_names);
+    if routers.is_empty() {
+        return HashMap::new();
+    }
+    let rs = connect_all(connector, routers, forks, progress).await;
+    let script = crate::facts::gather::script_with(
+        &topo.network.interface,
+        &crate::hosts::candidate_paths(),
+        &crate::hosts::facts_section(),
+    );
+    let rs_ref = &rs;
+    let out = run_all(router_names, forks, |n| {
+        let s = rs_ref.get(&n).cloned();
+        let script = script.clone();
+        async move {
+            let s = s.ok_or(ObserveError::NotContacted)??;
+            let out = s
+                .run_script_within(&script, Duration::from_secs(30))
+                .await?;
+            crate::facts::gather::parse(&out.stdout_text()).map_err(ObserveError::Output)
+        }
+    })
+    .await;
+    close_all(&rs).await;
+    out
 }

@@ -2,7 +2,7 @@
 //! text rendering, and the exit code.
 
 use std::collections::BTreeMap;
-use std::fmt::Write as _;
+use std::fmt::{self, Write as _};
 
 use serde::Serialize;
 
@@ -42,7 +42,7 @@ pub struct NodeStatus {
     /// True for its site's next-hop.
     pub next_hop: bool,
     /// `up`, `down` (the interface is missing or down) or `unreachable`.
-    pub state: String,
+    pub state: NodeState,
     /// Why it is unreachable.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
@@ -68,13 +68,77 @@ pub struct LinkStatus {
     pub up: bool,
     /// `up`, `down`, or `unknown` (no end could be asked, or the link to an unmanaged site
     /// has no keepalive and no recent handshake: idle and broken look the same).
-    pub state: String,
+    pub state: LinkState,
     /// Between two sites.
     pub cross_site: bool,
     /// The youngest handshake either end saw, in seconds; `None`: none seen.
     pub handshake_age: Option<u64>,
     /// Which end pinged the other, and whether it was answered.
     pub probes: BTreeMap<String, bool>,
+}
+
+/// A node's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum NodeState {
+    /// Reached, and its interface is up.
+    Up,
+    /// Reached, but its interface is missing or down.
+    Down,
+    /// SSH to it failed.
+    Unreachable,
+}
+
+impl NodeState {
+    /// Every state.
+    pub const ALL: [NodeState; 3] = [NodeState::Up, NodeState::Down, NodeState::Unreachable];
+
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            NodeState::Up => "up",
+            NodeState::Down => "down",
+            NodeState::Unreachable => "unreachable",
+        }
+    }
+}
+
+impl fmt::Display for NodeState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
+}
+
+/// A link's state.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LinkState {
+    /// It carries traffic.
+    Up,
+    /// It does not, and an end could tell.
+    Down,
+    /// No end could be asked, or an idle link to an unmanaged site looks like a broken one.
+    Unknown,
+}
+
+impl LinkState {
+    /// Every state.
+    pub const ALL: [LinkState; 3] = [LinkState::Up, LinkState::Down, LinkState::Unknown];
+
+    /// The JSON spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            LinkState::Up => "up",
+            LinkState::Down => "down",
+            LinkState::Unknown => "unknown",
+        }
+    }
+}
+
+impl fmt::Display for LinkState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.pad(self.as_str())
+    }
 }
 
 /// What kind of problem.
@@ -98,6 +162,17 @@ pub enum Kind {
 }
 
 impl Kind {
+    /// Every kind.
+    pub const ALL: [Kind; 7] = [
+        Kind::Unreachable,
+        Kind::InterfaceDown,
+        Kind::ForwardingOff,
+        Kind::PortForwardMissing,
+        Kind::NoHandshake,
+        Kind::Drift,
+        Kind::KubeletNodeIp,
+    ];
+
     /// The JSON spelling.
     pub fn as_str(self) -> &'static str {
         match self {
@@ -150,7 +225,7 @@ impl StatusReport {
         };
         self.links
             .iter()
-            .filter(|l| l.state != "unknown")
+            .filter(|l| l.state != LinkState::Unknown)
             .map(|l| (svg(&l.from), svg(&l.to), l.up))
             .collect()
     }
@@ -166,11 +241,11 @@ pub fn text(r: &StatusReport) -> String {
     let mut o = String::from("nodes:\n");
     for n in &r.nodes {
         let role = if n.next_hop { ", next-hop" } else { "" };
-        let mut state = n.state.clone();
+        let mut state = n.state.to_string();
         if let Some(e) = &n.error {
             let _ = write!(state, ": {e}");
         }
-        if n.next_hop && n.state != "unreachable" {
+        if n.next_hop && n.state != NodeState::Unreachable {
             state.push_str(match n.ip_forward {
                 Some(true) => ", forwarding",
                 Some(false) => ", NOT forwarding",

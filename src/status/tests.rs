@@ -12,6 +12,7 @@ use crate::inventory::OsFamily;
 use crate::probe;
 use crate::shell::{InterfaceName, RemotePath};
 use crate::topology::{NodePlan, Peer, PeerRef, Topology};
+use crate::transport::TransportError;
 
 mod fleet;
 
@@ -47,9 +48,9 @@ fn a_managed_router_whose_rules_are_gone_is_drift_and_one_never_applied_is_not_n
         router_problems(&topo, &facts_with("none")).is_empty(),
         "maybe made by hand"
     );
-    let down: HashMap<String, std::result::Result<Facts, String>> = [(
+    let down: RouterFacts = [(
         "home-router".to_string(),
-        Err("connection refused".to_string()),
+        Err(TransportError::Unreachable("connection refused".into()).into()),
     )]
     .into_iter()
     .collect();
@@ -255,8 +256,10 @@ impl Mesh {
     }
 
     fn unreachable(&mut self, n: &str) {
-        self.obs
-            .insert(n.to_string(), Err("unreachable: connection refused".into()));
+        self.obs.insert(
+            n.to_string(),
+            Err(TransportError::Unreachable("connection refused".into()).into()),
+        );
     }
 
     fn report(&self) -> StatusReport {
@@ -297,7 +300,7 @@ fn a_healthy_mesh_behind_nat_with_a_remapped_port_has_no_problem() {
     // every planned link: h1-h2, o1-o2, h1-o1, h1-c1, o1-c1, three to friend
     assert_eq!(r.links.len(), 8, "{:#?}", r.links);
     assert!(
-        r.links.iter().all(|l| l.up && l.state == "up"),
+        r.links.iter().all(|l| l.up && l.state == LinkState::Up),
         "{:#?}",
         r.links
     );
@@ -348,7 +351,7 @@ fn a_missing_port_forward_is_blamed_when_both_ends_and_their_other_peers_agree()
         "{t}"
     );
     assert!(!link(&r, "c1", "o1").up);
-    assert_eq!(link(&r, "c1", "o1").state, "down");
+    assert_eq!(link(&r, "c1", "o1").state, LinkState::Down);
     assert_eq!(r.exit_code(), 1);
 }
 
@@ -424,10 +427,10 @@ fn a_member_whose_interface_is_gone_is_the_only_problem() {
     );
     assert!(r.problems[0].why.contains("wg0 does not exist on o2"));
     // down although o1's last handshake with it is only 20 s old
-    assert_eq!(link(&r, "o1", "o2").state, "down");
+    assert_eq!(link(&r, "o1", "o2").state, LinkState::Down);
     assert_eq!(
         r.nodes.iter().find(|n| n.name == "o2").unwrap().state,
-        "down"
+        NodeState::Down
     );
 }
 
@@ -443,7 +446,7 @@ fn a_next_hop_whose_interface_is_gone_blames_no_router_for_its_links() {
             "{}",
             text(&r)
         );
-        assert_eq!(link(&r, "c1", "o1").state, "down");
+        assert_eq!(link(&r, "c1", "o1").state, LinkState::Down);
     }
     // an interface that exists but is down
     let mut m = Mesh::healthy(INV);
@@ -470,7 +473,7 @@ fn an_unreachable_node_is_unreachable_and_nothing_else() {
     );
     assert!(r.problems[0].why.contains("connection refused"));
     assert!(link(&r, "c1", "o1").up);
-    assert_eq!(link(&r, "o1", "site friend").state, "unknown");
+    assert_eq!(link(&r, "o1", "site friend").state, LinkState::Unknown);
     // the whole machine gone: its links are down, and still nothing else is blamed
     for (a, b) in [("h1", "o1"), ("c1", "o1"), ("o2", "o1")] {
         m.silent(a, b, Some(400));
@@ -480,11 +483,11 @@ fn an_unreachable_node_is_unreachable_and_nothing_else() {
         kinds(&r),
         vec![(Kind::Unreachable, None, Some("o1".into()))]
     );
-    assert_eq!(link(&r, "c1", "o1").state, "down");
+    assert_eq!(link(&r, "c1", "o1").state, LinkState::Down);
     // a link with both ends unreachable is unknown, and left out of the picture
     m.unreachable("o2");
     let r = m.report();
-    assert_eq!(link(&r, "o1", "o2").state, "unknown");
+    assert_eq!(link(&r, "o1", "o2").state, LinkState::Unknown);
     assert!(
         !r.picture_links()
             .iter()
@@ -762,7 +765,7 @@ fn a_stale_handshake_without_an_answer_is_down_a_fresh_one_is_up() {
     m.silent("o1", "o2", Some(400));
     m.silent("o2", "o1", None);
     let r = m.report();
-    assert_eq!(link(&r, "o1", "o2").state, "down");
+    assert_eq!(link(&r, "o1", "o2").state, LinkState::Down);
     assert_eq!(
         kinds(&r),
         vec![(Kind::NoHandshake, None, Some("o1".into()))]
@@ -781,12 +784,12 @@ fn an_unmanaged_site_without_keepalive_and_no_recent_handshake_is_unknown_not_do
     m.silent("o1", "site friend", Some(600));
     let r = m.report();
     assert_eq!(r.problems, vec![], "{}", text(&r));
-    assert_eq!(link(&r, "o1", "site friend").state, "unknown");
+    assert_eq!(link(&r, "o1", "site friend").state, LinkState::Unknown);
     // with keepalive, a working link renews its handshake every 2 minutes: stale is down
     let mut m = Mesh::healthy(INV);
     m.silent("o1", "site friend", Some(600));
     let r = m.report();
-    assert_eq!(link(&r, "o1", "site friend").state, "down");
+    assert_eq!(link(&r, "o1", "site friend").state, LinkState::Down);
     assert_eq!(
         kinds(&r),
         vec![(Kind::NoHandshake, None, Some("o1".into()))]
@@ -884,18 +887,24 @@ async fn every_node_is_observed_in_one_exec_and_a_node_without_a_session_is_unre
         "status",
         crate::transport::TransportError::Lost("gone".into()),
     );
-    let sessions: HashMap<String, std::result::Result<Arc<FakeHost>, String>> = [
+    let sessions: crate::fleet::Sessions<FakeHost> = [
         ("h1".to_string(), Ok(h1.clone())),
         ("o1".to_string(), Ok(o1)),
-        ("o2".to_string(), Err("unreachable: refused".to_string())),
+        (
+            "o2".to_string(),
+            Err(TransportError::Unreachable("refused".into())),
+        ),
     ]
     .into();
     let obs = observe_all(&t, &sessions, 4, Duration::from_secs(1)).await;
     assert_eq!(obs.len(), t.nodes.len());
     assert!(obs["h1"].as_ref().unwrap().iface_up);
-    assert!(obs["o1"].as_ref().unwrap_err().contains("gone"));
-    assert_eq!(obs["o2"].as_ref().unwrap_err(), "unreachable: refused");
-    assert_eq!(obs["c1"].as_ref().unwrap_err(), "not contacted");
+    assert!(obs["o1"].as_ref().unwrap_err().to_string().contains("gone"));
+    assert_eq!(
+        obs["o2"].as_ref().unwrap_err().to_string(),
+        "unreachable: refused"
+    );
+    assert_eq!(obs["c1"].as_ref().unwrap_err().to_string(), "not contacted");
     assert_eq!(h1.kinds(), vec!["status"]);
     let sent = &h1.received()[0];
     // h1 pings its member and the other managed sites' next-hops, not the unmanaged one
@@ -906,4 +915,19 @@ async fn every_node_is_observed_in_one_exec_and_a_node_without_a_session_is_unre
         );
     }
     assert!(sent.contains("/etc/sysconfig/kubelet") && sent.contains("/etc/wireguard/wg0.conf"));
+}
+
+#[test]
+fn kinds_and_states_are_spelled_in_json_as_in_text() {
+    for k in Kind::ALL {
+        assert_eq!(serde_json::to_value(k).unwrap(), k.as_str());
+    }
+    for s in NodeState::ALL {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        assert_eq!(s.to_string(), s.as_str());
+    }
+    for s in LinkState::ALL {
+        assert_eq!(serde_json::to_value(s).unwrap(), s.as_str());
+        assert_eq!(format!("{s:<7}|"), format!("{:<7}|", s.as_str()));
+    }
 }

@@ -15,7 +15,7 @@ mod node;
 mod router;
 
 use super::observe::{Observations, Observed};
-use super::report::{Kind, LinkStatus, Problem, StatusReport};
+use super::report::{Kind, LinkState, LinkStatus, Problem, StatusReport};
 use node::node_rules;
 pub use router::router_problems;
 use router::router_rule;
@@ -218,7 +218,7 @@ fn link_states(v: &View) -> Vec<LinkStatus> {
                 from: n.name.clone(),
                 to: other.clone(),
                 up: false,
-                state: "unknown".into(),
+                state: LinkState::Unknown,
                 cross_site: p.site != n.site,
                 handshake_age: None,
                 probes: BTreeMap::new(),
@@ -263,13 +263,12 @@ fn link_states(v: &View) -> Vec<LinkStatus> {
             // one look the same (a hand-run hub router can: its `.1`)
             let idle = peer_ip(topo, &p).is_none() && p.persistent_keepalive.is_none();
             l.state = if l.up {
-                "up"
+                LinkState::Up
             } else if any_seen && (any_down || !idle) {
-                "down"
+                LinkState::Down
             } else {
-                "unknown"
-            }
-            .into();
+                LinkState::Unknown
+            };
             links.push(l);
         }
     }
@@ -284,7 +283,7 @@ fn unexplained_links(
     hints: &BTreeMap<(String, String), String>,
 ) -> Vec<Problem> {
     let mut out = Vec::new();
-    for l in links.iter().filter(|l| l.state == "down") {
+    for l in links.iter().filter(|l| l.state == LinkState::Down) {
         let ends_ok = [l.from.as_str(), l.to.as_str()]
             .iter()
             .filter(|e| !e.starts_with("site "))

@@ -9,9 +9,9 @@ use crate::inventory::{Flavor, OsFamily};
 use crate::topology::NodePlan;
 
 use super::{Health, View, age, drift, peer_label, short_key};
-use crate::status::observe::Observed;
+use crate::status::observe::{ObserveError, Observed};
 use crate::status::paths::{conf_path, node_ip_path};
-use crate::status::report::{Kind, NodeStatus, PeerStatus, Problem};
+use crate::status::report::{Kind, NodeState, NodeStatus, PeerStatus, Problem};
 
 /// Every node's status, the node problems, and the nodes whose interface drifted.
 pub(super) fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<String>) {
@@ -25,7 +25,7 @@ pub(super) fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<S
             name: n.name.clone(),
             site: n.site.clone(),
             next_hop: n.is_next_hop,
-            state: "unreachable".into(),
+            state: NodeState::Unreachable,
             error: None,
             public_key: None,
             listen_port: None,
@@ -36,8 +36,8 @@ pub(super) fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<S
             Some(Ok(o)) => o,
             other => {
                 let err = match other {
-                    Some(Err(e)) => e.clone(),
-                    _ => "not contacted".into(),
+                    Some(Err(e)) => e.to_string(),
+                    _ => ObserveError::NotContacted.to_string(),
                 };
                 let via = paths.get(&n.name).map(Vec::as_slice).unwrap_or_default();
                 problems.push(unreachable(v, n, &err, via));
@@ -47,7 +47,11 @@ pub(super) fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<S
             }
         };
         st.ip_forward = o.ip_forward;
-        st.state = if o.iface_up { "up" } else { "down" }.into();
+        st.state = if o.iface_up {
+            NodeState::Up
+        } else {
+            NodeState::Down
+        };
         if let Some(wg) = &o.facts.wg {
             st.public_key = Some(wg.public_key.clone());
             st.listen_port = Some(wg.listen_port);

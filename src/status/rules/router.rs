@@ -1,13 +1,13 @@
 //! The router rules: a site's router blamed for a missing port-forward only when several
 //! observers agree (`port_forward_missing`), and the managed routers' own problems.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
 
-use crate::facts::gather::Facts;
 use crate::topology::{SitePlan, Topology};
 
 use super::{Health, View, pair};
-use crate::status::report::{Kind, LinkStatus, Problem};
+use crate::status::observe::RouterFacts;
+use crate::status::report::{Kind, LinkState, LinkStatus, Problem};
 
 /// What the router rule concluded.
 #[derive(Default)]
@@ -69,7 +69,7 @@ impl Links<'_> {
     }
 
     fn is_down(&self, a: &str, b: &str) -> bool {
-        self.of(a, b).is_some_and(|l| l.state == "down")
+        self.of(a, b).is_some_and(|l| l.state == LinkState::Down)
     }
 }
 
@@ -201,7 +201,7 @@ fn judge<'a>(l: &Links, s: &SitePlan, nh: &str, dialers: &[&'a str]) -> Judgemen
     let witnesses: Vec<(&str, Vec<String>)> = dialers
         .iter()
         .copied()
-        .filter(|w| l.sound(w) && l.of(w, nh).is_some_and(|x| x.state != "unknown"))
+        .filter(|w| l.sound(w) && l.of(w, nh).is_some_and(|x| x.state != LinkState::Unknown))
         .map(|w| (w, l.cross_up(w, &s.name)))
         .filter(|(_, up)| !up.is_empty())
         .collect();
@@ -233,10 +233,7 @@ fn judge<'a>(l: &Links, s: &SitePlan, nh: &str, dialers: &[&'a str]) -> Judgemen
 /// they could not be read): the router itself says whether wgprov's rules are in place
 /// (`router-pf.sh check`), so naming it is no guess. A router without wgprov's script yet is
 /// not named: its port-forward may have been made by hand.
-pub fn router_problems(
-    topo: &Topology,
-    facts: &HashMap<String, std::result::Result<Facts, String>>,
-) -> Vec<Problem> {
+pub fn router_problems(topo: &Topology, facts: &RouterFacts) -> Vec<Problem> {
     let mut out = Vec::new();
     for (site, r) in topo.routers().filter(|(_, r)| topo.node(&r.name).is_none()) {
         let problem = |kind: Kind, why: String| Problem {
