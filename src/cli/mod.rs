@@ -41,6 +41,17 @@ pub enum Format {
     Json,
 }
 
+/// Output format of `status`: [`Format`]'s, or OpenMetrics text for Prometheus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// For people.
+    Text,
+    /// One JSON document on stdout.
+    Json,
+    /// OpenMetrics text (Prometheus reads it too), `# EOF` last.
+    Openmetrics,
+}
+
 /// Arguments every inventory command takes.
 #[derive(Debug, clap::Args)]
 pub struct InvArgs {
@@ -49,9 +60,9 @@ pub struct InvArgs {
     pub inventory: PathBuf,
 }
 
-/// Settings of commands that contact hosts.
+/// Settings of commands that contact hosts (`F`: the formats the command prints).
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub struct RunArgs<F: ValueEnum + Clone + Send + Sync + 'static = Format> {
     /// Only these hosts: a node name, a site name or a glob over node names (comma-separated).
     #[arg(short = 'l', long, value_name = "PATTERN")]
     pub limit: Option<String>,
@@ -60,7 +71,7 @@ pub struct RunArgs {
     pub forks: usize,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: Format,
+    pub format: F,
     /// How SSH connections are made.
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -90,7 +101,7 @@ impl ConnectArgs {
     }
 }
 
-impl RunArgs {
+impl<F: ValueEnum + Clone + Send + Sync + 'static> RunArgs<F> {
     fn settings(&self, check: bool, no_rollback: bool) -> crate::apply::Settings {
         crate::apply::Settings {
             limit: self.limit.clone(),
@@ -197,7 +208,7 @@ pub enum Command {
         #[command(flatten)]
         inv: InvArgs,
         #[command(flatten)]
-        run: RunArgs,
+        run: RunArgs<StatusFormat>,
         /// Instead of the report: the topology with each link coloured by its health (dot:
         /// Graphviz source; svg: rendered by Graphviz `dot -Tsvg`).
         #[arg(long, value_enum, value_name = "dot|svg")]
@@ -609,13 +620,12 @@ struct CliProgress {
 }
 
 impl CliProgress {
-    fn new(format: Format) -> Self {
+    fn new(text: bool) -> Self {
         use std::io::IsTerminal;
         let tty = std::io::stderr().is_terminal() && std::env::var_os("CI").is_none();
         CliProgress {
-            bars: (tty && format == Format::Text)
-                .then(|| (indicatif::MultiProgress::new(), Default::default())),
-            plain: !tty && format == Format::Text,
+            bars: (tty && text).then(|| (indicatif::MultiProgress::new(), Default::default())),
+            plain: !tty && text,
             steps: (verbose() > 0).then(std::time::Instant::now),
         }
     }
@@ -682,7 +692,7 @@ fn apply(path: &Path, roles_path: Option<&Path>, run: &RunArgs, f: ApplyFlags) -
     let p = planned(path, !f.check)?;
     let mut settings = run.settings(f.check, f.no_rollback);
     settings.guard = f.guard;
-    let progress = std::sync::Arc::new(CliProgress::new(run.format));
+    let progress = std::sync::Arc::new(CliProgress::new(run.format == Format::Text));
     let stop = settings.stop.clone();
     let report = runtime()?.block_on(async {
         // Ctrl-C (or SIGTERM): start no new host, let hosts in flight finish, put the change
@@ -713,7 +723,7 @@ fn apply(path: &Path, roles_path: Option<&Path>, run: &RunArgs, f: ApplyFlags) -
 fn rollback(path: &Path, run: &RunArgs) -> Result<u8> {
     let p = planned(path, false)?;
     let settings = run.settings(false, false);
-    let progress = std::sync::Arc::new(CliProgress::new(run.format));
+    let progress = std::sync::Arc::new(CliProgress::new(run.format == Format::Text));
     let report = runtime()?.block_on(crate::apply::rollback(
         &p,
         &settings,
@@ -724,9 +734,9 @@ fn rollback(path: &Path, run: &RunArgs) -> Result<u8> {
     Ok(report.exit_code(false))
 }
 
-fn status(path: &Path, run: &RunArgs, picture: Option<GraphFormat>) -> Result<u8> {
+fn status(path: &Path, run: &RunArgs<StatusFormat>, picture: Option<GraphFormat>) -> Result<u8> {
     let p = planned(path, false)?;
-    let progress = std::sync::Arc::new(CliProgress::new(run.format));
+    let progress = std::sync::Arc::new(CliProgress::new(run.format == StatusFormat::Text));
     let report = runtime()?.block_on(crate::status::status(
         &p,
         run.forks.max(1),
@@ -738,10 +748,11 @@ fn status(path: &Path, run: &RunArgs, picture: Option<GraphFormat>) -> Result<u8
             &output::svg::health_dot(&p.topology, &report.picture_links()),
             f,
         )?,
-        (None, Format::Text) => print!("{}", crate::status::text(&report)),
-        (None, Format::Json) => {
+        (None, StatusFormat::Text) => print!("{}", crate::status::text(&report)),
+        (None, StatusFormat::Json) => {
             println!("{}", serde_json::to_string_pretty(&report).expect("json"))
         }
+        (None, StatusFormat::Openmetrics) => print!("{}", output::openmetrics::status(&report)),
     }
     Ok(report.exit_code())
 }

@@ -22,7 +22,8 @@ pub use observe::{
 };
 pub use paths::{conf_path, kubelet_path, node_ip_path};
 pub use report::{
-    Kind, LinkHealth, LinkStatus, NodeStatus, PeerStatus, Problem, StatusReport, text,
+    Kind, LinkHealth, LinkState, LinkStatus, NodeState, NodeStatus, PeerStatus, Problem,
+    StatusReport, text,
 };
 pub use rules::{FRESH_HANDSHAKE_SECS, diagnose, drift, router_problems};
 
