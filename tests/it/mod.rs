@@ -6,6 +6,7 @@ pub mod common;
 pub mod fuzz;
 pub mod guard;
 pub mod lab;
+pub mod metrics;
 pub mod nodes;
 pub mod operator;
 pub mod peering;
