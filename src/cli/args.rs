@@ -24,6 +24,17 @@ pub enum Format {
     Json,
 }
 
+/// Output format of `status`: [`Format`]'s, or OpenMetrics text for Prometheus.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum StatusFormat {
+    /// For people.
+    Text,
+    /// One JSON document on stdout.
+    Json,
+    /// OpenMetrics text (Prometheus reads it too), `# EOF` last.
+    Openmetrics,
+}
+
 /// Arguments every inventory command takes.
 #[derive(Debug, clap::Args)]
 pub struct InvArgs {
@@ -32,9 +43,9 @@ pub struct InvArgs {
     pub inventory: PathBuf,
 }
 
-/// Settings of commands that contact hosts.
+/// Settings of commands that contact hosts (`F`: the formats the command prints).
 #[derive(Debug, clap::Args)]
-pub struct RunArgs {
+pub struct RunArgs<F: ValueEnum + Clone + Send + Sync + 'static = Format> {
     /// Only these hosts: a node name, a site name or a glob over node names (comma-separated).
     #[arg(short = 'l', long, value_name = "PATTERN")]
     pub limit: Option<String>,
@@ -43,7 +54,7 @@ pub struct RunArgs {
     pub forks: usize,
     /// Output format.
     #[arg(long, value_enum, default_value = "text")]
-    pub format: Format,
+    pub format: F,
     /// How SSH connections are made.
     #[command(flatten)]
     pub connect: ConnectArgs,
@@ -73,7 +84,7 @@ impl ConnectArgs {
     }
 }
 
-impl RunArgs {
+impl<F: ValueEnum + Clone + Send + Sync + 'static> RunArgs<F> {
     pub(super) fn settings(&self, no_rollback: bool) -> crate::apply::Settings {
         crate::apply::Settings {
             limit: self.limit.clone(),
@@ -179,7 +190,7 @@ pub enum Command {
         #[command(flatten)]
         inv: InvArgs,
         #[command(flatten)]
-        run: RunArgs,
+        run: RunArgs<StatusFormat>,
         /// Instead of the report: the topology with each link coloured by its health (dot:
         /// Graphviz source; svg: rendered by Graphviz `dot -Tsvg`).
         #[arg(long, value_enum, value_name = "dot|svg")]

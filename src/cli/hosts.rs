@@ -86,9 +86,16 @@ pub(super) fn rollback(path: &Path, run: &RunArgs) -> Result<u8> {
     Ok(report.exit_code(false))
 }
 
-pub(super) fn status(path: &Path, run: &RunArgs, picture: Option<GraphFormat>) -> Result<u8> {
+pub(super) fn status(
+    path: &Path,
+    run: &RunArgs<StatusFormat>,
+    picture: Option<GraphFormat>,
+) -> Result<u8> {
     let p = planned(path, false)?;
-    let progress = std::sync::Arc::new(CliProgress::new(run.format == Format::Text, verbose() > 0));
+    let progress = std::sync::Arc::new(CliProgress::new(
+        run.format == StatusFormat::Text,
+        verbose() > 0,
+    ));
     let report = runtime()?.block_on(crate::status::status(
         &p,
         run.forks.max(1),
@@ -100,10 +107,11 @@ pub(super) fn status(path: &Path, run: &RunArgs, picture: Option<GraphFormat>) -
             &output::svg::health_dot(&p.topology, &report.picture_links()),
             f,
         )?,
-        (None, Format::Text) => print!("{}", crate::status::text(&report)),
-        (None, Format::Json) => {
+        (None, StatusFormat::Text) => print!("{}", crate::status::text(&report)),
+        (None, StatusFormat::Json) => {
             println!("{}", serde_json::to_string_pretty(&report).expect("json"))
         }
+        (None, StatusFormat::Openmetrics) => print!("{}", output::openmetrics::status(&report)),
     }
     Ok(report.exit_code())
 }

@@ -6,6 +6,7 @@ use serde::Serialize;
 
 use crate::topology::{PeerRef, Topology};
 
+pub mod openmetrics;
 pub mod progress;
 pub mod svg;
 

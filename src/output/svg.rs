@@ -7,11 +7,8 @@ use std::fmt::Write as _;
 use std::io::Write as _;
 
 use crate::error::{Error, Result};
+use crate::status::LinkHealth;
 use crate::topology::{PeerRef, Topology};
-
-/// A link's health for [`health_dot`]: `(from, to, up)`, where `from` and `to` are node names
-/// (or `site:NAME` for an unmanaged site's next-hop); the order of the two ends does not matter.
-pub type LinkHealth = (String, String, bool);
 
 /// Quoted DOT identifier or string.
 fn q(s: &str) -> String {

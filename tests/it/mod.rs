@@ -8,6 +8,7 @@ pub mod docs;
 pub mod fuzz;
 pub mod guard;
 pub mod lab;
+pub mod metrics;
 pub mod nodes;
 pub mod operator;
 pub mod peering;

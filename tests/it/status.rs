@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use super::apply::{Scenario, demo_yaml};
 use super::common::lab_available;
+use super::metrics::{promtool_check, value};
 
 /// (kind, site, node) of every problem.
 type Named = (String, Option<String>, Option<String>);
@@ -28,6 +29,15 @@ fn kind(kind: &str, site: Option<&str>, node: Option<&str>) -> Named {
         site.map(str::to_string),
         node.map(str::to_string),
     )
+}
+
+/// `status --format openmetrics`, checked by promtool: (exit code, text).
+fn status_metrics(s: &Scenario) -> (i32, String) {
+    let inv = s.inv.to_str().unwrap().to_string();
+    let r = s.wgprov(&["status", "-i", &inv, "--format", "openmetrics"]);
+    assert!(r.stdout.ends_with("# EOF\n"), "{}\n{}", r.stdout, r.stderr);
+    promtool_check(&r.stdout);
+    (r.code, r.stdout)
 }
 
 fn status_json(s: &Scenario) -> (i32, Value) {
@@ -144,6 +154,23 @@ fn status_raises_no_false_alarm_behind_nat_and_names_each_fault_alone() {
         "{}",
         text.stdout
     );
+    // the same, as metrics: every link up, every kind counted at zero, every node reachable
+    let (code, m) = status_metrics(&s);
+    assert_eq!(code, 0, "{m}");
+    let up: Vec<&str> = m
+        .lines()
+        .filter(|l| l.starts_with("wgprov_link_up{"))
+        .collect();
+    assert_eq!(up.len(), 6, "{m}");
+    assert!(up.iter().all(|l| l.ends_with(" 1")), "{m}");
+    for k in ["unreachable", "interface_down", "no_handshake", "drift"] {
+        let series = format!("wgprov_problems{{kind=\"{k}\"}}");
+        assert_eq!(value(&m, &series).as_deref(), Some("0"), "{series}: {m}");
+    }
+    assert!(
+        m.contains("wgprov_link_transmit_bytes{from=\"node1\""),
+        "{m}"
+    );
 
     // fault 1: wg0 down on a member
     s.lab.sh("office2", "wg-quick down wg0 2>/dev/null");
@@ -183,6 +210,22 @@ fn status_raises_no_false_alarm_behind_nat_and_names_each_fault_alone() {
     let (code, v) = status_until(&s, &want, 3);
     assert_eq!(named(&v), want, "{v:#}");
     assert_eq!(code, 1);
+    let (code, m) = status_metrics(&s);
+    assert_eq!(code, 1, "{m}");
+    assert_eq!(
+        value(
+            &m,
+            "wgprov_node_reachable{node=\"office1\",site=\"office\"}"
+        )
+        .as_deref(),
+        Some("0"),
+        "{m}"
+    );
+    assert_eq!(
+        value(&m, "wgprov_problems{kind=\"unreachable\"}").as_deref(),
+        Some("1"),
+        "{m}"
+    );
     let office1 = links_of(&v, "office1");
     assert_eq!(office1.len(), 3, "{v:#}");
     assert!(

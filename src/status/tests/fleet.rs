@@ -182,3 +182,64 @@ fn a_link_between_two_working_ends_without_a_handshake_is_no_handshake() {
         kinds(&r)
     );
 }
+
+#[test]
+fn the_fleets_reports_as_openmetrics_pass_promtool() {
+    use crate::output::openmetrics::tests::{lint, promtool_check};
+    let healthy = run(|_| {}, &[]);
+    let unreachable = run(|_| {}, &["o2"]);
+    let down = run(
+        |s| {
+            s.get_mut("h2").unwrap().state.running = false;
+            s.get_mut("h1").unwrap().down.insert(ip("h2"));
+        },
+        &[],
+    );
+    for (name, r) in [
+        ("healthy", &healthy),
+        ("unreachable", &unreachable),
+        ("down", &down),
+    ] {
+        let t = crate::output::openmetrics::status(r);
+        assert_eq!(lint(&t).len(), 9, "{name}");
+        // every kind has its count, zero included
+        for k in Kind::ALL {
+            let n = r.problems.iter().filter(|p| p.kind == k).count();
+            let line = format!("\nwgprov_problems{{kind=\"{}\"}} {n}\n", k.as_str());
+            assert!(t.contains(&line), "{name}: {line:?} in\n{t}");
+        }
+        promtool_check(&t);
+    }
+    let t = crate::output::openmetrics::status(&healthy);
+    let up: Vec<&str> = t
+        .lines()
+        .filter(|l| l.starts_with("wgprov_link_up{"))
+        .collect();
+    assert_eq!(up.len(), 3, "{t}");
+    assert!(up.iter().all(|l| l.ends_with(" 1")), "{t}");
+    assert!(
+        t.contains("wgprov_link_transmit_bytes{from=\"h1\",to=\"h2\"} "),
+        "{t}"
+    );
+    let t = crate::output::openmetrics::status(&unreachable);
+    assert!(
+        t.contains("\nwgprov_node_reachable{node=\"o2\",site=\"office\"} 0\n"),
+        "{t}"
+    );
+    assert!(!t.contains("wgprov_node_drift{node=\"o2\""), "{t}");
+    let t = crate::output::openmetrics::status(&down);
+    assert!(
+        t.contains("\nwgprov_node_interface_up{node=\"h2\",site=\"home\"} 0\n"),
+        "{t}"
+    );
+    // each link as the report has it
+    for l in &down.links {
+        let line = format!(
+            "\nwgprov_link_up{{from=\"{}\",to=\"{}\"}} {}\n",
+            l.from,
+            l.to,
+            u8::from(l.up)
+        );
+        assert!(t.contains(&line), "{line:?} in\n{t}");
+    }
+}
