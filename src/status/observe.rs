@@ -152,11 +152,9 @@ pub async fn observe_all<T: Transport + 'static>(
             .node(&n)
             .map(|x| probe_targets(topo, x))
             .unwrap_or_default();
-        let extra = if crate::hosts::openwrt_hub::is_hub(topo, &n) {
-            crate::hosts::openwrt_hub::check_section()
-        } else {
-            String::new()
-        };
+        let extra = crate::hosts::kind::HostKind::of(topo, &n)
+            .map(|k| k.status_section())
+            .unwrap_or_default();
         let script = script(&iface, &targets, &paths, &extra, wait);
         async move {
             let s = s.ok_or(ObserveError::NotContacted)??;
@@ -226,15 +224,18 @@ async fn read_routers<C: Connect>(
         return HashMap::new();
     }
     let rs = connect_all(connector, routers, forks, progress).await;
-    let script = crate::facts::gather::script_with(
-        &topo.network.interface,
-        &crate::hosts::candidate_paths(),
-        &crate::hosts::facts_section(),
-    );
+    let scripts: HashMap<String, String> = router_names
+        .iter()
+        .filter_map(|n| crate::hosts::kind::HostKind::of(topo, n).map(|k| (n, k)))
+        .map(|(n, k)| {
+            let paths = crate::hosts::candidate_paths();
+            (n.clone(), k.facts_script(&topo.network.interface, &paths))
+        })
+        .collect();
     let rs_ref = &rs;
     let out = run_all(router_names, forks, |n| {
         let s = rs_ref.get(&n).cloned();
-        let script = script.clone();
+        let script = scripts.get(&n).cloned().unwrap_or_default();
         async move {
             let s = s.ok_or(ObserveError::NotContacted)??;
             let out = s

@@ -57,10 +57,11 @@ pub(super) fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<S
             st.listen_port = Some(wg.listen_port);
             st.peers = peer_statuses(v, n, o, wg);
         }
-        let hub = crate::hosts::openwrt_hub::of(v.topo, n).is_some();
+        let kind = crate::hosts::kind::HostKind::of(v.topo, &n.name).expect("a node is a host");
+        let hub = kind.is_openwrt_hub();
         problems.extend(interface_down(v, n, o, hub));
         problems.extend(forwarding_off(n, o));
-        if let Some(p) = drift_rule(v, n, o, hub) {
+        if let Some(p) = drift_rule(v, n, o, kind) {
             drifted.insert(n.name.clone());
             problems.push(p);
         }
@@ -171,12 +172,17 @@ fn forwarding_off(n: &NodePlan, o: &Observed) -> Option<Problem> {
     })
 }
 
-/// `drift`: the running interface differs from its file. An OpenWrt hub (`hub`) has no file to
-/// compare with: its script's own check says whether uci and the running interface are as it
-/// sets them.
-fn drift_rule(v: &View, n: &NodePlan, o: &Observed, hub: bool) -> Option<Problem> {
-    if hub {
-        let d = crate::hosts::openwrt_hub::drift(&o.facts)?;
+/// `drift`: the running interface differs from its file. A kind of host whose script checks
+/// itself (an OpenWrt hub) has no file to compare with: its script's own check says whether
+/// uci and the running interface are as it sets them.
+fn drift_rule(
+    v: &View,
+    n: &NodePlan,
+    o: &Observed,
+    kind: crate::hosts::kind::HostKind,
+) -> Option<Problem> {
+    if kind.checked_script().is_some() {
+        let d = kind.script_drift(&o.facts)?;
         return Some(node_problem(
             n,
             Kind::Drift,

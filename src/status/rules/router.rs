@@ -245,7 +245,7 @@ pub fn router_problems(topo: &Topology, facts: &RouterFacts) -> Vec<Problem> {
         };
         match facts.get(&r.name) {
             Some(Ok(f)) => {
-                if let Some(d) = crate::hosts::linux::drift(f) {
+                if let Some(d) = crate::hosts::kind::HostKind::Forwarder(site, r).script_drift(f) {
                     out.push(problem(
                         Kind::Drift,
                         format!(
