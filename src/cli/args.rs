@@ -129,7 +129,7 @@ pub enum Command {
         #[arg(long, value_enum, default_value = "text")]
         format: Format,
     },
-    /// Write every managed node's desired files under DIR/<node>/<path> (offline).
+    /// Write every managed node's desired files under `DIR/<node>/<path>` (offline).
     Render {
         #[command(flatten)]
         inv: InvArgs,

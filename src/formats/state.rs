@@ -97,7 +97,7 @@ pub struct Facts {
     /// Unix time on the host when the facts were read.
     pub now: u64,
     /// The private key an OpenWrt router's uci holds for the interface
-    /// (`network.<iface>.private_key`, section [`UCI_PRIVATE_KEY`]): `Err` when it is malformed.
+    /// (`network.<iface>.private_key`, the facts section `uci_private_key`): `Err` when it is malformed.
     /// Kept as a key, which never prints itself.
     pub uci_private_key: Option<Result<PrivateKey, String>>,
     /// Sections added by a caller's extra facts (a managed router's), by name.
