@@ -14,6 +14,7 @@ pub mod diff;
 pub mod error;
 pub mod facts;
 pub mod inventory;
+pub mod keys;
 pub mod lab;
 pub mod output;
 pub mod peering;

@@ -11,7 +11,7 @@ use base64::engine::general_purpose::STANDARD;
 
 use crate::inventory::OsFamily;
 use crate::shell::{InterfaceName, PATH_PRELUDE, RemotePath, sh_quote};
-use crate::topology::keys::PrivateKey;
+use crate::topology::keys::{KeyError, PrivateKey};
 
 /// The units that run a kubelet, of every Kubernetes flavor.
 pub const KUBE_UNITS: &[&str] = &["kubelet", "k3s", "k3s-agent", "rke2-server", "rke2-agent"];
@@ -111,7 +111,7 @@ pub struct Facts {
     /// The private key an OpenWrt router's uci holds for the interface
     /// (`network.<iface>.private_key`, section [`UCI_PRIVATE_KEY`]): `Err` when it is malformed.
     /// Kept as a key, which never prints itself.
-    pub uci_private_key: Option<Result<PrivateKey, String>>,
+    pub uci_private_key: Option<Result<PrivateKey, KeyError>>,
     /// Sections added by a caller's extra facts (a managed router's), by name.
     pub extra: BTreeMap<String, String>,
 }

@@ -2,7 +2,7 @@
 //! graph of SPEC.md, and x25519 keys.
 
 pub mod alloc;
-pub mod keys;
+pub use crate::keys;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
