@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::topology::keys::PublicKey;
+use crate::keys::PublicKey;
 
 /// A place in the inventory file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -122,6 +122,24 @@ impl RouterKind {
             Self::Pfsense => "pfsense",
             Self::Openwrt => "openwrt",
             Self::Other => "other",
+        }
+    }
+}
+
+/// Where the operator finds the router's public key (for the inventory's `public_key`).
+pub fn key_hint(kind: RouterKind) -> &'static str {
+    match kind {
+        RouterKind::Opnsense => {
+            "On OPNsense: VPN > WireGuard > Instances > +, the gear beside Public key (Generate new keypair); copy the Public key into the site's public_key"
+        }
+        RouterKind::Pfsense => {
+            "On pfSense: VPN > WireGuard > Tunnels > Add Tunnel, Interface Keys: Generate; copy the Public Key into the site's public_key"
+        }
+        RouterKind::Openwrt => {
+            "On OpenWrt: `wg genkey | tee /etc/wireguard/wg0.key | wg pubkey` (or LuCI: Network > Interfaces > Add new interface, protocol WireGuard VPN, Generate new key pair); copy the public key into the site's public_key"
+        }
+        RouterKind::Other => {
+            "On the router: `wg genkey | tee wg0.key | wg pubkey`; copy the public key into the site's public_key"
         }
     }
 }
