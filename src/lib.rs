@@ -17,6 +17,7 @@ pub mod fleet;
 pub mod formats;
 pub mod hosts;
 pub mod inventory;
+pub mod keys;
 pub mod lab;
 pub mod output;
 pub mod peering;

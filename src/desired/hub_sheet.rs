@@ -59,23 +59,7 @@ fn kind_name<S: serde::Serializer>(k: &RouterKind, s: S) -> Result<S::Ok, S::Err
     s.serialize_str(k.as_str())
 }
 
-/// Where the operator finds the router's public key (for the inventory's `public_key`).
-pub fn key_hint(kind: RouterKind) -> &'static str {
-    match kind {
-        RouterKind::Opnsense => {
-            "On OPNsense: VPN > WireGuard > Instances > +, the gear beside Public key (Generate new keypair); copy the Public key into the site's public_key"
-        }
-        RouterKind::Pfsense => {
-            "On pfSense: VPN > WireGuard > Tunnels > Add Tunnel, Interface Keys: Generate; copy the Public Key into the site's public_key"
-        }
-        RouterKind::Openwrt => {
-            "On OpenWrt: `wg genkey | tee /etc/wireguard/wg0.key | wg pubkey` (or LuCI: Network > Interfaces > Add new interface, protocol WireGuard VPN, Generate new key pair); copy the public key into the site's public_key"
-        }
-        RouterKind::Other => {
-            "On the router: `wg genkey | tee wg0.key | wg pubkey`; copy the public key into the site's public_key"
-        }
-    }
-}
+pub use crate::inventory::key_hint;
 
 /// The hand-run hub of every site that has one, with the public keys `key_of` knows.
 pub fn hubs(topo: &Topology, key_of: &dyn Fn(&str) -> Option<PublicKey>) -> Vec<Hub> {

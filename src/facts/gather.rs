@@ -10,8 +10,8 @@ use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
 
 pub use crate::formats::state::{Facts, FileFact, PeerState, WgState, os_family_of, parse_wg_dump};
+use crate::keys::PrivateKey;
 use crate::shell::{InterfaceName, PATH_PRELUDE, RemotePath, sh_quote};
-use crate::topology::keys::PrivateKey;
 
 /// The units that run a kubelet, of every Kubernetes flavor.
 pub const KUBE_UNITS: &[&str] = &["kubelet", "k3s", "k3s-agent", "rke2-server", "rke2-agent"];

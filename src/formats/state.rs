@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use crate::formats::kubelet::OsFamily;
-use crate::topology::keys::PrivateKey;
+use crate::keys::{KeyError, PrivateKey};
 
 /// A file as found on the host. `Debug` shows it with private keys redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -99,7 +99,7 @@ pub struct Facts {
     /// The private key an OpenWrt router's uci holds for the interface
     /// (`network.<iface>.private_key`, the facts section `uci_private_key`): `Err` when it is malformed.
     /// Kept as a key, which never prints itself.
-    pub uci_private_key: Option<Result<PrivateKey, String>>,
+    pub uci_private_key: Option<Result<PrivateKey, KeyError>>,
     /// Sections added by a caller's extra facts (a managed router's), by name.
     pub extra: BTreeMap<String, String>,
 }

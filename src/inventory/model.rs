@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use crate::topology::keys::PublicKey;
+use crate::keys::PublicKey;
 
 /// A place in the inventory file.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -126,6 +126,24 @@ impl RouterKind {
     }
 }
 
+/// Where the operator finds the router's public key (for the inventory's `public_key`).
+pub fn key_hint(kind: RouterKind) -> &'static str {
+    match kind {
+        RouterKind::Opnsense => {
+            "On OPNsense: VPN > WireGuard > Instances > +, the gear beside Public key (Generate new keypair); copy the Public key into the site's public_key"
+        }
+        RouterKind::Pfsense => {
+            "On pfSense: VPN > WireGuard > Tunnels > Add Tunnel, Interface Keys: Generate; copy the Public Key into the site's public_key"
+        }
+        RouterKind::Openwrt => {
+            "On OpenWrt: `wg genkey | tee /etc/wireguard/wg0.key | wg pubkey` (or LuCI: Network > Interfaces > Add new interface, protocol WireGuard VPN, Generate new key pair); copy the public key into the site's public_key"
+        }
+        RouterKind::Other => {
+            "On the router: `wg genkey | tee wg0.key | wg pubkey`; copy the public key into the site's public_key"
+        }
+    }
+}
+
 /// Kind of a router wgprov manages over SSH.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -171,6 +189,32 @@ pub struct ManagedRouter {
 
 pub use crate::formats::kubelet::OsFamily;
 
+/// Why a text is not a `host:port` endpoint.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum EndpointError {
+    /// `[` without `]:port`.
+    #[error("`{0}` is not `[ipv6]:port`")]
+    NotBracketed(String),
+    /// Inside the brackets is no IPv6 address.
+    #[error("`{0}` is not an IPv6 address")]
+    NotIpv6(String),
+    /// No `:port`.
+    #[error("`{0}` needs a port: write it as host:port")]
+    NoPort(String),
+    /// An IPv6 address without brackets.
+    #[error("`{0}`: write an IPv6 endpoint as [address]:port")]
+    Ipv6Unbracketed(String),
+    /// The host is neither an IPv4 address nor a DNS name.
+    #[error("`{0}` is neither an IPv4 address nor a DNS name")]
+    BadHost(String),
+    /// The port is not a number.
+    #[error("port `{0}` is not a number")]
+    PortNotNumber(String),
+    /// The port is 0 or above 65535.
+    #[error("port {0} is outside 1-65535")]
+    PortOutOfRange(u32),
+}
+
 /// A public `host:port`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Endpoint {
@@ -182,32 +226,32 @@ pub struct Endpoint {
 
 impl Endpoint {
     /// Parses `host:port` or `[v6]:port`.
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, EndpointError> {
         let (host, port) = if let Some(rest) = s.strip_prefix('[') {
             let (h, p) = rest
                 .split_once("]:")
-                .ok_or_else(|| format!("`{s}` is not `[ipv6]:port`"))?;
+                .ok_or_else(|| EndpointError::NotBracketed(s.into()))?;
             if h.parse::<std::net::Ipv6Addr>().is_err() {
-                return Err(format!("`{h}` is not an IPv6 address"));
+                return Err(EndpointError::NotIpv6(h.into()));
             }
             (h.to_string(), p)
         } else {
             let (h, p) = s
                 .rsplit_once(':')
-                .ok_or_else(|| format!("`{s}` needs a port: write it as host:port"))?;
+                .ok_or_else(|| EndpointError::NoPort(s.into()))?;
             if h.contains(':') {
-                return Err(format!("`{s}`: write an IPv6 endpoint as [address]:port"));
+                return Err(EndpointError::Ipv6Unbracketed(s.into()));
             }
             if h.parse::<Ipv4Addr>().is_err() && !is_dns_name(h) {
-                return Err(format!("`{h}` is neither an IPv4 address nor a DNS name"));
+                return Err(EndpointError::BadHost(h.into()));
             }
             (h.to_string(), p)
         };
         let port: u32 = port
             .parse()
-            .map_err(|_| format!("port `{port}` is not a number"))?;
+            .map_err(|_| EndpointError::PortNotNumber(port.into()))?;
         if !(1..=65535).contains(&port) {
-            return Err(format!("port {port} is outside 1-65535"));
+            return Err(EndpointError::PortOutOfRange(port));
         }
         Ok(Endpoint {
             host,

@@ -17,7 +17,7 @@ use std::path::{Path, PathBuf};
 
 use ssh2_config::{ParseRule, SshConfig};
 
-use super::model::{Loc, Origin, Site};
+use super::model::{Loc, Node, Origin, Site};
 use super::validate::Diags;
 
 /// The config file a node's settings ask for, and where that was said.
@@ -67,6 +67,38 @@ pub struct Lookup {
     pub proxy_jump: Option<Found<Vec<String>>>,
 }
 
+/// Why an OpenSSH client config file cannot be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file exists but cannot be read.
+    #[error("cannot read {}: {source}", path.display())]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The parser refused it.
+    #[error("{}: {message}", path.display())]
+    Parse {
+        /// The file.
+        path: PathBuf,
+        /// The parser's words.
+        message: String,
+    },
+    /// It has a `Match` block.
+    #[error(
+        "{}: `Match` blocks are not supported (in or after {host}): use `Host` patterns, or set ssh.config_file to a file without them (or `none`)",
+        path.display()
+    )]
+    Match {
+        /// The file.
+        path: PathBuf,
+        /// The `Host` line the block is in or after.
+        host: String,
+    },
+}
+
 /// One parsed OpenSSH client config file.
 #[derive(Debug)]
 pub struct ConfigFile {
@@ -77,35 +109,43 @@ pub struct ConfigFile {
 
 impl ConfigFile {
     /// Reads and parses `path`; `Ok(None)` when the file does not exist (nothing to apply).
-    pub fn load(path: &Path) -> Result<Option<ConfigFile>, String> {
+    pub fn load(path: &Path) -> Result<Option<ConfigFile>, ConfigError> {
         match std::fs::File::open(path) {
             Ok(f) => Self::parse(path, &mut BufReader::new(f)).map(Some),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-            Err(e) => Err(format!("cannot read {}: {e}", path.display())),
+            Err(source) => Err(ConfigError::Read {
+                path: path.to_path_buf(),
+                source,
+            }),
         }
     }
 
     /// Parses config text as if read from `path`. Options ssh2-config does not know are
     /// skipped (OpenSSH has many wgprov does not use); a `Match` block is refused, since its
     /// options would otherwise land in the `Host` block before it.
-    pub fn parse(path: &Path, reader: &mut impl std::io::BufRead) -> Result<ConfigFile, String> {
+    pub fn parse(
+        path: &Path,
+        reader: &mut impl std::io::BufRead,
+    ) -> Result<ConfigFile, ConfigError> {
         let config = SshConfig::default()
             .parse(
                 reader,
                 ParseRule::ALLOW_UNKNOWN_FIELDS | ParseRule::ALLOW_UNSUPPORTED_FIELDS,
             )
-            .map_err(|e| format!("{}: {e}", path.display()))?;
+            .map_err(|e| ConfigError::Parse {
+                path: path.to_path_buf(),
+                message: e.to_string(),
+            })?;
         for h in config.get_hosts() {
             if h.params
                 .ignored_fields
                 .keys()
                 .any(|k| k.eq_ignore_ascii_case("match"))
             {
-                return Err(format!(
-                    "{}: `Match` blocks are not supported (in or after {}): use `Host` patterns, or set ssh.config_file to a file without them (or `none`)",
-                    path.display(),
-                    host_line(h)
-                ));
+                return Err(ConfigError::Match {
+                    path: path.to_path_buf(),
+                    host: host_line(h),
+                });
             }
         }
         Ok(ConfigFile {
@@ -305,122 +345,13 @@ pub fn apply(
     for site in sites.iter_mut() {
         for node in site.nodes.iter_mut() {
             let r = refs.get(&node.name).cloned().unwrap_or_default();
-            let Some(path) = resolve_path(&r.spec, inventory) else {
+            let Some(path) = load_once(inventory, &r, &mut files, &mut failed, d) else {
                 continue;
             };
-            if failed.contains(&path) {
-                continue;
-            }
-            if !files.contains_key(&path) {
-                match ConfigFile::load(&path) {
-                    Ok(f) => {
-                        files.insert(path.clone(), f);
-                    }
-                    Err(m) => {
-                        let (loc, field) = match &r.origin {
-                            Origin::Inventory { field, loc } => (*loc, field.clone()),
-                            _ => (Loc::default(), "ssh.config_file".to_string()),
-                        };
-                        d.error(loc, field, m);
-                        failed.push(path);
-                        continue;
-                    }
-                }
-            }
             let Some(cf) = files.get(&path).and_then(|f| f.as_ref()) else {
                 continue;
             };
-            let np = format!("sites.{}.nodes.{}.ssh", node.site, node.name);
-            let o = &mut node.ssh_origin;
-            let alias = if matches!(o.host, Origin::Inventory { .. }) {
-                node.ssh.host.clone()
-            } else if cf.names(&node.name) {
-                node.name.clone()
-            } else {
-                node.address.clone()
-            };
-            o.config = Some((path.clone(), alias.clone()));
-            let l = cf.lookup(&alias);
-            let from = |host: &str| Origin::SshConfig {
-                file: path.clone(),
-                host: host.to_string(),
-            };
-            let bad = |d: &mut Diags, field: &str, what: String, host: &str| {
-                d.error(
-                    node.loc,
-                    format!("{np}.{field}"),
-                    format!("{what} (from {} {host}, for `{alias}`)", path.display()),
-                )
-            };
-            // HostName maps the name looked up (the inventory's `ssh.host` is that name, as
-            // typed after `ssh`), so it applies whichever way the name was given.
-            if let Some(f) = &l.host_name {
-                let t = Tokens {
-                    alias: &alias,
-                    host: &alias,
-                    user: &node.ssh.user,
-                    port: node.ssh.port,
-                };
-                let h = expand(&f.value, &t);
-                if is_host(&h) {
-                    node.ssh.host = h;
-                    o.host = from(&f.host);
-                } else {
-                    bad(
-                        d,
-                        "host",
-                        format!("HostName `{h}` is neither an IP address nor a DNS name"),
-                        &f.host,
-                    );
-                }
-            }
-            if o.user == Origin::Default
-                && let Some(f) = &l.user
-            {
-                if super::validate::is_safe_user(&f.value) {
-                    node.ssh.user = f.value.clone();
-                    o.user = from(&f.host);
-                } else {
-                    bad(
-                        d,
-                        "user",
-                        format!("User `{}` is not a valid user name", f.value),
-                        &f.host,
-                    );
-                }
-            }
-            if o.port == Origin::Default
-                && let Some(f) = &l.port
-            {
-                if f.value == 0 {
-                    bad(d, "port", "Port 0 is outside 1-65535".into(), &f.host);
-                } else {
-                    node.ssh.port = f.value;
-                    o.port = from(&f.host);
-                }
-            }
-            let t = Tokens {
-                alias: &alias,
-                host: &node.ssh.host,
-                user: &node.ssh.user,
-                port: node.ssh.port,
-            };
-            if o.identity_file == Origin::Default
-                && let Some(f) = &l.identity_file
-            {
-                node.ssh.identity_file = Some(expand(&f.value, &t));
-                o.identity_file = from(&f.host);
-            }
-            if o.known_hosts == Origin::Default
-                && let Some(f) = &l.known_hosts
-            {
-                node.ssh.known_hosts = expand(&f.value, &t);
-                o.known_hosts = from(&f.host);
-            }
-            if o.proxy_jump == Origin::Default
-                && let Some(f) = l.proxy_jump
-                && !f.value.is_empty()
-            {
+            if let Some(f) = fill(node, &path, cf, d) {
                 hops.push((node.name.clone(), path.clone(), f));
             }
         }
@@ -428,9 +359,156 @@ pub fn apply(
     if hops.is_empty() {
         return;
     }
+    let chain = jump_through(sites, &files, hops, d);
+    chain_jumps(sites, chain, d);
+}
 
-    // Which node a hop is: by name, address or ssh.host, also after the hop's own HostName.
-    let index: HashMap<String, (usize, usize)> = sites
+/// The config file `r` names, read once per path (`None` for `none`, or when it cannot be
+/// read: that is reported once, at the field that named it).
+fn load_once(
+    inventory: &Path,
+    r: &ConfigRef,
+    files: &mut HashMap<PathBuf, Option<ConfigFile>>,
+    failed: &mut Vec<PathBuf>,
+    d: &mut Diags,
+) -> Option<PathBuf> {
+    let path = resolve_path(&r.spec, inventory)?;
+    if failed.contains(&path) {
+        return None;
+    }
+    if !files.contains_key(&path) {
+        match ConfigFile::load(&path) {
+            Ok(f) => {
+                files.insert(path.clone(), f);
+            }
+            Err(m) => {
+                let (loc, field) = match &r.origin {
+                    Origin::Inventory { field, loc } => (*loc, field.clone()),
+                    _ => (Loc::default(), "ssh.config_file".to_string()),
+                };
+                d.error(loc, field, m.to_string());
+                failed.push(path);
+                return None;
+            }
+        }
+    }
+    Some(path)
+}
+
+/// Fills one node's unset settings from `cf`; returns the ProxyJump hops it gives the node
+/// (resolved once every node is read).
+fn fill(
+    node: &mut Node,
+    path: &Path,
+    cf: &ConfigFile,
+    d: &mut Diags,
+) -> Option<Found<Vec<String>>> {
+    let np = format!("sites.{}.nodes.{}.ssh", node.site, node.name);
+    let o = &mut node.ssh_origin;
+    let alias = if matches!(o.host, Origin::Inventory { .. }) {
+        node.ssh.host.clone()
+    } else if cf.names(&node.name) {
+        node.name.clone()
+    } else {
+        node.address.clone()
+    };
+    o.config = Some((path.to_path_buf(), alias.clone()));
+    let l = cf.lookup(&alias);
+    let from = |host: &str| Origin::SshConfig {
+        file: path.to_path_buf(),
+        host: host.to_string(),
+    };
+    let bad = |d: &mut Diags, field: &str, what: String, host: &str| {
+        d.error(
+            node.loc,
+            format!("{np}.{field}"),
+            format!("{what} (from {} {host}, for `{alias}`)", path.display()),
+        )
+    };
+    // HostName maps the name looked up (the inventory's `ssh.host` is that name, as
+    // typed after `ssh`), so it applies whichever way the name was given.
+    if let Some(f) = &l.host_name {
+        let t = Tokens {
+            alias: &alias,
+            host: &alias,
+            user: &node.ssh.user,
+            port: node.ssh.port,
+        };
+        let h = expand(&f.value, &t);
+        if is_host(&h) {
+            node.ssh.host = h;
+            o.host = from(&f.host);
+        } else {
+            bad(
+                d,
+                "host",
+                format!("HostName `{h}` is neither an IP address nor a DNS name"),
+                &f.host,
+            );
+        }
+    }
+    if o.user == Origin::Default
+        && let Some(f) = &l.user
+    {
+        if super::validate::is_safe_user(&f.value) {
+            node.ssh.user = f.value.clone();
+            o.user = from(&f.host);
+        } else {
+            bad(
+                d,
+                "user",
+                format!("User `{}` is not a valid user name", f.value),
+                &f.host,
+            );
+        }
+    }
+    if o.port == Origin::Default
+        && let Some(f) = &l.port
+    {
+        if f.value == 0 {
+            bad(d, "port", "Port 0 is outside 1-65535".into(), &f.host);
+        } else {
+            node.ssh.port = f.value;
+            o.port = from(&f.host);
+        }
+    }
+    fill_files(node, &alias, &l, &from);
+    let o = &node.ssh_origin;
+    if o.proxy_jump == Origin::Default
+        && let Some(f) = l.proxy_jump
+        && !f.value.is_empty()
+    {
+        return Some(f);
+    }
+    None
+}
+
+/// IdentityFile and UserKnownHostsFile, their tokens expanded for the node's final settings.
+fn fill_files(node: &mut Node, alias: &str, l: &Lookup, from: &dyn Fn(&str) -> Origin) {
+    let o = &mut node.ssh_origin;
+    let t = Tokens {
+        alias,
+        host: &node.ssh.host,
+        user: &node.ssh.user,
+        port: node.ssh.port,
+    };
+    if o.identity_file == Origin::Default
+        && let Some(f) = &l.identity_file
+    {
+        node.ssh.identity_file = Some(expand(&f.value, &t));
+        o.identity_file = from(&f.host);
+    }
+    if o.known_hosts == Origin::Default
+        && let Some(f) = &l.known_hosts
+    {
+        node.ssh.known_hosts = expand(&f.value, &t);
+        o.known_hosts = from(&f.host);
+    }
+}
+
+/// Each node's position, by name.
+fn index(sites: &[Site]) -> HashMap<String, (usize, usize)> {
+    sites
         .iter()
         .enumerate()
         .flat_map(|(i, s)| {
@@ -439,15 +517,28 @@ pub fn apply(
                 .enumerate()
                 .map(move |(j, n)| (n.name.clone(), (i, j)))
         })
-        .collect();
-    let find = |sites: &[Site], name: &str| -> Option<String> {
-        let all = || sites.iter().flat_map(|s| s.nodes.iter());
-        all()
-            .find(|n| n.name == name)
-            .or_else(|| all().find(|n| n.address == name || n.ssh.host == name))
-            .map(|n| n.name.clone())
-    };
-    // (node, the node it must jump through, origin)
+        .collect()
+}
+
+/// Which node a hop is: by name, address or ssh.host.
+fn find(sites: &[Site], name: &str) -> Option<String> {
+    let all = || sites.iter().flat_map(|s| s.nodes.iter());
+    all()
+        .find(|n| n.name == name)
+        .or_else(|| all().find(|n| n.address == name || n.ssh.host == name))
+        .map(|n| n.name.clone())
+}
+
+/// Sets each node's jump node to the last of its hops (each an inventory node: by name,
+/// address or ssh.host, also after the hop's own HostName). Returns the chain: (node, the
+/// node it must jump through, origin) for each hop before the last.
+fn jump_through(
+    sites: &mut [Site],
+    files: &HashMap<PathBuf, Option<ConfigFile>>,
+    hops: Vec<(String, PathBuf, Found<Vec<String>>)>,
+    d: &mut Diags,
+) -> Vec<(String, String, Origin)> {
+    let index = index(sites);
     let mut chain: Vec<(String, String, Origin)> = Vec::new();
     for (node, path, f) in hops {
         let (si, ni) = index[&node];
@@ -510,7 +601,12 @@ pub fn apply(
             ));
         }
     }
-    // A chain a,b: b itself jumps through a.
+    chain
+}
+
+/// A chain a,b: b itself jumps through a (unless it jumps through another node already).
+fn chain_jumps(sites: &mut [Site], chain: Vec<(String, String, Origin)>, d: &mut Diags) {
+    let index = index(sites);
     for (next, prev, origin) in chain {
         let (si, ni) = index[&next];
         let n = &mut sites[si].nodes[ni];

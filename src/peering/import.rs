@@ -12,12 +12,12 @@ use ipnet::{IpNet, Ipv4Net};
 
 use super::{Card, CardSource, yaml_scalar};
 use crate::error::{Diagnostic, Error, Result};
-use crate::inventory::Endpoint;
 use crate::inventory::lock::Lock;
 use crate::inventory::schema::{RawInventory, RawSite, S};
 use crate::inventory::validate::{Diags, is_safe_name, loc, overlaps};
+use crate::inventory::{Endpoint, Inventory};
+use crate::keys::PublicKey;
 use crate::topology::Topology;
-use crate::topology::keys::PublicKey;
 
 /// What an import does to the inventory.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -89,9 +89,75 @@ pub fn plan(
         return Err(Error::Invalid(inv_d.list));
     }
 
-    // a block handed out here (written, or recorded in the lock file) is never taken
-    let lock_file = crate::inventory::lock_path(path);
     let mut warnings = Vec::new();
+    our_blocks(
+        &mut inv_d,
+        path,
+        lock,
+        (&current, &before),
+        card,
+        &name,
+        &mut warnings,
+    );
+    their_reserved(&mut card_d, (&current, &before), card, src);
+    let mut errors = inv_d.list;
+    errors.append(&mut card_d.list);
+    if errors.iter().any(Diagnostic::is_error) {
+        return Err(Error::Invalid(errors));
+    }
+
+    let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
+    let (new_text, changes, action) = match existing {
+        Some((key, site)) => {
+            let (t, changes) = update_site(text, key, site, card, eol)?;
+            let action = if changes.is_empty() {
+                Action::Unchanged
+            } else {
+                Action::Updated
+            };
+            (t, changes, action)
+        }
+        None => (
+            insert_site(text, &raw, &name, card, eol)?,
+            Vec::new(),
+            Action::Added,
+        ),
+    };
+    check_result(path, lock, &current, &new_text, card, &name)?;
+
+    if card.mtu != current.network.mtu {
+        warnings.push(format!(
+            "site {}'s wg0 MTU is {}, ours is {}: packets between the sites must fit the smaller (network.mtu)",
+            card.site, card.mtu, current.network.mtu
+        ));
+    }
+    if card.wireguard_space != current.network.wireguard_cidr {
+        warnings.push(format!(
+            "site {}'s nodes route {} into their mesh, ours route {}: hosts outside both cannot be reached across",
+            card.site, card.wireguard_space, current.network.wireguard_cidr
+        ));
+    }
+    Ok(Outcome {
+        site: name,
+        action,
+        text: new_text,
+        changes,
+        warnings,
+    })
+}
+
+/// A block handed out here (written, or recorded in the lock file) is never taken; a site
+/// without a block yet is warned that it will not get the card's.
+fn our_blocks(
+    inv_d: &mut Diags,
+    path: &Path,
+    lock: &Lock,
+    (current, before): (&Inventory, &Topology),
+    card: &Card,
+    name: &str,
+    warnings: &mut Vec<String>,
+) {
+    let lock_file = crate::inventory::lock_path(path);
     let theirs = IpNet::V4(card.wireguard_cidr);
     for s in current.sites.iter().filter(|s| s.name != name) {
         let Some(b) = before.site(&s.name).map(|p| p.wireguard_cidr) else {
@@ -122,7 +188,15 @@ pub fn plan(
             ));
         }
     }
-    // the blocks the other side already routes must not cover one of our sites
+}
+
+/// The blocks the other side already routes must not cover one of our sites.
+fn their_reserved(
+    card_d: &mut Diags,
+    (current, before): (&Inventory, &Topology),
+    card: &Card,
+    src: &CardSource,
+) {
     for (rname, rb) in card.reserved.iter().filter(|(n, _)| *n != card.site) {
         for s in current.sites.iter().filter(|s| s.managed) {
             let Some(b) = before.site(&s.name).map(|p| p.wireguard_cidr) else {
@@ -141,32 +215,19 @@ pub fn plan(
             }
         }
     }
-    let mut errors = inv_d.list;
-    errors.append(&mut card_d.list);
-    if errors.iter().any(Diagnostic::is_error) {
-        return Err(Error::Invalid(errors));
-    }
+}
 
-    let eol = if text.contains("\r\n") { "\r\n" } else { "\n" };
-    let (new_text, changes, action) = match existing {
-        Some((key, site)) => {
-            let (t, changes) = update_site(text, key, site, card, eol)?;
-            let action = if changes.is_empty() {
-                Action::Unchanged
-            } else {
-                Action::Updated
-            };
-            (t, changes, action)
-        }
-        None => (
-            insert_site(text, &raw, &name, card, eol)?,
-            Vec::new(),
-            Action::Added,
-        ),
-    };
-
-    // the result, checked like any inventory
-    let after = match crate::inventory::load_str(path, &new_text) {
+/// The edited text, checked like any inventory, and the edit did what it says: the site
+/// holds the card's facts, the others are there.
+fn check_result(
+    path: &Path,
+    lock: &Lock,
+    current: &Inventory,
+    new_text: &str,
+    card: &Card,
+    name: &str,
+) -> Result<()> {
+    let after = match crate::inventory::load_str(path, new_text) {
         Ok(l) => l.inventory,
         Err(Error::Invalid(d)) => return Err(Error::Invalid(as_after(d))),
         Err(e) => return Err(e),
@@ -176,8 +237,7 @@ pub fn plan(
         Err(Error::Invalid(d)) => return Err(Error::Invalid(as_after(d))),
         Err(e) => return Err(e),
     }
-    // and the edit did what it says: the site holds the card's facts, the others are there
-    let s = after.site(&name);
+    let s = after.site(name);
     let holds = s.is_some_and(|s| {
         !s.managed
             && s.wireguard_cidr == Some(card.wireguard_cidr)
@@ -194,26 +254,7 @@ pub fn plan(
             path.display()
         )));
     }
-
-    if card.mtu != current.network.mtu {
-        warnings.push(format!(
-            "site {}'s wg0 MTU is {}, ours is {}: packets between the sites must fit the smaller (network.mtu)",
-            card.site, card.mtu, current.network.mtu
-        ));
-    }
-    if card.wireguard_space != current.network.wireguard_cidr {
-        warnings.push(format!(
-            "site {}'s nodes route {} into their mesh, ours route {}: hosts outside both cannot be reached across",
-            card.site, card.wireguard_space, current.network.wireguard_cidr
-        ));
-    }
-    Ok(Outcome {
-        site: name,
-        action,
-        text: new_text,
-        changes,
-        warnings,
-    })
+    Ok(())
 }
 
 /// Diagnostics of the inventory as the import would leave it: their lines are those of the

@@ -23,8 +23,8 @@ use crate::error::{Error, Result};
 use crate::inventory::schema::S;
 use crate::inventory::validate::{Diags, is_safe_name, loc};
 use crate::inventory::{Endpoint, Loc};
+use crate::keys::{KeyError, PublicKey};
 use crate::shell::{InterfaceName, PATH_PRELUDE, RemotePath, sh_quote};
-use crate::topology::keys::PublicKey;
 use crate::topology::{NodePlan, Topology};
 use crate::transport::Transport;
 use crate::transport::ssh::{self, KeyCache, SshOptions, SshSession};
@@ -167,106 +167,19 @@ impl Card {
     /// is reported with the card's file, line and field.
     pub fn parse(path: &Path, text: &str) -> Result<(Card, CardSource)> {
         // the version first, so that a newer card is named as such rather than as unknown keys
-        #[derive(Deserialize)]
-        struct Version {
-            #[serde(default)]
-            wgprov_peering_card: Option<S<i64>>,
-        }
-        let v: Version = crate::inventory::parse_yaml(path, text)?;
-        let mut d = Diags::new(path);
-        match &v.wgprov_peering_card {
-            None => {
-                d.error(
-                    Loc { line: 1, column: 1 },
-                    "wgprov_peering_card",
-                    "not a wgprov peering card (it starts with `wgprov_peering_card: 1`; `wgprov export` writes one)",
-                );
-                return Err(Error::Invalid(d.list));
-            }
-            Some(n) if n.value != CARD_VERSION => {
-                d.error(
-                    loc(n),
-                    "wgprov_peering_card",
-                    format!(
-                        "card version {} is not understood by this wgprov ({CARD_VERSION})",
-                        n.value
-                    ),
-                );
-                return Err(Error::Invalid(d.list));
-            }
-            Some(_) => {}
-        }
+        check_version(path, text)?;
         let raw: RawCard = crate::inventory::parse_yaml(path, text)?;
+        let mut d = Diags::new(path);
         let mut src = CardSource {
             path: path.to_path_buf(),
             locs: BTreeMap::new(),
         };
-        let mut at = |field: &str, l: Loc| {
-            src.locs.insert(field.to_string(), l);
-            l
-        };
-        let site = raw.site.value.trim().to_string();
-        let l = at("site", loc(&raw.site));
-        if !is_safe_name(&site) {
-            d.error(
-                l,
-                "site",
-                format!("`{site}` is not a safe site name (lowercase letters, digits, hyphens)"),
-            );
-        }
-        let block = cidr(&mut d, &raw.wireguard_cidr, "wireguard_cidr");
-        at("wireguard_cidr", loc(&raw.wireguard_cidr));
-        let space = cidr(&mut d, &raw.wireguard_space, "wireguard_space");
-        at("wireguard_space", loc(&raw.wireguard_space));
-        if let (Some(b), Some(s)) = (block, space)
-            && !s.contains(&b)
-        {
-            d.error(
-                loc(&raw.wireguard_cidr),
-                "wireguard_cidr",
-                format!("{b} lies outside the card's own wireguard_space {s}"),
-            );
-        }
-        let endpoint = raw.endpoint.as_ref().and_then(|e| {
-            at("endpoint", loc(e));
-            Endpoint::parse(e.value.trim())
-                .map_err(|m| d.error(loc(e), "endpoint", m))
-                .ok()
-        });
-        at("listen_port", loc(&raw.listen_port));
-        let listen_port = u16::try_from(raw.listen_port.value).ok().filter(|p| *p > 0);
-        if listen_port.is_none() {
-            d.error(
-                loc(&raw.listen_port),
-                "listen_port",
-                format!("port {} is outside 1-65535", raw.listen_port.value),
-            );
-        }
-        at("public_key", loc(&raw.public_key));
-        let public_key = PublicKey::from_base64(&raw.public_key.value)
-            .map_err(|m| {
-                d.error(
-                    loc(&raw.public_key),
-                    "public_key",
-                    format!("`{}` {m}", raw.public_key.value),
-                )
-            })
-            .ok();
-        at("mtu", loc(&raw.mtu));
-        let mtu = u16::try_from(raw.mtu.value)
-            .ok()
-            .filter(|m| (1280..=1500).contains(m));
-        if mtu.is_none() {
-            d.error(
-                loc(&raw.mtu),
-                "mtu",
-                format!("{} is outside 1280-1500", raw.mtu.value),
-            );
-        }
+        let (site, block, space) = site_and_blocks(&mut d, &mut src, &raw);
+        let (endpoint, listen_port, public_key, mtu) = values(&mut d, &mut src, &raw);
         let mut reserved = Vec::new();
         for (name, b) in raw.reserved.iter().flatten() {
             let f = format!("reserved.{}", name.value);
-            at(&f, loc(b));
+            src.at(&f, loc(b));
             if let Some(n) = cidr(&mut d, b, &f) {
                 reserved.push((name.value.clone(), n));
             }
@@ -277,25 +190,8 @@ impl Card {
             defined: raw.site.defined,
         };
         let peer = raw.peer_section.as_ref().unwrap_or(&empty);
-        at("peer_section", loc(peer));
-        for (i, l) in peer.value.lines().enumerate() {
-            let key = l
-                .split('=')
-                .next()
-                .unwrap_or("")
-                .trim()
-                .to_ascii_lowercase();
-            if key == "privatekey" || key == "presharedkey" {
-                // the block scalar's place is its first line
-                let mut l0 = loc(peer);
-                l0.line += i as u32;
-                d.error(
-                    l0,
-                    "peer_section",
-                    "a card carries public facts only, and this one has a secret key in it: refused. Ask its owner for a new card, and for that key to be replaced: it has leaked",
-                );
-            }
-        }
+        src.at("peer_section", loc(peer));
+        no_secrets(&mut d, peer);
         if d.has_errors() {
             return Err(Error::Invalid(d.list));
         }
@@ -346,6 +242,150 @@ struct RawCard {
     reserved: Option<IndexMap<S<String>, S<String>>>,
     #[serde(default)]
     peer_section: Option<S<String>>,
+}
+
+impl CardSource {
+    /// Records where `field` is written; returns the place.
+    fn at(&mut self, field: &str, l: Loc) -> Loc {
+        self.locs.insert(field.to_string(), l);
+        l
+    }
+}
+
+/// A card says `wgprov_peering_card: 1` first; anything else is no card of this wgprov's.
+fn check_version(path: &Path, text: &str) -> Result<()> {
+    #[derive(Deserialize)]
+    struct Version {
+        #[serde(default)]
+        wgprov_peering_card: Option<S<i64>>,
+    }
+    let v: Version = crate::inventory::parse_yaml(path, text)?;
+    let mut d = Diags::new(path);
+    match &v.wgprov_peering_card {
+        None => {
+            d.error(
+                Loc { line: 1, column: 1 },
+                "wgprov_peering_card",
+                "not a wgprov peering card (it starts with `wgprov_peering_card: 1`; `wgprov export` writes one)",
+            );
+            Err(Error::Invalid(d.list))
+        }
+        Some(n) if n.value != CARD_VERSION => {
+            d.error(
+                loc(n),
+                "wgprov_peering_card",
+                format!(
+                    "card version {} is not understood by this wgprov ({CARD_VERSION})",
+                    n.value
+                ),
+            );
+            Err(Error::Invalid(d.list))
+        }
+        Some(_) => Ok(()),
+    }
+}
+
+/// The card's site name, its block and the WireGuard space it lies in.
+fn site_and_blocks(
+    d: &mut Diags,
+    src: &mut CardSource,
+    raw: &RawCard,
+) -> (String, Option<Ipv4Net>, Option<Ipv4Net>) {
+    let site = raw.site.value.trim().to_string();
+    let l = src.at("site", loc(&raw.site));
+    if !is_safe_name(&site) {
+        d.error(
+            l,
+            "site",
+            format!("`{site}` is not a safe site name (lowercase letters, digits, hyphens)"),
+        );
+    }
+    let block = cidr(d, &raw.wireguard_cidr, "wireguard_cidr");
+    src.at("wireguard_cidr", loc(&raw.wireguard_cidr));
+    let space = cidr(d, &raw.wireguard_space, "wireguard_space");
+    src.at("wireguard_space", loc(&raw.wireguard_space));
+    if let (Some(b), Some(s)) = (block, space)
+        && !s.contains(&b)
+    {
+        d.error(
+            loc(&raw.wireguard_cidr),
+            "wireguard_cidr",
+            format!("{b} lies outside the card's own wireguard_space {s}"),
+        );
+    }
+    (site, block, space)
+}
+
+/// The card's endpoint, port, public key and MTU.
+fn values(
+    d: &mut Diags,
+    src: &mut CardSource,
+    raw: &RawCard,
+) -> (
+    Option<Endpoint>,
+    Option<u16>,
+    Option<PublicKey>,
+    Option<u16>,
+) {
+    let endpoint = raw.endpoint.as_ref().and_then(|e| {
+        src.at("endpoint", loc(e));
+        Endpoint::parse(e.value.trim())
+            .map_err(|m| d.error(loc(e), "endpoint", m.to_string()))
+            .ok()
+    });
+    src.at("listen_port", loc(&raw.listen_port));
+    let listen_port = u16::try_from(raw.listen_port.value).ok().filter(|p| *p > 0);
+    if listen_port.is_none() {
+        d.error(
+            loc(&raw.listen_port),
+            "listen_port",
+            format!("port {} is outside 1-65535", raw.listen_port.value),
+        );
+    }
+    src.at("public_key", loc(&raw.public_key));
+    let public_key = PublicKey::from_base64(&raw.public_key.value)
+        .map_err(|m| {
+            d.error(
+                loc(&raw.public_key),
+                "public_key",
+                format!("`{}` {m}", raw.public_key.value),
+            )
+        })
+        .ok();
+    src.at("mtu", loc(&raw.mtu));
+    let mtu = u16::try_from(raw.mtu.value)
+        .ok()
+        .filter(|m| (1280..=1500).contains(m));
+    if mtu.is_none() {
+        d.error(
+            loc(&raw.mtu),
+            "mtu",
+            format!("{} is outside 1280-1500", raw.mtu.value),
+        );
+    }
+    (endpoint, listen_port, public_key, mtu)
+}
+
+/// A card carries public facts only: a secret key in its peer section is refused.
+fn no_secrets(d: &mut Diags, peer: &S<String>) {
+    for (i, l) in peer.value.lines().enumerate() {
+        let key = l
+            .split('=')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        if key == "privatekey" || key == "presharedkey" {
+            // the block scalar's place is its first line
+            let mut l0 = loc(peer);
+            l0.line += i as u32;
+            d.error(
+                l0,
+                "peer_section",
+                "a card carries public facts only, and this one has a secret key in it: refused. Ask its owner for a new card, and for that key to be replaced: it has leaked",
+            );
+        }
+    }
 }
 
 fn cidr(d: &mut Diags, v: &S<String>, field: &str) -> Option<Ipv4Net> {
@@ -430,19 +470,53 @@ fn key_script(setup: &str, readable: &str, read: &str, iface: &InterfaceName) ->
     )
 }
 
+/// Why a next-hop's public key cannot be put on a card.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HubKeyError {
+    /// The script found a `PrivateKey` that `wg pubkey` refused.
+    #[error("its PrivateKey is malformed (or `wg` is missing)")]
+    Malformed,
+    /// `wg pubkey` printed something that is not a key.
+    #[error("`wg pubkey` printed a key that {0}")]
+    BadKey(KeyError),
+    /// The script printed no `file` line.
+    #[error("the key script printed nothing: is `sh` there?")]
+    Silent,
+    /// The next-hop has no key yet.
+    #[error(
+        "{node} has no WireGuard key in {conf} yet: run `wgprov apply` first, so that the card carries the key the site will keep"
+    )]
+    NoKey {
+        /// The next-hop.
+        node: String,
+        /// Where its key lives.
+        conf: String,
+    },
+    /// Its key file (or uci option) cannot be read.
+    #[error("{node}: {conf}: {source}")]
+    Unreadable {
+        /// The next-hop.
+        node: String,
+        /// Where its key lives.
+        conf: String,
+        /// Why.
+        source: Box<HubKeyError>,
+    },
+}
+
 /// What [`public_key_script`] found on a next-hop.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct HubKey {
     /// The key of the config's `PrivateKey`: `Ok(None)` when it has none (or there is no
     /// config); `Err` when `wg` refused it.
-    pub file: std::result::Result<Option<PublicKey>, String>,
+    pub file: std::result::Result<Option<PublicKey>, HubKeyError>,
     /// The live interface's key, when it is up.
     pub running: Option<PublicKey>,
 }
 
 impl HubKey {
     /// Parses the script's output.
-    pub fn parse(out: &str) -> std::result::Result<HubKey, String> {
+    pub fn parse(out: &str) -> std::result::Result<HubKey, HubKeyError> {
         let mut file = None;
         let mut running = None;
         for l in out.lines() {
@@ -450,10 +524,10 @@ impl HubKey {
                 Some(("file", v)) => {
                     file = Some(match v.trim() {
                         "none" | "absent" => Ok(None),
-                        "bad" => Err("its PrivateKey is malformed (or `wg` is missing)".into()),
+                        "bad" => Err(HubKeyError::Malformed),
                         k => PublicKey::from_base64(k)
                             .map(Some)
-                            .map_err(|m| format!("`wg pubkey` printed a key that {m}")),
+                            .map_err(HubKeyError::BadKey),
                     })
                 }
                 Some(("running", v)) => {
@@ -466,7 +540,7 @@ impl HubKey {
             }
         }
         Ok(HubKey {
-            file: file.ok_or("the key script printed nothing: is `sh` there?")?,
+            file: file.ok_or(HubKeyError::Silent)?,
             running,
         })
     }
@@ -477,7 +551,7 @@ impl HubKey {
         self,
         node: &str,
         conf: &str,
-    ) -> std::result::Result<(PublicKey, Option<String>), String> {
+    ) -> std::result::Result<(PublicKey, Option<String>), HubKeyError> {
         match self.file {
             Ok(Some(k)) => {
                 let warn = self.running.filter(|r| *r != k).map(|r| {
@@ -487,10 +561,15 @@ impl HubKey {
                 });
                 Ok((k, warn))
             }
-            Ok(None) => Err(format!(
-                "{node} has no WireGuard key in {conf} yet: run `wgprov apply` first, so that the card carries the key the site will keep"
-            )),
-            Err(e) => Err(format!("{node}: {conf}: {e}")),
+            Ok(None) => Err(HubKeyError::NoKey {
+                node: node.into(),
+                conf: conf.into(),
+            }),
+            Err(e) => Err(HubKeyError::Unreadable {
+                node: node.into(),
+                conf: conf.into(),
+                source: Box::new(e),
+            }),
         }
     }
 }
@@ -564,7 +643,7 @@ pub async fn hub_public_key(
     }
     HubKey::parse(&out.stdout_text())
         .and_then(|k| k.decide(&node.name, &conf))
-        .map_err(host_err)
+        .map_err(|e| host_err(e.to_string()))
 }
 
 #[cfg(test)]
@@ -803,10 +882,18 @@ mod tests {
         assert_eq!(got, k);
         assert!(warn.unwrap().contains("running interface has key"));
         let none = HubKey::parse("file none\nrunning none\n").unwrap();
-        let e = none.decide("node1", "/etc/wireguard/wg0.conf").unwrap_err();
+        let e = none
+            .decide("node1", "/etc/wireguard/wg0.conf")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("run `wgprov apply` first"), "{e}");
         let bad = HubKey::parse("file bad\nrunning none\n").unwrap();
-        assert!(bad.decide("n", "c").unwrap_err().contains("malformed"));
+        assert!(
+            bad.decide("n", "c")
+                .unwrap_err()
+                .to_string()
+                .contains("malformed")
+        );
         assert!(HubKey::parse("").is_err());
     }
 

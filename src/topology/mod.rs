@@ -2,7 +2,7 @@
 //! graph (each site's next-hop peers with its members and with every other site's hub), and x25519 keys.
 
 pub mod alloc;
-pub mod keys;
+pub use crate::keys;
 pub mod reach;
 
 use std::collections::HashMap;

@@ -35,14 +35,24 @@ pub struct Keypair {
     pub public: PublicKey,
 }
 
-fn decode32(s: &str) -> Result<[u8; 32], String> {
+/// Why a text is not a WireGuard key. The texts complete a sentence that names the key, e.g.
+/// "public_key is not valid base64".
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum KeyError {
+    /// The text is not base64.
+    #[error("is not valid base64")]
+    NotBase64,
+    /// The text is base64 of the wrong number of bytes.
+    #[error("decodes to {0} bytes, a WireGuard key is 32")]
+    WrongLength(usize),
+}
+
+fn decode32(s: &str) -> Result<[u8; 32], KeyError> {
     let s = s.trim();
-    let bytes = STANDARD
-        .decode(s)
-        .map_err(|_| "is not valid base64".to_string())?;
+    let bytes = STANDARD.decode(s).map_err(|_| KeyError::NotBase64)?;
     bytes
         .try_into()
-        .map_err(|b: Vec<u8>| format!("decodes to {} bytes, a WireGuard key is 32", b.len()))
+        .map_err(|b: Vec<u8>| KeyError::WrongLength(b.len()))
 }
 
 impl PrivateKey {
@@ -55,13 +65,11 @@ impl PrivateKey {
         k
     }
     /// Parses the base64 form found in a `PrivateKey =` line.
-    pub fn from_base64(s: &str) -> Result<Self, String> {
-        let mut bytes = STANDARD
-            .decode(s.trim())
-            .map_err(|_| "is not valid base64".to_string())?;
+    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
+        let mut bytes = STANDARD.decode(s.trim()).map_err(|_| KeyError::NotBase64)?;
         let key = <[u8; 32]>::try_from(bytes.as_slice())
             .map(PrivateKey)
-            .map_err(|_| format!("decodes to {} bytes, a WireGuard key is 32", bytes.len()));
+            .map_err(|_| KeyError::WrongLength(bytes.len()));
         bytes.zeroize();
         key
     }
@@ -92,7 +100,7 @@ impl std::fmt::Debug for PrivateKey {
 
 impl PublicKey {
     /// Parses base64 of exactly 32 bytes.
-    pub fn from_base64(s: &str) -> Result<Self, String> {
+    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
         decode32(s).map(PublicKey)
     }
     /// The base64 form.
@@ -181,11 +189,13 @@ mod tests {
         assert!(
             PublicKey::from_base64("not base64!")
                 .unwrap_err()
+                .to_string()
                 .contains("base64")
         );
         assert!(
             PublicKey::from_base64("AAAA")
                 .unwrap_err()
+                .to_string()
                 .contains("3 bytes")
         );
     }
