@@ -13,6 +13,40 @@ pub fn sh_quote(s: &str) -> String {
 pub const PATH_PRELUDE: &str =
     "export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin LC_ALL=C\n";
 
+/// Why a string cannot be a checked value.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Invalid {
+    /// Not an interface name.
+    #[error("`{0}` is not a valid interface name (1-15 of letters, digits, _=+.-)")]
+    Interface(String),
+    /// A path that does not start with `/`.
+    #[error("`{0}` is not an absolute path")]
+    NotAbsolute(String),
+    /// A path with an empty, `.` or `..` component.
+    #[error("`{0}`: empty, `.` or `..` path components are not allowed")]
+    Component(String),
+    /// A path with a character that could escape a shell word or a manifest line.
+    #[error("`{path}`: `{ch}` is not allowed in a path on a host (letters, digits, ._+@- and /)")]
+    Character {
+        /// The path, escaped for printing.
+        path: String,
+        /// The character, escaped for printing.
+        ch: String,
+    },
+}
+
+impl From<Invalid> for String {
+    fn from(e: Invalid) -> String {
+        e.to_string()
+    }
+}
+
+/// What `sh -n` said of a script that is not valid shell.
+#[cfg(test)]
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub(crate) struct ShSyntax(String);
+
 /// A WireGuard interface name: 1-15 of letters, digits and `_=+.-` (what the kernel and
 /// wg-quick accept), so it is safe in a unit name, a path and a shell word.
 #[derive(Clone, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize)]
@@ -21,7 +55,7 @@ pub struct InterfaceName(String);
 
 impl InterfaceName {
     /// Checks `s`; the error says what is allowed.
-    pub fn new(s: &str) -> Result<InterfaceName, String> {
+    pub fn new(s: &str) -> Result<InterfaceName, Invalid> {
         let ok = !s.is_empty()
             && s.len() <= 15
             && s.bytes()
@@ -31,9 +65,7 @@ impl InterfaceName {
         if ok {
             Ok(InterfaceName(s.to_string()))
         } else {
-            Err(format!(
-                "`{s}` is not a valid interface name (1-15 of letters, digits, _=+.-)"
-            ))
+            Err(Invalid::Interface(s.to_string()))
         }
     }
     /// The name.
@@ -70,26 +102,22 @@ pub struct RemotePath(String);
 
 impl RemotePath {
     /// Checks `s`; the error says what is wrong.
-    pub fn new(s: &str) -> Result<RemotePath, String> {
+    pub fn new(s: &str) -> Result<RemotePath, Invalid> {
         let Some(rest) = s.strip_prefix('/') else {
-            return Err(format!("`{}` is not an absolute path", s.escape_debug()));
+            return Err(Invalid::NotAbsolute(s.escape_debug().to_string()));
         };
         for c in rest.split('/') {
             if c.is_empty() || c == "." || c == ".." {
-                return Err(format!(
-                    "`{}`: empty, `.` or `..` path components are not allowed",
-                    s.escape_debug()
-                ));
+                return Err(Invalid::Component(s.escape_debug().to_string()));
             }
             if let Some(bad) = c
                 .chars()
                 .find(|ch| !(ch.is_ascii_alphanumeric() || "._+@-".contains(*ch)))
             {
-                return Err(format!(
-                    "`{}`: `{}` is not allowed in a path on a host (letters, digits, ._+@- and /)",
-                    s.escape_debug(),
-                    bad.escape_debug()
-                ));
+                return Err(Invalid::Character {
+                    path: s.escape_debug().to_string(),
+                    ch: bad.escape_debug().to_string(),
+                });
             }
         }
         Ok(RemotePath(s.to_string()))
@@ -188,7 +216,7 @@ impl Handler {
 /// `sh -n` over a script: `Err(what sh said)` when it is not valid shell. For tests of the
 /// script builders.
 #[cfg(test)]
-pub(crate) fn sh_syntax(text: &str) -> Result<(), String> {
+pub(crate) fn sh_syntax(text: &str) -> Result<(), ShSyntax> {
     use std::io::Write;
     let out = std::process::Command::new("sh")
         .arg("-n")
@@ -203,7 +231,7 @@ pub(crate) fn sh_syntax(text: &str) -> Result<(), String> {
     if out.status.success() {
         Ok(())
     } else {
-        Err(String::from_utf8_lossy(&out.stderr).into_owned())
+        Err(ShSyntax(String::from_utf8_lossy(&out.stderr).into_owned()))
     }
 }
 

@@ -92,7 +92,7 @@ fn dump(conf: &str, now: u64, age: u64) -> String {
         .lines()
         .find_map(|l| l.trim().strip_prefix("PrivateKey = "))
         .expect("a private key");
-    let public = crate::topology::keys::PrivateKey::from_base64(key)
+    let public = crate::keys::PrivateKey::from_base64(key)
         .unwrap()
         .public_key()
         .to_base64();

@@ -440,8 +440,8 @@ mod tests {
     use crate::hosts::handlers::HandlerPlan;
     use crate::hosts::kind::Kind;
     use crate::inventory::OsFamily;
+    use crate::keys::Keypair;
     use crate::plan::order::{change_waves, reflush_targets, router_announcements};
-    use crate::topology::keys::Keypair;
 
     fn node(name: &str, site: &str) -> NodePlan {
         NodePlan {

@@ -11,7 +11,7 @@
 use serde::Serialize;
 
 use crate::inventory::{Endpoint, RouterKind};
-use crate::topology::keys::PublicKey;
+use crate::keys::PublicKey;
 use crate::topology::{PeerRef, SitePlan, Topology, alloc};
 
 /// One peer to create on the hub.
@@ -311,7 +311,7 @@ pub fn text(hubs: &[Hub]) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::topology::keys::Keypair;
+    use crate::keys::Keypair;
     use std::path::Path;
 
     const HUB_KEY: &str = "HUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBE=";

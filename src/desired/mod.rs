@@ -11,9 +11,9 @@ use serde_json::{Value as Json, json};
 use crate::error::{Error, Result};
 use crate::formats::kubelet;
 use crate::inventory::OsFamily;
+use crate::keys::{Keypair, PublicKey};
 use crate::roles::{ContentSpec, EditKind, MergeKind, Roles};
 use crate::shell::{Handler, RemotePath};
-use crate::topology::keys::{Keypair, PublicKey};
 use crate::topology::{NodePlan, PeerRef, SitePlan, Topology};
 
 /// Given a peer's AllowedIPs (`a, b`), the public key of an existing entry with them.

@@ -206,7 +206,7 @@ mod tests {
 
     #[test]
     fn an_openwrt_routers_uci_key_is_parsed_into_a_key_that_never_prints() {
-        let key = crate::topology::keys::PrivateKey::generate();
+        let key = crate::keys::PrivateKey::generate();
         let b64 = key.expose_base64();
         let out =
             |k: &str| format!("{MARK} {UCI_PRIVATE_KEY}\n{k}\n{MARK} router_hub\nok\n{MARK} end\n");

@@ -279,18 +279,13 @@ pub fn redact(text: &str) -> String {
         let stripped = raw.split('#').next().unwrap_or("");
         match stripped.split_once('=') {
             Some((k, _)) if is_secret_key(k) => {
-                let _ = write!(
-                    out,
-                    "{} = {}",
-                    k.trim_end(),
-                    crate::topology::keys::REDACTED
-                );
+                let _ = write!(out, "{} = {}", k.trim_end(), crate::keys::REDACTED);
             }
             _ => match raw.to_ascii_lowercase().find(UCI_KEY) {
                 // ASCII lowercasing keeps every byte offset
                 Some(at) => {
                     out.push_str(&raw[..at + UCI_KEY.len()]);
-                    out.push_str(crate::topology::keys::REDACTED);
+                    out.push_str(crate::keys::REDACTED);
                 }
                 None => out.push_str(raw),
             },

@@ -11,8 +11,8 @@ use ipnet::Ipv4Net;
 use crate::facts::Facts;
 use crate::facts::gather::WgState;
 use crate::facts::wgconf::WgConfig;
+use crate::keys::PrivateKey;
 use crate::shell::InterfaceName;
-use crate::topology::keys::PrivateKey;
 
 /// One way the running interface differs from its file.
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -9,9 +9,9 @@ use crate::facts::Facts;
 use crate::facts::gather;
 use crate::facts::wgconf::WgConfig;
 use crate::inventory::{ManagedKind, ManagedRouter};
+use crate::keys::{Keypair, PrivateKey};
 use crate::roles::Roles;
 use crate::shell::{InterfaceName, RemotePath};
-use crate::topology::keys::{Keypair, PrivateKey};
 use crate::topology::{NodePlan, SitePlan, Topology};
 
 use super::HostError;

@@ -28,8 +28,8 @@ use crate::error::{Error, Result};
 use crate::facts::Facts;
 use crate::facts::gather::UCI_PRIVATE_KEY;
 use crate::inventory::{Endpoint, ManagedKind, ManagedRouter};
+use crate::keys::{Keypair, PrivateKey};
 use crate::shell::{Handler, InterfaceName, RemotePath, sh_quote};
-use crate::topology::keys::{Keypair, PrivateKey};
 use crate::topology::{NodePlan, Topology};
 
 use super::openwrt::{KEY_VAR, Section, Val, check_lines, one, set_lines};

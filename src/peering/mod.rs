@@ -591,7 +591,7 @@ pub async fn hub_public_key(
         )
     } else {
         let conf = format!("/etc/wireguard/{iface}.conf");
-        let path = RemotePath::new(&conf).map_err(Error::Usage)?;
+        let path = RemotePath::new(&conf).map_err(|e| Error::Usage(e.to_string()))?;
         (conf, public_key_script(&path, iface))
     };
     let host_err = |message: String| Error::Host {
@@ -850,7 +850,7 @@ mod tests {
             return;
         }
         let dir = tempfile::tempdir().unwrap();
-        let kp = crate::topology::keys::Keypair::generate();
+        let kp = crate::keys::Keypair::generate();
         let conf = dir.path().join("wg0.conf");
         std::fs::write(
             &conf,
@@ -876,7 +876,7 @@ mod tests {
     #[test]
     fn the_card_carries_the_configs_key_and_names_a_missing_one() {
         let k = key();
-        let other = crate::topology::keys::Keypair::generate().public;
+        let other = crate::keys::Keypair::generate().public;
         let hub = HubKey::parse(&format!("file {KEY}\nrunning {other}\n")).unwrap();
         let (got, warn) = hub.decide("node1", "/etc/wireguard/wg0.conf").unwrap();
         assert_eq!(got, k);

@@ -14,10 +14,10 @@ use crate::hosts::HostError;
 use crate::hosts::handlers::{Expect, HandlerPlan, plan_handlers};
 use crate::hosts::kind::{HostKind, conf_path};
 use crate::inventory::OsFamily;
+use crate::keys::Keypair;
 use crate::roles::Roles;
 use crate::shell::InterfaceName;
 use crate::topology::Topology;
-use crate::topology::keys::Keypair;
 
 /// Why a host cannot be planned.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]

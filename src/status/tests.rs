@@ -61,7 +61,7 @@ use super::observe::*;
 use super::report::*;
 use super::rules::*;
 use crate::facts::FileFact;
-use crate::topology::keys::Keypair;
+use crate::keys::Keypair;
 use crate::transport::fake::FakeHost;
 
 const NOW: u64 = 1_700_000_000;
