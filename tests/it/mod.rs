@@ -15,6 +15,7 @@ pub mod peering;
 pub mod properties;
 pub mod roundtrip;
 pub mod routers;
+pub mod shape;
 pub mod status;
 pub mod systemd;
 pub mod validation;
