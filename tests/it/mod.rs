@@ -7,6 +7,7 @@ pub mod fuzz;
 pub mod guard;
 pub mod lab;
 pub mod nodes;
+pub mod openwrt;
 pub mod operator;
 pub mod peering;
 pub mod properties;
