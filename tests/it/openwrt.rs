@@ -76,7 +76,7 @@ fn uci_cache() -> Option<PathBuf> {
 
 /// What the OpenWrt tests need here; skips visibly otherwise.
 fn available() -> Option<PathBuf> {
-    if !(require_root() && require("wg") && require("wireguard-go")) {
+    if !(require_root() && require("wg") && require("wireguard-go") && require("busybox")) {
         return None;
     }
     uci_cache()
@@ -110,17 +110,28 @@ struct Router {
 }
 
 impl Router {
-    fn new(cache: &Path) -> Router {
+    /// `openwrt`: a directory holding OpenWrt's own netifd files (see [`openwrt_root`]); the
+    /// interface is then brought up by OpenWrt's protocol handler instead of the lab's `ifup`.
+    fn new(cache: &Path, openwrt: Option<&Path>) -> Router {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let d = dir.path();
-        for sub in ["etc.upper/config", "etc.upper/init.d", "etc.upper/wgprov"] {
-            std::fs::create_dir_all(d.join(sub)).unwrap();
-        }
-        for sub in ["etc.work", "sbin.upper", "sbin.work"] {
+        for sub in [
+            "etc.upper/config",
+            "etc.upper/init.d",
+            "etc.upper/wgprov",
+            "etc.work",
+            "sbin.upper",
+            "sbin.work",
+            "lib.upper",
+            "lib.work",
+            "share.upper/libubox",
+            "share.work",
+        ] {
             std::fs::create_dir_all(d.join(sub)).unwrap();
         }
         let src = root().join("tests/openwrt");
         let copy = |from: PathBuf, to: PathBuf| {
+            std::fs::create_dir_all(to.parent().unwrap()).unwrap();
             std::fs::copy(&from, &to).unwrap_or_else(|e| panic!("{}: {e}", from.display()));
         };
         for f in ["network", "firewall"] {
@@ -128,15 +139,34 @@ impl Router {
                 src.join("etc-config").join(f),
                 d.join("etc.upper/config").join(f),
             );
-        }
-        for f in ["network", "firewall"] {
             copy(
                 src.join("standin/init.d").join(f),
                 d.join("etc.upper/init.d").join(f),
             );
         }
-        copy(src.join("standin/ifup"), d.join("sbin.upper/ifup"));
         copy(cache.join("bin/uci"), d.join("sbin.upper/uci"));
+        match openwrt {
+            None => copy(src.join("standin/ifup"), d.join("sbin.upper/ifup")),
+            Some(o) => {
+                for f in ["ifup", "ubus", "ip"] {
+                    copy(
+                        src.join("standin/netifd").join(f),
+                        d.join("sbin.upper").join(f),
+                    );
+                }
+                copy(cache.join("bin/jshn"), d.join("sbin.upper/jshn"));
+                copy(
+                    cache.join("share/libubox/jshn.sh"),
+                    d.join("share.upper/libubox/jshn.sh"),
+                );
+                for f in OPENWRT_FILES {
+                    copy(
+                        o.join(f),
+                        d.join("lib.upper").join(f.trim_start_matches("lib/")),
+                    );
+                }
+            }
+        }
         Router {
             dir,
             secret: String::new(),
@@ -188,12 +218,14 @@ impl Router {
             "set -e\n\
              mount -t overlay overlay -o lowerdir=/etc,upperdir={d}/etc.upper,workdir={d}/etc.work /etc\n\
              mount -t overlay overlay -o lowerdir=/usr/sbin,upperdir={d}/sbin.upper,workdir={d}/sbin.work /usr/sbin\n\
+             mount -t overlay overlay -o lowerdir=/usr/lib,upperdir={d}/lib.upper,workdir={d}/lib.work /usr/lib\n\
+             mount -t overlay overlay -o lowerdir=/usr/share,upperdir={d}/share.upper,workdir={d}/share.work /usr/share\n\
              mount -t tmpfs tmpfs /tmp\n\
              mount -t tmpfs tmpfs /run\n\
              hostname OpenWrt\n\
              ip link set lo up\n\
              set +e\n\
-             export PATH=/usr/sbin:/usr/bin:/sbin:/bin OPENWRT_LAB_LOG={d}/calls.log\n\
+             export PATH=/usr/sbin:/usr/bin:/sbin:/bin OPENWRT_LAB_LOG={d}/calls.log SH='busybox sh'\n\
              {script}\n"
         );
         let out = Command::new("timeout")
@@ -243,7 +275,7 @@ fn openwrt_uci_takes_the_port_forward_redirect_and_a_rerun_changes_nothing() {
     let _lock = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let inv = Inv::new(INV);
     let script = rendered(&inv, "cabin-router", "/etc/wgprov/router-pf.sh");
-    let mut r = Router::new(&cache);
+    let mut r = Router::new(&cache, None);
     r.install("/etc/wgprov/router-pf.sh", &script);
     let stock = r.sh("uci show firewall");
     // the stock firewall has the zones the redirect names: `wan` (the router's wan_interface)
@@ -257,13 +289,13 @@ fn openwrt_uci_takes_the_port_forward_redirect_and_a_rerun_changes_nothing() {
         );
     }
     // its check says "not in place" before the first run
-    assert_eq!(r.run("sh /etc/wgprov/router-pf.sh check").0, 1);
+    assert_eq!(r.run("$SH /etc/wgprov/router-pf.sh check").0, 1);
     assert_eq!(
         r.sh("uci -q get firewall.wgprov_wireguard || echo none"),
         "none\n"
     );
 
-    let out = r.sh("sh /etc/wgprov/router-pf.sh && sh /etc/wgprov/router-pf.sh check && uci show firewall && uci changes");
+    let out = r.sh("$SH /etc/wgprov/router-pf.sh && $SH /etc/wgprov/router-pf.sh check && uci show firewall && uci changes");
     assert_eq!(r.take_calls(), ["firewall reload"]);
     // what fw3/fw4 read: one DNAT redirect from zone wan, UDP 51821, to the next-hop's 51820
     assert_eq!(
@@ -304,15 +336,15 @@ fn openwrt_uci_takes_the_port_forward_redirect_and_a_rerun_changes_nothing() {
 
     // a second run changes nothing: the same bytes in /etc/config, nothing pending
     let network = r.config("network");
-    let out = r.sh("sh /etc/wgprov/router-pf.sh && uci changes");
+    let out = r.sh("$SH /etc/wgprov/router-pf.sh && uci changes");
     assert_eq!(out, "");
     assert_eq!(r.config("firewall"), file);
     assert_eq!(r.config("network"), network);
 
     // a value changed by hand (in LuCI, say) is drift for the check; the script puts it back
     r.sh("uci set firewall.wgprov_wireguard.dest_port=51999 && uci commit firewall");
-    assert_eq!(r.run("sh /etc/wgprov/router-pf.sh check").0, 1);
-    r.sh("sh /etc/wgprov/router-pf.sh && sh /etc/wgprov/router-pf.sh check");
+    assert_eq!(r.run("$SH /etc/wgprov/router-pf.sh check").0, 1);
+    r.sh("$SH /etc/wgprov/router-pf.sh && $SH /etc/wgprov/router-pf.sh check");
     assert_eq!(r.config("firewall"), file);
 }
 
@@ -321,25 +353,96 @@ fn openwrt_uci_takes_the_hub_interface_and_its_peers_and_brings_it_up() {
     let Some(cache) = available() else {
         return;
     };
+    hub(&cache, None);
+}
+
+/// The files of a real OpenWrt that its wireguard protocol handler needs, relative to the
+/// router's root. The repository does not carry them (they are OpenWrt's code): the test below
+/// takes them from `WGPROV_OPENWRT_ROOT`, e.g. a copy of a router's `/lib` made with `scp -r
+/// root@router:/lib DIR/lib`, or the same files from OpenWrt's sources laid out that way.
+const OPENWRT_FILES: [&str; 5] = [
+    "lib/functions.sh",
+    "lib/config/uci.sh",
+    "lib/netifd/netifd-proto.sh",
+    "lib/netifd/utils.sh",
+    "lib/netifd/proto/wireguard.sh",
+];
+
+/// `WGPROV_OPENWRT_ROOT`, when it holds every file of [`OPENWRT_FILES`]; otherwise says,
+/// visibly, that the test did not run.
+fn openwrt_root() -> Option<PathBuf> {
+    let why = match std::env::var_os("WGPROV_OPENWRT_ROOT").map(PathBuf::from) {
+        None => "WGPROV_OPENWRT_ROOT is not set (a directory with OpenWrt's /lib/functions.sh, /lib/config/uci.sh and /lib/netifd; see docs/openwrt-lab.md)".to_string(),
+        Some(d) => match OPENWRT_FILES.iter().find(|f| !d.join(f).is_file()) {
+            None => return Some(d),
+            Some(f) => format!("WGPROV_OPENWRT_ROOT has no {f}"),
+        },
+    };
+    skipped(&why);
+    None
+}
+
+/// The same hub, brought up by OpenWrt's own netifd protocol handler (`wireguard.sh`, run by
+/// BusyBox sh with netifd's shell helpers, `functions.sh` and `uci.sh` reading the config through
+/// the real `uci`): only netifd's end of the handler's ubus calls and `ip link add … type
+/// wireguard` (wireguard-go) are the lab's (tests/openwrt/standin/netifd).
+#[test]
+fn openwrt_wireguard_protocol_handler_brings_the_hub_up_from_what_uci_holds() {
+    let Some(cache) = available() else {
+        return;
+    };
+    let Some(openwrt) = openwrt_root() else {
+        return;
+    };
+    hub(&cache, Some(&openwrt));
+}
+
+/// The hub script on a stock OpenWrt: what uci holds, what runs, a rerun, drift.
+fn hub(cache: &Path, openwrt: Option<&Path>) {
     let _lock = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let inv = Inv::new(INV);
     let script = rendered(&inv, "home-router", "/etc/wgprov/router-hub.sh");
-    let mut r = Router::new(&cache);
+    let mut r = Router::new(cache, openwrt);
     r.install("/etc/wgprov/router-hub.sh", &script);
     let stock_net = r.sh("uci show network");
     let stock_fw = r.sh("uci show firewall");
 
     // one session: the script, its check, what uci holds, what runs
     let out = r.sh(
-        "sh /etc/wgprov/router-hub.sh && sh /etc/wgprov/router-hub.sh check && echo '## network' && uci show network && \
+        "$SH /etc/wgprov/router-hub.sh && $SH /etc/wgprov/router-hub.sh check && echo '## network' && uci show network && \
          echo '## firewall' && uci show firewall && echo '## changes' && uci changes && echo '## wg' && wg show wg0 public-key && wg show wg0 listen-port && \
          echo '## allowed' && wg show wg0 allowed-ips && \
          echo '## addr' && ip -o -4 addr show wg0 && ip -o link show wg0",
     );
-    assert_eq!(
-        r.take_calls(),
-        ["network reload", "ifup wg0", "firewall reload"]
-    );
+    let calls = r.take_calls();
+    match openwrt {
+        None => assert_eq!(calls, ["network reload", "ifup wg0", "firewall reload"]),
+        Some(_) => {
+            // netifd's ifup ran the handler: it made the link, and sent netifd its update
+            // (action 0: the address, the link up) after a host dependency per endpoint
+            let want = [
+                "network reload",
+                "ifup wg0",
+                "ip link add wg0 type wireguard: wireguard-go wg0",
+            ];
+            assert_eq!(calls[..3], want, "{calls:#?}");
+            let update = calls
+                .iter()
+                .find(|c| c.contains("\"action\": 0"))
+                .unwrap_or_else(|| panic!("no update sent to netifd: {calls:#?}"));
+            assert!(
+                update.contains("\"ipaddr\": \"10.100.0.1\", \"mask\": \"16\"")
+                    && update.contains("\"link-up\": true"),
+                "{update}"
+            );
+            assert_eq!(
+                calls.iter().filter(|c| c.contains("\"action\": 6")).count(),
+                3,
+                "{calls:#?}"
+            );
+            assert_eq!(calls.last().map(String::as_str), Some("firewall reload"));
+        }
+    }
     // the session's output, by its `## NAME` headings
     let part = |name: &str| -> String {
         let mut text = String::new();
@@ -491,7 +594,7 @@ fn openwrt_uci_takes_the_hub_interface_and_its_peers_and_brings_it_up() {
     // a second run changes nothing in /etc/config, and the interface comes up the same
     let (network, firewall) = (r.config("network"), r.config("firewall"));
     let out =
-        r.sh("sh /etc/wgprov/router-hub.sh && sh /etc/wgprov/router-hub.sh check && uci changes");
+        r.sh("$SH /etc/wgprov/router-hub.sh && $SH /etc/wgprov/router-hub.sh check && uci changes");
     assert_eq!(out, "");
     assert!(r.config("network") == network, "network changed on a rerun");
     assert_eq!(r.config("firewall"), firewall);
@@ -506,10 +609,10 @@ fn openwrt_uci_takes_the_hub_interface_and_its_peers_and_brings_it_up() {
     // a peer deleted by hand is drift: the check fails until the script runs again
     r.take_calls();
     let (code, _, _) = r.run(
-        "uci delete network.wgprov_peer_2 && uci commit network && ifup wg0 && sh /etc/wgprov/router-hub.sh check",
+        "uci delete network.wgprov_peer_2 && uci commit network && ifup wg0 && $SH /etc/wgprov/router-hub.sh check",
     );
     assert_eq!(code, 1);
-    r.sh("sh /etc/wgprov/router-hub.sh && sh /etc/wgprov/router-hub.sh check");
+    r.sh("$SH /etc/wgprov/router-hub.sh && $SH /etc/wgprov/router-hub.sh check");
     assert!(
         r.config("network") == network,
         "the rerun did not restore network"

@@ -10,9 +10,10 @@
 # `libuci-sys` 1.0.5 carries them, unmodified; cargo downloads that package (checksum checked
 # against the crates.io index) and this script compiles the C with gcc: no cmake, no Lua
 # binding, nothing installed outside the cache. The cache holds:
-#   bin/uci          the uci tool, statically linked with libuci and libubox
-#   lib/config/uci.sh  uci's shell library (OpenWrt installs it as /lib/config/uci.sh)
-#   licenses/        what the package says of its licences
+#   bin/uci                     the uci tool, statically linked with libuci and libubox
+#   bin/jshn, share/libubox/jshn.sh  libubox's JSON tool and its shell library, which
+#                               netifd's protocol handlers use (needs json-c: libjson-c-dev)
+#   licenses/                   what the package says of its licences
 # A no-op (a few milliseconds) when DIR.complete holds this recipe; a changed recipe rebuilds.
 set -euo pipefail
 
@@ -24,17 +25,18 @@ fi
 cache=${WGPROV_OPENWRT_CACHE:-$default}
 version=1.0.5
 # the recipe: bump when what goes into the cache changes, so that caches are rebuilt
-recipe="wgprov-openwrt-uci 1 libuci-sys $version"
+recipe="wgprov-openwrt-uci 2 libuci-sys $version"
 
-if [ -f "$cache.complete" ] && [ "$(cat "$cache.complete")" = "$recipe" ] && [ -x "$cache/bin/uci" ]; then
+if [ -f "$cache.complete" ] && [ "$(cat "$cache.complete")" = "$recipe" ] && [ -x "$cache/bin/uci" ] && [ -x "$cache/bin/jshn" ]; then
   echo "$cache"
   exit 0
 fi
 command -v cc >/dev/null 2>&1 || { echo "build.sh: no C compiler (apt-get install gcc libc6-dev)" >&2; exit 1; }
 command -v cargo >/dev/null 2>&1 || { echo "build.sh: cargo is needed to download libuci-sys" >&2; exit 1; }
+[ -f /usr/include/json-c/json.h ] || { echo "build.sh: no json-c headers (apt-get install libjson-c-dev)" >&2; exit 1; }
 
 rm -rf "$cache" "$cache.complete"
-mkdir -p "$cache/fetch/src" "$cache/bin" "$cache/lib/config" "$cache/licenses" "$cache/obj/include"
+mkdir -p "$cache/fetch/src" "$cache/bin" "$cache/share/libubox" "$cache/licenses" "$cache/obj/include"
 
 # a throw-away manifest that depends on the package: `cargo fetch` brings its source into
 # cargo's own registry cache (\$CARGO_HOME/registry/src)
@@ -67,10 +69,16 @@ for f in libuci file util delta parse blob cli; do
 done
 cc -static -o "$cache/bin/uci" "$obj"/uci-*.o "$obj"/ubox-*.o 2>/dev/null ||
   cc -o "$cache/bin/uci" "$obj"/uci-*.o "$obj"/ubox-*.o -ldl
-cp "$src/uci/sh/uci.sh" "$cache/lib/config/uci.sh"
+# jshn: libubox's JSON tool, with json-c (as OpenWrt builds it)
+for f in blobmsg_json jshn; do
+  cc "${cflags[@]}" -DJSONC -I/usr/include/json-c -c "$src/libubox/$f.c" -o "$obj/jshn-$f.o"
+done
+cc -o "$cache/bin/jshn" "$obj"/jshn-*.o "$obj"/ubox-*.o -ljson-c
+cp "$src/libubox/sh/jshn.sh" "$cache/share/libubox/jshn.sh"
 cp "$src/README.md" "$cache/licenses/libuci-sys-README.md"
 rm -rf "$obj" "$cache/fetch/target"
 # the tool answers: `uci` with no argument prints its usage and exits 255
 "$cache/bin/uci" 2>&1 | grep -q '^Usage: ' || { echo "build.sh: the built uci does not run" >&2; exit 1; }
+[ "$("$cache/bin/jshn" -r '{"a":1}')" = "$(printf "json_init;\njson_add_int 'a' 1;")" ] || { echo "build.sh: the built jshn does not run" >&2; exit 1; }
 echo "$recipe" > "$cache.complete"
 echo "$cache"
