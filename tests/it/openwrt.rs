@@ -618,3 +618,179 @@ fn hub(cache: &Path, openwrt: Option<&Path>) {
         "the rerun did not restore network"
     );
 }
+
+/// The lab's OpenWrt hub: home's router (an sshd in its own namespaces, as for every managed
+/// router of the lab) is made an OpenWrt as far as the lab goes, then wgprov applies over SSH.
+const HUB_LAB: &str = "network:
+  wireguard_cidr: 10.100.0.0/16
+  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]
+sites:
+  home:
+    lan_cidrs: [192.168.1.0/24]
+    endpoint: 203.0.113.10:51820
+    next_hop: router
+    router: { kind: openwrt, address: 192.168.1.1, wan_interface: wan }
+    nodes:
+      node1: { address: 192.168.1.10 }
+      node2: { address: 192.168.1.11 }
+  office:
+    lan_cidrs: [192.168.10.0/24]
+    router: other
+    nodes:
+      office1: { address: 192.168.10.5 }
+";
+
+/// Makes `router` of the lab an OpenWrt as far as the lab goes: the stock `/etc/config`, the
+/// stand-ins in `/etc/init.d`, and `r`'s layers (the real `uci`, `ifup`, with
+/// `WGPROV_OPENWRT_ROOT` OpenWrt's netifd files) mounted over `/usr/sbin`, `/usr/lib` and
+/// `/usr/share` inside the router's own mount namespace.
+fn make_openwrt(s: &super::apply::Scenario, router: &str, r: &Router) {
+    let d = r.dir.path().display();
+    s.lab.sh(
+        router,
+        &format!(
+            "set -e\n\
+             mkdir -p /etc/config /etc/init.d\n\
+             cp {d}/etc.upper/config/network {d}/etc.upper/config/firewall /etc/config/\n\
+             cp {d}/etc.upper/init.d/network {d}/etc.upper/init.d/firewall /etc/init.d/\n\
+             mount -t overlay overlay -o lowerdir=/usr/sbin,upperdir={d}/sbin.upper,workdir={d}/sbin.work /usr/sbin\n\
+             mount -t overlay overlay -o lowerdir=/usr/lib,upperdir={d}/lib.upper,workdir={d}/lib.work /usr/lib\n\
+             mount -t overlay overlay -o lowerdir=/usr/share,upperdir={d}/share.upper,workdir={d}/share.work /usr/share\n"
+        ),
+    );
+}
+
+/// `next_hop: router` with `kind: openwrt`, end to end: one apply over SSH sets the router's uci
+/// (real `uci`) and brings its WireGuard interface up from it; the site's members reach the
+/// other site, and each other, through it; a second apply changes nothing; a peer section
+/// deleted by hand is drift, which apply repairs.
+#[test]
+fn openwrt_hub_router_set_by_apply_carries_its_site_to_the_other_site() {
+    let Some(cache) = available() else {
+        return;
+    };
+    if !super::common::lab_available() {
+        return;
+    }
+    let handler = std::env::var_os("WGPROV_OPENWRT_ROOT")
+        .is_some()
+        .then(openwrt_root)
+        .flatten();
+    // declared before the lab, so that the lab (whose router mounts these layers) goes first
+    let r = Router::new(&cache, handler.as_deref());
+    let s = super::apply::Scenario::new("ow", HUB_LAB, HUB_LAB, &[]);
+    make_openwrt(&s, "home-router", &r);
+    assert_eq!(
+        s.lab.sh("home-router", "uci -q get network.lan.ipaddr"),
+        "192.168.1.1\n"
+    );
+
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        super::apply::changed_hosts(&v),
+        ["home-router", "node1", "node2", "office1"],
+        "{v:#}"
+    );
+    assert_eq!(v["guard"]["outcome"], "confirmed", "{v:#}");
+    // the router's script called what OpenWrt's would: network reload, ifup, firewall reload;
+    // with OpenWrt's handler, ifup ran it and it made the link and updated netifd
+    let calls = s.lab.sh("home-router", "cat /etc/openwrt-lab.log");
+    let calls: Vec<&str> = calls.lines().collect();
+    assert_eq!(calls.first(), Some(&"network reload"), "{calls:#?}");
+    assert_eq!(calls.get(1), Some(&"ifup wg0"), "{calls:#?}");
+    assert_eq!(calls.last(), Some(&"firewall reload"), "{calls:#?}");
+    if handler.is_some() {
+        assert!(
+            calls.contains(&"ip link add wg0 type wireguard: wireguard-go wg0")
+                && calls
+                    .iter()
+                    .any(|c| c.contains("\"action\": 0") && c.contains("\"link-up\": true")),
+            "{calls:#?}"
+        );
+    } else {
+        assert_eq!(calls.len(), 3, "{calls:#?}");
+    }
+    let net = s.lab.sh("home-router", "uci show network");
+    let peers: Vec<&str> = net
+        .lines()
+        .filter(|l| l.ends_with("=wireguard_wg0"))
+        .collect();
+    assert_eq!(peers.len(), 3, "{}", r.redact(&net));
+    assert!(
+        net.contains("network.wg0.addresses='10.100.0.1/16'"),
+        "no address"
+    );
+    // the interface runs with what uci holds, and the members peer with its key
+    let public = s.lab.sh("home-router", "wg show wg0 public-key");
+    assert!(
+        s.lab
+            .sh("node1", "wg show wg0 peers")
+            .contains(public.trim())
+    );
+    assert_eq!(
+        s.lab.sh("home-router", "wg show wg0 peers").lines().count(),
+        3
+    );
+
+    // every node pings every node of the other site over WireGuard, through the router
+    let ips = super::apply::wg_ips(&s);
+    for (a, sa, _) in &ips {
+        for (b, sb, ip) in &ips {
+            if sa != sb {
+                assert!(s.ping(a, ip), "{a} cannot ping {b} ({ip}) over wg0");
+            }
+        }
+    }
+    // and the two members of home reach each other through it
+    let node2 = &ips.iter().find(|(n, _, _)| n == "node2").unwrap().2;
+    assert!(
+        s.ping("node1", node2),
+        "node1 cannot reach node2 through the hub"
+    );
+
+    // nothing left to change
+    let check = s.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+
+    // a peer section deleted by hand (in LuCI, say) is drift; apply puts it back
+    s.lab.sh(
+        "home-router",
+        "uci delete network.wgprov_peer_2 && uci commit network",
+    );
+    let check = s.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(check.code, 3, "{}{}", check.stdout, check.stderr);
+    assert!(
+        check.stdout.contains("home-router: drift"),
+        "{}",
+        check.stdout
+    );
+    let again = s.apply(&[]);
+    assert_eq!(again.code, 0, "{}{}", again.stdout, again.stderr);
+    assert_eq!(
+        s.lab
+            .sh("home-router", "uci show network")
+            .lines()
+            .filter(|l| l.ends_with("=wireguard_wg0"))
+            .count(),
+        3
+    );
+    let last = s.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(last.code, 0, "{}{}", last.stdout, last.stderr);
+    s.assert_no_key_leaked();
+    // nor the router's, which only its uci holds
+    let key = s.lab.sh("home-router", "uci get network.wg0.private_key");
+    let key = key.trim();
+    assert_eq!(key.len(), 44);
+    for out in [
+        v.to_string(),
+        check.stdout,
+        check.stderr,
+        again.stdout,
+        again.stderr,
+        last.stdout,
+        last.stderr,
+    ] {
+        assert!(!out.contains(key), "the router's private key was printed");
+    }
+}
