@@ -1,16 +1,20 @@
 //! OpenWrt's own `uci` takes what wgprov generates for an OpenWrt router. The port-forward script
 //! (`/etc/wgprov/router-pf.sh`) and the hub script (`/etc/wgprov/router-hub.sh`), exactly as
-//! `wgprov render` writes them, run against a stock OpenWrt `/etc/config` (network and firewall,
-//! tests/openwrt/etc-config) with the real `uci` tool, built from OpenWrt's uci and libubox
-//! sources by tests/openwrt/build.sh. Each run is a private mount, network and PID namespace:
-//! `/etc` and `/usr/sbin` are overlays whose upper layers are the test's own directory, so
-//! nothing of the machine's `/etc` is touched, and every process (wireguard-go included) ends
-//! with the namespace.
+//! `wgprov render` writes them, run by BusyBox sh against a stock OpenWrt `/etc/config` (network
+//! and firewall, tests/openwrt/etc-config) with the real `uci` tool, built from OpenWrt's uci and
+//! libubox sources by tests/openwrt/build.sh. Each run is a private mount, network and PID
+//! namespace: `/etc` and `/usr/sbin` are overlays whose upper layers are the test's own
+//! directory, so nothing of the machine's `/etc` is touched, and every process (wireguard-go
+//! included) ends with the namespace. Last, the lab's home router is made such an OpenWrt and
+//! `wgprov apply` sets it up over SSH as its site's hub; the members ping the other site through
+//! it.
 //!
-//! What is not OpenWrt here (docs/openwrt-lab.md): netifd, its wireguard protocol handler and
-//! fw3/fw4. `ifup`, `/etc/init.d/network` and `/etc/init.d/firewall` are the lab's stand-ins
+//! What is not OpenWrt here (docs/openwrt-lab.md): netifd, fw3/fw4, ubus, procd, and unless
+//! `WGPROV_OPENWRT_ROOT` names OpenWrt's own netifd files, the wireguard protocol handler.
+//! `ifup`, `/etc/init.d/network` and `/etc/init.d/firewall` are the lab's stand-ins
 //! (tests/openwrt/standin): `ifup` brings the interface up from what `uci` holds, with
-//! wireguard-go and `wg`; the other two only log that they were called.
+//! wireguard-go and `wg` (or runs OpenWrt's handler, tests/openwrt/standin/netifd); the other two
+//! only log that they were called.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -641,9 +645,9 @@ sites:
 ";
 
 /// Makes `router` of the lab an OpenWrt as far as the lab goes: the stock `/etc/config`, the
-/// stand-ins in `/etc/init.d`, and `r`'s layers (the real `uci`, `ifup`, with
-/// `WGPROV_OPENWRT_ROOT` OpenWrt's netifd files) mounted over `/usr/sbin`, `/usr/lib` and
-/// `/usr/share` inside the router's own mount namespace.
+/// stand-ins in `/etc/init.d`, `r`'s layers (the real `uci`, `ifup`, with `WGPROV_OPENWRT_ROOT`
+/// OpenWrt's netifd files) mounted over `/usr/sbin`, `/usr/lib` and `/usr/share`, and BusyBox as
+/// `/bin/sh` (OpenWrt's shell), all inside the router's own mount namespace.
 fn make_openwrt(s: &super::apply::Scenario, router: &str, r: &Router) {
     let d = r.dir.path().display();
     s.lab.sh(
@@ -655,7 +659,9 @@ fn make_openwrt(s: &super::apply::Scenario, router: &str, r: &Router) {
              cp {d}/etc.upper/init.d/network {d}/etc.upper/init.d/firewall /etc/init.d/\n\
              mount -t overlay overlay -o lowerdir=/usr/sbin,upperdir={d}/sbin.upper,workdir={d}/sbin.work /usr/sbin\n\
              mount -t overlay overlay -o lowerdir=/usr/lib,upperdir={d}/lib.upper,workdir={d}/lib.work /usr/lib\n\
-             mount -t overlay overlay -o lowerdir=/usr/share,upperdir={d}/share.upper,workdir={d}/share.work /usr/share\n"
+             mount -t overlay overlay -o lowerdir=/usr/share,upperdir={d}/share.upper,workdir={d}/share.work /usr/share\n\
+             mkdir -p {d}/bin.upper {d}/bin.work && ln -sf /usr/bin/busybox {d}/bin.upper/sh\n\
+             mount -t overlay overlay -o lowerdir=/usr/bin,upperdir={d}/bin.upper,workdir={d}/bin.work /usr/bin\n"
         ),
     );
 }
@@ -683,6 +689,14 @@ fn openwrt_hub_router_set_by_apply_carries_its_site_to_the_other_site() {
     assert_eq!(
         s.lab.sh("home-router", "uci -q get network.lan.ipaddr"),
         "192.168.1.1\n"
+    );
+    // its /bin/sh is BusyBox's, as on OpenWrt: wgprov's scripts and transaction run in it
+    assert_eq!(
+        s.lab.sh(
+            "home-router",
+            "readlink -f /bin/sh; /bin/sh --help 2>&1 | head -n1 | cut -c1-8"
+        ),
+        "/usr/bin/busybox\nBusyBox \n"
     );
 
     let (code, v) = s.apply_json(&[]);
