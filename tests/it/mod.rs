@@ -10,6 +10,7 @@ pub mod guard;
 pub mod lab;
 pub mod metrics;
 pub mod nodes;
+pub mod openwrt;
 pub mod operator;
 pub mod peering;
 pub mod properties;
