@@ -139,7 +139,7 @@ pub fn require_root() -> bool {
     false
 }
 
-/// Lab tests take this lock: labs are built one at a time (2 cores; see LAB.md).
+/// Lab tests take this lock: labs are built one at a time (2 cores: several at once starve each other).
 pub static LAB_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// A lab that is torn down when dropped — also when the test panics half-way.
