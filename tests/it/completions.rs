@@ -104,12 +104,12 @@ fn fish_completes_subcommands_and_flags() {
     let script = format!(
         "source '{}'\n\
          complete -C 'wgprov ap'\n\
-         echo --\n\
+         echo ==\n\
          complete -C 'wgprov apply --inv'\n",
         f.display()
     );
     let out = run("fish", &["--no-config", "-c"], &script);
-    let (sub, flag) = out.split_once("--\n").unwrap();
+    let (sub, flag) = out.split_once("==\n").unwrap();
     assert!(
         sub.lines().any(|l| l.split('\t').next() == Some("apply")),
         "{out}"

@@ -12,7 +12,18 @@ use super::common::{LabGuard, gen_inventory, lab_available, require, require_roo
 
 /// The lintian tags this package is allowed to carry, each with the reason. Any other error or
 /// warning (and any of these that is no longer emitted is fine) fails the test.
-const ACCEPTED_TAGS: &[(&str, &str)] = &[];
+const ACCEPTED_TAGS: &[(&str, &str)] = &[
+    (
+        "no-changelog",
+        "cargo-deb writes no changelog.Debian.gz unless one is kept in the repository; wgprov \
+         is not packaged by Debian and has no Debian release history to put in one",
+    ),
+    (
+        "copyright-without-copyright-notice",
+        "cargo-deb generates usr/share/doc/wgprov/copyright from Cargo.toml's `copyright` and \
+         `license` fields, which hold a holder's name but no `Copyright YEAR` notice line",
+    ),
+];
 
 /// Builds the package once (`scripts/package`); its path, or why it could not be built.
 fn build() -> &'static Result<PathBuf, String> {
@@ -112,7 +123,7 @@ fn deb_passes_lintian_and_puts_every_file_where_debian_looks() {
 
     // lintian: every error and warning must be one accepted above
     let (_, report) = run(Command::new("lintian")
-        .args(["--no-tag-display-limit", "--display-level", ">=warning"])
+        .args(["--tag-display-limit", "0", "--display-level", ">=warning"])
         .arg(deb));
     let mut unexpected = Vec::new();
     let mut seen = Vec::new();
