@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use super::common::{LAB_LOCK, lab_available, root};
+use super::common::{LAB_LOCK, lab_available, require, root};
 
 fn step(script: &str) -> PathBuf {
     root().join("examples/ci/steps").join(script)
@@ -153,4 +153,80 @@ fn lab_step_proves_the_demo_inventory_and_tears_down() {
         .map(String::from)
         .collect();
     assert!(left.is_empty(), "left behind: {left:?}");
+}
+
+/// Runs actionlint (with shellcheck on PATH it also checks every `run:` script) on `file`.
+fn actionlint(file: &Path) -> Output {
+    Command::new("actionlint")
+        .args(["-oneline", "-no-color"])
+        .arg(file)
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn actionlint_finds_nothing_in_the_github_recipe_and_would_catch_it_aging() {
+    if !require("actionlint") || !require("shellcheck") {
+        return;
+    }
+    let recipe = root().join("examples/ci/github-actions.yml");
+    let o = actionlint(&recipe);
+    assert!(
+        o.status.success() && o.stdout.is_empty(),
+        "actionlint on {}:\n{}",
+        recipe.display(),
+        text(&o)
+    );
+    // The lint is what keeps the recipe from ageing: the same recipe on the actions' node20
+    // majors (retired by GitHub) fails it, and so does a `run:` script shellcheck objects to.
+    let y = std::fs::read_to_string(&recipe).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let old = dir.path().join("old.yml");
+    let node20 = y
+        .replace("actions/checkout@v7", "actions/checkout@v4")
+        .replace("actions/upload-artifact@v7", "actions/upload-artifact@v4");
+    assert_ne!(
+        node20, y,
+        "the recipe no longer uses checkout@v7 / upload-artifact@v7"
+    );
+    std::fs::write(&old, node20).unwrap();
+    let o = actionlint(&old);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("node20")
+            && t.contains("actions/checkout@v4")
+            && t.contains("actions/upload-artifact@v4"),
+        "{t}"
+    );
+    let unquoted = dir.path().join("unquoted.yml");
+    std::fs::write(
+        &unquoted,
+        y.replacen(
+            "run: examples/ci/steps/validate-plan.sh \"$INVENTORY\"",
+            "run: examples/ci/steps/validate-plan.sh $INVENTORY",
+            1,
+        ),
+    )
+    .unwrap();
+    let t = text(&actionlint(&unquoted));
+    assert!(
+        t.contains("SC2086"),
+        "shellcheck did not run on `run:` scripts: {t}"
+    );
+}
+
+#[test]
+fn the_step_scripts_pass_shellcheck() {
+    if !require("shellcheck") {
+        return;
+    }
+    let steps: Vec<PathBuf> = std::fs::read_dir(root().join("examples/ci/steps"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|x| x == "sh"))
+        .collect();
+    assert!(steps.len() >= 4, "{steps:?}");
+    let o = Command::new("shellcheck").args(&steps).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
 }

@@ -7,7 +7,7 @@ use proptest::prelude::*;
 use wgprov::error::Error;
 use wgprov::inventory::load_str;
 
-use super::common::root;
+use super::common::{require, root};
 
 fn home() -> String {
     std::fs::read_to_string(root().join("inventories/home.yaml")).unwrap()
@@ -137,4 +137,62 @@ proptest! {
         }
         let _ = try_load(&lines.join("\n"));
     }
+}
+
+/// The fuzz targets: the `[[bin]]`s of fuzz/Cargo.toml.
+fn fuzz_targets() -> Vec<String> {
+    let toml = std::fs::read_to_string(root().join("fuzz/Cargo.toml")).unwrap();
+    toml.split("[[bin]]")
+        .skip(1)
+        .map(|b| {
+            b.lines()
+                .find_map(|l| l.trim().strip_prefix("name = "))
+                .unwrap()
+                .trim_matches('"')
+                .to_string()
+        })
+        .collect()
+}
+
+/// The fuzz crate builds (cargo-fuzz, AddressSanitizer, debug assertions) and every target
+/// runs once over each file of its committed corpus without a crash: `scripts/fuzz --replay`.
+/// The first build takes minutes (its own target directory, fuzz/target or $FUZZ_TARGET_DIR);
+/// later ones only rebuild what changed.
+#[test]
+fn every_fuzz_target_runs_over_its_committed_corpus() {
+    let targets = fuzz_targets();
+    assert!(targets.len() >= 6, "{targets:?}");
+    let count = |t: &str| {
+        std::fs::read_dir(root().join("fuzz/corpus").join(t))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    };
+    for t in &targets {
+        assert!(count(t) > 0, "fuzz/corpus/{t} has no seed");
+        assert!(
+            root().join("fuzz/dict").join(format!("{t}.dict")).is_file(),
+            "no fuzz/dict/{t}.dict"
+        );
+    }
+    if !require("cargo-fuzz") {
+        return;
+    }
+    let t0 = std::time::Instant::now();
+    let o = std::process::Command::new(root().join("scripts/fuzz"))
+        .arg("--replay")
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success(), "scripts/fuzz --replay:\n{out}{err}");
+    for t in &targets {
+        let want = format!("replay {t}: {} inputs, ok", count(t));
+        assert!(
+            out.lines().any(|l| l == want),
+            "no `{want}` in:\n{out}{err}"
+        );
+    }
+    eprintln!("{out}fuzz replay in {:.0} s", t0.elapsed().as_secs_f64());
 }
