@@ -369,11 +369,14 @@ fn values(
 /// A card carries public facts only: a secret key in its peer section is refused.
 fn no_secrets(d: &mut Diags, peer: &S<String>) {
     for (i, l) in peer.value.lines().enumerate() {
-        let key = l
+        // wg drops every blank of a line before it reads the key's name
+        let key: String = l
             .split('=')
             .next()
             .unwrap_or("")
-            .trim()
+            .chars()
+            .filter(|c| !c.is_whitespace())
+            .collect::<String>()
             .to_ascii_lowercase();
         if key == "privatekey" || key == "presharedkey" {
             // the block scalar's place is its first line
@@ -755,6 +758,28 @@ mod tests {
             ("peer_section", line),
             "{d:?}"
         );
+    }
+
+    /// Found by the peering-card fuzz target: wg reads `Preshared Key =` as `PresharedKey`
+    /// (it drops every blank of a line first), so a card must refuse it too.
+    #[test]
+    fn a_secret_key_line_with_blanks_inside_its_name_is_refused() {
+        let text = card_for(&home(), "home", key()).unwrap().to_yaml();
+        for spelled in ["Preshared Key", "Private\tKey", "P rivateKey"] {
+            let leaked = text.replace(
+                "  PublicKey = ",
+                &format!(
+                    "  {spelled} = HIgo9xNzJMWLKASShiTqIybxZ0U3wGLiUeJ1PKf8ykw=\n  PublicKey = "
+                ),
+            );
+            assert!(
+                matches!(
+                    Card::parse(Path::new("c.yaml"), &leaked),
+                    Err(Error::Invalid(_))
+                ),
+                "accepted `{spelled}`"
+            );
+        }
     }
 
     #[test]
