@@ -5,6 +5,7 @@ pub mod cli;
 pub mod common;
 pub mod fuzz;
 pub mod guard;
+pub mod hostile;
 pub mod lab;
 pub mod nodes;
 pub mod operator;
