@@ -3,6 +3,7 @@
 
 pub mod lock;
 pub mod model;
+pub mod patterns;
 pub mod schema;
 pub mod sshconfig;
 pub mod validate;

@@ -13,6 +13,7 @@ pub mod peering;
 pub mod properties;
 pub mod roundtrip;
 pub mod routers;
+pub mod schema_patterns;
 pub mod status;
 pub mod systemd;
 pub mod validation;
