@@ -1,5 +1,5 @@
 //! The inventory: the YAML schema (serde, unknown and duplicate keys refused), loading with
-//! source locations, validation of every rule in SPEC.md, and the lock file of allocations.
+//! source locations, validation of every inventory rule, and the lock file of allocations.
 
 pub mod lock;
 pub mod model;

@@ -1,4 +1,4 @@
-//! The inventory as written: serde structs that mirror SPEC.md's YAML one to one, every value
+//! The inventory as written: serde structs that mirror the YAML one to one, every value
 //! kept with its source location so that validation can point at it. Unknown keys are rejected
 //! by `deny_unknown_fields`; values are kept as written (strings for CIDRs, wide integers for
 //! ports) so that validation can report every bad value at once instead of stopping at the first.
@@ -220,7 +220,7 @@ impl<'de> Deserialize<'de> for RawRouter {
     }
 }
 
-/// A router wgprov manages over SSH (SPEC.md, "Routers").
+/// A router wgprov manages over SSH.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawManagedRouter {

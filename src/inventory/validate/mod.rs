@@ -1,4 +1,4 @@
-//! Every rule of SPEC.md's inventory list, checked on the raw (spanned) inventory. All problems
+//! Every inventory rule, checked on the raw (spanned) inventory. All problems
 //! are collected, each with file, line, column and field; the typed [`Inventory`] is returned
 //! only when there is no error.
 //!
