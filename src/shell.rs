@@ -19,6 +19,9 @@ pub enum Invalid {
     /// Not an interface name.
     #[error("`{0}` is not a valid interface name (1-15 of letters, digits, _=+.-)")]
     Interface(String),
+    /// An interface name that would read as an option to `ip`, `wg` and `uci`.
+    #[error("`{0}` is not a valid interface name: it must not start with `-`")]
+    LeadingDash(String),
     /// A path that does not start with `/`.
     #[error("`{0}` is not an absolute path")]
     NotAbsolute(String),
@@ -56,6 +59,9 @@ pub struct InterfaceName(String);
 impl InterfaceName {
     /// Checks `s`; the error says what is allowed.
     pub fn new(s: &str) -> Result<InterfaceName, Invalid> {
+        if s.starts_with('-') {
+            return Err(Invalid::LeadingDash(s.to_string()));
+        }
         let ok = !s.is_empty()
             && s.len() <= 15
             && s.bytes()
@@ -280,6 +286,7 @@ mod tests {
             "wg/0",
             "..",
             "wg\n0",
+            "-wg0",
         ] {
             assert!(InterfaceName::new(bad).is_err(), "{bad:?}");
         }

@@ -46,17 +46,41 @@ struct RawLockSite {
     nodes: IndexMap<String, S<String>>,
 }
 
+/// A lock file that is not UTF-8 text is an invalid inventory (it is part of it), located at
+/// the first byte that is not.
+fn not_utf8(path: &Path, bytes: &[u8], e: &std::string::FromUtf8Error) -> Error {
+    let at = e.utf8_error().valid_up_to();
+    let before = &bytes[..at];
+    let line = before.iter().filter(|b| **b == b'\n').count() as u32 + 1;
+    let column = (at
+        - before
+            .iter()
+            .rposition(|b| *b == b'\n')
+            .map_or(0, |i| i + 1)) as u32
+        + 1;
+    let mut d = Diags::new(path);
+    d.error(
+        super::Loc { line, column },
+        "",
+        format!(
+            "the lock file is not valid UTF-8 text (byte {at}): restore it from version control"
+        ),
+    );
+    Error::Invalid(d.list)
+}
+
 const HEADER: &str = "# wgprov lock file: the WireGuard addresses handed out so far.\n\
 # Commit it beside the inventory; wgprov keeps these addresses stable across edits.\n";
 
 impl Lock {
     /// Reads the lock file at `path`; a missing file is an empty lock.
     pub fn read(path: &Path) -> Result<Lock> {
-        let text = match std::fs::read_to_string(path) {
+        let bytes = match std::fs::read(path) {
             Ok(t) => t,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Lock::default()),
             Err(e) => return Err(Error::io(path, e)),
         };
+        let text = String::from_utf8(bytes).map_err(|e| not_utf8(path, e.as_bytes(), &e))?;
         Self::parse(path, &text)
     }
 

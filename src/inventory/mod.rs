@@ -1,8 +1,9 @@
 //! The inventory: the YAML schema (serde, unknown and duplicate keys refused), loading with
-//! source locations, validation of every documented rule (docs/inventory.md), and the lock file of allocations.
+//! source locations, validation of every inventory rule, and the lock file of allocations.
 
 pub mod lock;
 pub mod model;
+pub mod patterns;
 pub mod schema;
 pub mod sshconfig;
 pub mod validate;

@@ -1,12 +1,12 @@
-//! The inventory as written: serde structs that mirror SPEC.md's YAML one to one, every value
+//! The inventory as written: serde structs that mirror the YAML one to one, every value
 //! kept with its source location so that validation can point at it. Unknown keys are rejected
 //! by `deny_unknown_fields`; values are kept as written (strings for CIDRs, wide integers for
 //! ports) so that validation can report every bad value at once instead of stopping at the first.
 
-use std::collections::BTreeMap;
-
 use indexmap::IndexMap;
 use schemars::JsonSchema;
+
+use super::patterns;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
@@ -27,7 +27,7 @@ pub struct RawInventory {
     #[schemars(with = "Option<RawSsh>")]
     pub ssh: Option<S<RawSsh>>,
     /// Sites by name, in the order written.
-    #[schemars(with = "BTreeMap<String, RawSite>")]
+    #[schemars(schema_with = "sites")]
     pub sites: S<IndexMap<S<String>, S<RawSite>>>,
 }
 
@@ -36,7 +36,7 @@ pub struct RawInventory {
 #[serde(deny_unknown_fields)]
 pub struct RawNetwork {
     /// The whole WireGuard space, e.g. `10.100.0.0/16`.
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "req_ipv4_cidr")]
     pub wireguard_cidr: S<String>,
     /// Prefix length of each site's block (default 24).
     #[serde(default)]
@@ -48,11 +48,11 @@ pub struct RawNetwork {
     pub listen_port: Option<S<i64>>,
     /// Interface name (default `wg0`).
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "opt_interface")]
     pub interface: Option<S<String>>,
     /// The cluster's pod and service CIDRs.
     #[serde(default)]
-    #[schemars(with = "Option<Vec<String>>")]
+    #[schemars(schema_with = "opt_cidrs")]
     pub cluster_cidrs: Option<S<Vec<S<String>>>>,
     /// Keepalive on links between sites, seconds (default 25; 0 turns it off).
     #[serde(default)]
@@ -74,11 +74,11 @@ pub struct RawNetwork {
 pub struct RawSsh {
     /// Where SSH connects when not the node's address (node level only).
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "opt_host")]
     pub host: Option<S<String>>,
     /// Login user.
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "opt_user")]
     pub user: Option<S<String>>,
     /// TCP port.
     #[serde(default)]
@@ -98,7 +98,7 @@ pub struct RawSsh {
     pub become_root: Option<S<bool>>,
     /// Reach this node through another node of the inventory.
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "opt_name")]
     pub proxy_jump: Option<S<String>>,
     /// OpenSSH client config read for what the inventory leaves unset (default `~/.ssh/config`;
     /// `none`: read none).
@@ -117,15 +117,15 @@ pub struct RawSite {
     pub managed: Option<S<bool>>,
     /// The site's block; allocated when absent.
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "opt_ipv4_cidr")]
     pub wireguard_cidr: Option<S<String>>,
     /// The site's own networks.
     #[serde(default)]
-    #[schemars(with = "Option<Vec<String>>")]
+    #[schemars(schema_with = "opt_cidrs")]
     pub lan_cidrs: Option<S<Vec<S<String>>>>,
     /// Public `host:port` of the site's router, forwarded to the next-hop.
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "opt_endpoint")]
     pub endpoint: Option<S<String>>,
     /// MTU of the site's uplink (PPPoE: 1492); default 1500.
     #[serde(default)]
@@ -138,7 +138,7 @@ pub struct RawSite {
     pub lan_access: Option<S<bool>>,
     /// The node that peers with other sites.
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "opt_name")]
     pub next_hop: Option<S<String>>,
     /// The site's router: a kind wgprov does not touch (`opnsense`, `pfsense`, `openwrt`,
     /// `other`: it prints the rules to create by hand), or a router it manages over SSH
@@ -149,12 +149,12 @@ pub struct RawSite {
     /// Public key of the site's hub when wgprov does not run it: an unmanaged site's next-hop,
     /// or a router wgprov does not manage that is the hub (`next_hop: router`).
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "opt_key")]
     pub public_key: Option<S<String>>,
     /// LAN address of a router wgprov does not manage that is the site's hub (`next_hop:
     /// router`): where the site's nodes reach it.
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "opt_host")]
     pub router_address: Option<S<String>>,
     /// SSH overrides for the site's nodes.
     #[serde(default)]
@@ -162,7 +162,7 @@ pub struct RawSite {
     pub ssh: Option<S<RawSsh>>,
     /// Nodes by name, in the order written.
     #[serde(default)]
-    #[schemars(with = "Option<BTreeMap<String, RawNode>>")]
+    #[schemars(schema_with = "opt_nodes")]
     pub nodes: Option<S<IndexMap<S<String>, S<RawNode>>>>,
 }
 
@@ -171,11 +171,11 @@ pub struct RawSite {
 #[serde(deny_unknown_fields)]
 pub struct RawNode {
     /// Where SSH reaches it and the LAN address its site's peers use.
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "req_host")]
     pub address: S<String>,
     /// Its WireGuard address; allocated when absent.
     #[serde(default)]
-    #[schemars(with = "Option<String>")]
+    #[schemars(schema_with = "opt_ipv4")]
     pub wireguard_ip: Option<S<String>>,
     /// `debian` or `redhat`.
     #[serde(default)]
@@ -220,7 +220,7 @@ impl<'de> Deserialize<'de> for RawRouter {
     }
 }
 
-/// A router wgprov manages over SSH (SPEC.md, "Routers").
+/// A router wgprov manages over SSH.
 #[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RawManagedRouter {
@@ -228,16 +228,66 @@ pub struct RawManagedRouter {
     #[schemars(schema_with = "managed_router_kinds")]
     pub kind: S<String>,
     /// Where SSH reaches it: its LAN address (an IP address or a DNS name).
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "req_host")]
     pub address: S<String>,
     /// Its WAN (uplink) interface, where the WireGuard port arrives.
-    #[schemars(with = "String")]
+    #[schemars(schema_with = "req_interface")]
     pub wan_interface: S<String>,
     /// SSH settings for the router (over the top-level `ssh:` defaults; a site's `ssh:` is for
     /// its nodes).
     #[serde(default)]
     #[schemars(with = "Option<RawSsh>")]
     pub ssh: Option<S<RawSsh>>,
+}
+
+/// A string field of `pattern`, required or optional (`null` allowed).
+macro_rules! pattern_fields {
+    ($($req:ident, $opt:ident => $pattern:expr;)*) => {$(
+        #[allow(dead_code)]
+        fn $req(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({ "type": "string", "pattern": $pattern })
+        }
+        #[allow(dead_code)]
+        fn $opt(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+            schemars::json_schema!({ "type": ["string", "null"], "pattern": $pattern })
+        }
+    )*};
+}
+
+pattern_fields! {
+    req_ipv4_cidr, opt_ipv4_cidr => patterns::IPV4_CIDR;
+    req_ipv4, opt_ipv4 => patterns::IPV4;
+    req_host, opt_host => patterns::HOST;
+    req_endpoint, opt_endpoint => patterns::ENDPOINT;
+    req_key, opt_key => patterns::KEY;
+    req_name, opt_name => patterns::SAFE_NAME;
+    req_user, opt_user => patterns::USER;
+    req_interface, opt_interface => patterns::INTERFACE;
+}
+
+fn opt_cidrs(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({
+        "type": ["array", "null"],
+        "items": { "type": "string", "pattern": patterns::CIDR }
+    })
+}
+
+fn sites(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let site = generator.subschema_for::<RawSite>();
+    schemars::json_schema!({
+        "type": "object",
+        "propertyNames": { "pattern": patterns::SAFE_NAME },
+        "additionalProperties": site
+    })
+}
+
+fn opt_nodes(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let node = generator.subschema_for::<RawNode>();
+    schemars::json_schema!({
+        "type": ["object", "null"],
+        "propertyNames": { "pattern": patterns::SAFE_NAME },
+        "additionalProperties": node
+    })
 }
 
 fn routers(generator: &mut schemars::SchemaGenerator) -> schemars::Schema {

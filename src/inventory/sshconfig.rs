@@ -309,11 +309,6 @@ fn expand(s: &str, t: &Tokens) -> String {
     out
 }
 
-/// True when `h` can be where SSH connects: an IP address or a DNS name.
-fn is_host(h: &str) -> bool {
-    h.parse::<std::net::IpAddr>().is_ok() || super::model::is_dns_name(h)
-}
-
 /// The host of a ProxyJump hop: `[user@]host[:port]` or `ssh://[user@]host[:port]`.
 /// (The hop's user and port are not used: the jump node connects with its own settings.)
 pub fn hop_host(hop: &str) -> &str {
@@ -435,7 +430,7 @@ fn fill(
             port: node.ssh.port,
         };
         let h = expand(&f.value, &t);
-        if is_host(&h) {
+        if super::validate::is_host(&h) {
             node.ssh.host = h;
             o.host = from(&f.host);
         } else {

@@ -1,4 +1,4 @@
-//! Every rule of SPEC.md's inventory list, checked on the raw (spanned) inventory. All problems
+//! Every inventory rule, checked on the raw (spanned) inventory. All problems
 //! are collected, each with file, line, column and field; the typed [`Inventory`] is returned
 //! only when there is no error.
 //!
@@ -25,8 +25,9 @@ use super::model::*;
 use super::schema::*;
 use super::sshconfig::ConfigRef;
 use crate::error::{Diagnostic, Severity};
+use crate::shell::InterfaceName;
 
-pub use ssh::is_safe_user;
+pub use ssh::{is_host, is_safe_user};
 
 /// kubeadm's default service CIDR.
 pub const KUBEADM_DEFAULT_SERVICE_CIDR: &str = "10.96.0.0/12";
@@ -150,6 +151,22 @@ fn anynet_with(d: &mut Diags, v: &S<String>, field: &str, example: &str) -> Opti
             None
         }
     }
+}
+
+/// A network interface's name: what [`InterfaceName`] accepts, and not starting with `-` (it
+/// would read as an option to `ip`, `wg` and `uci`).
+fn interface(d: &mut Diags, v: &S<String>, value: &str, field: &str) -> Option<InterfaceName> {
+    if value.starts_with('-') {
+        d.error(
+            loc(v),
+            field,
+            format!("`{value}` is not a valid interface name: it must not start with `-`"),
+        );
+        return None;
+    }
+    InterfaceName::new(value)
+        .map_err(|m| d.error(loc(v), field, m))
+        .ok()
 }
 
 /// True when two networks share an address.

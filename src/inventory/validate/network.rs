@@ -5,7 +5,7 @@ use std::path::Path;
 
 use ipnet::{IpNet, Ipv4Net};
 
-use super::{Diags, KUBEADM_DEFAULT_SERVICE_CIDR, anynet, loc, overlaps, port, v4net};
+use super::{Diags, KUBEADM_DEFAULT_SERVICE_CIDR, anynet, interface, loc, overlaps, port, v4net};
 use crate::inventory::model::*;
 use crate::inventory::schema::*;
 use crate::shell::InterfaceName;
@@ -41,10 +41,7 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
     };
     let interface = match &net.interface {
         None => InterfaceName::default(),
-        Some(i) => InterfaceName::new(&i.value).unwrap_or_else(|m| {
-            d.error(loc(i), "network.interface", m);
-            InterfaceName::default()
-        }),
+        Some(i) => interface(d, i, &i.value, "network.interface").unwrap_or_default(),
     };
     let keepalive = match &net.persistent_keepalive {
         None => 25,

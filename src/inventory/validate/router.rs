@@ -5,7 +5,7 @@ use std::net::IpAddr;
 use ipnet::Ipv4Net;
 
 use super::ssh::{SshLayer, resolve_ssh};
-use super::{Diags, State, loc};
+use super::{Diags, State, interface, loc};
 use crate::inventory::model::*;
 use crate::inventory::schema::*;
 use crate::inventory::sshconfig::ConfigRef;
@@ -145,9 +145,12 @@ fn managed_router(
             ok = false;
         }
     }
-    let wan = InterfaceName::new(m.wan_interface.value.trim())
-        .map_err(|e| d.error(loc(&m.wan_interface), format!("{rp}.wan_interface"), e))
-        .ok();
+    let wan = interface(
+        d,
+        &m.wan_interface,
+        m.wan_interface.value.trim(),
+        &format!("{rp}.wan_interface"),
+    );
     let layers = [
         raw.ssh.as_ref().map(|s| SshLayer {
             raw: &s.value,

@@ -60,8 +60,19 @@ pub(super) fn resolve_ssh(
             loc,
         };
         if let Some(h) = &r.host {
-            s.host = h.value.clone();
-            o.host = at("host", loc(h));
+            if is_host(&h.value) {
+                s.host = h.value.clone();
+                o.host = at("host", loc(h));
+            } else {
+                d.error(
+                    loc(h),
+                    format!("{}.host", l.path),
+                    format!(
+                        "`{}` is neither an IP address nor a DNS name (it is where SSH connects, or a name looked up in the OpenSSH config)",
+                        h.value.escape_debug()
+                    ),
+                );
+            }
         }
         if let Some(u) = &r.user {
             if is_safe_user(&u.value) {
@@ -105,6 +116,12 @@ pub(super) fn resolve_ssh(
         }
     }
     (s, o, config)
+}
+
+/// True when `h` can be where SSH connects: an IP address or a DNS name (so never an option,
+/// a shell word or whitespace).
+pub fn is_host(h: &str) -> bool {
+    h.parse::<std::net::IpAddr>().is_ok() || is_dns_name(h)
 }
 
 /// True when `u` is a plausible login name (letters, digits, `_-.`, not starting with `-`).
