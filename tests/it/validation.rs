@@ -1,4 +1,4 @@
-//! One case per inventory rule of SPEC.md: the message names file, line and field.
+//! One case per inventory rule: the message names file, line and field.
 
 use super::common::Inv;
 
