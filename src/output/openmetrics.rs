@@ -462,4 +462,88 @@ pub(crate) mod tests {
             assert!(std::panic::catch_unwind(|| lint(&bad)).is_err(), "{bad}");
         }
     }
+
+    /// Every `wgprov_*` name in `text`.
+    fn metric_names(text: &str) -> BTreeSet<String> {
+        let mut out = BTreeSet::new();
+        let mut rest = text;
+        while let Some(i) = rest.find("wgprov_") {
+            let tail = &rest[i..];
+            let end = tail
+                .find(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
+                .unwrap_or(tail.len());
+            out.insert(tail[..end].to_string());
+            rest = &tail[end..];
+        }
+        out
+    }
+
+    fn example(rel: &str) -> PathBuf {
+        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(rel)
+    }
+
+    /// The alert rules and the dashboard shipped in examples/ ask only for metrics that
+    /// `status --format openmetrics` prints.
+    #[test]
+    fn the_examples_ask_only_for_metrics_status_prints() {
+        let families: BTreeSet<String> = lint(&status(&sample_report())).into_iter().collect();
+        let dash =
+            std::fs::read_to_string(example("examples/grafana/wgprov-dashboard.json")).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&dash).unwrap();
+        let exprs: Vec<String> = json["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .flat_map(|p| p["targets"].as_array().unwrap().iter())
+            .map(|t| t["expr"].as_str().unwrap().to_string())
+            .collect();
+        assert!(exprs.len() >= 8, "{exprs:?}");
+        let rules =
+            std::fs::read_to_string(example("examples/prometheus/wgprov-alerts.yml")).unwrap();
+        for text in exprs.iter().map(String::as_str).chain([rules.as_str()]) {
+            let used = metric_names(text);
+            assert!(!used.is_empty(), "{text}");
+            for m in used {
+                assert!(
+                    families.contains(&m),
+                    "{m} is not a metric of status: {families:?}"
+                );
+            }
+        }
+    }
+
+    /// promtool checks the example alert rules and runs their unit tests (each alert fires on
+    /// the series that should raise it, and not before its `for`).
+    #[test]
+    fn the_example_alerts_pass_promtool_and_their_own_tests() {
+        let Some(tool) = promtool() else {
+            assert!(
+                std::env::var_os("CI").is_none(),
+                "promtool is missing under CI: scripts/install-deps should put it in place"
+            );
+            let _ = writeln!(
+                std::io::stderr().lock(),
+                "SKIPPED the_example_alerts_pass_promtool_and_their_own_tests: promtool not installed (scripts/install-deps)"
+            );
+            return;
+        };
+        let dir = example("examples/prometheus");
+        for args in [
+            ["check", "rules", "wgprov-alerts.yml"],
+            ["test", "rules", "wgprov-alerts.test.yml"],
+        ] {
+            let o = std::process::Command::new(&tool)
+                .args(args)
+                .current_dir(&dir)
+                .output()
+                .unwrap();
+            assert!(
+                o.status.success(),
+                "promtool {}: {}{}",
+                args.join(" "),
+                String::from_utf8_lossy(&o.stdout),
+                String::from_utf8_lossy(&o.stderr)
+            );
+        }
+    }
 }
