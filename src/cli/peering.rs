@@ -32,11 +32,9 @@ pub(super) fn export(path: &Path, site: &str, connect: &ConnectArgs) -> Result<u
             .as_deref()
             .and_then(|n| topo.node(n))
             .ok_or_else(|| Error::Usage(format!("site {site} has no next-hop node")))?;
-        let (key, warning) = runtime()?.block_on(crate::peering::hub_public_key(
-            topo,
-            hub,
-            &connect.options(),
-        ))?;
+        let connector = std::sync::Arc::new(crate::fleet::SshConnector::new(connect.options()));
+        let (key, warning) =
+            runtime()?.block_on(crate::peering::hub_public_key(topo, hub, connector))?;
         if let Some(w) = warning {
             eprintln!("warning: {w}");
         }

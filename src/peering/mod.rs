@@ -20,6 +20,7 @@ use ipnet::{IpNet, Ipv4Net};
 use serde::Deserialize;
 
 use crate::error::{Error, Result};
+use crate::fleet::{Connect, Progress, Quiet, close_all, connect_all, with_jumps};
 use crate::inventory::schema::S;
 use crate::inventory::validate::{Diags, is_safe_name, loc};
 use crate::inventory::{Endpoint, Loc};
@@ -27,7 +28,6 @@ use crate::keys::{KeyError, PublicKey};
 use crate::shell::{InterfaceName, PATH_PRELUDE, RemotePath, sh_quote};
 use crate::topology::{NodePlan, Topology};
 use crate::transport::Transport;
-use crate::transport::ssh::{self, KeyCache, SshOptions, SshSession};
 
 /// The card format this wgprov writes and reads.
 pub const CARD_VERSION: i64 = 1;
@@ -577,12 +577,13 @@ impl HubKey {
     }
 }
 
-/// Reads the public key of `node` (a next-hop) over one SSH connection and one exec, reaching
-/// it through its `proxy_jump` chain when it has one. Returns the key and an optional warning.
-pub async fn hub_public_key(
+/// Reads the public key of `node` (a next-hop) over one connection and one exec, reaching it
+/// through its `proxy_jump` chain when it has one (the fleet runner connects the jump hosts
+/// first). Returns the key and an optional warning.
+pub async fn hub_public_key<C: Connect>(
     topo: &Topology,
     node: &NodePlan,
-    ssh: &SshOptions,
+    connector: Arc<C>,
 ) -> Result<(PublicKey, Option<String>)> {
     let iface = &topo.network.interface;
     // an OpenWrt hub keeps its key in uci, a node in its wg-quick file
@@ -601,41 +602,23 @@ pub async fn hub_public_key(
         host: node.name.clone(),
         message,
     };
-    // the jump chain, outermost first (validation refused loops; the bound is a second guard)
-    let mut chain = vec![node];
-    while let Some(j) = chain.last().and_then(|n| n.ssh.proxy_jump.as_deref()) {
-        match topo.node(j) {
-            Some(next) if chain.len() <= 16 && !chain.iter().any(|c| c.name == j) => {
-                chain.push(next)
-            }
-            _ => {
-                return Err(host_err(format!(
-                    "its proxy_jump chain through {j} is broken"
-                )));
-            }
-        }
-    }
-    let keys = KeyCache::default();
-    let mut session: Option<Arc<SshSession>> = None;
-    for n in chain.iter().rev() {
-        let s = ssh::connect(&(&n.ssh).into(), session.clone(), &keys, ssh)
+    let quiet: Arc<dyn Progress> = Arc::new(Quiet);
+    let sessions = connect_all(
+        &connector,
+        with_jumps(topo, std::slice::from_ref(&node.name)),
+        1,
+        &quiet,
+    )
+    .await;
+    let out = match sessions.get(&node.name) {
+        Some(Ok(s)) => s
+            .run_script(&script)
             .await
-            .map_err(|e| {
-                let via = if n.name == node.name {
-                    String::new()
-                } else {
-                    format!(" (jump host {})", n.name)
-                };
-                host_err(format!("{e}{via}"))
-            })?;
-        session = Some(Arc::new(s));
-    }
-    let session = session.expect("the chain holds the node");
-    let out = session
-        .run_script(&script)
-        .await
-        .map_err(|e| host_err(e.to_string()));
-    session.close().await;
+            .map_err(|e| host_err(e.to_string())),
+        Some(Err(e)) => Err(host_err(e.to_string())),
+        None => Err(host_err("not contacted".into())),
+    };
+    close_all(&sessions).await;
     let out = out?;
     if out.status != 0 {
         return Err(host_err(format!(
@@ -668,6 +651,54 @@ mod tests {
 
     fn key() -> PublicKey {
         PublicKey::from_base64(KEY).unwrap()
+    }
+
+    /// Export's key read runs over the fleet runner: the jump host is connected first, the
+    /// next-hop through it, one exec; a jump host that cannot be reached is the export's error.
+    #[test]
+    fn export_reads_the_hub_key_through_its_jump_host_over_the_runner() {
+        use crate::transport::fake::{FakeConnector, FakeHost, ok};
+        let t = topo(
+            "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    next_hop: h1\n    nodes:\n      h1: { address: 192.168.0.10, ssh: { proxy_jump: bastion } }\n      bastion: { address: 192.168.0.2 }\n",
+        );
+        let hub = t.node("h1").unwrap();
+        let run = |refuse: &[&str]| {
+            let h1 = Arc::new(FakeHost::new());
+            h1.answer("other", |_| Ok(ok(&format!("file {KEY}\nrunning {KEY}\n"))));
+            let conn = Arc::new(FakeConnector::new(
+                [
+                    ("h1".to_string(), h1),
+                    ("bastion".to_string(), Arc::new(FakeHost::new())),
+                ]
+                .into_iter()
+                .collect(),
+            ));
+            conn.refuse
+                .lock()
+                .unwrap()
+                .extend(refuse.iter().map(|s| s.to_string()));
+            let r = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(hub_public_key(&t, hub, conn.clone()));
+            (r, conn)
+        };
+        let (r, conn) = run(&[]);
+        assert_eq!(r.unwrap(), (key(), None));
+        assert_eq!(
+            (conn.connections("bastion"), conn.connections("h1")),
+            (1, 1)
+        );
+        assert!(conn.hosts["h1"].kinds() == ["other"]);
+        let (r, conn) = run(&["bastion"]);
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("h1") && e.contains("jump host bastion"), "{e}");
+        assert_eq!(
+            conn.connections("h1"),
+            0,
+            "nothing reached past a dead jump host"
+        );
     }
 
     #[test]
