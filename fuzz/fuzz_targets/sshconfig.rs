@@ -23,7 +23,7 @@ fuzz_target!(|data: &[u8]| {
     let file = match ConfigFile::parse(Path::new("fuzz_config"), &mut config.as_bytes()) {
         Ok(f) => f,
         Err(e) => {
-            assert!(e.starts_with("fuzz_config: "), "{e}");
+            assert!(e.to_string().starts_with("fuzz_config: "), "{e}");
             return;
         }
     };
