@@ -263,3 +263,26 @@ impl Drop for LabGuard {
 pub fn lab_available() -> bool {
     require_root() && require("wireguard-go") && require("sshd") && require("iptables")
 }
+
+/// The systemd image, or `None` (a visible skip; a failure under CI, whose install step builds
+/// it) when it is not built.
+pub fn systemd_image() -> Option<PathBuf> {
+    if !lab_available() || !require("systemd-nspawn") {
+        return None;
+    }
+    let image = wgprov::lab::systemd::image_dir();
+    if wgprov::lab::systemd::image_ready(&image) {
+        return Some(image);
+    }
+    if std::env::var_os("CI").is_some() {
+        panic!(
+            "the systemd lab image {} is missing under CI: scripts/install-deps builds it (scripts/lab-image)",
+            image.display()
+        );
+    }
+    skipped(&format!(
+        "the systemd lab image {} is not built (run scripts/lab-image as root)",
+        image.display()
+    ));
+    None
+}

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::sync::OnceLock;
 
-use super::common::{LabGuard, gen_inventory, lab_available, require, require_root, root, skipped};
+use super::common::{LabGuard, gen_inventory, require, require_root, root};
 
 /// The lintian tags this package is allowed to carry, each with the reason. Any other error or
 /// warning (and any of these that is no longer emitted is fine) fails the test.
@@ -163,24 +163,7 @@ fn deb_passes_lintian_and_puts_every_file_where_debian_looks() {
 
 /// The systemd lab image, or `None` after a visible skip (a failure under CI).
 fn image() -> Option<PathBuf> {
-    if !lab_available() || !require("systemd-nspawn") {
-        return None;
-    }
-    let image = wgprov::lab::systemd::image_dir();
-    if wgprov::lab::systemd::image_ready(&image) {
-        return Some(image);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "the systemd lab image {} is missing under CI: scripts/install-deps builds it",
-            image.display()
-        );
-    }
-    skipped(&format!(
-        "the systemd lab image {} is not built (run scripts/lab-image as root)",
-        image.display()
-    ));
-    None
+    super::common::systemd_image()
 }
 
 #[test]

@@ -5,29 +5,11 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::common::{LabGuard, lab_available, require, root, skipped};
+use super::common::{LabGuard, root};
 
-/// The systemd image, or `None` (a visible skip; a failure under CI, whose install step builds
-/// it) when it is not built.
+/// The systemd image, or `None` after a visible skip.
 fn image() -> Option<PathBuf> {
-    if !lab_available() || !require("systemd-nspawn") {
-        return None;
-    }
-    let image = wgprov::lab::systemd::image_dir();
-    if wgprov::lab::systemd::image_ready(&image) {
-        return Some(image);
-    }
-    if std::env::var_os("CI").is_some() {
-        panic!(
-            "the systemd lab image {} is missing under CI: scripts/install-deps builds it (scripts/lab-image)",
-            image.display()
-        );
-    }
-    skipped(&format!(
-        "the systemd lab image {} is not built (run scripts/lab-image as root)",
-        image.display()
-    ));
-    None
+    super::common::systemd_image()
 }
 
 struct Lab {
