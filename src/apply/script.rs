@@ -411,7 +411,7 @@ pub(crate) mod tests {
             let h = plan_handlers(std::slice::from_ref(&c), &f, p);
             assert!(h.metrics && h.daemon_reload, "{h:?}");
             assert_eq!(h.wireguard, None);
-            assert_eq!(h.to_put_back(std::slice::from_ref(&c)).metrics, true);
+            assert!(h.to_put_back(std::slice::from_ref(&c)).metrics);
             let s = handlers_script(&h, &iface, &f, false, "fail");
             crate::shell::sh_syntax(&s).unwrap();
             assert!(
