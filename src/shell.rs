@@ -186,6 +186,9 @@ pub enum Handler {
     DaemonReload,
     /// Enable (or, its timer gone, disable) the endpoint re-resolution timer.
     Reresolve,
+    /// Enable (or, its timer gone, disable) the timer that writes node_exporter's metrics file,
+    /// the file deleted with it.
+    Metrics,
     /// On a managed router: install the port-forward rules (or remove them when their script is
     /// gone) and flush the conntrack entries of the WireGuard port.
     PortForward,
@@ -196,12 +199,13 @@ pub enum Handler {
 
 impl Handler {
     /// Every handler, by the name roles use in `notify`.
-    pub const ALL: [(&'static str, Handler); 7] = [
+    pub const ALL: [(&'static str, Handler); 8] = [
         ("wireguard", Handler::Wireguard),
         ("kubelet", Handler::Kubelet),
         ("sysctl", Handler::Sysctl),
         ("daemon_reload", Handler::DaemonReload),
         ("reresolve", Handler::Reresolve),
+        ("metrics", Handler::Metrics),
         ("port_forward", Handler::PortForward),
         ("router_hub", Handler::RouterHub),
     ];

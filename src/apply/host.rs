@@ -602,6 +602,7 @@ mod tests {
             node_ip: Some("10.100.0.2".into()),
             daemon_reload: true,
             reresolve: true,
+            metrics: true,
             port_forward: Some(vec![51820, 4500]),
             router_hub: true,
         };

@@ -10,6 +10,7 @@ use crate::desired::FileState;
 use crate::diff::{Action, Change};
 use crate::facts::Facts;
 pub use crate::hosts::handlers::{Expect, HandlerPlan, plan_handlers};
+use crate::hosts::handlers::{METRICS_FILE, METRICS_TIMER};
 use crate::shell::{InterfaceName, PATH_PRELUDE, sh_quote};
 
 /// Where backups of the last apply live.
@@ -54,6 +55,9 @@ pub(crate) fn handlers_script(
     }
     if h.reresolve && facts.systemd {
         s.push_str(&reresolve_handler(iface, f));
+    }
+    if h.metrics && facts.systemd {
+        s.push_str(&metrics_handler(f));
     }
     if let Some(ports) = &h.port_forward {
         s.push_str(&crate::hosts::linux::handler(ports, facts.systemd, f));
@@ -171,6 +175,25 @@ fn reresolve_handler(iface: &InterfaceName, f: &str) -> String {
         wants = sh_quote(&format!("/etc/systemd/system/timers.target.wants/{timer}")),
         why = sh_quote(&format!(
             "handler reresolve: systemctl enable --now {timer}"
+        )),
+    )
+}
+
+/// The metrics handler (systemd only): enable the timer writing node_exporter's metrics file,
+/// or, its unit file gone, stop it and delete the file it wrote (node_exporter would otherwise
+/// go on exporting its last values).
+fn metrics_handler(f: &str) -> String {
+    format!(
+        "if [ -f {file} ]; then out=$(systemctl enable -q --now {t} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; \
+         else systemctl stop {t} wgprov-metrics.service >/dev/null 2>&1; rm -f {wants} {prom}; fi\n",
+        file = sh_quote(&format!("/etc/systemd/system/{METRICS_TIMER}")),
+        t = sh_quote(METRICS_TIMER),
+        wants = sh_quote(&format!(
+            "/etc/systemd/system/timers.target.wants/{METRICS_TIMER}"
+        )),
+        prom = sh_quote(METRICS_FILE),
+        why = sh_quote(&format!(
+            "handler metrics: systemctl enable --now {METRICS_TIMER}"
         )),
     )
 }
@@ -359,6 +382,60 @@ pub(crate) mod tests {
             }),
             ..Default::default()
         }
+    }
+
+    /// The metrics timer is enabled when its unit files are written, and stopped (its wants
+    /// link and the metrics file removed) when they go; only where systemd runs.
+    #[test]
+    fn the_metrics_timer_is_enabled_when_written_and_stopped_with_its_file_when_removed() {
+        let timer = |old: Option<&str>, new: Option<&str>| {
+            let mut c = change(old, new.unwrap_or(""));
+            c.desired.role = "metrics".into();
+            c.desired.path =
+                crate::shell::RemotePath::new("/etc/systemd/system/wgprov-metrics.timer").unwrap();
+            c.desired.notify = vec![Handler::Metrics];
+            if new.is_none() {
+                c.desired.state = FileState::Absent;
+                c.action = Action::Removed;
+            }
+            c
+        };
+        let mut f = up();
+        f.systemd = true;
+        let iface = crate::shell::InterfaceName::default();
+        let p = "/etc/wireguard/wg0.conf";
+        for c in [
+            timer(None, Some("[Timer]\n")),
+            timer(Some("[Timer]\n"), None),
+        ] {
+            let h = plan_handlers(std::slice::from_ref(&c), &f, p);
+            assert!(h.metrics && h.daemon_reload, "{h:?}");
+            assert_eq!(h.wireguard, None);
+            assert!(h.to_put_back(std::slice::from_ref(&c)).metrics);
+            let s = handlers_script(&h, &iface, &f, false, "fail");
+            crate::shell::sh_syntax(&s).unwrap();
+            assert!(
+                s.contains("systemctl enable -q --now 'wgprov-metrics.timer'")
+                    || s.contains("systemctl enable -q --now wgprov-metrics.timer"),
+                "{s}"
+            );
+            assert!(
+                s.contains("/var/lib/prometheus/node-exporter/wgprov.prom")
+                    && s.contains("systemctl stop"),
+                "{s}"
+            );
+            assert!(
+                h.describe(&iface, &f)
+                    .iter()
+                    .any(|d| d.starts_with("metrics: "))
+            );
+            // without systemd there is no timer to run
+            let s = handlers_script(&h, &iface, &up(), false, "fail");
+            assert!(!s.contains("wgprov-metrics"), "{s}");
+        }
+        // an unchanged timer runs nothing
+        let same = timer(Some("[Timer]\n"), Some("[Timer]\n"));
+        assert!(!plan_handlers(&[same], &f, p).metrics);
     }
 
     #[test]

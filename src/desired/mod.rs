@@ -244,6 +244,7 @@ pub fn context(
             "persistent_keepalive": net.persistent_keepalive,
             "mtu": net.mtu,
             "kubernetes": net.kubernetes.as_str(),
+            "metrics": net.metrics.as_str(),
         },
         // the tunnel to set up by hand on the site's router, when it is a hub wgprov does not
         // manage (roles/router_hub)
@@ -253,6 +254,7 @@ pub fn context(
         "systemd": systemd,
         "mtu": net.mtu,
         "dns_endpoints": dns_endpoints,
+        "metrics": net.metrics.as_str(),
         "interface": iface,
         "listen_port": net.listen_port,
         "address": format!("{}/{}", node.wireguard_ip, net.wireguard_cidr.prefix_len()),

@@ -10,6 +10,11 @@ use crate::facts::Facts;
 use crate::facts::wgconf::WgConfig;
 use crate::shell::{Handler, InterfaceName, sh_quote};
 
+/// The timer of `network.metrics: textfile` (roles/metrics).
+pub const METRICS_TIMER: &str = "wgprov-metrics.timer";
+/// The file it writes, for node_exporter's textfile collector (roles/metrics' `metrics_file`).
+pub const METRICS_FILE: &str = "/var/lib/prometheus/node-exporter/wgprov.prom";
+
 /// What the handlers will do on a host.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct HandlerPlan {
@@ -25,6 +30,9 @@ pub struct HandlerPlan {
     pub daemon_reload: bool,
     /// Enable the endpoint re-resolution timer (or stop it when its files are gone).
     pub reresolve: bool,
+    /// Enable the timer writing node_exporter's metrics file (or, its files gone, stop it and
+    /// delete the metrics file).
+    pub metrics: bool,
     /// On a managed router: run its port-forward script (or remove the rules when the script
     /// is gone), then flush the conntrack entries of these public UDP ports.
     pub port_forward: Option<Vec<u16>>,
@@ -72,6 +80,11 @@ impl HandlerPlan {
         if self.reresolve && facts.systemd {
             v.push(format!(
                 "reresolve: systemctl enable --now wgprov-reresolve-{iface}.timer"
+            ));
+        }
+        if self.metrics && facts.systemd {
+            v.push(format!(
+                "metrics: systemctl enable --now {METRICS_TIMER} (or, its files gone, stop it and remove {METRICS_FILE})"
             ));
         }
         if let Some(ports) = &self.port_forward {
@@ -132,6 +145,7 @@ impl HandlerPlan {
             node_ip: None,
             daemon_reload: true,
             reresolve: true,
+            metrics: true,
             port_forward: None,
             router_hub: false,
         }
@@ -155,6 +169,7 @@ impl HandlerPlan {
             node_ip: None,
             daemon_reload: self.daemon_reload,
             reresolve: notified(Handler::Reresolve),
+            metrics: notified(Handler::Metrics),
             port_forward: self.port_forward.clone(),
             router_hub: self.router_hub,
         }
@@ -180,6 +195,10 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
                 Handler::DaemonReload => h.daemon_reload = true,
                 Handler::Reresolve => {
                     h.reresolve = true;
+                    h.daemon_reload = true;
+                }
+                Handler::Metrics => {
+                    h.metrics = true;
                     h.daemon_reload = true;
                 }
                 Handler::PortForward => {

@@ -47,6 +47,36 @@ pub struct Network {
     pub mtu: u16,
     /// Where the node IP goes, unless a node says otherwise.
     pub kubernetes: Flavor,
+    /// Whether nodes write WireGuard metrics for node_exporter.
+    pub metrics: Metrics,
+}
+
+/// `network.metrics`: what each node exports about its WireGuard interface.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Metrics {
+    /// Nothing (the default); a timer installed before is removed.
+    #[default]
+    None,
+    /// A timer (every 30 s, where systemd runs) writes a file for node_exporter's textfile
+    /// collector.
+    Textfile,
+}
+
+impl Metrics {
+    /// Every value.
+    pub const ALL: [Metrics; 2] = [Self::None, Self::Textfile];
+    /// Parses the inventory spelling.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|m| m.as_str() == s)
+    }
+    /// The inventory spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::None => "none",
+            Self::Textfile => "textfile",
+        }
+    }
 }
 
 /// How the cluster's Kubernetes is installed: decides where the node IP is written and which

@@ -10,7 +10,7 @@ use super::patterns;
 use serde::Deserialize;
 use serde_saphyr::Spanned;
 
-use super::model::{Flavor, OsFamily, RouterKind};
+use super::model::{Flavor, Metrics, OsFamily, RouterKind};
 
 /// A value with the place it came from.
 pub type S<T> = Spanned<T>;
@@ -66,6 +66,12 @@ pub struct RawNetwork {
     #[serde(default)]
     #[schemars(schema_with = "flavors")]
     pub kubernetes: Option<S<String>>,
+    /// `textfile`: every node where systemd runs writes its WireGuard metrics every 30 s for
+    /// node_exporter's textfile collector; `none` (default): nothing, and a timer installed
+    /// before is removed.
+    #[serde(default)]
+    #[schemars(schema_with = "metrics")]
+    pub metrics: Option<S<String>>,
 }
 
 /// `ssh:` at the top, in a site or in a node.
@@ -316,6 +322,13 @@ fn os_families(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
 
 fn flavors(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
     let mut kinds: Vec<serde_json::Value> = Flavor::ALL.iter().map(|k| k.as_str().into()).collect();
+    kinds.push(serde_json::Value::Null);
+    schemars::json_schema!({ "type": ["string", "null"], "enum": kinds })
+}
+
+fn metrics(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    let mut kinds: Vec<serde_json::Value> =
+        Metrics::ALL.iter().map(|k| k.as_str().into()).collect();
     kinds.push(serde_json::Value::Null);
     schemars::json_schema!({ "type": ["string", "null"], "enum": kinds })
 }

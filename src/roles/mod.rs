@@ -116,6 +116,26 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "roles/reresolve/templates/reresolve.timer.j2",
         include_str!("../../roles/reresolve/templates/reresolve.timer.j2"),
     ),
+    (
+        "roles/metrics/role.yaml",
+        include_str!("../../roles/metrics/role.yaml"),
+    ),
+    (
+        "roles/metrics/defaults.yaml",
+        include_str!("../../roles/metrics/defaults.yaml"),
+    ),
+    (
+        "roles/metrics/templates/metrics.sh.j2",
+        include_str!("../../roles/metrics/templates/metrics.sh.j2"),
+    ),
+    (
+        "roles/metrics/templates/metrics.service.j2",
+        include_str!("../../roles/metrics/templates/metrics.service.j2"),
+    ),
+    (
+        "roles/metrics/templates/metrics.timer.j2",
+        include_str!("../../roles/metrics/templates/metrics.timer.j2"),
+    ),
 ];
 
 /// Handlers a role may notify; what each does is defined by `apply`.
@@ -125,6 +145,7 @@ pub const HANDLERS: &[&str] = &[
     "sysctl",
     "daemon_reload",
     "reresolve",
+    "metrics",
 ];
 
 /// Where roles and the playbook come from.
@@ -481,7 +502,8 @@ mod tests {
                 "forwarding",
                 "port_forward",
                 "router_hub",
-                "reresolve"
+                "reresolve",
+                "metrics"
             ]
         );
     }

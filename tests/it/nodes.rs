@@ -293,3 +293,51 @@ fn a_pppoe_site_gets_an_mtu_that_crosses_every_link() {
     let r = s.apply(&["--check", "--detailed-exitcode"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
 }
+
+/// `network.metrics: textfile` gives every node the metrics script (valid shell), its service
+/// and its 30 s timer; without the setting the same files are planned absent (removed).
+#[test]
+fn metrics_textfile_puts_a_valid_script_and_timer_on_every_node_and_none_without_it() {
+    const FILES: [&str; 3] = [
+        "/usr/local/lib/wgprov/metrics.sh",
+        "/etc/systemd/system/wgprov-metrics.service",
+        "/etc/systemd/system/wgprov-metrics.timer",
+    ];
+    let get = |files: &[(String, Option<String>)], p: &str| -> Option<Option<String>> {
+        files.iter().find(|(x, _)| x == p).map(|(_, c)| c.clone())
+    };
+    let on = demo_yaml().replace("network:\n", "network:\n  metrics: textfile\n");
+    for node in ["node1", "node2", "office1", "cabin1"] {
+        let files = files_of(&on, node);
+        let script = get(&files, FILES[0]).flatten().unwrap();
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", &script])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            script.contains("out=/var/lib/prometheus/node-exporter/wgprov.prom\n"),
+            "{script}"
+        );
+        assert!(
+            get(&files, FILES[2])
+                .flatten()
+                .unwrap()
+                .contains("OnUnitActiveSec=30")
+        );
+        assert!(get(&files, FILES[1]).flatten().is_some(), "{node}");
+    }
+    for yaml in [
+        demo_yaml(),
+        demo_yaml().replace("network:\n", "network:\n  metrics: none\n"),
+    ] {
+        let files = files_of(&yaml, "node2");
+        for f in FILES {
+            assert_eq!(get(&files, f), Some(None), "{f}");
+        }
+    }
+}

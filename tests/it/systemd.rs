@@ -899,3 +899,190 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
     let failed = lab.cross_site_failures(Duration::from_secs(60));
     assert!(failed.is_empty(), "after cabin's new address: {failed:#?}");
 }
+
+/// `promtool check metrics` over `text`: `Some(complaints)` (empty when it passed), or `None`
+/// with a visible skip when promtool is not installed (a failure under CI).
+fn promtool_check(text: &str) -> Option<String> {
+    use std::io::Write;
+    let tool = [
+        std::env::var_os("WGPROV_PROMTOOL").map(PathBuf::from),
+        Some(PathBuf::from(
+            "/var/cache/wgprov-test/promtool/usr/bin/promtool",
+        )),
+    ]
+    .into_iter()
+    .flatten()
+    .find(|p| p.is_file())
+    .or_else(|| {
+        std::env::split_paths(&std::env::var_os("PATH")?)
+            .map(|d| d.join("promtool"))
+            .find(|p| p.is_file())
+    });
+    let Some(tool) = tool else {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "promtool is missing under CI: scripts/install-deps should put it in place"
+        );
+        skipped(
+            "promtool is not installed (scripts/install-deps): the metrics file is not checked by it",
+        );
+        return None;
+    };
+    let mut child = std::process::Command::new(tool)
+        .args(["check", "metrics"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(text.as_bytes())
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    let said = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Some(if out.status.success() && said.trim().is_empty() {
+        String::new()
+    } else {
+        format!("exit {:?}: {said}", out.status.code())
+    })
+}
+
+/// The value of the sample of `family` whose labels contain `label` (`k="v"`), if any.
+fn sample(prom: &str, family: &str, label: &str) -> Option<String> {
+    prom.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")) && l.contains(label))
+        .find_map(|l| l.rsplit(' ').next().map(str::to_string))
+}
+
+/// `network.metrics: textfile`: every node gets the timer, enabled; its service writes a file
+/// promtool accepts, with every planned peer's samples and "runs as its file says" = 1, which
+/// turns 0 once a peer is removed by hand. With the setting dropped, the next apply stops and
+/// removes the timer, its files and the metrics file.
+#[test]
+fn metrics_textfile_timer_writes_promtool_clean_metrics_and_goes_away_with_the_setting() {
+    const PROM: &str = "/var/lib/prometheus/node-exporter/wgprov.prom";
+    let Some(image) = image() else { return };
+    let lab = Lab::demo_with("sdmx", &image, |y| {
+        y.replace("network:\n", "network:\n  metrics: textfile\n")
+    });
+    let l = &lab.lab;
+    let t = Instant::now();
+    let (code, out) = lab.apply(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(
+        out.contains("metrics: systemctl enable --now wgprov-metrics.timer"),
+        "{out}"
+    );
+    // handshakes on every cross-site link first, so next-hops have handshake ages to show
+    assert!(lab.cross_site_failures(Duration::from_secs(30)).is_empty());
+    for (n, _, _) in &lab.nodes {
+        assert_eq!(
+            l.sh(n, "systemctl is-enabled wgprov-metrics.timer").trim(),
+            "enabled",
+            "{n}"
+        );
+    }
+    let read = |n: &str| {
+        l.sh(n, "systemctl start wgprov-metrics.service");
+        l.sh(n, &format!("cat {PROM}"))
+    };
+    let as_configured = "wgprov_interface_as_configured{interface=\"wg0\"}";
+    for n in ["node1", "node2"] {
+        let prom = read(n);
+        if let Some(said) = promtool_check(&prom) {
+            assert_eq!(said, "", "{n}: promtool check metrics:\n{prom}");
+        }
+        assert!(
+            prom.contains(&format!("{as_configured} 1\n")),
+            "{n}:\n{prom}"
+        );
+        let private = l.sh(n, "wg show wg0 private-key");
+        assert!(
+            !prom.contains(private.trim()),
+            "{n}: the private key is in the metrics file"
+        );
+        let sha = l.sh(n, "sha256sum /etc/wireguard/wg0.conf");
+        let sha = sha.split(' ').next().unwrap();
+        assert!(
+            prom.contains(&format!(
+                "wgprov_config_info{{interface=\"wg0\",sha256=\"{sha}\"}} 1\n"
+            )),
+            "{n}:\n{prom}"
+        );
+        let keys = l.sh(
+            n,
+            "wg-quick strip wg0 | awk '$1 == \"PublicKey\" {print $3}'",
+        );
+        assert!(!keys.trim().is_empty(), "{n}: no peers planned");
+        for key in keys.lines() {
+            let label = format!("public_key=\"{key}\"");
+            for family in [
+                "wgprov_peer_latest_handshake_timestamp_seconds",
+                "wgprov_peer_receive_bytes",
+                "wgprov_peer_transmit_bytes",
+            ] {
+                assert!(
+                    sample(&prom, family, &label).is_some(),
+                    "{n}: {family} {key}:\n{prom}"
+                );
+            }
+        }
+    }
+    // node1 (home's next-hop) pinged office1 above: that peer has a handshake age
+    let prom = read("node1");
+    let age = sample(
+        &prom,
+        "wgprov_peer_handshake_age_seconds",
+        "peer=\"office1\"",
+    )
+    .unwrap_or_else(|| panic!("no handshake age for office1:\n{prom}"));
+    assert!(age.parse::<u64>().unwrap() < 120, "{prom}");
+    assert!(
+        sample(&prom, "wgprov_peer_transmit_bytes", "peer=\"office1\"").is_some_and(|b| b != "0"),
+        "{prom}"
+    );
+
+    // a peer removed by hand: wg0 no longer runs as its file says
+    let key = l.sh("node2", "wg show wg0 peers | head -n 1");
+    l.sh("node2", &format!("wg set wg0 peer {} remove", key.trim()));
+    let prom = read("node2");
+    assert!(prom.contains(&format!("{as_configured} 0\n")), "{prom}");
+    assert!(
+        sample(
+            &prom,
+            "wgprov_peer_receive_bytes",
+            &format!("public_key=\"{}\"", key.trim())
+        )
+        .is_none(),
+        "{prom}"
+    );
+
+    // the setting dropped: the timer is stopped and gone, and so are its files and the metrics
+    let yaml = std::fs::read_to_string(&lab.inv).unwrap();
+    std::fs::write(&lab.inv, yaml.replace("  metrics: textfile\n", "")).unwrap();
+    let (code, out) = lab.apply(&[]);
+    assert_eq!(code, 0, "{out}");
+    for (n, _, _) in &lab.nodes {
+        let (code, state, _) = l.exec(n, &["systemctl", "is-active", "wgprov-metrics.timer"]);
+        assert!(code != 0 && state.trim() != "active", "{n}: timer {state}");
+        let (_, enabled, _) = l.exec(n, &["systemctl", "is-enabled", "wgprov-metrics.timer"]);
+        assert_ne!(enabled.trim(), "enabled", "{n}");
+        l.sh(
+            n,
+            &format!(
+                "! test -e {PROM} && ! test -e /usr/local/lib/wgprov/metrics.sh && ! test -e /etc/systemd/system/wgprov-metrics.timer && ! test -e /etc/systemd/system/timers.target.wants/wgprov-metrics.timer"
+            ),
+        );
+    }
+    eprintln!(
+        "metrics textfile: applied, checked, removed in {:.1} s",
+        t.elapsed().as_secs_f64()
+    );
+}

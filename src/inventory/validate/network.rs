@@ -1,5 +1,5 @@
 //! The `network:` section: the WireGuard space, site blocks, port, interface, keepalive, MTU,
-//! Kubernetes flavor and the cluster's CIDRs.
+//! Kubernetes flavor, metrics and the cluster's CIDRs.
 
 use std::path::Path;
 
@@ -24,6 +24,8 @@ pub(super) struct Net {
     pub keepalive: u16,
     /// The Kubernetes flavor.
     pub kubernetes: Flavor,
+    /// `network.metrics`.
+    pub metrics: Metrics,
     /// `network.mtu` when written (and valid), with its place.
     pub mtu_written: Option<(u16, Loc)>,
     /// The pod and service CIDRs, when listed.
@@ -66,6 +68,17 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
             Flavor::Kubeadm
         }),
     };
+    let metrics = match &net.metrics {
+        None => Metrics::None,
+        Some(m) => Metrics::parse(&m.value).unwrap_or_else(|| {
+            d.error(
+                loc(m),
+                "network.metrics",
+                format!("`{}` is not one of textfile, none", m.value),
+            );
+            Metrics::None
+        }),
+    };
     let mtu_written = net.mtu.as_ref().and_then(|m| {
         if (1280..=1500).contains(&m.value) {
             Some((m.value as u16, loc(m)))
@@ -89,6 +102,7 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
         interface,
         keepalive,
         kubernetes,
+        metrics,
         mtu_written,
         cluster_cidrs,
     }
@@ -201,6 +215,7 @@ pub(super) fn finish(file: &Path, net: Net, sites: Vec<Site>) -> Inventory {
                     - 80
             }),
             kubernetes: net.kubernetes,
+            metrics: net.metrics,
         },
         sites,
     }

@@ -271,3 +271,34 @@ mod router_tests {
         );
     }
 }
+
+/// `network.metrics`: `textfile` or `none` (the default); anything else is named by line and
+/// field.
+#[test]
+fn network_metrics_is_textfile_or_none() {
+    use crate::inventory::Metrics;
+    let inv = |m: &str| {
+        format!(
+            "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\n{m}sites:\n  home:\n    nodes:\n      n1: {{ address: 192.168.0.10 }}\n"
+        )
+    };
+    for (line, want) in [
+        ("", Metrics::None),
+        ("  metrics: none\n", Metrics::None),
+        ("  metrics: textfile\n", Metrics::Textfile),
+    ] {
+        let l = load_str(Path::new("inv.yaml"), &inv(line)).unwrap();
+        assert_eq!(l.inventory.network.metrics, want, "{line}");
+    }
+    match load_str(Path::new("inv.yaml"), &inv("  metrics: prometheus\n")) {
+        Err(Error::Invalid(d)) => assert!(
+            d.iter().any(|x| x.is_error()
+                && x.line == 4
+                && x.field == "network.metrics"
+                && x.message
+                    .contains("`prometheus` is not one of textfile, none")),
+            "{d:?}"
+        ),
+        other => panic!("accepted: {:?}", other.map(|l| l.inventory.network.metrics)),
+    }
+}
