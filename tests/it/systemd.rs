@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::common::{LabGuard, root};
+use super::common::{LabGuard, root, skipped};
 
 /// The systemd image, or `None` after a visible skip.
 fn image() -> Option<PathBuf> {
