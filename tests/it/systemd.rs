@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::common::{LabGuard, root, skipped};
+use super::common::{LabGuard, root};
 
 /// The systemd image, or `None` after a visible skip.
 fn image() -> Option<PathBuf> {
@@ -900,60 +900,6 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
     assert!(failed.is_empty(), "after cabin's new address: {failed:#?}");
 }
 
-/// `promtool check metrics` over `text`: `Some(complaints)` (empty when it passed), or `None`
-/// with a visible skip when promtool is not installed (a failure under CI).
-fn promtool_check(text: &str) -> Option<String> {
-    use std::io::Write;
-    let tool = [
-        std::env::var_os("WGPROV_PROMTOOL").map(PathBuf::from),
-        Some(PathBuf::from(
-            "/var/cache/wgprov-test/promtool/usr/bin/promtool",
-        )),
-    ]
-    .into_iter()
-    .flatten()
-    .find(|p| p.is_file())
-    .or_else(|| {
-        std::env::split_paths(&std::env::var_os("PATH")?)
-            .map(|d| d.join("promtool"))
-            .find(|p| p.is_file())
-    });
-    let Some(tool) = tool else {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "promtool is missing under CI: scripts/install-deps should put it in place"
-        );
-        skipped(
-            "promtool is not installed (scripts/install-deps): the metrics file is not checked by it",
-        );
-        return None;
-    };
-    let mut child = std::process::Command::new(tool)
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    let said = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    Some(if out.status.success() && said.trim().is_empty() {
-        String::new()
-    } else {
-        format!("exit {:?}: {said}", out.status.code())
-    })
-}
-
 /// The value of the sample of `family` whose labels contain `label` (`k="v"`), if any.
 fn sample(prom: &str, family: &str, label: &str) -> Option<String> {
     prom.lines()
@@ -996,9 +942,8 @@ fn metrics_textfile_timer_writes_promtool_clean_metrics_and_goes_away_with_the_s
     let as_configured = "wgprov_interface_as_configured{interface=\"wg0\"}";
     for n in ["node1", "node2"] {
         let prom = read(n);
-        if let Some(said) = promtool_check(&prom) {
-            assert_eq!(said, "", "{n}: promtool check metrics:\n{prom}");
-        }
+        // fails on any complaint of promtool's (a visible skip without it, a failure under CI)
+        super::metrics::promtool_check(&prom);
         assert!(
             prom.contains(&format!("{as_configured} 1\n")),
             "{n}:\n{prom}"
