@@ -95,12 +95,6 @@ pub enum FactsError {
     Transport(#[from] crate::transport::TransportError),
 }
 
-impl From<FactsError> for String {
-    fn from(e: FactsError) -> String {
-        e.to_string()
-    }
-}
-
 fn b64(s: &str) -> Result<String, FactsError> {
     let bytes = STANDARD
         .decode(s.trim())
