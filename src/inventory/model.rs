@@ -49,6 +49,8 @@ pub struct Network {
     pub kubernetes: Flavor,
     /// Whether nodes write WireGuard metrics for node_exporter.
     pub metrics: Metrics,
+    /// `network.relay`: the site that relays between sites without an endpoint.
+    pub relay: Option<String>,
 }
 
 /// `network.metrics`: what each node exports about its WireGuard interface.
@@ -432,6 +434,9 @@ pub struct Site {
     pub router_address: Option<String>,
     /// Nodes in the order written.
     pub nodes: Vec<Node>,
+    /// The site whose next-hop relays between this site and other sites without an endpoint:
+    /// its own `relay:`, else `network.relay`.
+    pub relay: Option<String>,
 }
 
 /// One node.

@@ -72,6 +72,11 @@ pub struct RawNetwork {
     #[serde(default)]
     #[schemars(schema_with = "metrics")]
     pub metrics: Option<S<String>>,
+    /// The site whose next-hop relays between sites that have no `endpoint` (behind CGNAT: no
+    /// port-forward possible): a managed site with an endpoint. A site's own `relay:` wins.
+    #[serde(default)]
+    #[schemars(schema_with = "opt_name")]
+    pub relay: Option<S<String>>,
 }
 
 /// `ssh:` at the top, in a site or in a node.
@@ -170,6 +175,11 @@ pub struct RawSite {
     #[serde(default)]
     #[schemars(schema_with = "opt_nodes")]
     pub nodes: Option<S<IndexMap<S<String>, S<RawNode>>>>,
+    /// For a site without `endpoint`: the site whose next-hop relays between it and the other
+    /// sites without one (overrides `network.relay`).
+    #[serde(default)]
+    #[schemars(schema_with = "opt_name")]
+    pub relay: Option<S<String>>,
 }
 
 /// One node.

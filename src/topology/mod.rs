@@ -4,6 +4,7 @@
 pub mod alloc;
 pub use crate::keys;
 pub mod reach;
+pub mod relay;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -61,6 +62,9 @@ pub struct SitePlan {
     pub wan_mtu: u16,
     /// Node names.
     pub nodes: Vec<String>,
+    /// The site whose next-hop relays between this site and the other sites without an
+    /// endpoint (its own `relay:`, else `network.relay`).
+    pub relay: Option<String>,
 }
 
 /// One managed node with its address and role.
@@ -150,6 +154,7 @@ impl Topology {
                 router_address: s.router_address.clone(),
                 wan_mtu: s.wan_mtu,
                 nodes: s.nodes.iter().map(|n| n.name.clone()).collect(),
+                relay: s.relay.clone(),
             });
             for n in &s.nodes {
                 nodes.push(node_plan(
@@ -277,8 +282,9 @@ impl Topology {
             });
         }
         let keepalive = (net.persistent_keepalive > 0).then_some(net.persistent_keepalive);
+        let carried = self.carried_by_relays(site);
         for other in &self.sites {
-            if other.name == site.name {
+            if other.name == site.name || self.relay_between(&site.name, &other.name).is_some() {
                 continue;
             }
             // a site whose hub wgprov does not run (someone else's, or a hand-run hub router)
@@ -287,12 +293,20 @@ impl Topology {
                 Some(nh) if other.managed => PeerRef::Node(nh.clone()),
                 _ => PeerRef::Site(other.name.clone()),
             };
+            // a relay also carries the blocks of the sites reached through it, and this site
+            // (behind NAT, without an endpoint) keeps its way to the relay open
+            let relayed = carried.get(other.name.as_str());
+            let mut allowed_ips = vec![other.wireguard_cidr];
+            allowed_ips.extend(relayed.into_iter().flatten().map(|s| s.wireguard_cidr));
             peers.push(Peer {
                 peer,
                 site: other.name.clone(),
-                allowed_ips: vec![other.wireguard_cidr],
+                allowed_ips,
                 endpoint: other.endpoint.as_ref().map(|e| e.to_string()),
-                persistent_keepalive: keepalive,
+                persistent_keepalive: match relayed {
+                    Some(_) => Some(relay::keepalive(net)),
+                    None => keepalive,
+                },
             });
         }
         peers

@@ -1,6 +1,6 @@
-//! What holds across sites: a managed router's name is no node's, every pair of sites can
-//! reach each other, `proxy_jump` names a node, what the OpenSSH config file adds, and no
-//! ProxyJump loop.
+//! What holds across sites: a managed router's name is no node's, `proxy_jump` names a node,
+//! what the OpenSSH config file adds, and no ProxyJump loop. (Whether every pair of sites can
+//! reach each other, directly or through a relay, is [`super::relay`]'s.)
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -12,7 +12,7 @@ use crate::inventory::sshconfig;
 /// Runs the checks across sites, in the order their problems are reported.
 pub(super) fn check(file: &Path, d: &mut Diags, st: &mut State) {
     router_names(d, st);
-    reachability(d, &st.sites);
+    super::relay::check(d, st);
     jump_targets(d, st);
     from_ssh_config(file, d, st);
     jump_loops(d, st);
@@ -32,27 +32,6 @@ fn router_names(d: &mut Diags, st: &State) {
                     r.name, l.line, s.name
                 ),
             );
-        }
-    }
-}
-
-/// Site pairs must be able to reach each other: at most one site without an endpoint.
-fn reachability(d: &mut Diags, sites: &[Site]) {
-    let mut first_without: Option<&Site> = None;
-    for s in sites {
-        if s.endpoint.is_some() {
-            continue;
-        }
-        match first_without {
-            None => first_without = Some(s),
-            Some(f) => d.error(
-                s.loc,
-                format!("sites.{}.endpoint", s.name),
-                format!(
-                    "neither site {} nor site {} (line {}) has an endpoint, so they cannot peer: give one of them an endpoint and a UDP port-forward",
-                    s.name, f.name, f.loc.line
-                ),
-            ),
         }
     }
 }

@@ -11,6 +11,7 @@
 mod mesh;
 mod network;
 mod node;
+mod relay;
 mod router;
 mod site;
 mod ssh;
@@ -191,6 +192,10 @@ struct State {
     config_refs: HashMap<String, ConfigRef>,
     /// Where a managed router's SSH settings came from, by router name.
     router_origins: HashMap<String, SshOrigins>,
+    /// Each site's own `relay:` as written: (site, relay, place).
+    relay_refs: Vec<(String, String, Loc)>,
+    /// `network.relay` as written, with its place.
+    network_relay: Option<(String, Loc)>,
 }
 
 /// Checks a raw inventory and turns it into an [`Inventory`], or returns every problem found.
@@ -199,7 +204,10 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
     let mut d = Diags::new(file);
     let net = network::check(&mut d, raw);
     ssh::defaults(&mut d, raw);
-    let mut st = State::default();
+    let mut st = State {
+        network_relay: net.relay.clone(),
+        ..State::default()
+    };
     if raw.sites.value.is_empty() {
         d.error(loc(&raw.sites), "sites", "no sites: nothing to build");
     }

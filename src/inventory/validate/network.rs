@@ -30,6 +30,8 @@ pub(super) struct Net {
     pub mtu_written: Option<(u16, Loc)>,
     /// The pod and service CIDRs, when listed.
     pub cluster_cidrs: Option<Vec<IpNet>>,
+    /// `network.relay` as written, with its place (checked across sites).
+    pub relay: Option<(String, Loc)>,
 }
 
 /// Checks `network:`.
@@ -95,6 +97,7 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
         }
     });
     let cluster_cidrs = cluster_cidrs(d, raw, wg);
+    let relay = net.relay.as_ref().map(|r| (r.value.clone(), loc(r)));
     Net {
         wg,
         site_prefix,
@@ -105,6 +108,7 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
         metrics,
         mtu_written,
         cluster_cidrs,
+        relay,
     }
 }
 
@@ -216,6 +220,7 @@ pub(super) fn finish(file: &Path, net: Net, sites: Vec<Site>) -> Inventory {
             }),
             kubernetes: net.kubernetes,
             metrics: net.metrics,
+            relay: net.relay.map(|r| r.0),
         },
         sites,
     }

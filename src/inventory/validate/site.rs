@@ -103,7 +103,16 @@ pub(super) fn check(
         public_key,
         router_address,
         nodes,
+        relay: site
+            .relay
+            .as_ref()
+            .map(|r| r.value.clone())
+            .or_else(|| net.relay.as_ref().map(|r| r.0.clone())),
     });
+    if let Some(r) = &site.relay {
+        st.relay_refs
+            .push((sname.value.clone(), r.value.clone(), loc(r)));
+    }
 }
 
 /// `lan_access`: only for a managed site with IPv4 LANs.
