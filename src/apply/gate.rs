@@ -24,7 +24,8 @@ pub(super) struct GuardInput<'a> {
 pub(super) type GuardStatuses = HashMap<String, (HostStatus, Option<String>, f64)>;
 
 /// The links the gate probes: those of the hosts the change touched (a router's change touches
-/// the links of its site's next-hop) that were up before, or are new.
+/// the links of its site's next-hop; a relay's next-hop's change, the links it relays) that
+/// were up before, or are new.
 fn links_to_probe(topo: &Topology, g: &GuardInput<'_>) -> BTreeSet<guard::Link> {
     let touched: BTreeSet<&str> = g
         .touched
@@ -37,7 +38,12 @@ fn links_to_probe(topo: &Topology, g: &GuardInput<'_>) -> BTreeSet<guard::Link> 
     guard::links_to_probe(
         guard::planned_links(topo)
             .into_iter()
-            .filter(|l| touched.iter().any(|t| l.has(t)))
+            .filter(|l| {
+                let via = guard::crosses(topo, l);
+                touched
+                    .iter()
+                    .any(|t| l.has(t) || via.as_deref() == Some(*t))
+            })
             .collect(),
         &g.before,
         &g.existed,

@@ -94,7 +94,8 @@ pub fn links_to_probe(
         .collect()
 }
 
-/// Every link between managed nodes the plan has.
+/// Every link between managed nodes the plan has, relayed links included (two next-hops of
+/// sites without an endpoint, whose pings cross the relay's next-hop).
 pub fn planned_links(topo: &Topology) -> BTreeSet<Link> {
     let mut l = BTreeSet::new();
     for n in &topo.nodes {
@@ -104,7 +105,33 @@ pub fn planned_links(topo: &Topology) -> BTreeSet<Link> {
             }
         }
     }
+    l.extend(
+        topo.relayed_links()
+            .iter()
+            .map(|r| Link::new(&r.from, &r.to)),
+    );
     l
+}
+
+/// Adds the relayed links to the links before the change: a relayed link has no handshake of
+/// its own, so it was up when both its legs (each end with the relay's next-hop) were, and
+/// existed when both existed.
+pub fn relayed_before(topo: &Topology, up: &mut BTreeSet<Link>, existed: &mut BTreeSet<Link>) {
+    for r in topo.relayed_links() {
+        let legs = [Link::new(&r.from, &r.via), Link::new(&r.to, &r.via)];
+        let link = Link::new(&r.from, &r.to);
+        if legs.iter().all(|l| up.contains(l)) {
+            up.insert(link.clone());
+        }
+        if legs.iter().all(|l| existed.contains(l)) {
+            existed.insert(link);
+        }
+    }
+}
+
+/// The hosts a link's traffic crosses besides its ends: the relay's next-hop of a relayed link.
+pub fn crosses(topo: &Topology, l: &Link) -> Option<String> {
+    topo.relayed_link(&l.from, &l.to).map(|r| r.via)
 }
 
 /// Which end probes a link: the one the controller reaches without crossing it (the other end
@@ -629,5 +656,50 @@ mod tests {
         assert_eq!(r[&Link::new("h1", "o1")], Some(true));
         assert_eq!(r[&Link::new("o1", "o2")], None);
         assert_eq!(h1.kinds(), vec!["probe"]);
+    }
+
+    /// north and south have no endpoint: they reach each other through home's next-hop h1.
+    const RELAYED: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\n  relay: home\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    nodes:\n      h1: {address: 192.168.0.10, wireguard_ip: 10.100.0.1}\n  north:\n    nodes:\n      n1: {address: 192.168.1.10, wireguard_ip: 10.100.1.1}\n  south:\n    nodes:\n      s1: {address: 192.168.2.10, wireguard_ip: 10.100.2.1}\n";
+
+    #[test]
+    fn a_relayed_pair_is_a_link_up_before_when_both_legs_were_and_crosses_the_relay() {
+        let t = topo(RELAYED);
+        let l = |a: &str, b: &str| Link::new(a, b);
+        assert_eq!(
+            planned_links(&t),
+            [l("h1", "n1"), l("h1", "s1"), l("n1", "s1")].into()
+        );
+        assert_eq!(crosses(&t, &l("s1", "n1")).as_deref(), Some("h1"));
+        assert_eq!(crosses(&t, &l("h1", "n1")), None);
+        // both legs up: the relayed link was up
+        let mut up: BTreeSet<Link> = [l("h1", "n1"), l("h1", "s1")].into();
+        let mut existed = up.clone();
+        relayed_before(&t, &mut up, &mut existed);
+        assert!(up.contains(&l("n1", "s1")) && existed.contains(&l("n1", "s1")));
+        // one leg idle: it existed, but was not up (it cannot break)
+        let mut up: BTreeSet<Link> = [l("h1", "n1")].into();
+        let mut existed: BTreeSet<Link> = [l("h1", "n1"), l("h1", "s1")].into();
+        relayed_before(&t, &mut up, &mut existed);
+        assert!(!up.contains(&l("n1", "s1")) && existed.contains(&l("n1", "s1")));
+    }
+
+    #[tokio::test]
+    async fn a_relayed_link_is_probed_by_a_ping_from_one_next_hop_to_the_other() {
+        let t = topo(RELAYED);
+        let p = paths(&t);
+        let n1 = Arc::new(FakeHost::new());
+        n1.reply("probe", &format!("{} up 10.100.2.1\n", probe::PROBE));
+        let s1 = Arc::new(FakeHost::new());
+        s1.reply("probe", &format!("{} up 10.100.1.1\n", probe::PROBE));
+        let sessions: HashMap<String, Arc<FakeHost>> = [
+            ("n1".to_string(), n1.clone()),
+            ("s1".to_string(), s1.clone()),
+        ]
+        .into();
+        let links: BTreeSet<Link> = [Link::new("n1", "s1")].into();
+        let wg0 = crate::shell::InterfaceName::default();
+        let r = probe_links(&t, &links, &p, &sessions, &wg0, Duration::from_secs(1)).await;
+        assert_eq!(r[&Link::new("n1", "s1")], Some(true));
+        assert_eq!(n1.kinds().len() + s1.kinds().len(), 1, "one end probes");
     }
 }

@@ -399,7 +399,8 @@ impl<C: Connect> Prepared<'_, C> {
             .iter()
             .map(|(n, k)| (k.public.to_base64(), n.clone()))
             .collect();
-        let (before, existed) = guard::links_before(&ok_facts, &owners);
+        let (mut before, mut existed) = guard::links_before(&ok_facts, &owners);
+        guard::relayed_before(cx.topo, &mut before, &mut existed);
         let wg_path = conf_path(cx.iface);
         let g = GuardInput {
             timeout,

@@ -314,6 +314,8 @@ pub(crate) mod tests {
             cross_site: to.starts_with("site "),
             handshake_age: age,
             probes: BTreeMap::new(),
+            relay: None,
+            via: None,
         };
         StatusReport {
             nodes: vec![

@@ -60,13 +60,24 @@ pub type Observations = HashMap<String, std::result::Result<Observed, ObserveErr
 /// A managed router's facts, or why they could not be read.
 pub type RouterFacts = HashMap<String, std::result::Result<Facts, ObserveError>>;
 
-/// The WireGuard addresses `node` pings: its planned peers that are managed nodes, and a hub
-/// router set up by hand (its `.1` answers when the operator set it up as `plan` said).
+/// The WireGuard addresses `node` pings: its planned peers that are managed nodes, a hub
+/// router set up by hand (its `.1` answers when the operator set it up as `plan` said), and
+/// the next-hops it reaches through a relay.
 pub fn probe_targets(topo: &Topology, node: &NodePlan) -> Vec<Ipv4Addr> {
-    topo.peers(node)
+    let mut v: Vec<Ipv4Addr> = topo
+        .peers(node)
         .iter()
         .filter_map(|p| peer_ip(topo, p))
-        .collect()
+        .collect();
+    for l in topo.relayed_links() {
+        let other = match node.name.as_str() {
+            n if n == l.from => &l.to,
+            n if n == l.to => &l.from,
+            _ => continue,
+        };
+        v.extend(topo.node(other).map(|o| o.wireguard_ip));
+    }
+    v
 }
 
 /// `wait`), then the interface's state, forwarding, and the facts (files and `wg show dump`,

@@ -75,6 +75,13 @@ pub struct LinkStatus {
     pub handshake_age: Option<u64>,
     /// Which end pinged the other, and whether it was answered.
     pub probes: BTreeMap<String, bool>,
+    /// For two sites without an endpoint: the relay site their traffic crosses (its next-hop
+    /// is `via`); the link has no handshake of its own, only pings tell.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub relay: Option<String>,
+    /// The relay site's next-hop, for a relayed link.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub via: Option<String>,
 }
 
 /// A node's state.
@@ -284,6 +291,9 @@ pub fn text(r: &StatusReport) -> String {
             None => "no handshake".into(),
         };
         let mut detail = vec![hs];
+        if let (Some(r), Some(v)) = (&l.relay, &l.via) {
+            detail = vec![format!("via relay {r} ({v})")];
+        }
         if !probes.is_empty() {
             detail.push(format!("ping {}", probes.join(", ")));
         }

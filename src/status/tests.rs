@@ -15,6 +15,7 @@ use crate::topology::{NodePlan, Peer, PeerRef, Topology};
 use crate::transport::TransportError;
 
 mod fleet;
+mod relayed;
 
 #[test]
 fn a_managed_router_whose_rules_are_gone_is_drift_and_one_never_applied_is_not_named() {

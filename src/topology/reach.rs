@@ -9,7 +9,8 @@ use super::Topology;
 
 /// For each node, the hosts whose WireGuard change could cut the controller's path to it: its
 /// `proxy_jump` chain, or, when its `ssh.host` is a WireGuard address, the next-hop where the
-/// controller enters the mesh (the one site with `lan_access`) and the node's own next-hop.
+/// controller enters the mesh (the one site with `lan_access`), the relay's next-hop when
+/// both sites have no endpoint, and the node's own next-hop.
 pub fn paths(topo: &Topology) -> HashMap<String, Vec<String>> {
     let lan: Vec<&str> = topo
         .sites
@@ -42,7 +43,15 @@ pub fn paths(topo: &Topology) -> HashMap<String, Vec<String>> {
                 Ok(IpAddr::V4(ip)) if topo.network.wireguard_cidr.contains(&ip));
             if over_mesh {
                 let own_hop = topo.site(&cur.site).and_then(|s| s.next_hop.clone());
-                for h in [entry.map(str::to_string), own_hop].into_iter().flatten() {
+                // from an entry site without an endpoint to another, the path crosses the relay
+                let relay_hop = entry
+                    .and_then(|e| topo.node(e))
+                    .and_then(|e| topo.relay_between(&e.site, &cur.site))
+                    .and_then(|r| r.next_hop.clone());
+                for h in [entry.map(str::to_string), relay_hop, own_hop]
+                    .into_iter()
+                    .flatten()
+                {
                     if h != n.name && h != cur.name && !via.contains(&h) {
                         via.push(h);
                     }

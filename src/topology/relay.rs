@@ -226,4 +226,25 @@ mod tests {
         );
         assert_eq!(allowed(&peer(&t, "n1", "v1").unwrap()), ["10.100.0.0/24"]);
     }
+
+    #[test]
+    fn the_controller_s_path_from_one_relayed_site_to_another_crosses_the_relay() {
+        let y = RELAYED
+            .replace(
+                "  north:\n",
+                "  north:\n    lan_cidrs: [192.168.1.0/24]\n    lan_access: true\n",
+            )
+            .replace(
+                "s2: {address: 192.168.2.11}",
+                "s2: {address: 192.168.2.11, ssh: {host: 10.100.2.2}}",
+            )
+            .replace(
+                "o1: {address: 192.168.3.10}",
+                "o1: {address: 192.168.3.10, ssh: {host: 10.100.3.1}}",
+            );
+        let t = topo(&y);
+        let p = crate::topology::reach::paths(&t);
+        assert_eq!(p["s2"], ["n1", "v1", "s1"]);
+        assert_eq!(p["o1"], ["n1"], "office has an endpoint: reached directly");
+    }
 }

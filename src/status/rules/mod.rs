@@ -12,6 +12,7 @@ use crate::shell::InterfaceName;
 use crate::topology::{NodePlan, Peer, PeerRef, Topology};
 
 mod node;
+mod relayed;
 mod router;
 
 use super::observe::{Observations, Observed};
@@ -222,6 +223,8 @@ fn link_states(v: &View) -> Vec<LinkStatus> {
                 cross_site: p.site != n.site,
                 handshake_age: None,
                 probes: BTreeMap::new(),
+                relay: None,
+                via: None,
             };
             // each managed end with its view of the other
             let mut ends: Vec<(&NodePlan, Peer)> = vec![(n, p.clone())];
@@ -272,6 +275,7 @@ fn link_states(v: &View) -> Vec<LinkStatus> {
             links.push(l);
         }
     }
+    links.extend(relayed::link_states(v));
     links
 }
 
@@ -304,6 +308,11 @@ fn unexplained_links(
         );
         if let Some(h) = hints.get(&k) {
             let _ = write!(why, "; {h}");
+        } else if let (Some(r), Some(via)) = (&l.relay, &l.via) {
+            let _ = write!(
+                why,
+                "; neither site has an endpoint, so they reach each other through relay {r}'s next-hop {via}: check {via} (up, forwarding) and its links with both"
+            );
         } else if l.cross_site {
             why.push_str("; check the endpoints, the keys at both ends and the port-forwards of the sites that must accept the first packet");
         } else {

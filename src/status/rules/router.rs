@@ -51,7 +51,7 @@ impl Links<'_> {
             .unwrap_or_default();
         self.links
             .iter()
-            .filter(|l| l.up && l.cross_site && (l.from == n || l.to == n))
+            .filter(|l| l.up && l.cross_site && l.relay.is_none() && (l.from == n || l.to == n))
             .map(|l| {
                 if l.from == n {
                     l.to.clone()
