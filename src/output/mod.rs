@@ -19,6 +19,35 @@ struct PlanDoc<'a> {
     /// Hub routers wgprov does not manage: the tunnel and peers to create (offline: the nodes'
     /// keys are not known yet).
     router_hubs: Vec<crate::hosts::hub::Hub>,
+    /// Pairs of sites without an endpoint that reach each other through a relay.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    relayed_links: Vec<RelayedDoc>,
+}
+
+#[derive(Serialize)]
+struct RelayedDoc {
+    a: String,
+    b: String,
+    relay: String,
+    /// The next-hops the traffic crosses, when wgprov runs them: a's, the relay's, b's.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    path: Option<[String; 3]>,
+}
+
+fn relayed_docs(topo: &Topology) -> Vec<RelayedDoc> {
+    let links = topo.relayed_links();
+    topo.relayed()
+        .into_iter()
+        .map(|r| RelayedDoc {
+            path: links
+                .iter()
+                .find(|l| l.sites == r)
+                .map(|l| [l.from.clone(), l.via.clone(), l.to.clone()]),
+            a: r.a,
+            b: r.b,
+            relay: r.relay,
+        })
+        .collect()
 }
 
 #[derive(Serialize)]
@@ -95,6 +124,9 @@ struct SiteDoc<'a> {
     public_key: Option<String>,
     wan_mtu: u16,
     nodes: Vec<NodeDoc<'a>>,
+    /// The relay it reaches the other sites without an endpoint through (none has one).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    relay: Option<&'a str>,
 }
 
 #[derive(Serialize)]
@@ -125,6 +157,24 @@ struct PeerDoc {
     allowed_ips: Vec<String>,
     endpoint: Option<String>,
     persistent_keepalive: Option<u16>,
+    /// The sites whose blocks ride on this peer because it is their relay.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    relays: Vec<String>,
+}
+
+/// The sites whose traffic `n` sends to the peer of site `peer_site` because it relays for them.
+fn relayed_through(topo: &Topology, n: &crate::topology::NodePlan, peer_site: &str) -> Vec<String> {
+    if !n.is_next_hop {
+        return Vec::new();
+    }
+    topo.sites
+        .iter()
+        .filter(|o| {
+            topo.relay_between(&n.site, &o.name)
+                .is_some_and(|r| r.name == peer_site)
+        })
+        .map(|o| o.name.clone())
+        .collect()
 }
 
 fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
@@ -169,6 +219,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
                                 PeerRef::Site(x) => (x, "site"),
                             };
                             PeerDoc {
+                                relays: relayed_through(topo, n, &p.site),
                                 peer,
                                 kind,
                                 site: p.site,
@@ -180,6 +231,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
                         .collect(),
                 })
                 .collect(),
+            relay: relay_of(topo, s),
         })
         .collect();
     PlanDoc {
@@ -200,7 +252,17 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
         sites,
         router_rules: crate::hosts::manual_rules(topo),
         router_hubs: crate::hosts::hub::hubs(topo, &|_| None),
+        relayed_links: relayed_docs(topo),
     }
+}
+
+/// The relay `s` goes through, when it goes through one.
+fn relay_of<'a>(topo: &'a Topology, s: &crate::topology::SitePlan) -> Option<&'a str> {
+    topo.relayed()
+        .iter()
+        .find(|r| r.a == s.name || r.b == s.name)
+        .and_then(|r| topo.site(&r.relay))
+        .map(|r| r.name.as_str())
 }
 
 /// `plan --format json`: network, sites, nodes with their peers, written to `w`.
@@ -219,6 +281,7 @@ pub fn plan_text(topo: &Topology) -> String {
     for s in &topo.sites {
         o.push_str(&site_text(topo, s));
     }
+    o.push_str(&relayed_text(topo));
     o.push_str(&router_rules_text(&crate::hosts::manual_rules(topo)));
     o.push_str(&router_hubs_text(&crate::hosts::hub::hubs(topo, &|_| None)));
     o
@@ -258,11 +321,11 @@ fn network_text(topo: &Topology) -> String {
 fn site_text(topo: &Topology, s: &crate::topology::SitePlan) -> String {
     let net = &topo.network;
     let mut o = String::new();
-    let ep = s
-        .endpoint
-        .as_ref()
-        .map(|e| format!("endpoint {e}"))
-        .unwrap_or_else(|| "no endpoint".into());
+    let ep = match (&s.endpoint, relay_of(topo, s)) {
+        (Some(e), _) => format!("endpoint {e}"),
+        (None, Some(r)) => format!("no endpoint (relay {r})"),
+        (None, None) => "no endpoint".into(),
+    };
     if !s.managed {
         let _ = writeln!(
             o,
@@ -315,6 +378,24 @@ fn site_text(topo: &Topology, s: &crate::topology::SitePlan) -> String {
     o
 }
 
+/// The block listing the pairs of sites that reach each other through a relay (empty when
+/// there are none).
+fn relayed_text(topo: &Topology) -> String {
+    let links = topo.relayed_links();
+    let mut o = String::new();
+    for r in topo.relayed() {
+        if o.is_empty() {
+            o.push_str("\nRELAYED LINKS (neither site has an endpoint: the relay's next-hop forwards between them):\n");
+        }
+        let _ = write!(o, "  {r}");
+        if let Some(l) = links.iter().find(|l| l.sites == r) {
+            let _ = write!(o, "  ({} -> {} -> {})", l.from, l.via, l.to);
+        }
+        o.push('\n');
+    }
+    o
+}
+
 /// A node's line of the plan, then one line per peer.
 fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
     let mut o = String::new();
@@ -343,6 +424,10 @@ fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
         }
         if let Some(k) = p.persistent_keepalive {
             let _ = write!(o, "  keepalive {k}");
+        }
+        let relays = relayed_through(topo, n, &p.site);
+        if !relays.is_empty() {
+            let _ = write!(o, "  relays to {}", relays.join(", "));
         }
         o.push('\n');
     }
@@ -599,6 +684,75 @@ mod tests {
         assert_eq!(
             plan_json(&topo)["router_rules"].as_array().unwrap().len(),
             3
+        );
+    }
+
+    /// vps relays for north and south (no endpoint); office has an endpoint.
+    const RELAYED: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\n  relay: vps\nsites:\n  vps:\n    endpoint: 203.0.113.10:51820\n    nodes:\n      v1: {address: 192.168.5.10}\n  north:\n    nodes:\n      n1: {address: 192.168.1.10}\n  south:\n    nodes:\n      s1: {address: 192.168.2.10}\n  office:\n    endpoint: 198.51.100.20:51820\n    nodes:\n      o1: {address: 192.168.3.10}\n";
+
+    fn relayed_topo() -> Topology {
+        let inv = crate::inventory::load_str(std::path::Path::new("t.yaml"), RELAYED)
+            .unwrap()
+            .inventory;
+        Topology::build(&inv, &Default::default()).unwrap().0
+    }
+
+    #[test]
+    fn plan_shows_relayed_links_as_relayed_in_text_and_json() {
+        let t = relayed_topo();
+        let text = plan_text(&t);
+        assert!(
+            text.contains("RELAYED LINKS")
+                && text.contains("  north -> south via relay vps  (n1 -> v1 -> s1)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("site north  10.100.1.0/24  no endpoint (relay vps)"),
+            "{text}"
+        );
+        assert!(
+            text.contains("peer v1               allowed 10.100.0.0/24,10.100.2.0/24  endpoint 203.0.113.10:51820  keepalive 25  relays to south\n"),
+            "{text}"
+        );
+        assert_eq!(text.matches("relays to").count(), 2, "{text}");
+        let v = plan_json(&t);
+        assert_eq!(
+            v["relayed_links"],
+            serde_json::json!([{"a": "north", "b": "south", "relay": "vps", "path": ["n1", "v1", "s1"]}])
+        );
+        assert_eq!(v["sites"][1]["relay"], "vps");
+        assert_eq!(v["sites"][3].get("relay"), None, "office needs no relay");
+        let n1_peers = v["sites"][1]["nodes"][0]["peers"].as_array().unwrap();
+        assert_eq!(
+            n1_peers.len(),
+            2,
+            "the relay and the office, not south: {n1_peers:?}"
+        );
+        assert_eq!(n1_peers[0]["relays"], serde_json::json!(["south"]));
+        assert_eq!(n1_peers[1].get("relays"), None);
+        // no relay: no block and no key
+        let plain = crate::inventory::load_str(
+            std::path::Path::new("t.yaml"),
+            &RELAYED.replace("  north:\n", "  north:\n    endpoint: 192.0.2.9:51820\n"),
+        )
+        .unwrap()
+        .inventory;
+        let plain = Topology::build(&plain, &Default::default()).unwrap().0;
+        assert!(!plan_text(&plain).contains("RELAYED"));
+        assert_eq!(plan_json(&plain).get("relayed_links"), None);
+    }
+
+    #[test]
+    fn the_graph_draws_a_relayed_link_dashed_via_its_relay() {
+        let dot = graph_dot(&relayed_topo());
+        assert!(
+            dot.contains("\"n1\" -- \"s1\" [style=dashed, label=\"via relay vps (v1)\"];"),
+            "{dot}"
+        );
+        let h = svg::health_dot(&relayed_topo(), &[("n1".into(), "s1".into(), false)]);
+        assert!(
+            h.contains("\"n1\" -- \"s1\" [color=red, fontcolor=red, style=dashed, penwidth=3, label=\"DOWN\\nvia relay vps (v1)\"];"),
+            "{h}"
         );
     }
 }

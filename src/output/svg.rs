@@ -99,6 +99,8 @@ fn cluster(topo: &Topology, s: &crate::topology::SitePlan) -> String {
 struct Link {
     cross_site: bool,
     endpoints: Vec<String>,
+    /// For two sites without an endpoint: `via relay R (NODE)`.
+    relay: Option<String>,
 }
 
 /// One link per pair of ends (ordered by name), with the endpoint each end dials (when it dials
@@ -115,6 +117,7 @@ fn links(topo: &Topology) -> BTreeMap<(String, String), Link> {
             let l = links.entry(key).or_insert(Link {
                 cross_site: p.site != n.site,
                 endpoints: Vec::new(),
+                relay: None,
             });
             if let Some(e) = &p.endpoint {
                 l.endpoints.push(format!("{} -> {e}", n.name));
@@ -137,6 +140,17 @@ fn links(topo: &Topology) -> BTreeMap<(String, String), Link> {
             }
         }
     }
+    // two next-hops without an endpoint: no tunnel of their own, their traffic crosses the relay
+    for r in topo.relayed_links() {
+        links.insert(
+            ordered(&r.from, &r.to),
+            Link {
+                cross_site: true,
+                endpoints: Vec::new(),
+                relay: Some(format!("via relay {} ({})", r.sites.relay, r.via)),
+            },
+        );
+    }
     links
 }
 
@@ -146,18 +160,22 @@ fn edge(a: &str, b: &str, l: &Link, health: Option<&BTreeMap<(String, String), b
     if l.cross_site {
         attrs.push("style=bold".to_string());
     }
-    let ends: Vec<&str> = l.endpoints.iter().map(|s| s.as_str()).collect();
-    let mut text = ends.clone();
+    let mut text: Vec<&str> = l.endpoints.iter().map(|s| s.as_str()).collect();
+    if let Some(r) = &l.relay {
+        attrs.retain(|x| x != "style=bold");
+        attrs.push("style=dashed".to_string());
+        text.push(r);
+    }
     if let Some(h) = health {
         match h.get(&(a.to_string(), b.to_string())) {
             Some(true) => attrs.push("color=green4, penwidth=2".into()),
             Some(false) => {
-                attrs.retain(|x| x != "style=bold");
+                attrs.retain(|x| !x.starts_with("style="));
                 attrs.push("color=red, fontcolor=red, style=dashed, penwidth=3".into());
                 text.insert(0, "DOWN");
             }
             None => {
-                attrs.retain(|x| x != "style=bold");
+                attrs.retain(|x| !x.starts_with("style="));
                 attrs.push("color=grey60, style=dotted".into());
             }
         }

@@ -123,7 +123,7 @@ mod tests {
     use super::*;
 
     /// A relay (a VPS with an endpoint) and two sites behind CGNAT, plus one with an endpoint.
-    pub(crate) const RELAYED: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\n  relay: vps\nsites:\n  vps:\n    endpoint: 203.0.113.10:51820\n    nodes:\n      v1: {address: 192.168.5.10}\n  north:\n    next_hop: n1\n    nodes:\n      n1: {address: 192.168.1.10}\n      n2: {address: 192.168.1.11}\n  south:\n    next_hop: s1\n    nodes:\n      s1: {address: 192.168.2.10}\n      s2: {address: 192.168.2.11}\n  office:\n    endpoint: 198.51.100.20:51820\n    nodes:\n      o1: {address: 192.168.3.10}\n";
+    const RELAYED: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\n  relay: vps\nsites:\n  vps:\n    endpoint: 203.0.113.10:51820\n    nodes:\n      v1: {address: 192.168.5.10}\n  north:\n    next_hop: n1\n    nodes:\n      n1: {address: 192.168.1.10}\n      n2: {address: 192.168.1.11}\n  south:\n    next_hop: s1\n    nodes:\n      s1: {address: 192.168.2.10}\n      s2: {address: 192.168.2.11}\n  office:\n    endpoint: 198.51.100.20:51820\n    nodes:\n      o1: {address: 192.168.3.10}\n";
 
     fn topo(yaml: &str) -> Topology {
         let inv = crate::inventory::load_str(std::path::Path::new("t.yaml"), yaml)
