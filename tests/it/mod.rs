@@ -17,6 +17,7 @@ pub mod operator;
 pub mod package;
 pub mod peering;
 pub mod properties;
+pub mod relays;
 pub mod roundtrip;
 pub mod routers;
 pub mod schema_patterns;
