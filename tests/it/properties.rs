@@ -1,7 +1,7 @@
 //! Property tests over random inventories: stable allocation under reorder/insert/remove, no
 //! overlaps, rendered configs that round-trip through the parser, and — with WireGuard's
 //! cryptokey routing simulated on the rendered configs — every node reaching every other in at
-//! most three hops.
+//! most three hops (four through a relay).
 
 use std::collections::{HashMap, HashSet};
 use std::net::Ipv4Addr;
@@ -16,6 +16,20 @@ use super::common::{Inv, content, gen_inventory, render};
 fn sites_strategy() -> impl Strategy<Value = Vec<(String, usize)>> {
     prop::collection::btree_map(0u16..60, 1usize..6, 1..8)
         .prop_map(|m| m.into_iter().map(|(id, n)| (format!("s{id}"), n)).collect())
+}
+
+/// Only the last site has an endpoint, and it relays for all the others.
+fn relayed_inventory(sites: &[(String, usize)]) -> String {
+    let last = &sites.last().expect("at least one site").0;
+    let mut y = gen_inventory(sites, true).replacen(
+        "network:\n",
+        &format!("network:\n  relay: {last}\n"),
+        1,
+    );
+    for (name, _) in &sites[..sites.len() - 1] {
+        y = y.replace(&format!("    endpoint: {name}.example.net:51820\n"), "");
+    }
+    y
 }
 
 proptest! {
@@ -81,8 +95,9 @@ proptest! {
     fn rendered_configs_round_trip_and_every_node_reaches_every_other(
         sites in sites_strategy(),
         all_endpoints in any::<bool>(),
+        relayed in any::<bool>(),
     ) {
-        let inv = Inv::new(&gen_inventory(&sites, all_endpoints));
+        let inv = Inv::new(&if relayed { relayed_inventory(&sites) } else { gen_inventory(&sites, all_endpoints) });
         let plan = inv.plan();
         let (hosts, keys) = render(&plan);
         let topo = &plan.topology;
@@ -145,7 +160,9 @@ proptest! {
                     if next != b.name {
                         prop_assert!(forwards.contains(next.as_str()), "{next} would have to forward but does not");
                     }
-                    prop_assert!(hops <= 3, "{} -> {} takes more than three hops", a.name, b.name);
+                    // a relay adds one hop between two sites without an endpoint
+                    let most = if relayed { 4 } else { 3 };
+                    prop_assert!(hops <= most, "{} -> {} takes more than {most} hops", a.name, b.name);
                     cur = next;
                 }
             }
