@@ -293,7 +293,7 @@ fn unexplained_links(
             .filter(|e| !e.starts_with("site "))
             .all(|e| v.health(e) == Health::Up);
         let k = pair(&l.from, &l.to);
-        if !ends_ok || explained.contains(&k) {
+        if !ends_ok || explained.contains(&k) || relayed::explained_by_a_leg(l, links) {
             continue;
         }
         let when = match l.handshake_age {

@@ -48,3 +48,16 @@ pub(super) fn link_states(v: &View) -> Vec<LinkStatus> {
     }
     out
 }
+
+/// True for a relayed link one of whose legs (an end with the relay's next-hop) is not up:
+/// that leg's own problem explains it, and is reported once, there.
+pub(super) fn explained_by_a_leg(l: &LinkStatus, links: &[LinkStatus]) -> bool {
+    let Some(via) = &l.via else { return false };
+    let ends =
+        |x: &LinkStatus, a: &str, b: &str| (x.from == a && x.to == b) || (x.from == b && x.to == a);
+    links.iter().any(|x| {
+        x.relay.is_none()
+            && x.state != LinkState::Up
+            && (ends(x, &l.from, via) || ends(x, &l.to, via))
+    })
+}

@@ -67,3 +67,27 @@ fn a_relayed_link_whose_pings_die_at_the_relay_points_at_the_relay() {
         r.problems[0].why
     );
 }
+
+#[test]
+fn a_relayed_link_down_with_a_leg_is_explained_by_the_leg_alone() {
+    let mut m = Mesh::healthy(RELAYED);
+    // north1 cannot reach the relay: its leg is down, and so is the relayed link
+    m.cut("n1", "h1");
+    let (n1, s1) = (m.ip("n1"), m.ip("s1"));
+    m.get("n1").answered.insert(s1, false);
+    m.get("s1").answered.insert(n1, false);
+    let r = m.report();
+    assert_eq!(link(&r, "n1", "s1").state, LinkState::Down);
+    assert_eq!(link(&r, "n1", "h1").state, LinkState::Down);
+    let about: Vec<(Option<String>, Option<String>)> = r
+        .problems
+        .iter()
+        .map(|p| (p.node.clone(), p.peer.clone()))
+        .collect();
+    assert_eq!(about.len(), 1, "{}", text(&r));
+    assert!(
+        !r.problems[0].why.contains("through relay"),
+        "the leg is named, not the relayed pair: {}",
+        text(&r)
+    );
+}
