@@ -20,6 +20,58 @@ pub(super) fn targeted_nodes<'a>(topo: &'a Topology, settings: &Settings) -> Vec
         .collect()
 }
 
+/// The nodes being taken out that `--limit` selects (every one without it).
+pub(super) fn targeted_removed<'a>(topo: &'a Topology, settings: &Settings) -> Vec<&'a NodePlan> {
+    let limit = settings.limit.as_deref();
+    topo.removed
+        .iter()
+        .filter(|n| limit.is_none_or(|l| matches_limit(l, n)))
+        .collect()
+}
+
+/// What `--limit` leaves undone of a removal: a node taken out whose peers stay outside the
+/// run keep their entry for it; one outside the run is dropped by its peers but not cleaned.
+pub(super) fn removal_limits(topo: &Topology, settings: &Settings) -> Vec<String> {
+    let Some(limit) = settings.limit.as_deref() else {
+        return Vec::new();
+    };
+    let mut w = Vec::new();
+    for r in &topo.removed {
+        if matches_limit(limit, r) {
+            // a member's peer is its site's next-hop; a removed site's next-hop's are the other
+            // sites' next-hops
+            let site_stays = topo.site(&r.site).is_some();
+            let peers: Vec<&str> = topo
+                .nodes
+                .iter()
+                .filter(|n| n.is_next_hop)
+                .filter(|n| {
+                    if site_stays {
+                        n.site == r.site
+                    } else {
+                        r.is_next_hop
+                    }
+                })
+                .filter(|n| !matches_limit(limit, n))
+                .map(|n| n.name.as_str())
+                .collect();
+            if !peers.is_empty() {
+                w.push(format!(
+                    "node {} is taken out, but hosts outside --limit keep their entry for it until they are applied: {}",
+                    r.name,
+                    peers.join(", ")
+                ));
+            }
+        } else {
+            w.push(format!(
+                "node {} is marked `state: absent` but is outside --limit: hosts in this run drop it, but it is not cleaned",
+                r.name
+            ));
+        }
+    }
+    w
+}
+
 /// The managed routers `--limit` selects: by their name (`<site>-router`), their site's name,
 /// or a glob over their name (every managed router without it).
 pub(super) fn targeted_routers(topo: &Topology, settings: &Settings) -> Vec<String> {

@@ -2,6 +2,7 @@
 //! Pure: from the topology, the keys, the roles and — when known — the host's current files.
 
 pub mod hub_sheet;
+pub mod removal;
 pub mod wgmerge;
 
 use std::collections::HashMap;

@@ -55,6 +55,9 @@ pub enum HostError {
         /// Its address.
         address: String,
     },
+    /// A removed node's files do not render (a role's path).
+    #[error("rendering what a removed node keeps: {0}")]
+    Render(String),
 }
 
 /// The script that installs the port-forward (run by the handler and at boot).

@@ -26,6 +26,11 @@ pub struct Inventory {
     pub network: Network,
     /// Sites in the order written.
     pub sites: Vec<Site>,
+    /// Nodes marked `state: absent` (alone or with their site), to be taken out and cleaned;
+    /// in no site's `nodes`.
+    pub removed: Vec<Node>,
+    /// Sites marked `state: absent` (their nodes are in `removed`); in no other list.
+    pub removed_sites: Vec<Site>,
 }
 
 /// Network-wide settings.
@@ -432,6 +437,8 @@ pub struct Site {
     pub router_address: Option<String>,
     /// Nodes in the order written.
     pub nodes: Vec<Node>,
+    /// Marked `state: absent`: the whole site is taken out.
+    pub absent: bool,
 }
 
 /// One node.
@@ -458,6 +465,8 @@ pub struct Node {
     /// True for a site's managed router that is its WireGuard hub (`next_hop: router`): a host
     /// with wg0 like a next-hop node, but no Kubernetes node.
     pub is_router: bool,
+    /// Marked `state: absent` (itself or its site): to be taken out.
+    pub absent: bool,
 }
 
 impl Inventory {

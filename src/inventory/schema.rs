@@ -162,6 +162,11 @@ pub struct RawSite {
     #[serde(default)]
     #[schemars(schema_with = "opt_host")]
     pub router_address: Option<S<String>>,
+    /// `absent`: take the whole site out (its nodes cleaned, dropped by every other site, its
+    /// block retired in the lock file); default `present`.
+    #[serde(default)]
+    #[schemars(schema_with = "states")]
+    pub state: Option<S<String>>,
     /// SSH overrides for the site's nodes.
     #[serde(default)]
     #[schemars(with = "Option<RawSsh>")]
@@ -195,6 +200,11 @@ pub struct RawNode {
     #[serde(default)]
     #[schemars(with = "Option<RawSsh>")]
     pub ssh: Option<S<RawSsh>>,
+    /// `absent`: take the node out (cleaned, dropped by its peers, its address retired in the
+    /// lock file); default `present`.
+    #[serde(default)]
+    #[schemars(schema_with = "states")]
+    pub state: Option<S<String>>,
 }
 
 /// `router:` as written: a name, or a managed router's mapping.
@@ -318,6 +328,10 @@ fn os_families(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         OsFamily::ALL.iter().map(|k| k.as_str().into()).collect();
     families.push(serde_json::Value::Null);
     schemars::json_schema!({ "type": ["string", "null"], "enum": families })
+}
+
+fn states(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": ["string", "null"], "enum": ["present", "absent", null] })
 }
 
 fn flavors(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

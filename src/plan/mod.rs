@@ -245,7 +245,7 @@ fn files(
             }
             files
         }
-        None => kind.forwarder_files(topo, f)?,
+        None => kind.own_files(roles, topo, f)?,
     };
     Ok(files)
 }

@@ -28,6 +28,9 @@ pub struct Topology {
     pub nodes: Vec<NodePlan>,
     /// The allocation (also what the lock file records).
     pub allocation: alloc::Allocation,
+    /// Nodes marked `state: absent`, to take out (in no site's `nodes`, nobody's peer); the
+    /// address is the one they held, unspecified when none was ever recorded.
+    pub removed: Vec<NodePlan>,
     index: HashMap<String, usize>,
 }
 
@@ -165,12 +168,18 @@ impl Topology {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
+        let removed = inv
+            .removed
+            .iter()
+            .map(|n| removed_plan(n, inv, &allocation))
+            .collect();
         Ok((
             Topology {
                 network: inv.network.clone(),
                 sites,
                 nodes,
                 allocation,
+                removed,
                 index,
             },
             warnings,
@@ -180,6 +189,19 @@ impl Topology {
     /// The node called `name`.
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    /// The node called `name` that is being taken out.
+    pub fn removed_node(&self, name: &str) -> Option<&NodePlan> {
+        self.removed.iter().find(|n| n.name == name)
+    }
+
+    /// Every host wgprov may connect to in a run: [`Topology::ssh_targets`] and the nodes
+    /// being taken out.
+    pub fn all_ssh_targets(&self) -> Vec<SshTarget> {
+        let mut v = self.ssh_targets();
+        v.extend(self.removed.iter().map(SshTarget::from));
+        v
     }
 
     /// The site called `name`.
@@ -308,6 +330,27 @@ fn node_plan(n: &Node, a: &alloc::Allocation, next_hop: Option<&str>, flavor: Fl
         is_next_hop: next_hop == Some(n.name.as_str()),
         os_family: n.os_family,
         kubernetes: n.kubernetes.unwrap_or(flavor),
+        ssh: n.ssh.clone(),
+        is_router: n.is_router,
+    }
+}
+
+/// A node being taken out, with the address it held (from the allocation's retired ones).
+fn removed_plan(n: &Node, inv: &Inventory, a: &alloc::Allocation) -> NodePlan {
+    let site = inv
+        .site(&n.site)
+        .or_else(|| inv.removed_sites.iter().find(|s| s.name == n.site));
+    NodePlan {
+        name: n.name.clone(),
+        site: n.site.clone(),
+        address: n.address.clone(),
+        wireguard_ip: n
+            .wireguard_ip
+            .or_else(|| a.retired_ip(&n.site, &n.name))
+            .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        is_next_hop: site.is_some_and(|s| s.next_hop.as_deref() == Some(n.name.as_str())),
+        os_family: n.os_family,
+        kubernetes: n.kubernetes.unwrap_or(inv.network.kubernetes),
         ssh: n.ssh.clone(),
         is_router: n.is_router,
     }

@@ -195,7 +195,12 @@ fn cluster_cidrs(d: &mut Diags, raw: &RawInventory, wg: Option<Ipv4Net>) -> Opti
 }
 
 /// The typed inventory, once every check has passed.
-pub(super) fn finish(file: &Path, net: Net, sites: Vec<Site>) -> Inventory {
+pub(super) fn finish(
+    file: &Path,
+    net: Net,
+    sites: Vec<Site>,
+    (removed, removed_sites): (Vec<Node>, Vec<Site>),
+) -> Inventory {
     Inventory {
         path: file.to_path_buf(),
         network: Network {
@@ -218,5 +223,7 @@ pub(super) fn finish(file: &Path, net: Net, sites: Vec<Site>) -> Inventory {
             metrics: net.metrics,
         },
         sites,
+        removed,
+        removed_sites,
     }
 }

@@ -302,3 +302,85 @@ fn network_metrics_is_textfile_or_none() {
         other => panic!("accepted: {:?}", other.map(|l| l.inventory.network.metrics)),
     }
 }
+
+/// `state: absent` on nodes and sites.
+mod absent_tests {
+    use std::path::Path;
+
+    use crate::error::Error;
+    use crate::inventory::load_str;
+
+    const BASE: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: h.example.net:51820\n    next_hop: n1\n    nodes:\n      n1: { address: 192.168.0.10 }\n      n2: { address: 192.168.0.11 }\n  cabin:\n    nodes:\n      c1: { address: 192.168.5.10 }\n";
+
+    fn errors(yaml: &str) -> Vec<crate::error::Diagnostic> {
+        match load_str(Path::new("inv.yaml"), yaml) {
+            Err(Error::Invalid(d)) => d,
+            other => panic!("expected errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absent_nodes_and_sites_leave_the_mesh_and_are_listed_to_take_out() {
+        let y = BASE
+            .replace(
+                "n2: { address: 192.168.0.11 }",
+                "n2: { address: 192.168.0.11, state: absent }",
+            )
+            .replace("  cabin:\n", "  cabin:\n    state: absent\n");
+        let inv = load_str(Path::new("inv.yaml"), &y).unwrap().inventory;
+        let names: Vec<&str> = inv.nodes().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["n1"]);
+        let removed: Vec<(&str, &str)> = inv
+            .removed
+            .iter()
+            .map(|n| (n.name.as_str(), n.site.as_str()))
+            .collect();
+        assert_eq!(removed, [("n2", "home"), ("c1", "cabin")]);
+        assert_eq!(inv.removed_sites.len(), 1);
+        assert!(inv.site("cabin").is_none());
+        // a removed site without an endpoint no longer counts as one that cannot be reached
+        let two_without = y.replace("    endpoint: h.example.net:51820\n", "");
+        assert!(load_str(Path::new("inv.yaml"), &two_without).is_ok());
+    }
+
+    #[test]
+    fn a_next_hop_cannot_be_removed_while_it_is_one() {
+        let y = BASE.replace(
+            "n1: { address: 192.168.0.10 }",
+            "n1: { address: 192.168.0.10, state: absent }",
+        );
+        let d = errors(&y);
+        assert!(
+            d.iter().any(|x| x.field == "sites.home.next_hop"
+                && x.line == 7
+                && x.message.contains("next-hop")
+                && x.message.contains("whole site absent")),
+            "{d:?}"
+        );
+        // a one-node site's only node is its next-hop too
+        let y = BASE.replace(
+            "c1: { address: 192.168.5.10 }",
+            "c1: { address: 192.168.5.10, state: absent }",
+        );
+        assert!(
+            errors(&y)
+                .iter()
+                .any(|x| x.field == "sites.cabin.next_hop" && x.message.contains("c1")),
+        );
+    }
+
+    #[test]
+    fn a_state_other_than_present_or_absent_is_located() {
+        let y = BASE.replace(
+            "n2: { address: 192.168.0.11 }",
+            "n2: { address: 192.168.0.11, state: gone }",
+        );
+        let d = errors(&y);
+        assert!(
+            d.iter().any(|x| x.field == "sites.home.nodes.n2.state"
+                && x.line == 10
+                && x.message.contains("present, absent")),
+            "{d:?}"
+        );
+    }
+}
