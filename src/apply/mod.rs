@@ -229,7 +229,7 @@ fn plan_targets<S: Transport>(
             }
             if r.status == HostStatus::Unreachable {
                 warnings.push(format!(
-                    "node {} (state: absent) could not be reached: its peers drop it, but the node itself was not cleaned (wg0 keeps running there); apply again when it is reachable",
+                    "{} (state: absent) could not be reached: its peers drop it, but the host itself was not cleaned (what wgprov set up keeps running there); apply again when it is reachable",
                     kind.name()
                 ));
             }

@@ -87,6 +87,18 @@ pub(super) fn targeted_routers(topo: &Topology, settings: &Settings) -> Vec<Stri
             })
         })
         .map(|(_, r)| r.name.clone())
+        .chain(
+            topo.removed_routers
+                .iter()
+                .filter(|(s, r)| {
+                    limit.is_none_or(|l| {
+                        l.split(',')
+                            .map(str::trim)
+                            .any(|l| l == r.name || l == s || glob(l, &r.name))
+                    })
+                })
+                .map(|(_, r)| r.name.clone()),
+        )
         .collect()
 }
 

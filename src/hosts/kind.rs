@@ -29,6 +29,9 @@ pub enum HostKind<'a> {
     Forwarder(&'a SitePlan, &'a ManagedRouter),
     /// A node marked `state: absent`: taken out of the mesh and cleaned.
     Removed(&'a NodePlan),
+    /// A managed router of a site marked `state: absent`: wgprov's rules and sections taken
+    /// down.
+    RemovedRouter(&'a ManagedRouter),
 }
 
 /// Where a node's wg-quick file lives.
@@ -48,6 +51,9 @@ impl<'a> HostKind<'a> {
         if let Some(n) = topo.removed_node(name) {
             return Some(HostKind::Removed(n));
         }
+        if let Some((_, r)) = topo.removed_router(name) {
+            return Some(HostKind::RemovedRouter(r));
+        }
         topo.router(name).map(|(s, r)| HostKind::Forwarder(s, r))
     }
 
@@ -55,7 +61,7 @@ impl<'a> HostKind<'a> {
     pub fn name(&self) -> &'a str {
         match self {
             HostKind::Node(n) | HostKind::OpenwrtHub(n, _) | HostKind::Removed(n) => &n.name,
-            HostKind::Forwarder(_, r) => &r.name,
+            HostKind::Forwarder(_, r) | HostKind::RemovedRouter(r) => &r.name,
         }
     }
 
@@ -63,7 +69,7 @@ impl<'a> HostKind<'a> {
     pub fn node(&self) -> Option<&'a NodePlan> {
         match self {
             HostKind::Node(n) | HostKind::OpenwrtHub(n, _) => Some(n),
-            HostKind::Forwarder(..) | HostKind::Removed(_) => None,
+            HostKind::Forwarder(..) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => None,
         }
     }
 
@@ -72,9 +78,9 @@ impl<'a> HostKind<'a> {
         matches!(self, HostKind::Forwarder(..))
     }
 
-    /// True for a node being taken out.
+    /// True for a node or a router being taken out.
     pub fn is_removed(&self) -> bool {
-        matches!(self, HostKind::Removed(_))
+        matches!(self, HostKind::Removed(_) | HostKind::RemovedRouter(_))
     }
 
     /// True for an OpenWrt router that is its site's hub.
@@ -87,7 +93,7 @@ impl<'a> HostKind<'a> {
         Ok(match self {
             HostKind::Node(n) => desired::candidate_paths(roles, topo, n)?,
             HostKind::OpenwrtHub(..) => openwrt_hub::candidate_paths(),
-            HostKind::Forwarder(..) => super::candidate_paths(),
+            HostKind::Forwarder(..) | HostKind::RemovedRouter(_) => super::candidate_paths(),
             HostKind::Removed(_) => desired::removal::paths(roles, &topo.network.interface)?,
         })
     }
@@ -99,7 +105,9 @@ impl<'a> HostKind<'a> {
             HostKind::OpenwrtHub(..) => {
                 gather::script_with(iface, paths, &openwrt_hub::facts_section(iface))
             }
-            HostKind::Forwarder(..) => gather::script_with(iface, paths, &super::facts_section()),
+            HostKind::Forwarder(..) | HostKind::RemovedRouter(_) => {
+                gather::script_with(iface, paths, &super::facts_section())
+            }
         }
     }
 
@@ -131,7 +139,7 @@ impl<'a> HostKind<'a> {
                 )
             }
             HostKind::OpenwrtHub(..) => openwrt_hub::existing_key(facts, iface),
-            HostKind::Forwarder(..) | HostKind::Removed(_) => None,
+            HostKind::Forwarder(..) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => None,
         }
     }
 
@@ -155,7 +163,9 @@ impl<'a> HostKind<'a> {
                 .and_then(|x| x.content())
                 .map(openwrt_hub::peers_of)
                 .unwrap_or_default(),
-            HostKind::Forwarder(..) | HostKind::Removed(_) => Vec::new(),
+            HostKind::Forwarder(..) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => {
+                Vec::new()
+            }
         }
     }
 
@@ -181,7 +191,9 @@ impl<'a> HostKind<'a> {
             HostKind::OpenwrtHub(n, r) => {
                 openwrt_hub::desired(topo, n, r, keys, input.peer_fallback)
             }
-            HostKind::Forwarder(..) | HostKind::Removed(_) => Ok((Vec::new(), Vec::new())),
+            HostKind::Forwarder(..) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => {
+                Ok((Vec::new(), Vec::new()))
+            }
         }
     }
 
@@ -212,6 +224,7 @@ impl<'a> HostKind<'a> {
                 desired::removal::files(roles, &topo.network.interface, &ours, &existing)
                     .map_err(|e| HostError::Render(e.to_string()))
             }
+            HostKind::RemovedRouter(_) => Ok(super::removal_files()),
             _ => Ok(Vec::new()),
         }
     }
@@ -234,7 +247,7 @@ impl<'a> HostKind<'a> {
     /// [`super::drift`]).
     pub fn script_drift(&self, facts: &Facts) -> Option<String> {
         match self {
-            HostKind::Node(_) | HostKind::Removed(_) => None,
+            HostKind::Node(_) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => None,
             HostKind::OpenwrtHub(..) => openwrt_hub::drift(facts),
             HostKind::Forwarder(..) => linux::drift(facts),
         }
@@ -243,7 +256,7 @@ impl<'a> HostKind<'a> {
     /// The script whose check is that drift check.
     pub fn checked_script(&self) -> Option<&'static str> {
         match self {
-            HostKind::Node(_) | HostKind::Removed(_) => None,
+            HostKind::Node(_) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => None,
             HostKind::OpenwrtHub(..) => Some(openwrt_hub::HUB_SCRIPT),
             HostKind::Forwarder(..) => Some(super::PF_SCRIPT),
         }
@@ -254,7 +267,7 @@ impl<'a> HostKind<'a> {
         match self {
             HostKind::Node(_) | HostKind::Removed(_) => None,
             HostKind::OpenwrtHub(..) => Some("opkg install conntrack"),
-            HostKind::Forwarder(_, r) => Some(match r.kind {
+            HostKind::Forwarder(_, r) | HostKind::RemovedRouter(r) => Some(match r.kind {
                 ManagedKind::Linux => "apt-get install conntrack",
                 ManagedKind::Openwrt => "opkg install conntrack",
             }),
@@ -266,7 +279,7 @@ impl<'a> HostKind<'a> {
         match self {
             HostKind::Node(_) | HostKind::Removed(_) => Kind::Node,
             HostKind::OpenwrtHub(..) => Kind::OpenwrtHub,
-            HostKind::Forwarder(..) => Kind::Forwarder,
+            HostKind::Forwarder(..) | HostKind::RemovedRouter(_) => Kind::Forwarder,
         }
     }
 }

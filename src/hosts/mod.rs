@@ -247,6 +247,32 @@ pub fn desired(
     }
 }
 
+/// What a managed router of a removed site keeps of wgprov: nothing. Its port-forward script
+/// and boot unit go (the handler takes wgprov's rules down when the script is gone), and an
+/// OpenWrt hub's script (its handler removes wgprov's uci sections).
+pub fn removal_files() -> Vec<DesiredFile> {
+    use crate::shell::Handler;
+    let absent = |path: &str, role: &str, notify: Vec<Handler>| DesiredFile {
+        role: role.into(),
+        path: RemotePath::new(path).expect("a fixed path is valid"),
+        state: crate::desired::FileState::Absent,
+        notify,
+    };
+    vec![
+        absent(PF_SCRIPT, "router_port_forward", vec![Handler::PortForward]),
+        absent(
+            PF_UNIT,
+            "router_port_forward",
+            vec![Handler::DaemonReload, Handler::PortForward],
+        ),
+        absent(
+            openwrt_hub::HUB_SCRIPT,
+            "router_hub",
+            vec![Handler::RouterHub],
+        ),
+    ]
+}
+
 /// The public UDP ports whose conntrack entries a change must flush: the port-forward's before
 /// (read back from the script wgprov wrote) and after.
 pub fn flush_ports(old_script: Option<&str>, new_script: Option<&str>) -> Vec<u16> {

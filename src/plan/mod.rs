@@ -327,3 +327,6 @@ pub fn config_warnings(conf: &str, facts: &Facts) -> Vec<String> {
     }
     w
 }
+
+#[cfg(test)]
+mod tests;

@@ -31,6 +31,10 @@ pub struct Topology {
     /// Nodes marked `state: absent`, to take out (in no site's `nodes`, nobody's peer); the
     /// address is the one they held, unspecified when none was ever recorded.
     pub removed: Vec<NodePlan>,
+    /// The routers wgprov manages on sites marked `state: absent`, with their site's name:
+    /// their port-forward (or an OpenWrt hub's sections) taken down. A Linux hub router is in
+    /// `removed` instead: it is a node of the mesh.
+    pub removed_routers: Vec<(String, ManagedRouter)>,
     index: HashMap<String, usize>,
 }
 
@@ -168,9 +172,19 @@ impl Topology {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
+        let removed_routers: Vec<(String, ManagedRouter)> = inv
+            .removed_sites
+            .iter()
+            .filter_map(|s| s.managed_router.clone().map(|r| (s.name.clone(), r)))
+            .filter(|(_, r)| {
+                r.kind == crate::inventory::ManagedKind::Openwrt
+                    || !inv.removed.iter().any(|n| n.name == r.name)
+            })
+            .collect();
         let removed = inv
             .removed
             .iter()
+            .filter(|n| !removed_routers.iter().any(|(_, r)| r.name == n.name))
             .map(|n| removed_plan(n, inv, &allocation))
             .collect();
         Ok((
@@ -180,6 +194,7 @@ impl Topology {
                 nodes,
                 allocation,
                 removed,
+                removed_routers,
                 index,
             },
             warnings,
@@ -189,6 +204,14 @@ impl Topology {
     /// The node called `name`.
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    /// The managed router called `name` of a site being taken out, with its site's name.
+    pub fn removed_router(&self, name: &str) -> Option<(&str, &ManagedRouter)> {
+        self.removed_routers
+            .iter()
+            .find(|(_, r)| r.name == name)
+            .map(|(s, r)| (s.as_str(), r))
     }
 
     /// The node called `name` that is being taken out.
@@ -201,6 +224,10 @@ impl Topology {
     pub fn all_ssh_targets(&self) -> Vec<SshTarget> {
         let mut v = self.ssh_targets();
         v.extend(self.removed.iter().map(SshTarget::from));
+        v.extend(self.removed_routers.iter().map(|(_, r)| SshTarget {
+            name: r.name.clone(),
+            ssh: r.ssh.clone(),
+        }));
         v
     }
 

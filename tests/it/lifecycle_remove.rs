@@ -135,7 +135,8 @@ fn a_member_then_a_site_and_an_unreachable_member_are_taken_out_cleanly() {
     }
     let warned = v["warnings"].to_string();
     assert!(
-        warned.contains("office2") && warned.contains("not cleaned"),
+        warned.contains("office2 (state: absent) could not be reached")
+            && warned.contains("not cleaned"),
         "{warned}"
     );
     let remaining = wg_ips(&s);
