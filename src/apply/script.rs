@@ -168,9 +168,10 @@ fn reresolve_handler(iface: &InterfaceName, f: &str) -> String {
     let timer = format!("wgprov-reresolve-{iface}.timer");
     format!(
         "if [ -f {file} ]; then out=$(systemctl enable -q --now {t} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; \
-         else systemctl stop {t} >/dev/null 2>&1; rm -f {wants}; fi\n",
+         else systemctl stop {t} {svc} >/dev/null 2>&1; systemctl reset-failed {t} {svc} >/dev/null 2>&1; rm -f {wants}; fi\n",
         file = sh_quote(&format!("/etc/systemd/system/{timer}")),
         t = sh_quote(&timer),
+        svc = sh_quote(&format!("wgprov-reresolve-{iface}.service")),
         wants = sh_quote(&format!("/etc/systemd/system/timers.target.wants/{timer}")),
         why = sh_quote(&format!(
             "handler reresolve: systemctl enable --now {timer}"
@@ -184,7 +185,7 @@ fn reresolve_handler(iface: &InterfaceName, f: &str) -> String {
 fn metrics_handler(f: &str) -> String {
     format!(
         "if [ -f {file} ]; then out=$(systemctl enable -q --now {t} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; \
-         else systemctl stop {t} wgprov-metrics.service >/dev/null 2>&1; rm -f {wants} {prom}; fi\n",
+         else systemctl stop {t} wgprov-metrics.service >/dev/null 2>&1; systemctl reset-failed {t} wgprov-metrics.service >/dev/null 2>&1; rm -f {wants} {prom}; fi\n",
         file = sh_quote(&format!("/etc/systemd/system/{METRICS_TIMER}")),
         t = sh_quote(METRICS_TIMER),
         wants = sh_quote(&format!(
