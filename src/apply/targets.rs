@@ -32,10 +32,10 @@ pub(super) fn targeted_removed<'a>(topo: &'a Topology, settings: &Settings) -> V
 /// What `--limit` leaves undone of a removal: a node taken out whose peers stay outside the
 /// run keep their entry for it; one outside the run is dropped by its peers but not cleaned.
 pub(super) fn removal_limits(topo: &Topology, settings: &Settings) -> Vec<String> {
+    let mut w = over_the_mesh(topo);
     let Some(limit) = settings.limit.as_deref() else {
-        return Vec::new();
+        return w;
     };
-    let mut w = Vec::new();
     for r in &topo.removed {
         if matches_limit(limit, r) {
             // a member's peer is its site's next-hop; a removed site's next-hop's are the other
@@ -70,6 +70,28 @@ pub(super) fn removal_limits(topo: &Topology, settings: &Settings) -> Vec<String
         }
     }
     w
+}
+
+/// A node taken out that the controller reaches over the mesh itself: once its wg0 is down, no
+/// fresh connection reaches it to confirm, and its dead-man puts it back (up, but peered with
+/// nobody).
+fn over_the_mesh(topo: &Topology) -> Vec<String> {
+    let space = topo.network.wireguard_cidr;
+    topo.removed
+        .iter()
+        .filter(|n| {
+            n.ssh
+                .host
+                .parse::<std::net::Ipv4Addr>()
+                .is_ok_and(|a| space.contains(&a))
+        })
+        .map(|n| {
+            format!(
+                "node {} is reached over the mesh itself (ssh host {}): taken out, it cannot be reached again to confirm, and puts itself back after the confirm timeout; give it an ssh.host outside the WireGuard space for its removal",
+                n.name, n.ssh.host
+            )
+        })
+        .collect()
 }
 
 /// The managed routers `--limit` selects: by their name (`<site>-router`), their site's name,
