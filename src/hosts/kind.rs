@@ -209,10 +209,17 @@ impl<'a> HostKind<'a> {
         match self {
             HostKind::Forwarder(s, r) => super::desired(topo, s, r, facts),
             HostKind::Removed(_) => {
-                let space = topo.network.wireguard_cidr;
+                let (space, space6) = (topo.network.wireguard_cidr, topo.network.wireguard_cidr6);
+                // `--node-ip` of the WireGuard space: `10.100.0.3`, or `10.100.0.3,fd10:100::3`
                 let ours = |v: &str| {
-                    v.parse::<std::net::Ipv4Addr>()
-                        .is_ok_and(|a| space.contains(&a))
+                    v.split(',')
+                        .any(|a| match a.trim().parse::<std::net::IpAddr>() {
+                            Ok(std::net::IpAddr::V4(a)) => space.contains(&a),
+                            Ok(std::net::IpAddr::V6(a)) => {
+                                space6.is_some_and(|(s, _)| s.contains(&a))
+                            }
+                            Err(_) => false,
+                        })
                 };
                 let existing = |p: &str| {
                     facts

@@ -54,6 +54,43 @@ pub struct Network {
     pub kubernetes: Flavor,
     /// Whether nodes write WireGuard metrics for node_exporter.
     pub metrics: Metrics,
+    /// Dual stack: the IPv6 WireGuard space and the prefix of a site's IPv6 block.
+    pub wireguard_cidr6: Option<(ipnet::Ipv6Net, u8)>,
+}
+
+impl Network {
+    /// The IPv6 counterpart of an address of the WireGuard space: the same site and host
+    /// numbers in the IPv6 space (site `i`'s block is the `i`-th IPv6 block, host `h` of it is
+    /// `h` there). So an IPv6 address is as stable as the IPv4 one the lock file holds.
+    pub fn ip6_of(&self, ip: Ipv4Addr) -> Option<std::net::Ipv6Addr> {
+        let (space6, prefix6) = self.wireguard_cidr6?;
+        let wg = self.wireguard_cidr;
+        if !wg.contains(&ip) {
+            return None;
+        }
+        let off = u32::from(ip) - u32::from(wg.network());
+        let host_bits = 32 - u32::from(self.site_prefix);
+        let site = u128::from(off.checked_shr(host_bits).unwrap_or(0));
+        let host = u128::from(off & (u32::MAX.checked_shr(32 - host_bits).unwrap_or(0)));
+        let base = u128::from(space6.network());
+        Some((base + (site << (128 - u32::from(prefix6))) + host).into())
+    }
+
+    /// The IPv6 counterpart of a network of the WireGuard space: the whole space, a site's
+    /// block, a host; `None` for anything else (or without `wireguard_cidr6`).
+    pub fn net6_of(&self, n: ipnet::Ipv4Net) -> Option<ipnet::Ipv6Net> {
+        let (space6, prefix6) = self.wireguard_cidr6?;
+        let p = n.prefix_len();
+        if n == self.wireguard_cidr {
+            Some(space6)
+        } else if p == self.site_prefix {
+            ipnet::Ipv6Net::new(self.ip6_of(n.network())?, prefix6).ok()
+        } else if p == 32 {
+            ipnet::Ipv6Net::new(self.ip6_of(n.addr())?, 128).ok()
+        } else {
+            None
+        }
+    }
 }
 
 /// `network.metrics`: what each node exports about its WireGuard interface.

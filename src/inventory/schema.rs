@@ -72,6 +72,15 @@ pub struct RawNetwork {
     #[serde(default)]
     #[schemars(schema_with = "metrics")]
     pub metrics: Option<S<String>>,
+    /// Dual stack: the IPv6 WireGuard space, a unique local /48 such as `fd10:100::/48`; every
+    /// node also gets an address in its site's IPv6 block.
+    #[serde(default)]
+    #[schemars(schema_with = "opt_ipv6_cidr")]
+    pub wireguard_cidr6: Option<S<String>>,
+    /// Prefix length of each site's IPv6 block (default 64).
+    #[serde(default)]
+    #[schemars(with = "Option<i64>", range(min = 8, max = 120))]
+    pub site_prefix6: Option<S<i64>>,
 }
 
 /// `ssh:` at the top, in a site or in a node.
@@ -272,6 +281,7 @@ macro_rules! pattern_fields {
 
 pattern_fields! {
     req_ipv4_cidr, opt_ipv4_cidr => patterns::IPV4_CIDR;
+    req_ipv6_cidr, opt_ipv6_cidr => patterns::IPV6_CIDR;
     req_ipv4, opt_ipv4 => patterns::IPV4;
     req_host, opt_host => patterns::HOST;
     req_endpoint, opt_endpoint => patterns::ENDPOINT;

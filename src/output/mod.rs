@@ -392,9 +392,13 @@ fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "  {:<16} {:<15} lan {}{}{}",
+        "  {:<16} {:<15}{} lan {}{}{}",
         n.name,
         n.wireguard_ip,
+        topo.network
+            .ip6_of(n.wireguard_ip)
+            .map(|a| format!(" {a:<15}"))
+            .unwrap_or_default(),
         n.address,
         if n.is_next_hop { "  next-hop" } else { "" },
         if n.kubernetes == topo.network.kubernetes {
@@ -408,7 +412,15 @@ fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
             PeerRef::Node(x) => x.clone(),
             PeerRef::Site(x) => format!("site {x}"),
         };
-        let allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
+        let mut allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
+        if matches!(p.peer, PeerRef::Node(_)) {
+            allowed.extend(
+                p.allowed_ips
+                    .iter()
+                    .filter_map(|a| topo.network.net6_of(*a))
+                    .map(|a| a.to_string()),
+            );
+        }
         let _ = write!(o, "    peer {:<16} allowed {}", who, allowed.join(","));
         if let Some(e) = &p.endpoint {
             let _ = write!(o, "  endpoint {e}");

@@ -6,6 +6,7 @@ pub mod common;
 pub mod completions;
 pub mod demo;
 pub mod docs;
+pub mod dualstack;
 pub mod fuzz;
 pub mod guard;
 pub mod hostile;

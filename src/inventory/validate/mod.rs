@@ -8,6 +8,7 @@
 //! ([`mesh`]: router names, site pairs that can reach each other, ProxyJump targets and loops,
 //! the OpenSSH config file).
 
+mod dual;
 mod mesh;
 mod network;
 mod node;

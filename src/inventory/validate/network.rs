@@ -30,6 +30,8 @@ pub(super) struct Net {
     pub mtu_written: Option<(u16, Loc)>,
     /// The pod and service CIDRs, when listed.
     pub cluster_cidrs: Option<Vec<IpNet>>,
+    /// Dual stack: the IPv6 space and its site prefix, when written and valid.
+    pub wg6: Option<(ipnet::Ipv6Net, u8)>,
 }
 
 /// Checks `network:`.
@@ -95,6 +97,10 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
         }
     });
     let cluster_cidrs = cluster_cidrs(d, raw, wg);
+    let wg6 = super::dual::check(d, raw, wg, site_prefix);
+    if let Some((space, _)) = wg6 {
+        super::dual::overlaps_space(d, raw, space);
+    }
     Net {
         wg,
         site_prefix,
@@ -105,6 +111,7 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
         metrics,
         mtu_written,
         cluster_cidrs,
+        wg6,
     }
 }
 
@@ -221,6 +228,7 @@ pub(super) fn finish(
             }),
             kubernetes: net.kubernetes,
             metrics: net.metrics,
+            wireguard_cidr6: net.wg6,
         },
         sites,
         removed,
