@@ -22,6 +22,24 @@ struct PlanDoc<'a> {
     /// Pairs of sites without an endpoint that reach each other through a relay.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     relayed_links: Vec<RelayedDoc>,
+    /// Nodes being taken out (`state: absent`), and the addresses retired for good.
+    removed: Vec<RemovedDoc>,
+    retired: Vec<RetiredDoc>,
+}
+
+#[derive(Serialize)]
+struct RemovedDoc {
+    name: String,
+    site: String,
+}
+
+#[derive(Serialize)]
+struct RetiredDoc {
+    site: String,
+    /// The site's block, when the whole site was removed.
+    block: Option<String>,
+    /// Node name to the address it held.
+    nodes: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -253,6 +271,28 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
         router_rules: crate::hosts::manual_rules(topo),
         router_hubs: crate::hosts::hub::hubs(topo, &|_| None),
         relayed_links: relayed_docs(topo),
+        removed: topo
+            .removed
+            .iter()
+            .map(|n| RemovedDoc {
+                name: n.name.clone(),
+                site: n.site.clone(),
+            })
+            .collect(),
+        retired: topo
+            .allocation
+            .retired
+            .iter()
+            .map(|(site, r)| RetiredDoc {
+                site: site.clone(),
+                block: r.block.map(|b| b.to_string()),
+                nodes: r
+                    .nodes
+                    .iter()
+                    .map(|(n, ip)| (n.clone(), ip.to_string()))
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
@@ -284,6 +324,38 @@ pub fn plan_text(topo: &Topology) -> String {
     o.push_str(&relayed_text(topo));
     o.push_str(&router_rules_text(&crate::hosts::manual_rules(topo)));
     o.push_str(&router_hubs_text(&crate::hosts::hub::hubs(topo, &|_| None)));
+    o.push_str(&removed_text(topo));
+    o
+}
+
+/// The nodes `apply` takes out, and the addresses retired for good.
+fn removed_text(topo: &Topology) -> String {
+    let mut o = String::new();
+    if !topo.removed.is_empty() {
+        let _ = writeln!(
+            o,
+            "
+taken out by the next apply (state: absent): dropped by their peers, cleaned"
+        );
+        for n in &topo.removed {
+            let _ = writeln!(o, "  {} (site {})", n.name, n.site);
+        }
+    }
+    if !topo.allocation.retired.is_empty() {
+        let _ = writeln!(
+            o,
+            "
+retired addresses (never handed out again):"
+        );
+        for (site, r) in &topo.allocation.retired {
+            if let Some(b) = r.block {
+                let _ = writeln!(o, "  site {site}  {b}");
+            }
+            for (n, ip) in &r.nodes {
+                let _ = writeln!(o, "  {n} (site {site})  {ip}");
+            }
+        }
+    }
     o
 }
 
@@ -401,9 +473,13 @@ fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "  {:<16} {:<15} lan {}{}{}",
+        "  {:<16} {:<15}{} lan {}{}{}",
         n.name,
         n.wireguard_ip,
+        topo.network
+            .ip6_of(n.wireguard_ip)
+            .map(|a| format!(" {a:<15}"))
+            .unwrap_or_default(),
         n.address,
         if n.is_next_hop { "  next-hop" } else { "" },
         if n.kubernetes == topo.network.kubernetes {
@@ -417,7 +493,15 @@ fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
             PeerRef::Node(x) => x.clone(),
             PeerRef::Site(x) => format!("site {x}"),
         };
-        let allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
+        let mut allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
+        if matches!(p.peer, PeerRef::Node(_)) {
+            allowed.extend(
+                p.allowed_ips
+                    .iter()
+                    .filter_map(|a| topo.network.net6_of(*a))
+                    .map(|a| a.to_string()),
+            );
+        }
         let _ = write!(o, "    peer {:<16} allowed {}", who, allowed.join(","));
         if let Some(e) = &p.endpoint {
             let _ = write!(o, "  endpoint {e}");

@@ -68,6 +68,7 @@ fn from_ssh_config(file: &Path, d: &mut Diags, st: &mut State) {
                 ssh: r.ssh.clone(),
                 ssh_origin: st.router_origins.remove(&r.name).unwrap_or_default(),
                 is_router: true,
+                absent: site.absent,
             });
         }
     }

@@ -32,6 +32,8 @@ pub(super) struct Net {
     pub cluster_cidrs: Option<Vec<IpNet>>,
     /// `network.relay` as written, with its place (checked across sites).
     pub relay: Option<(String, Loc)>,
+    /// Dual stack: the IPv6 space and its site prefix, when written and valid.
+    pub wg6: Option<(ipnet::Ipv6Net, u8)>,
 }
 
 /// Checks `network:`.
@@ -98,6 +100,10 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
     });
     let cluster_cidrs = cluster_cidrs(d, raw, wg);
     let relay = net.relay.as_ref().map(|r| (r.value.clone(), loc(r)));
+    let wg6 = super::dual::check(d, raw, wg, site_prefix);
+    if let Some((space, _)) = wg6 {
+        super::dual::overlaps_space(d, raw, space);
+    }
     Net {
         wg,
         site_prefix,
@@ -109,6 +115,7 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
         mtu_written,
         cluster_cidrs,
         relay,
+        wg6,
     }
 }
 
@@ -199,7 +206,12 @@ fn cluster_cidrs(d: &mut Diags, raw: &RawInventory, wg: Option<Ipv4Net>) -> Opti
 }
 
 /// The typed inventory, once every check has passed.
-pub(super) fn finish(file: &Path, net: Net, sites: Vec<Site>) -> Inventory {
+pub(super) fn finish(
+    file: &Path,
+    net: Net,
+    sites: Vec<Site>,
+    (removed, removed_sites): (Vec<Node>, Vec<Site>),
+) -> Inventory {
     Inventory {
         path: file.to_path_buf(),
         network: Network {
@@ -221,7 +233,10 @@ pub(super) fn finish(file: &Path, net: Net, sites: Vec<Site>) -> Inventory {
             kubernetes: net.kubernetes,
             metrics: net.metrics,
             relay: net.relay.map(|r| r.0),
+            wireguard_cidr6: net.wg6,
         },
         sites,
+        removed,
+        removed_sites,
     }
 }

@@ -47,6 +47,9 @@ fn unusable(sites: &[Site], relay: &str) -> Option<String> {
         Some(s) if !s.managed => Some(format!(
             "site {relay} is someone else's (managed: false): wgprov cannot make its hub forward between sites; name a managed site with an endpoint"
         )),
+        Some(s) if s.absent => Some(format!(
+            "site {relay} is being taken out (state: absent): name another relay first (one apply), then remove it"
+        )),
         Some(s) if s.endpoint.is_none() => Some(format!(
             "site {relay} has no endpoint: the sites it relays for must reach it, so it needs an endpoint and a UDP port-forward (a small VPS with a public address does)"
         )),
@@ -57,7 +60,10 @@ fn unusable(sites: &[Site], relay: &str) -> Option<String> {
 /// Every pair of sites without an endpoint needs a relay they agree on; one error per site,
 /// at the first earlier site it cannot reach.
 fn pairs(d: &mut Diags, sites: &[Site]) {
-    let without: Vec<&Site> = sites.iter().filter(|s| s.endpoint.is_none()).collect();
+    let without: Vec<&Site> = sites
+        .iter()
+        .filter(|s| s.endpoint.is_none() && !s.absent)
+        .collect();
     for (i, s) in without.iter().enumerate() {
         if let Some(why) = without[..i].iter().find_map(|f| pair_problem(f, s)) {
             d.error(s.loc, format!("sites.{}.endpoint", s.name), why);

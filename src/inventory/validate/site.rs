@@ -26,6 +26,7 @@ pub(super) fn check(
     let sp = format!("sites.{}", sname.value);
     check_name(d, sname, &sp);
     let managed = site.managed.as_ref().map(|m| m.value).unwrap_or(true);
+    let absent = super::absent(d, site.state.as_ref(), format!("{sp}.state"));
     let block = block(d, net, st, &sp, sname, site, managed);
     let lan_cidrs = lan_cidrs(d, net, &sp, site);
     let lan_access = lan_access(d, &sp, site, managed, &lan_cidrs);
@@ -84,10 +85,16 @@ pub(super) fn check(
         managed,
     };
     let next_hop = next_hop(d, hub, site, &mut nodes);
+    if absent {
+        nodes.iter_mut().for_each(|n| n.absent = true);
+    } else {
+        next_hop_stays(d, &sp, sname, site, &next_hop, &nodes);
+    }
     if let (Some(r), Some(nh)) = (&managed_router, &next_hop) {
         dnat_target(d, &sp, site, raw_nodes, &nodes, r, nh);
     }
 
+    let relay = relay(st, net, sname, site);
     st.sites.push(Site {
         name: sname.value.clone(),
         loc: loc(sname),
@@ -103,16 +110,49 @@ pub(super) fn check(
         public_key,
         router_address,
         nodes,
-        relay: site
-            .relay
-            .as_ref()
-            .map(|r| r.value.clone())
-            .or_else(|| net.relay.as_ref().map(|r| r.0.clone())),
+        relay,
+        absent,
     });
+}
+
+/// The site's relay: its own `relay:` (recorded for the checks across sites), else
+/// `network.relay`.
+fn relay(st: &mut State, net: &Net, sname: &S<String>, site: &RawSite) -> Option<String> {
     if let Some(r) = &site.relay {
         st.relay_refs
             .push((sname.value.clone(), r.value.clone(), loc(r)));
     }
+    site.relay
+        .as_ref()
+        .map(|r| r.value.clone())
+        .or_else(|| net.relay.as_ref().map(|r| r.0.clone()))
+}
+
+/// A next-hop cannot be removed while it is its site's next-hop: its site's members and every
+/// other site reach the site through it.
+fn next_hop_stays(
+    d: &mut Diags,
+    sp: &str,
+    sname: &S<String>,
+    site: &RawSite,
+    next_hop: &Option<String>,
+    nodes: &[Node],
+) {
+    let Some(nh) = nodes
+        .iter()
+        .find(|n| Some(&n.name) == next_hop.as_ref() && n.absent)
+    else {
+        return;
+    };
+    let at = site.next_hop.as_ref().map(loc).unwrap_or(nh.loc);
+    d.error(
+        at,
+        format!("{sp}.next_hop"),
+        format!(
+            "node {} is marked `state: absent` but is site {}'s next-hop: name another node as next_hop first (one apply), then remove it; or mark the whole site absent",
+            nh.name, sname.value
+        ),
+    );
 }
 
 /// `lan_access`: only for a managed site with IPv4 LANs.
@@ -472,6 +512,7 @@ fn next_hop(d: &mut Diags, h: Hub, site: &RawSite, nodes: &mut Vec<Node>) -> Opt
                     .cloned()
                     .unwrap_or_default(),
                 is_router: true,
+                absent: false,
             });
             Some(r.name.clone())
         }
