@@ -176,6 +176,17 @@ mod tests {
     }
 
     #[test]
+    fn a_relay_being_taken_out_is_refused_and_an_absent_site_needs_none() {
+        let d = diags(&INV.replace("  vps:\n", "  vps:\n    state: absent\n"));
+        assert!(has(&d, 4, "network.relay", "being taken out"), "{d:?}");
+        // south taken out: north is the only site without an endpoint left
+        let y = INV
+            .replace("  relay: vps\n", "")
+            .replace("  south:\n", "  south:\n    state: absent\n");
+        assert!(!diags(&y).iter().any(|x| x.3), "{:?}", diags(&y));
+    }
+
+    #[test]
     fn a_site_s_own_relay_is_checked_where_it_is_written() {
         let y = INV
             .replace("  relay: vps\n", "")
