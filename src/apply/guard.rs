@@ -291,9 +291,12 @@ pub fn likely_cause(
         };
         Some((c.current.content().map(str::to_string), new))
     };
+    // a relayed link's traffic also crosses the relay's next-hop: it counts as an end
+    let vias: Vec<String> = broken.iter().filter_map(|l| crosses(topo, l)).collect();
     let ends: BTreeSet<&str> = broken
         .iter()
         .flat_map(|l| [l.from.as_str(), l.to.as_str()])
+        .chain(vias.iter().map(String::as_str))
         .collect();
     // a next-hop that now listens on another port than its router forwards
     let mut ports = Vec::new();
@@ -681,6 +684,38 @@ mod tests {
         let mut existed: BTreeSet<Link> = [l("h1", "n1"), l("h1", "s1")].into();
         relayed_before(&t, &mut up, &mut existed);
         assert!(!up.contains(&l("n1", "s1")) && existed.contains(&l("n1", "s1")));
+    }
+
+    #[test]
+    fn a_relayed_link_broken_by_the_relay_s_change_names_the_relay() {
+        let t = topo(RELAYED);
+        let change = Change {
+            desired: crate::desired::DesiredFile {
+                role: "wireguard".into(),
+                path: crate::shell::RemotePath::new("/etc/wireguard/wg0.conf").unwrap(),
+                state: crate::desired::FileState::Present {
+                    content: "[Interface]\nListenPort = 51822\n".into(),
+                    mode: 0o600,
+                },
+                notify: vec![],
+            },
+            current: crate::facts::FileFact::Present {
+                mode: 0o600,
+                content: "[Interface]\nListenPort = 51820\n".into(),
+            },
+            action: crate::diff::Action::Updated,
+        };
+        let changes: HashMap<String, Vec<Change>> = [("h1".to_string(), vec![change])].into();
+        let c = likely_cause(
+            &t,
+            &[Link::new("n1", "s1")],
+            &changes,
+            "/etc/wireguard/wg0.conf",
+        );
+        assert!(
+            c.contains("site home") && c.contains("h1 now listens on 51822"),
+            "{c}"
+        );
     }
 
     #[tokio::test]
