@@ -422,33 +422,67 @@ mod dual_tests {
         assert_eq!(net6("10.100.3.0/24"), "fd20:100:0:3::/64");
         assert_eq!(net6("10.100.3.9/32"), "fd20:100:0:3::9/128");
         assert!(net.ip6_of("10.200.0.1".parse().unwrap()).is_none());
-        assert!(loaded.warnings.iter().all(|w| w.field != "network.wireguard_cidr6"));
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .all(|w| w.field != "network.wireguard_cidr6")
+        );
     }
 
     #[test]
     fn a_bad_ipv6_space_is_located() {
         for (extra, field, line, what) in [
-            ("  wireguard_cidr6: 10.1.0.0/16\n", "network.wireguard_cidr6", 4, "is IPv4"),
-            ("  wireguard_cidr6: fd10:100::1/48\n", "network.wireguard_cidr6", 4, "host bits"),
-            ("  site_prefix6: 64\n", "network.site_prefix6", 4, "needs network.wireguard_cidr6"),
+            (
+                "  wireguard_cidr6: 10.1.0.0/16\n",
+                "network.wireguard_cidr6",
+                4,
+                "is IPv4",
+            ),
+            (
+                "  wireguard_cidr6: fd10:100::1/48\n",
+                "network.wireguard_cidr6",
+                4,
+                "host bits",
+            ),
+            (
+                "  site_prefix6: 64\n",
+                "network.site_prefix6",
+                4,
+                "needs network.wireguard_cidr6",
+            ),
             (
                 "  wireguard_cidr6: fd10:100::/48\n  site_prefix6: 50\n",
                 "network.site_prefix6",
                 5,
                 "cannot mirror",
             ),
-            ("  wireguard_cidr6: fd10:100::/48\n", "sites.home.lan_cidrs[1]", 8, "overlaps the IPv6"),
-            ("  wireguard_cidr6: fd00:244::/48\n", "network.cluster_cidrs[1]", 3, "overlaps the IPv6"),
+            (
+                "  wireguard_cidr6: fd10:100::/48\n",
+                "sites.home.lan_cidrs[1]",
+                8,
+                "overlaps the IPv6",
+            ),
+            (
+                "  wireguard_cidr6: fd00:244::/48\n",
+                "network.cluster_cidrs[1]",
+                3,
+                "overlaps the IPv6",
+            ),
         ] {
             let d = errors(&inv(extra));
             assert!(
-                d.iter().any(|x| x.field == field && x.line == line && x.message.contains(what)),
+                d.iter()
+                    .any(|x| x.field == field && x.line == line && x.message.contains(what)),
                 "{extra}: {d:?}"
             );
         }
-        let w = load_str(Path::new("inv.yaml"), &inv("  wireguard_cidr6: 2001:db8:100::/48\n"))
-            .unwrap()
-            .warnings;
+        let w = load_str(
+            Path::new("inv.yaml"),
+            &inv("  wireguard_cidr6: 2001:db8:100::/48\n"),
+        )
+        .unwrap()
+        .warnings;
         assert!(
             w.iter().any(|x| x.field == "network.wireguard_cidr6" && x.message.contains("unique local")),
             "{w:?}"
