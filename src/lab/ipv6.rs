@@ -50,45 +50,8 @@ pub fn underlay(prefix: &str, pinholes: &[&str]) -> Result<BTreeMap<String, Ipv6
     let mut out = BTreeMap::new();
     for (i, (site, rns)) in st.routers.iter().enumerate() {
         let i = i + 1;
-        let (wan, lan) = (wan6(i), lan6(i, 1));
-        in_ns(rns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
-        ip(
-            rns,
-            &["addr", "add", &format!("{wan}/64"), "dev", "wan0", "nodad"],
-        )?;
-        ip(
-            rns,
-            &[
-                "addr",
-                "add",
-                &format!("{lan}/64"),
-                "dev",
-                "br-lan",
-                "nodad",
-            ],
-        )?;
-        ip(rns, &["-6", "route", "add", "default", "via", INTERNET6])?;
-        ip(
-            inet,
-            &[
-                "-6",
-                "route",
-                "add",
-                &format!("{}/64", lan6(i, 0)),
-                "via",
-                &wan.to_string(),
-            ],
-        )?;
-        // a home router's IPv6 firewall: answers to the LAN's flows in, nothing else
-        for rule in [
-            "-P FORWARD DROP",
-            "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
-            "-A FORWARD -i br-lan -j ACCEPT",
-        ] {
-            let mut a = vec!["ip6tables", "-w"];
-            a.extend(rule.split(' '));
-            in_ns(rns, &a)?;
-        }
+        router(inet, rns, i)?;
+        let lan = lan6(i, 1);
         let s = inv
             .sites
             .iter()
@@ -133,4 +96,48 @@ pub fn underlay(prefix: &str, pinholes: &[&str]) -> Result<BTreeMap<String, Ipv6
         }
     }
     Ok(out)
+}
+
+/// Router `i` of the IPv6 internet: forwarding, its addresses, its routes, and a home router's
+/// IPv6 firewall (answers to the LAN's flows in, nothing else).
+fn router(inet: &str, rns: &str, i: usize) -> Result<()> {
+    let (wan, lan) = (wan6(i), lan6(i, 1));
+    in_ns(rns, &["sysctl", "-qw", "net.ipv6.conf.all.forwarding=1"])?;
+    ip(
+        rns,
+        &["addr", "add", &format!("{wan}/64"), "dev", "wan0", "nodad"],
+    )?;
+    ip(
+        rns,
+        &[
+            "addr",
+            "add",
+            &format!("{lan}/64"),
+            "dev",
+            "br-lan",
+            "nodad",
+        ],
+    )?;
+    ip(rns, &["-6", "route", "add", "default", "via", INTERNET6])?;
+    ip(
+        inet,
+        &[
+            "-6",
+            "route",
+            "add",
+            &format!("{}/64", lan6(i, 0)),
+            "via",
+            &wan.to_string(),
+        ],
+    )?;
+    for rule in [
+        "-P FORWARD DROP",
+        "-A FORWARD -m conntrack --ctstate RELATED,ESTABLISHED -j ACCEPT",
+        "-A FORWARD -i br-lan -j ACCEPT",
+    ] {
+        let mut a = vec!["ip6tables", "-w"];
+        a.extend(rule.split(' '));
+        in_ns(rns, &a)?;
+    }
+    Ok(())
 }

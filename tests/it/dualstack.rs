@@ -98,9 +98,9 @@ fn a_site_reachable_only_over_ipv6_joins_through_a_firewall_pinhole() {
     let inv = s.inv.to_str().unwrap();
     let plan = s.wgprov(&["plan", "-i", inv]);
     assert!(
-        plan.stdout.contains(&format!(
+        plan.stdout.contains(
             "site cabin (router: openwrt): no port-forward (the endpoint is IPv6, which is not translated): open a pinhole instead."
-        )) && plan.stdout.contains(&format!("{cabin1}, port 51820")),
+        ) && plan.stdout.contains(&format!("{cabin1}, port 51820")),
         "{}",
         plan.stdout
     );
