@@ -199,6 +199,29 @@ fn relayed_through(topo: &Topology, n: &crate::topology::NodePlan, peer_site: &s
         .collect()
 }
 
+/// A node's peers as the plan's JSON shows them.
+fn peer_docs(topo: &Topology, n: &crate::topology::NodePlan) -> Vec<PeerDoc> {
+    topo.peers(n)
+        .into_iter()
+        .map(|p| {
+            let allowed_ips = topo.allowed_ips(&p);
+            let (peer, kind) = match p.peer {
+                PeerRef::Node(x) => (x, "node"),
+                PeerRef::Site(x) => (x, "site"),
+            };
+            PeerDoc {
+                relays: relayed_through(topo, n, &p.site),
+                peer,
+                kind,
+                site: p.site,
+                allowed_ips,
+                endpoint: p.endpoint,
+                persistent_keepalive: p.persistent_keepalive,
+            }
+        })
+        .collect()
+}
+
 fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
     let net = &topo.network;
     let sites = topo
@@ -233,26 +256,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
                     next_hop: n.is_next_hop,
                     os_family: n.os_family.map(|o| o.as_str()),
                     kubernetes: n.kubernetes.as_str(),
-                    peers: topo
-                        .peers(n)
-                        .into_iter()
-                        .map(|p| {
-                            let allowed_ips = topo.allowed_ips(&p);
-                            let (peer, kind) = match p.peer {
-                                PeerRef::Node(x) => (x, "node"),
-                                PeerRef::Site(x) => (x, "site"),
-                            };
-                            PeerDoc {
-                                relays: relayed_through(topo, n, &p.site),
-                                peer,
-                                kind,
-                                site: p.site,
-                                allowed_ips,
-                                endpoint: p.endpoint,
-                                persistent_keepalive: p.persistent_keepalive,
-                            }
-                        })
-                        .collect(),
+                    peers: peer_docs(topo, n),
                 })
                 .collect(),
             relay: relay_of(topo, s),
