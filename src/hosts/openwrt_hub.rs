@@ -462,6 +462,7 @@ mod tests {
         vec![
             PeerEntry {
                 name: "n2".into(),
+                peer: crate::topology::PeerRef::Node("n2".into()),
                 site: "home".into(),
                 comment: "n2 (node of site home)".into(),
                 public_key: "N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2M=".into(),
@@ -471,6 +472,7 @@ mod tests {
             },
             PeerEntry {
                 name: "o1".into(),
+                peer: crate::topology::PeerRef::Node("o1".into()),
                 site: "office".into(),
                 comment: "o1 (next-hop of site office)".into(),
                 public_key: "O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1M=".into(),
@@ -480,6 +482,7 @@ mod tests {
             },
             PeerEntry {
                 name: "c1".into(),
+                peer: crate::topology::PeerRef::Node("c1".into()),
                 site: "cabin".into(),
                 comment: "c1 (next-hop of site cabin)".into(),
                 public_key: "C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1M=".into(),
@@ -639,7 +642,7 @@ ifup wg0
                     mode: 0o700,
                     content: new.replace(KEY, other),
                 },
-                "(the private key changes; shown as (redacted))",
+                "(a private or preshared key changes; shown as (redacted))",
             ),
         ] {
             let c = &compare(&[file(&new)], &|_| cur.clone())[0];

@@ -49,6 +49,8 @@ pub struct Network {
     pub kubernetes: Flavor,
     /// Whether nodes write WireGuard metrics for node_exporter.
     pub metrics: Metrics,
+    /// Whether every link has its own preshared key.
+    pub preshared_keys: bool,
 }
 
 /// `network.metrics`: what each node exports about its WireGuard interface.
@@ -430,6 +432,8 @@ pub struct Site {
     /// has no next-hop node; its nodes peer with the router, which the operator sets up by hand
     /// from the notes `plan` and `apply` print.
     pub router_address: Option<String>,
+    /// The preshared key of the links to an unmanaged site (`preshared_key_file`), when given.
+    pub preshared_key: Option<crate::keys::PresharedKey>,
     /// Nodes in the order written.
     pub nodes: Vec<Node>,
 }

@@ -72,6 +72,11 @@ pub struct RawNetwork {
     #[serde(default)]
     #[schemars(schema_with = "metrics")]
     pub metrics: Option<S<String>>,
+    /// `true`: every link gets its own WireGuard preshared key, generated once and kept on
+    /// both ends (default `false`).
+    #[serde(default)]
+    #[schemars(with = "Option<bool>")]
+    pub preshared_keys: Option<S<bool>>,
 }
 
 /// `ssh:` at the top, in a site or in a node.
@@ -162,6 +167,13 @@ pub struct RawSite {
     #[serde(default)]
     #[schemars(schema_with = "opt_host")]
     pub router_address: Option<S<String>>,
+    /// An unmanaged site only, with `network.preshared_keys`: a file on the controller (mode
+    /// 0600 or narrower, relative to the inventory) holding the preshared key agreed with the
+    /// site's operator, base64 as `wg genpsk` prints it. Without it the links to the site have
+    /// no preshared key.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub preshared_key_file: Option<S<String>>,
     /// SSH overrides for the site's nodes.
     #[serde(default)]
     #[schemars(with = "Option<RawSsh>")]

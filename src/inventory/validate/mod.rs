@@ -11,6 +11,7 @@
 mod mesh;
 mod network;
 mod node;
+mod psk;
 mod router;
 mod site;
 mod ssh;

@@ -51,6 +51,7 @@ pub(super) fn check(
     if !managed {
         unmanaged(d, &sp, site);
     }
+    let preshared_key = super::psk::key_file(d, net, &sp, site, managed);
 
     let empty = IndexMap::new();
     let raw_nodes = site.nodes.as_ref().map(|n| &n.value).unwrap_or(&empty);
@@ -102,6 +103,7 @@ pub(super) fn check(
         wan_mtu,
         public_key,
         router_address,
+        preshared_key,
         nodes,
     });
 }
