@@ -10,6 +10,7 @@ pub mod fuzz;
 pub mod guard;
 pub mod hostile;
 pub mod lab;
+pub mod lifecycle_keys;
 pub mod metrics;
 pub mod nodes;
 pub mod openwrt;
