@@ -6,6 +6,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use super::fleet_tests::{Fleet, HostState, INV, applied_states, host, settings};
 use super::*;
+use crate::desired;
 use crate::desired::FileState;
 use crate::facts::wgconf::WgConfig;
 use crate::plan::Rotation;
@@ -321,4 +322,36 @@ fn a_rotation_is_gated_on_the_links_the_old_keys_carried() {
     // every link was up under the old keys: the gate counts them before and probes them after
     assert_eq!(g.links_before, 3, "{g:?}");
     assert_eq!(g.links_before, g.links_after, "{g:?}");
+}
+
+#[test]
+fn render_writes_one_preview_key_per_link_on_both_ends() {
+    let f = fleet(&BTreeMap::new());
+    let keys = desired::fresh_keys(&f.planned.topology);
+    let files = crate::hosts::render::render_offline(&f.roles, &f.planned.topology, &keys).unwrap();
+    let confs: BTreeMap<String, String> = files
+        .into_iter()
+        .map(|(n, fs)| {
+            let c = fs
+                .into_iter()
+                .find(|x| x.path.as_str() == WG)
+                .and_then(|x| x.state.content().map(str::to_string))
+                .unwrap();
+            (n, c)
+        })
+        .collect();
+    let mut seen = BTreeSet::new();
+    for (a, b) in LINKS {
+        let k = psk(&confs, a, b).unwrap();
+        assert_eq!(psk(&confs, b, a), Some(k.clone()));
+        assert!(seen.insert(k));
+    }
+    // without network.preshared_keys: none
+    let plain = super::fleet_tests::planned();
+    let files = crate::hosts::render::render_offline(&f.roles, &plain.topology, &keys).unwrap();
+    for (_, fs) in files {
+        for x in fs {
+            assert!(!x.state.content().unwrap_or("").contains("PresharedKey"));
+        }
+    }
 }

@@ -246,6 +246,24 @@ fn rotate_keys_renews_every_key_under_traffic_and_loses_at_most_a_handshake() {
         r.stdout
     );
     assert_eq!(public_keys(&s), keys0);
+    let r = p.run(
+        &s,
+        &["-v", "rotate-keys", "--check", "--diff", "--preshared"],
+    );
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    // the diffs show the key lines, never a key (the same redacted text on both sides)
+    assert!(
+        r.stdout.contains(" PresharedKey = (redacted)"),
+        "{}",
+        r.stdout
+    );
+    assert!(
+        r.stdout.contains("6 link(s) would get a new preshared key"),
+        "{}",
+        r.stdout
+    );
+    assert_eq!(public_keys(&s), keys0);
+    assert_eq!(running_psks(&s), psks0);
 
     // the whole lab, with node2 (home) pinging office2 across both sites' next-hops
     let office2 = wg_ips(&s)
