@@ -593,6 +593,7 @@ mod tests {
             t.router("home-router").unwrap().1,
             &keys,
             None,
+            &Default::default(),
         )
         .unwrap();
         let mut f = Facts::default();

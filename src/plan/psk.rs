@@ -10,6 +10,7 @@ use crate::desired::{PskRing, link_id};
 use crate::formats::state::Facts;
 use crate::formats::wgconf::WgConfig;
 use crate::hosts::kind::{HostKind, conf_path};
+use crate::hosts::openwrt_hub::{HUB_SCRIPT, HeldPeer, peers_with_psk};
 use crate::keys::{PresharedKey, PublicKey};
 use crate::topology::{PeerRef, Topology};
 
@@ -83,8 +84,41 @@ pub(super) fn decide(a: &End, b: &End, renew: bool, w: &mut Vec<String>) -> Deci
     }
 }
 
-/// The key `holder`'s config has for its peer with public key `peer_key` (or, that unknown,
-/// with AllowedIPs `allowed`): `None` when the config cannot be read.
+/// The peers `holder` has now, each its public key, AllowedIPs and preshared key: from its
+/// wg-quick file, or an OpenWrt hub's script. `None` when it could not be read.
+fn entries(topo: &Topology, facts: &HashMap<String, Facts>, holder: &str) -> Option<Vec<HeldPeer>> {
+    let f = facts.get(holder)?;
+    let text = |p: &str| f.files.get(p).and_then(|x| x.content());
+    if HostKind::of(topo, holder).is_some_and(|k| k.is_openwrt_hub()) {
+        return Some(text(HUB_SCRIPT).map(peers_with_psk).unwrap_or_default());
+    }
+    let Some(conf) = text(&conf_path(&topo.network.interface)) else {
+        return Some(Vec::new());
+    };
+    let c = WgConfig::parse(conf);
+    Some(
+        c.peers()
+            .map(|p| {
+                let allowed = p
+                    .get("AllowedIPs")
+                    .unwrap_or("")
+                    .split(',')
+                    .map(|x| x.trim().to_string())
+                    .filter(|x| !x.is_empty())
+                    .collect();
+                (
+                    p.get("PublicKey").unwrap_or("").trim().to_string(),
+                    allowed,
+                    p.get("PresharedKey")
+                        .and_then(|k| PresharedKey::from_base64(k).ok()),
+                )
+            })
+            .collect(),
+    )
+}
+
+/// The key `holder` has for its peer with public key `peer_key` (or, that unknown, with
+/// AllowedIPs `allowed`): `None` when the holder cannot be read.
 fn current(
     topo: &Topology,
     facts: &HashMap<String, Facts>,
@@ -92,35 +126,12 @@ fn current(
     peer_key: Option<&PublicKey>,
     allowed: &BTreeSet<String>,
 ) -> Option<Option<PresharedKey>> {
-    let f = facts.get(holder)?;
-    let Some(conf) = f
-        .files
-        .get(&conf_path(&topo.network.interface))
-        .and_then(|x| x.content())
-    else {
-        return Some(None);
-    };
-    let c = WgConfig::parse(conf);
-    let entry = c.peers().find(|p| match peer_key {
-        Some(k) => p
-            .get("PublicKey")
-            .is_some_and(|x| x.trim() == k.to_base64()),
-        None => {
-            let got: BTreeSet<String> = p
-                .get("AllowedIPs")
-                .unwrap_or("")
-                .split(',')
-                .map(|x| x.trim().to_string())
-                .filter(|x| !x.is_empty())
-                .collect();
-            &got == allowed
-        }
+    let e = entries(topo, facts, holder)?;
+    let found = e.into_iter().find(|(k, a, _)| match peer_key {
+        Some(pk) => *k == pk.to_base64(),
+        None => &a.iter().cloned().collect::<BTreeSet<_>>() == allowed,
     });
-    Some(
-        entry
-            .and_then(|p| p.get("PresharedKey"))
-            .and_then(|k| PresharedKey::from_base64(k).ok()),
-    )
+    Some(found.and_then(|(_, _, psk)| psk))
 }
 
 /// Every link's key. `old` holds the public keys the nodes had before this run (what their
@@ -151,17 +162,9 @@ pub(super) fn ring(
             }
         }
     }
-    let hub = |n: &str| HostKind::of(topo, n).is_some_and(|k| k.is_openwrt_hub());
-    let mut hubs_warned = BTreeSet::new();
     let mut links: Vec<&(String, String)> = allowed.keys().filter(|(a, b)| a < b).collect();
     links.sort();
     for (a, b) in links {
-        if let Some(h) = [a, b].into_iter().find(|n| hub(n)) {
-            if hubs_warned.insert(h.clone()) {
-                w.push(format!("{h} is an OpenWrt hub router: its links get no preshared key (wgprov sets none through uci yet)"));
-            }
-            continue;
-        }
         let none = BTreeSet::new();
         let end = |x: &'_ str, y: &'_ str| -> Option<Option<PresharedKey>> {
             let on_x = allowed

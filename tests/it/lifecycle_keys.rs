@@ -45,21 +45,21 @@ impl Printed {
             .unwrap_or_else(|e| panic!("json: {e}\n{}\n{}", r.stdout, r.stderr));
         (r.code, v)
     }
-    /// No private or preshared key of any node in anything printed.
-    fn assert_no_secret(&self, s: &Scenario) {
+    /// No private or preshared key of any of `nodes` (as their interfaces run them) in
+    /// anything printed.
+    fn assert_no_secret(&self, s: &Scenario, nodes: &[&str]) {
         let mut secrets: BTreeSet<String> = BTreeSet::new();
-        for n in NODES {
-            let conf = s.lab.sh(n, "cat /etc/wireguard/wg0.conf");
-            for l in conf.lines() {
-                let l = l.trim();
-                let lower = l.to_ascii_lowercase().replace(' ', "");
-                if lower.starts_with("privatekey=") || lower.starts_with("presharedkey=") {
-                    secrets.insert(l.split_once('=').unwrap().1.trim().to_string());
+        for n in nodes {
+            secrets.insert(s.lab.sh(n, "wg show wg0 private-key").trim().to_string());
+            for l in s.lab.sh(n, "wg show wg0 preshared-keys").lines() {
+                let psk = l.split_once('\t').unwrap().1.trim();
+                if psk != "(none)" {
+                    secrets.insert(psk.to_string());
                 }
             }
         }
         assert!(
-            secrets.len() > NODES.len(),
+            secrets.len() > nodes.len(),
             "private and preshared keys to look for"
         );
         for out in &self.0 {
@@ -75,7 +75,11 @@ impl Printed {
 
 /// Each node's public key.
 fn public_keys(s: &Scenario) -> BTreeMap<String, String> {
-    NODES
+    public_keys_of(s, &NODES)
+}
+
+fn public_keys_of(s: &Scenario, nodes: &[&str]) -> BTreeMap<String, String> {
+    nodes
         .iter()
         .map(|n| {
             (
@@ -88,10 +92,16 @@ fn public_keys(s: &Scenario) -> BTreeMap<String, String> {
 
 /// Every (node, peer node) with the preshared key the node's interface has for the peer.
 fn running_psks(s: &Scenario) -> BTreeMap<(String, String), String> {
-    let owners: BTreeMap<String, String> =
-        public_keys(s).into_iter().map(|(n, k)| (k, n)).collect();
+    running_psks_of(s, &NODES)
+}
+
+fn running_psks_of(s: &Scenario, nodes: &[&str]) -> BTreeMap<(String, String), String> {
+    let owners: BTreeMap<String, String> = public_keys_of(s, nodes)
+        .into_iter()
+        .map(|(n, k)| (k, n))
+        .collect();
     let mut out = BTreeMap::new();
-    for n in NODES {
+    for &n in nodes {
         for l in s.lab.sh(n, "wg show wg0 preshared-keys").lines() {
             let (peer, psk) = l.split_once('\t').unwrap();
             let peer = owners
@@ -148,14 +158,7 @@ fn preshared_keys_are_equal_on_both_ends_stable_and_never_printed() {
     // node1 with its 2 members, office1 with its 1, and the 3 hubs with each other: 6 links,
     // each seen from both ends
     assert_eq!(psks.len(), 12, "{:?}", psks.keys());
-    for ((a, b), k) in &psks {
-        assert_ne!(k, "(none)", "{a} -> {b} has no preshared key");
-        assert_eq!(
-            psks.get(&(b.clone(), a.clone())),
-            Some(k),
-            "{a} and {b} disagree"
-        );
-    }
+    assert_one_key_per_link(&psks);
     let distinct: BTreeSet<&String> = psks.values().collect();
     assert_eq!(distinct.len(), 6, "one key per link");
     assert!(mesh_failures(&s).is_empty(), "{:?}", mesh_failures(&s));
@@ -179,7 +182,7 @@ fn preshared_keys_are_equal_on_both_ends_stable_and_never_printed() {
     ] {
         p.run(&s, args);
     }
-    p.assert_no_secret(&s);
+    p.assert_no_secret(&s, &NODES);
     eprintln!("preshared keys lab test: {:?}", started.elapsed());
 }
 
@@ -316,7 +319,7 @@ fn rotate_keys_renews_every_key_under_traffic_and_loses_at_most_a_handshake() {
     // a rotated network converges: the next apply changes nothing
     let (code, v) = p.json(&s, &["apply", "--check", "--detailed-exitcode"]);
     assert_eq!(code, 0, "{v}");
-    p.assert_no_secret(&s);
+    p.assert_no_secret(&s, &NODES);
     s.assert_no_key_leaked();
     eprintln!("rotation lab test: {:?}", started.elapsed());
 }
@@ -373,6 +376,76 @@ fn a_rotation_whose_host_fails_is_put_back_everywhere() {
     );
     assert_eq!(running_psks(&s), psks0, "the old preshared keys run again");
     assert!(mesh_failures(&s).is_empty(), "{:?}", mesh_failures(&s));
-    p.assert_no_secret(&s);
+    p.assert_no_secret(&s, &NODES);
     eprintln!("failed rotation lab test: {:?}", started.elapsed());
+}
+
+/// Every link's preshared key is the same on both ends and not `(none)`.
+fn assert_one_key_per_link(psks: &BTreeMap<(String, String), String>) {
+    for ((a, b), k) in psks {
+        assert_ne!(k, "(none)", "{a} -> {b} has no preshared key");
+        assert_eq!(
+            psks.get(&(b.clone(), a.clone())),
+            Some(k),
+            "{a} and {b} disagree"
+        );
+    }
+}
+
+/// An OpenWrt router that is its site's hub (real `uci`, the lab's `ifup` stand-in reading
+/// what uci holds) carries the preshared keys of its links in its peer sections: the same as
+/// its peers', kept by a second apply (read back from its script), renewed by `rotate-keys
+/// --preshared`, never printed.
+#[test]
+fn an_openwrt_hub_router_carries_the_preshared_keys_of_its_links() {
+    let Some(cache) = super::openwrt::available() else {
+        return;
+    };
+    if !lab_available() {
+        return;
+    }
+    let y = super::openwrt::HUB_LAB.replacen(
+        "  cluster_cidrs:",
+        "  preshared_keys: true\n  cluster_cidrs:",
+        1,
+    );
+    let nodes = ["home-router", "node1", "node2", "office1"];
+    let r = super::openwrt::Router::new(&cache, None);
+    let s = Scenario::new("owk", &y, &y, &[]);
+    super::openwrt::make_openwrt(&s, "home-router", &r);
+    let mut p = Printed::default();
+    let (code, v) = p.json(&s, &["apply"]);
+    assert_eq!(code, 0, "{v:#}");
+    let psks = running_psks_of(&s, &nodes);
+    // the router with its 2 members and office1, each seen from both ends
+    assert_eq!(psks.len(), 6, "{psks:?}");
+    assert_one_key_per_link(&psks);
+    assert!(mesh_failures(&s).is_empty(), "{:?}", mesh_failures(&s));
+    let net = s.lab.sh("home-router", "uci show network");
+    assert_eq!(
+        net.lines()
+            .filter(|l| l.contains(".preshared_key="))
+            .count(),
+        3,
+        "{}",
+        r.redact(&net)
+    );
+    let r2 = p.run(
+        &s,
+        &["-v", "apply", "--check", "--diff", "--detailed-exitcode"],
+    );
+    assert_eq!(r2.code, 0, "{}{}", r2.stdout, r2.stderr);
+    let (code, v) = p.json(
+        &s,
+        &["rotate-keys", "--preshared", "--limit", "home-router"],
+    );
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(v["guard"]["outcome"], "confirmed", "{v:#}");
+    let after = running_psks_of(&s, &nodes);
+    assert_one_key_per_link(&after);
+    for (l, k) in &after {
+        assert_ne!(psks.get(l), Some(k), "{l:?}: not renewed");
+    }
+    assert!(mesh_failures(&s).is_empty(), "{:?}", mesh_failures(&s));
+    p.assert_no_secret(&s, &nodes);
 }
