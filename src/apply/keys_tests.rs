@@ -157,6 +157,10 @@ fn every_link_gets_one_preshared_key_on_both_ends_kept_from_run_to_run_and_never
     for s in secrets(&first.confs) {
         assert!(!first.printed.contains(&s), "a key is printed");
     }
+    // a preshared key is a peer setting: wg syncconf sets it, the interface is not restarted
+    for (n, hp) in &first.plans {
+        assert_eq!(hp.handlers.wireguard, Some(false), "{n}");
+    }
     assert!(
         first.printed.contains("+PresharedKey = (redacted)"),
         "{}",
@@ -353,5 +357,46 @@ fn render_writes_one_preview_key_per_link_on_both_ends() {
         for x in fs {
             assert!(!x.state.content().unwrap_or("").contains("PresharedKey"));
         }
+    }
+}
+
+#[test]
+fn a_link_to_a_site_others_run_takes_the_key_of_its_file_or_has_none() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let key = crate::keys::PresharedKey::generate();
+    let file = dir.path().join("friend.psk");
+    std::fs::write(&file, key.expose_base64().as_str()).unwrap();
+    std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    let friend = "  friend:\n    managed: false\n    wireguard_cidr: 10.100.9.0/24\n    endpoint: 192.0.2.9:51820\n    public_key: hWfUsZ3oPJMDCEnq+2HTrqDT3ryd8HBOsXVWCgjxflU=\n";
+    let roles = Roles::load(crate::roles::RoleSource::Embedded).unwrap();
+    for (with_file, want) in [(true, Some(key.expose_base64().to_string())), (false, None)] {
+        let mut inv = INV.replace(
+            "  cluster_cidrs: [10.244.0.0/16]\n",
+            "  cluster_cidrs: [10.244.0.0/16]\n  preshared_keys: true\n",
+        );
+        inv.push_str(friend);
+        if with_file {
+            inv.push_str("    preshared_key_file: friend.psk\n");
+        }
+        let loaded = crate::inventory::load_str(&dir.path().join("inv.yaml"), &inv).unwrap();
+        let topo = Topology::build(&loaded.inventory, &Default::default())
+            .unwrap()
+            .0;
+        let keys = desired::fresh_keys(&topo);
+        let files = crate::hosts::render::render_offline(&roles, &topo, &keys).unwrap();
+        let h1 = &files.iter().find(|(n, _)| n == "h1").unwrap().1;
+        let conf = h1
+            .iter()
+            .find(|f| f.path.as_str() == WG)
+            .and_then(|f| f.state.content())
+            .unwrap();
+        let got = WgConfig::parse(conf)
+            .peers()
+            .find(|p| p.get("PublicKey") == Some("hWfUsZ3oPJMDCEnq+2HTrqDT3ryd8HBOsXVWCgjxflU="))
+            .expect("the hub peers with the site")
+            .get("PresharedKey")
+            .map(str::to_string);
+        assert_eq!(got, want, "with the file: {with_file}");
     }
 }
