@@ -94,6 +94,7 @@ type Gathered = HashMap<String, (std::result::Result<Facts, gather::FactsError>,
 fn targets<'t>(topo: &'t Topology, settings: &Settings) -> Vec<HostKind<'t>> {
     targeted_nodes(topo, settings)
         .into_iter()
+        .chain(targeted_removed(topo, settings))
         .map(|n| n.name.clone())
         .chain(targeted_routers(topo, settings))
         .filter_map(|n| HostKind::of(topo, &n))
@@ -192,6 +193,57 @@ fn host_report<S: Transport>(
     r
 }
 
+/// Plans every targeted host from its facts; its report, and the run's warnings.
+fn plan_targets<S: Transport>(
+    topo: &Topology,
+    roles: &Roles,
+    settings: &Settings,
+    targets: &[HostKind],
+    (sessions, gathered, facts): (&Sessions<S>, &Gathered, &HashMap<String, Facts>),
+    keys: &plan::Keys,
+) -> (HashMap<String, HostPlan>, Vec<HostReport>, Vec<String>) {
+    let mut warnings = keys.warnings.clone();
+    warnings.extend(removal_limits(topo, settings));
+    let mut plans = HashMap::new();
+    let mut reports = Vec::new();
+    for kind in targets {
+        let p = facts
+            .get(kind.name())
+            .map(|f| plan::host(*kind, roles, topo, keys, f));
+        let mut r = host_report(
+            *kind,
+            sessions,
+            gathered,
+            p.as_ref(),
+            &topo.network.interface,
+        );
+        if kind.is_removed() {
+            r.removed = true;
+            let iface = &topo.network.interface;
+            for h in r
+                .handlers
+                .iter_mut()
+                .filter(|h| h.starts_with("wireguard: "))
+            {
+                *h = format!(
+                    "wireguard: {iface} down, wg-quick@{iface} disabled (its config is gone)"
+                );
+            }
+            if r.status == HostStatus::Unreachable {
+                warnings.push(format!(
+                    "{} (state: absent) could not be reached: its peers drop it, but the host itself was not cleaned (what wgprov set up keeps running there); apply again when it is reachable",
+                    kind.name()
+                ));
+            }
+        }
+        reports.push(r);
+        if let Some(Ok(p)) = p {
+            plans.insert(kind.name().to_string(), p);
+        }
+    }
+    (plans, reports, warnings)
+}
+
 /// Connects to every host the run needs, reads their facts in one exec each, and plans every
 /// targeted host: nothing is changed yet.
 pub async fn prepare<'a, C: Connect>(
@@ -223,9 +275,10 @@ pub async fn prepare_rotating<'a, C: Connect>(
             settings.limit.as_deref().unwrap_or("")
         )));
     }
+    // hosts read besides the nodes: the routers that forward the port, the nodes taken out
     let forwarders: Vec<&str> = targets
         .iter()
-        .filter(|k| k.is_forwarder())
+        .filter(|k| k.is_forwarder() || k.is_removed())
         .map(|k| k.name())
         .collect();
     let scripts = facts_scripts(
@@ -238,7 +291,7 @@ pub async fn prepare_rotating<'a, C: Connect>(
     )?;
     let sessions = connect_all(
         &connector,
-        topo.ssh_targets()
+        topo.all_ssh_targets()
             .into_iter()
             .filter(|t| topo.node(&t.name).is_some() || forwarders.contains(&t.name.as_str()))
             .collect(),
@@ -265,30 +318,21 @@ pub async fn prepare_rotating<'a, C: Connect>(
         .map(|n| n.name.as_str())
         .collect();
     let keys = plan::keys_rotating(topo, &facts, &names, rotation);
-    let mut plans = HashMap::new();
-    let mut reports = Vec::new();
-    for kind in &targets {
-        let p = facts
-            .get(kind.name())
-            .map(|f| plan::host(*kind, roles, topo, &keys, f));
-        reports.push(host_report(
-            *kind,
-            &sessions,
-            &gathered,
-            p.as_ref(),
-            &topo.network.interface,
-        ));
-        if let Some(Ok(p)) = p {
-            plans.insert(kind.name().to_string(), p);
-        }
-    }
+    let (plans, reports, warnings) = plan_targets(
+        topo,
+        roles,
+        settings,
+        &targets,
+        (&sessions, &gathered, &facts),
+        &keys,
+    );
     Ok(Prepared {
         planned,
         settings,
         connector,
         progress,
         sessions,
-        warnings: keys.warnings.clone(),
+        warnings,
         facts,
         keys,
         plans,

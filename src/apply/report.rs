@@ -83,6 +83,10 @@ pub struct HostReport {
     pub warnings: Vec<String>,
     /// Per-phase timings.
     pub timings: Timings,
+    /// True for a node being taken out (`state: absent`): when it cannot be reached, its peers
+    /// drop it all the same and the run warns, without failing for it.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub removed: bool,
 }
 
 impl HostReport {
@@ -96,6 +100,7 @@ impl HostReport {
             error: None,
             warnings: Vec::new(),
             timings: Timings::default(),
+            removed: false,
         }
     }
     /// Files changed (or to change).
@@ -220,9 +225,15 @@ impl Report {
     pub fn exit_code(&self, detailed: bool) -> u8 {
         let s = self.summary();
         let new_down = self.guard.as_ref().is_some_and(|g| !g.new_down.is_empty());
+        // a node being taken out that cannot be reached is dropped by its peers all the same
+        let unreachable = self
+            .hosts
+            .iter()
+            .filter(|h| h.status == HostStatus::Unreachable && !h.removed)
+            .count();
         if self.interrupted {
             130
-        } else if s.failed > 0 || s.unreachable > 0 || new_down {
+        } else if s.failed > 0 || unreachable > 0 || new_down {
             1
         } else if self.check && detailed && s.changed > 0 {
             3

@@ -69,8 +69,8 @@ pub(crate) fn handlers_script(
 }
 
 /// The wireguard handler: the interface restarted (through its unit where systemd runs), or
-/// brought to the file's peers and key with `wg syncconf`. Putting back with a restart brings
-/// the old interface back, or takes it down when there was no config.
+/// brought to the file's peers and key with `wg syncconf`. A restart without a config (a node
+/// taken out, or put back to before it had one) takes the interface down and disables its unit.
 fn wireguard_handler(
     iface: &InterfaceName,
     systemd: bool,
@@ -80,33 +80,32 @@ fn wireguard_handler(
 ) -> String {
     let q = sh_quote(iface);
     let unit = sh_quote(&format!("wg-quick@{iface}"));
-    let mut s = String::new();
-    if systemd {
-        s.push_str(&format!("systemctl enable -q {unit} 2>/dev/null || true\n"));
-    }
     let conf = sh_quote(&format!("/etc/wireguard/{iface}.conf"));
-    if restore && restart && systemd {
-        // back to the old interface through its unit, or unit and interface gone if there
-        // was no config
-        s.push_str(&format!(
-            "if [ -f {conf} ]; then\n{up}else systemctl stop {unit} >/dev/null 2>&1; wg-quick down {q} >/dev/null 2>&1; systemctl disable -q {unit} 2>/dev/null || true; fi\n",
-            up = restart_via_unit(&q, &unit, " (restored config)", f),
-        ));
-    } else if restore && restart {
-        // back to the old interface: up with the restored config, or gone if there was none
-        s.push_str(&format!(
-            "wg-quick down {q} >/dev/null 2>&1 || true\nif [ -f {conf} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up (restored config)'; }}; fi\n",
-        ));
-    } else if restart && systemd {
-        s.push_str(&restart_via_unit(&q, &unit, "", f));
+    let what = if restore { " (restored config)" } else { "" };
+    let enable = format!("systemctl enable -q {unit} 2>/dev/null || true\n");
+    // without its config, `wg-quick down` cannot run: down from the copy a removed node keeps
+    // (its PostDown rules run), else the link deleted
+    let kept = sh_quote(&format!(
+        "{}/{iface}.conf",
+        crate::desired::removal::REMOVED_DIR
+    ));
+    let down = format!(
+        "wg-quick down {q} >/dev/null 2>&1 || {{ [ -f {kept} ] && wg-quick down {kept} >/dev/null 2>&1; }} || ip link delete dev {q} >/dev/null 2>&1 || true\n"
+    );
+    if restart && systemd {
+        format!(
+            "if [ -f {conf} ]; then\n{enable}{up}else systemctl stop {unit} >/dev/null 2>&1\n{down}systemctl disable -q {unit} 2>/dev/null || true; fi\n",
+            up = restart_via_unit(&q, &unit, what, f),
+        )
     } else if restart {
-        s.push_str(&format!(
-            "wg-quick down {q} >/dev/null 2>&1 || true\nout=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up'; }}\n"
-        ));
+        format!(
+            "{down}if [ -f {conf} ]; then out=$(wg-quick up {q} 2>&1) || {{ echo \"$out\" >&2; {f} 'handler wireguard: wg-quick up{what}'; }}; fi\n",
+        )
+    } else if systemd {
+        format!("{enable}{}", syncconf(&q, f))
     } else {
-        s.push_str(&syncconf(&q, f));
+        syncconf(&q, f)
     }
-    s
 }
 
 /// Restarts the interface through its unit. Where systemd runs, the interface is its unit's:
@@ -169,9 +168,10 @@ fn reresolve_handler(iface: &InterfaceName, f: &str) -> String {
     let timer = format!("wgprov-reresolve-{iface}.timer");
     format!(
         "if [ -f {file} ]; then out=$(systemctl enable -q --now {t} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; \
-         else systemctl stop {t} >/dev/null 2>&1; rm -f {wants}; fi\n",
+         else systemctl stop {t} {svc} >/dev/null 2>&1; systemctl reset-failed {t} {svc} >/dev/null 2>&1; rm -f {wants}; fi\n",
         file = sh_quote(&format!("/etc/systemd/system/{timer}")),
         t = sh_quote(&timer),
+        svc = sh_quote(&format!("wgprov-reresolve-{iface}.service")),
         wants = sh_quote(&format!("/etc/systemd/system/timers.target.wants/{timer}")),
         why = sh_quote(&format!(
             "handler reresolve: systemctl enable --now {timer}"
@@ -185,7 +185,7 @@ fn reresolve_handler(iface: &InterfaceName, f: &str) -> String {
 fn metrics_handler(f: &str) -> String {
     format!(
         "if [ -f {file} ]; then out=$(systemctl enable -q --now {t} 2>&1) || {{ echo \"$out\" >&2; {f} {why}; }}; \
-         else systemctl stop {t} wgprov-metrics.service >/dev/null 2>&1; rm -f {wants} {prom}; fi\n",
+         else systemctl stop {t} wgprov-metrics.service >/dev/null 2>&1; systemctl reset-failed {t} wgprov-metrics.service >/dev/null 2>&1; rm -f {wants} {prom}; fi\n",
         file = sh_quote(&format!("/etc/systemd/system/{METRICS_TIMER}")),
         t = sh_quote(METRICS_TIMER),
         wants = sh_quote(&format!(

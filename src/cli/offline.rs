@@ -13,10 +13,14 @@ pub(super) fn validate(path: &Path, format: Format) -> Result<u8> {
             p.warnings.clone(),
             true,
             format!(
-                "{}: ok ({} sites, {} managed nodes)",
+                "{}: ok ({} sites, {} managed nodes{})",
                 path.display(),
                 p.topology.sites.len(),
-                p.topology.nodes.len()
+                p.topology.nodes.len(),
+                match p.topology.removed.len() {
+                    0 => String::new(),
+                    n => format!(", {n} to take out"),
+                }
             ),
         ),
         Err(Error::Invalid(d)) => {

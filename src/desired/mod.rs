@@ -2,6 +2,7 @@
 //! Pure: from the topology, the keys, the roles and — when known — the host's current files.
 
 pub mod hub_sheet;
+pub mod removal;
 pub mod wgmerge;
 
 use std::collections::{BTreeMap, HashMap};
@@ -140,7 +141,17 @@ pub fn peer_entries(
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
     for p in topo.peers(node) {
-        let allowed: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
+        let mut allowed: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
+        // dual stack: a peer wgprov runs carries the IPv6 counterparts too (a site someone
+        // else runs, or a hub router set up by hand, is peered over IPv4 only)
+        if matches!(p.peer, PeerRef::Node(_)) {
+            allowed.extend(
+                p.allowed_ips
+                    .iter()
+                    .filter_map(|n| topo.network.net6_of(*n))
+                    .map(|n| n.to_string()),
+            );
+        }
         let (pk, comment): (Option<PublicKey>, String) = match &p.peer {
             PeerRef::Node(n) => {
                 let role = if topo.node(n).is_some_and(|x| x.is_next_hop) {
@@ -249,6 +260,10 @@ pub fn context(
             "is_router": node.is_router,
             "kubernetes": node.kubernetes.as_str(),
             "kubernetes_units": node.kubernetes.units(),
+            "wireguard_ip6": net.ip6_of(node.wireguard_ip).map(|a| a.to_string()),
+            // the node IP(s) the kubelet advertises: IPv4, and IPv6 too with dual stack
+            "node_ips": node_ips(net, node),
+            "node_ip": node_ips(net, node).join(","),
         },
         "site": {
             "name": site.name,
@@ -279,11 +294,11 @@ pub fn context(
         "metrics": net.metrics.as_str(),
         "interface": iface,
         "listen_port": net.listen_port,
-        "address": format!("{}/{}", node.wireguard_ip, net.wireguard_cidr.prefix_len()),
+        "address": address(net, node),
         "private_key": kp.private.expose_base64().as_str(),
         "public_key": kp.public.to_base64(),
-        "forward_up": forward_rules(site, node, net.listen_port, true),
-        "forward_down": forward_rules(site, node, net.listen_port, false),
+        "forward_up": forward_rules(site, node, (net.listen_port, net.wireguard_cidr6.is_some()), true),
+        "forward_down": forward_rules(site, node, (net.listen_port, net.wireguard_cidr6.is_some()), false),
         "peers": peers,
     });
     Ok((ctx, skipped))
@@ -309,12 +324,33 @@ pub fn preshared_key<'k>(
     }
 }
 
+/// The node's IP addresses: its IPv4 WireGuard address, and its IPv6 one with dual stack.
+pub fn node_ips(net: &crate::inventory::Network, node: &NodePlan) -> Vec<String> {
+    let mut v = vec![node.wireguard_ip.to_string()];
+    v.extend(net.ip6_of(node.wireguard_ip).map(|a| a.to_string()));
+    v
+}
+
+/// wg0's `Address`: the IPv4 address in the whole space's prefix, and the IPv6 one likewise.
+fn address(net: &crate::inventory::Network, node: &NodePlan) -> String {
+    let mut a = format!("{}/{}", node.wireguard_ip, net.wireguard_cidr.prefix_len());
+    if let (Some(ip6), Some((space6, _))) = (net.ip6_of(node.wireguard_ip), net.wireguard_cidr6) {
+        a.push_str(&format!(", {ip6}/{}", space6.prefix_len()));
+    }
+    a
+}
+
 /// The next-hop's PostUp (`up`) or PostDown rules: wg0→wg0 traffic through the FORWARD chain,
 /// and with `lan_access` the site's LANs into the mesh (forwarded, and masqueraded to the
 /// next-hop's WireGuard address, since peers accept only WireGuard sources). A router that is
 /// its site's hub also lets its WireGuard port in: a router's firewall drops what arrives on
 /// its WAN unless told otherwise, and WireGuard authenticates every packet itself.
-fn forward_rules(site: &SitePlan, node: &NodePlan, listen_port: u16, up: bool) -> String {
+fn forward_rules(
+    site: &SitePlan,
+    node: &NodePlan,
+    (listen_port, dual_stack): (u16, bool),
+    up: bool,
+) -> String {
     let mut rules = vec![("", "FORWARD -i %i -o %i -j ACCEPT".to_string())];
     if node.is_router {
         rules.push(("", format!("INPUT -p udp --dport {listen_port} -j ACCEPT")));
@@ -343,21 +379,26 @@ fn forward_rules(site: &SitePlan, node: &NodePlan, listen_port: u16, up: bool) -
             ));
         }
     }
-    rules
+    let mut out: Vec<String> = rules
         .iter()
-        .map(|(table, r)| {
-            if up {
-                let (chain, rest) = r.split_once(' ').expect("rule has a chain");
-                let add = if table.is_empty() { "-I" } else { "-A" };
-                format!(
-                    "iptables {table}-C {r} 2>/dev/null || iptables {table}{add} {chain} {rest}"
-                )
-            } else {
-                format!("iptables {table}-D {r} 2>/dev/null || true")
-            }
-        })
-        .collect::<Vec<_>>()
-        .join("; ")
+        .map(|(table, r)| rule("iptables", table, r, up))
+        .collect();
+    if dual_stack {
+        // IPv6 between sites crosses the next-hop too
+        out.push(rule("ip6tables", "", "FORWARD -i %i -o %i -j ACCEPT", up));
+    }
+    out.join("; ")
+}
+
+/// One PostUp rule added once (`-C` first), or one PostDown rule deleted.
+fn rule(tool: &str, table: &str, r: &str, up: bool) -> String {
+    if up {
+        let (chain, rest) = r.split_once(' ').expect("rule has a chain");
+        let add = if table.is_empty() { "-I" } else { "-A" };
+        format!("{tool} {table}-C {r} 2>/dev/null || {tool} {table}{add} {chain} {rest}")
+    } else {
+        format!("{tool} {table}-D {r} 2>/dev/null || true")
+    }
 }
 
 fn render_err(role: &str, what: &str, e: minijinja::Error) -> Error {

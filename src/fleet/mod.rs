@@ -86,7 +86,7 @@ pub async fn close_all<S: Transport>(sessions: &Sessions<S>) {
 /// The hosts named (nodes or managed routers), with the jump hosts they need (transitively), in
 /// inventory order.
 pub fn with_jumps(topo: &Topology, names: &[String]) -> Vec<SshTarget> {
-    let all = topo.ssh_targets();
+    let all = topo.all_ssh_targets();
     let mut want: BTreeSet<String> = names.iter().cloned().collect();
     let mut grew = true;
     while grew {

@@ -151,9 +151,93 @@ pub fn set_node_ip(content: Option<&str>, ip: &str) -> String {
     s
 }
 
+/// `content` without the `--node-ip` that `ours` says is wgprov's (a node being taken out gives
+/// its kubelet back its own choice of address); every other line and flag kept. `None` when
+/// there is nothing to take out.
+pub fn unset_node_ip(content: &str, ours: &dyn Fn(&str) -> bool) -> Option<String> {
+    let body = content.strip_suffix('\n').unwrap_or(content);
+    let mut lines: Vec<String> = body.split('\n').map(str::to_string).collect();
+    let a = lines
+        .iter()
+        .enumerate()
+        .rev()
+        .find_map(|(i, l)| parse_assignment(l, i))?;
+    let mut out: Vec<&str> = Vec::new();
+    let mut removed = false;
+    let mut it = a.args.iter();
+    while let Some(arg) = it.next() {
+        if let Some(v) = arg.strip_prefix("--node-ip=")
+            && ours(v)
+        {
+            removed = true;
+            continue;
+        }
+        if arg == "--node-ip" {
+            match it.next() {
+                Some(v) if ours(v) => {
+                    removed = true;
+                    continue;
+                }
+                Some(v) => {
+                    out.push(arg);
+                    out.push(v);
+                    continue;
+                }
+                None => {}
+            }
+        }
+        out.push(arg);
+    }
+    if !removed {
+        return None;
+    }
+    let cr = if lines[a.line].ends_with('\r') {
+        "\r"
+    } else {
+        ""
+    };
+    let joined = out.join(" ");
+    lines[a.line] = match a.quote {
+        Some(q) if !out.is_empty() => format!("{}{q}{joined}{q}{cr}", a.prefix),
+        _ => format!("{}{joined}{cr}", a.prefix),
+    };
+    let mut s = lines.join("\n");
+    s.push('\n');
+    Some(s)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn taking_the_node_ip_out_keeps_every_other_flag_and_line() {
+        let ours = |v: &str| v.starts_with("10.100.");
+        let cases: &[(&str, Option<&str>)] = &[
+            (
+                "KUBELET_EXTRA_ARGS=--node-ip=10.100.0.1\n",
+                Some("KUBELET_EXTRA_ARGS=\n"),
+            ),
+            (
+                "# keep me\nKUBELET_EXTRA_ARGS=\"--max-pods=200 --node-ip=10.100.0.1\"\nOTHER=1\n",
+                Some("# keep me\nKUBELET_EXTRA_ARGS=\"--max-pods=200\"\nOTHER=1\n"),
+            ),
+            (
+                "KUBELET_EXTRA_ARGS='--node-ip 10.100.0.1 --v=2'\n",
+                Some("KUBELET_EXTRA_ARGS='--v=2'\n"),
+            ),
+            // an address that is not wgprov's stays, and nothing changes
+            ("KUBELET_EXTRA_ARGS=\"--node-ip=192.168.0.5 --v=2\"\n", None),
+            ("FOO=bar\n", None),
+        ];
+        for (input, want) in cases {
+            assert_eq!(unset_node_ip(input, &ours).as_deref(), *want, "{input:?}");
+        }
+        // set then unset gives the file back as it was, but for an emptied variable
+        let before = "# keep me\nKUBELET_EXTRA_ARGS=\"--max-pods=200\"\n";
+        let set = set_node_ip(Some(before), "10.100.0.7");
+        assert_eq!(unset_node_ip(&set, &ours).as_deref(), Some(before));
+    }
 
     #[test]
     fn table() {

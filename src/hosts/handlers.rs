@@ -208,10 +208,13 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
             }
         }
     }
-    // converge: an unchanged config whose interface is down is brought up
+    // converge: an unchanged config whose interface is down is brought up (a config that
+    // should not exist brings nothing up)
     if h.wireguard.is_none()
         && facts.wg.is_none()
-        && changes.iter().any(|c| c.desired.path == wg_path)
+        && changes
+            .iter()
+            .any(|c| c.desired.path == wg_path && c.desired.state != FileState::Absent)
     {
         h.wireguard = Some(true);
     }

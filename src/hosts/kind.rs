@@ -27,6 +27,11 @@ pub enum HostKind<'a> {
     OpenwrtHub(&'a NodePlan, &'a ManagedRouter),
     /// A managed router that forwards the WireGuard port to its site's next-hop.
     Forwarder(&'a SitePlan, &'a ManagedRouter),
+    /// A node marked `state: absent`: taken out of the mesh and cleaned.
+    Removed(&'a NodePlan),
+    /// A managed router of a site marked `state: absent`: wgprov's rules and sections taken
+    /// down.
+    RemovedRouter(&'a ManagedRouter),
 }
 
 /// Where a node's wg-quick file lives.
@@ -43,14 +48,20 @@ impl<'a> HostKind<'a> {
                 None => HostKind::Node(n),
             });
         }
+        if let Some(n) = topo.removed_node(name) {
+            return Some(HostKind::Removed(n));
+        }
+        if let Some((_, r)) = topo.removed_router(name) {
+            return Some(HostKind::RemovedRouter(r));
+        }
         topo.router(name).map(|(s, r)| HostKind::Forwarder(s, r))
     }
 
     /// Its name.
     pub fn name(&self) -> &'a str {
         match self {
-            HostKind::Node(n) | HostKind::OpenwrtHub(n, _) => &n.name,
-            HostKind::Forwarder(_, r) => &r.name,
+            HostKind::Node(n) | HostKind::OpenwrtHub(n, _) | HostKind::Removed(n) => &n.name,
+            HostKind::Forwarder(_, r) | HostKind::RemovedRouter(r) => &r.name,
         }
     }
 
@@ -58,13 +69,18 @@ impl<'a> HostKind<'a> {
     pub fn node(&self) -> Option<&'a NodePlan> {
         match self {
             HostKind::Node(n) | HostKind::OpenwrtHub(n, _) => Some(n),
-            HostKind::Forwarder(..) => None,
+            HostKind::Forwarder(..) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => None,
         }
     }
 
     /// True for a managed router that only forwards the port.
     pub fn is_forwarder(&self) -> bool {
         matches!(self, HostKind::Forwarder(..))
+    }
+
+    /// True for a node or a router being taken out.
+    pub fn is_removed(&self) -> bool {
+        matches!(self, HostKind::Removed(_) | HostKind::RemovedRouter(_))
     }
 
     /// True for an OpenWrt router that is its site's hub.
@@ -77,18 +93,21 @@ impl<'a> HostKind<'a> {
         Ok(match self {
             HostKind::Node(n) => desired::candidate_paths(roles, topo, n)?,
             HostKind::OpenwrtHub(..) => openwrt_hub::candidate_paths(),
-            HostKind::Forwarder(..) => super::candidate_paths(),
+            HostKind::Forwarder(..) | HostKind::RemovedRouter(_) => super::candidate_paths(),
+            HostKind::Removed(_) => desired::removal::paths(roles, &topo.network.interface)?,
         })
     }
 
     /// Its facts script: the files at `paths`, and the sections its kind adds.
     pub fn facts_script(&self, iface: &InterfaceName, paths: &[RemotePath]) -> String {
         match self {
-            HostKind::Node(_) => gather::script(iface, paths),
+            HostKind::Node(_) | HostKind::Removed(_) => gather::script(iface, paths),
             HostKind::OpenwrtHub(..) => {
                 gather::script_with(iface, paths, &openwrt_hub::facts_section(iface))
             }
-            HostKind::Forwarder(..) => gather::script_with(iface, paths, &super::facts_section()),
+            HostKind::Forwarder(..) | HostKind::RemovedRouter(_) => {
+                gather::script_with(iface, paths, &super::facts_section())
+            }
         }
     }
 
@@ -120,7 +139,7 @@ impl<'a> HostKind<'a> {
                 )
             }
             HostKind::OpenwrtHub(..) => openwrt_hub::existing_key(facts, iface),
-            HostKind::Forwarder(..) => None,
+            HostKind::Forwarder(..) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => None,
         }
     }
 
@@ -144,7 +163,9 @@ impl<'a> HostKind<'a> {
                 .and_then(|x| x.content())
                 .map(openwrt_hub::peers_of)
                 .unwrap_or_default(),
-            HostKind::Forwarder(..) => Vec::new(),
+            HostKind::Forwarder(..) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => {
+                Vec::new()
+            }
         }
     }
 
@@ -170,19 +191,47 @@ impl<'a> HostKind<'a> {
             HostKind::OpenwrtHub(n, r) => {
                 openwrt_hub::desired(topo, n, r, keys, input.peer_fallback, input.preshared)
             }
-            HostKind::Forwarder(..) => Ok((Vec::new(), Vec::new())),
+            HostKind::Forwarder(..) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => {
+                Ok((Vec::new(), Vec::new()))
+            }
         }
     }
 
-    /// A forwarding router's desired files, from its facts (the firewall backend it has,
-    /// whether systemd runs); nothing for a node.
-    pub fn forwarder_files(
+    /// The desired files of a host that is no node of the mesh, from its facts: a forwarding
+    /// router's (the firewall backend it has, whether systemd runs), a removed node's (none of
+    /// wgprov's, the kubelet's node IP given back); nothing for a node.
+    pub fn own_files(
         &self,
+        roles: &Roles,
         topo: &Topology,
         facts: &Facts,
     ) -> std::result::Result<Vec<DesiredFile>, HostError> {
         match self {
             HostKind::Forwarder(s, r) => super::desired(topo, s, r, facts),
+            HostKind::Removed(_) => {
+                let (space, space6) = (topo.network.wireguard_cidr, topo.network.wireguard_cidr6);
+                // `--node-ip` of the WireGuard space: `10.100.0.3`, or `10.100.0.3,fd10:100::3`
+                let ours = |v: &str| {
+                    v.split(',')
+                        .any(|a| match a.trim().parse::<std::net::IpAddr>() {
+                            Ok(std::net::IpAddr::V4(a)) => space.contains(&a),
+                            Ok(std::net::IpAddr::V6(a)) => {
+                                space6.is_some_and(|(s, _)| s.contains(&a))
+                            }
+                            Err(_) => false,
+                        })
+                };
+                let existing = |p: &str| {
+                    facts
+                        .files
+                        .get(p)
+                        .and_then(|x| x.content())
+                        .map(str::to_string)
+                };
+                desired::removal::files(roles, &topo.network.interface, &ours, &existing)
+                    .map_err(|e| HostError::Render(e.to_string()))
+            }
+            HostKind::RemovedRouter(_) => Ok(super::removal_files()),
             _ => Ok(Vec::new()),
         }
     }
@@ -205,7 +254,7 @@ impl<'a> HostKind<'a> {
     /// [`super::drift`]).
     pub fn script_drift(&self, facts: &Facts) -> Option<String> {
         match self {
-            HostKind::Node(_) => None,
+            HostKind::Node(_) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => None,
             HostKind::OpenwrtHub(..) => openwrt_hub::drift(facts),
             HostKind::Forwarder(..) => linux::drift(facts),
         }
@@ -214,7 +263,7 @@ impl<'a> HostKind<'a> {
     /// The script whose check is that drift check.
     pub fn checked_script(&self) -> Option<&'static str> {
         match self {
-            HostKind::Node(_) => None,
+            HostKind::Node(_) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => None,
             HostKind::OpenwrtHub(..) => Some(openwrt_hub::HUB_SCRIPT),
             HostKind::Forwarder(..) => Some(super::PF_SCRIPT),
         }
@@ -223,9 +272,9 @@ impl<'a> HostKind<'a> {
     /// How to install `conntrack` on it, when its handlers flush entries.
     pub fn conntrack_hint(&self) -> Option<&'static str> {
         match self {
-            HostKind::Node(_) => None,
+            HostKind::Node(_) | HostKind::Removed(_) => None,
             HostKind::OpenwrtHub(..) => Some("opkg install conntrack"),
-            HostKind::Forwarder(_, r) => Some(match r.kind {
+            HostKind::Forwarder(_, r) | HostKind::RemovedRouter(r) => Some(match r.kind {
                 ManagedKind::Linux => "apt-get install conntrack",
                 ManagedKind::Openwrt => "opkg install conntrack",
             }),
@@ -235,9 +284,9 @@ impl<'a> HostKind<'a> {
     /// Its kind alone, without the plan's borrows.
     pub fn kind(&self) -> Kind {
         match self {
-            HostKind::Node(_) => Kind::Node,
+            HostKind::Node(_) | HostKind::Removed(_) => Kind::Node,
             HostKind::OpenwrtHub(..) => Kind::OpenwrtHub,
-            HostKind::Forwarder(..) => Kind::Forwarder,
+            HostKind::Forwarder(..) | HostKind::RemovedRouter(_) => Kind::Forwarder,
         }
     }
 }

@@ -55,6 +55,9 @@ pub enum HostError {
         /// Its address.
         address: String,
     },
+    /// A removed node's files do not render (a role's path).
+    #[error("rendering what a removed node keeps: {0}")]
+    Render(String),
 }
 
 /// The script that installs the port-forward (run by the handler and at boot).
@@ -121,14 +124,37 @@ pub fn manual_rules(topo: &Topology) -> Vec<String> {
         .filter(|s| s.managed_router.is_none())
         .filter_map(|s| forward(topo, s).map(|f| (s, f)))
         .map(|(s, f)| {
-            format!(
-                "site {} (router: {}): {}",
-                s.name,
-                s.router.as_str(),
-                manual_rule(s.router, &f)
-            )
+            let rule = match s.endpoint.as_ref().and_then(|e| e.ip()) {
+                // no NAT66: the endpoint is the next-hop's own address, the router only lets
+                // the port through
+                Some(std::net::IpAddr::V6(a)) => pinhole(s.router, a, &f),
+                _ => manual_rule(s.router, &f),
+            };
+            format!("site {} (router: {}): {rule}", s.name, s.router.as_str())
         })
         .collect()
+}
+
+/// The firewall pinhole an IPv6 endpoint needs instead of a port-forward: IPv6 is not
+/// translated, the endpoint is the next-hop's own global address, and the router's firewall
+/// only has to let the port in.
+pub fn pinhole(kind: RouterKind, addr: std::net::Ipv6Addr, f: &Forward) -> String {
+    let how = match kind {
+        RouterKind::Opnsense => {
+            "Firewall > Rules > WAN > Add: Action Pass, TCP/IP Version IPv6, Protocol UDP, Destination single host"
+        }
+        RouterKind::Pfsense => {
+            "Firewall > Rules > WAN > Add: Action Pass, Address Family IPv6, Protocol UDP, Destination Address"
+        }
+        RouterKind::Openwrt => {
+            "Network > Firewall > Traffic Rules (or /etc/config/firewall): config rule with option src 'wan', option dest 'lan', option family 'ipv6', option proto 'udp', option dest_ip"
+        }
+        RouterKind::Other => "allow inbound IPv6 UDP from the WAN to",
+    };
+    format!(
+        "no port-forward (the endpoint is IPv6, which is not translated): open a pinhole instead. {how} {addr}, port {} ({} listens there itself); e.g. on Linux: ip6tables -A FORWARD -i WAN -p udp -d {addr} --dport {} -j ACCEPT",
+        f.public_port, f.next_hop, f.public_port
+    )
 }
 
 /// The exact rule for a router kind wgprov does not manage, in that router's own words.
@@ -242,6 +268,32 @@ pub fn desired(
             },
         ]),
     }
+}
+
+/// What a managed router of a removed site keeps of wgprov: nothing. Its port-forward script
+/// and boot unit go (the handler takes wgprov's rules down when the script is gone), and an
+/// OpenWrt hub's script (its handler removes wgprov's uci sections).
+pub fn removal_files() -> Vec<DesiredFile> {
+    use crate::shell::Handler;
+    let absent = |path: &str, role: &str, notify: Vec<Handler>| DesiredFile {
+        role: role.into(),
+        path: RemotePath::new(path).expect("a fixed path is valid"),
+        state: crate::desired::FileState::Absent,
+        notify,
+    };
+    vec![
+        absent(PF_SCRIPT, "router_port_forward", vec![Handler::PortForward]),
+        absent(
+            PF_UNIT,
+            "router_port_forward",
+            vec![Handler::DaemonReload, Handler::PortForward],
+        ),
+        absent(
+            openwrt_hub::HUB_SCRIPT,
+            "router_hub",
+            vec![Handler::RouterHub],
+        ),
+    ]
 }
 
 /// The public UDP ports whose conntrack entries a change must flush: the port-forward's before

@@ -27,6 +27,10 @@ pub struct LockSite {
     pub wireguard_cidr: Option<Ipv4Net>,
     /// Node name to WireGuard address.
     pub nodes: IndexMap<String, Ipv4Addr>,
+    /// The whole site was removed: its block is never handed out again.
+    pub retired: bool,
+    /// Addresses of removed nodes, by name: never handed out again.
+    pub retired_nodes: IndexMap<String, Ipv4Addr>,
 }
 
 #[derive(Deserialize)]
@@ -44,6 +48,10 @@ struct RawLockSite {
     wireguard_cidr: Option<S<String>>,
     #[serde(default)]
     nodes: IndexMap<String, S<String>>,
+    #[serde(default)]
+    retired: Option<S<bool>>,
+    #[serde(default)]
+    retired_nodes: IndexMap<String, S<String>>,
 }
 
 /// A lock file that is not UTF-8 text is an invalid inventory (it is part of it), located at
@@ -106,8 +114,13 @@ impl Lock {
             let rs = rs.unwrap_or(RawLockSite {
                 wireguard_cidr: None,
                 nodes: IndexMap::new(),
+                retired: None,
+                retired_nodes: IndexMap::new(),
             });
-            let mut ls = LockSite::default();
+            let mut ls = LockSite {
+                retired: rs.retired.as_ref().is_some_and(|r| r.value),
+                ..Default::default()
+            };
             if let Some(c) = &rs.wireguard_cidr {
                 match c.value.parse::<Ipv4Net>() {
                     Ok(n) => ls.wireguard_cidr = Some(n),
@@ -118,16 +131,21 @@ impl Lock {
                     ),
                 }
             }
-            for (node, ip) in rs.nodes {
-                match ip.value.parse::<Ipv4Addr>() {
-                    Ok(a) => {
-                        ls.nodes.insert(node, a);
+            for (field, raw, out) in [
+                ("nodes", rs.nodes, &mut ls.nodes),
+                ("retired_nodes", rs.retired_nodes, &mut ls.retired_nodes),
+            ] {
+                for (node, ip) in raw {
+                    match ip.value.parse::<Ipv4Addr>() {
+                        Ok(a) => {
+                            out.insert(node, a);
+                        }
+                        Err(_) => d.error(
+                            loc(&ip),
+                            format!("sites.{site}.{field}.{node}"),
+                            format!("`{}` is not an IPv4 address", ip.value),
+                        ),
                     }
-                    Err(_) => d.error(
-                        loc(&ip),
-                        format!("sites.{site}.nodes.{node}"),
-                        format!("`{}` is not an IPv4 address", ip.value),
-                    ),
                 }
             }
             lock.sites.insert(site, ls);
@@ -152,10 +170,15 @@ impl Lock {
             if let Some(c) = s.wireguard_cidr {
                 out.push_str(&format!("    wireguard_cidr: {c}\n"));
             }
-            if !s.nodes.is_empty() {
-                out.push_str("    nodes:\n");
-                for (n, ip) in &s.nodes {
-                    out.push_str(&format!("      {n}: {ip}\n"));
+            if s.retired {
+                out.push_str("    retired: true\n");
+            }
+            for (field, map) in [("nodes", &s.nodes), ("retired_nodes", &s.retired_nodes)] {
+                if !map.is_empty() {
+                    out.push_str(&format!("    {field}:\n"));
+                    for (n, ip) in map {
+                        out.push_str(&format!("      {n}: {ip}\n"));
+                    }
                 }
             }
         }
@@ -192,6 +215,14 @@ mod tests {
             .insert("node2".into(), "10.100.0.2".parse().unwrap());
         lock.sites.insert("home".into(), s);
         lock.sites.insert("empty".into(), LockSite::default());
+        let mut gone = LockSite {
+            wireguard_cidr: Some("10.100.2.0/24".parse().unwrap()),
+            retired: true,
+            ..Default::default()
+        };
+        gone.retired_nodes
+            .insert("cabin1".into(), "10.100.2.1".parse().unwrap());
+        lock.sites.insert("cabin".into(), gone);
         let text = lock.render();
         assert_eq!(Lock::parse(Path::new("x.lock.yaml"), &text).unwrap(), lock);
     }

@@ -26,6 +26,11 @@ pub struct Inventory {
     pub network: Network,
     /// Sites in the order written.
     pub sites: Vec<Site>,
+    /// Nodes marked `state: absent` (alone or with their site), to be taken out and cleaned;
+    /// in no site's `nodes`.
+    pub removed: Vec<Node>,
+    /// Sites marked `state: absent` (their nodes are in `removed`); in no other list.
+    pub removed_sites: Vec<Site>,
 }
 
 /// Network-wide settings.
@@ -51,6 +56,43 @@ pub struct Network {
     pub metrics: Metrics,
     /// Whether every link has its own preshared key.
     pub preshared_keys: bool,
+    /// Dual stack: the IPv6 WireGuard space and the prefix of a site's IPv6 block.
+    pub wireguard_cidr6: Option<(ipnet::Ipv6Net, u8)>,
+}
+
+impl Network {
+    /// The IPv6 counterpart of an address of the WireGuard space: the same site and host
+    /// numbers in the IPv6 space (site `i`'s block is the `i`-th IPv6 block, host `h` of it is
+    /// `h` there). So an IPv6 address is as stable as the IPv4 one the lock file holds.
+    pub fn ip6_of(&self, ip: Ipv4Addr) -> Option<std::net::Ipv6Addr> {
+        let (space6, prefix6) = self.wireguard_cidr6?;
+        let wg = self.wireguard_cidr;
+        if !wg.contains(&ip) {
+            return None;
+        }
+        let off = u32::from(ip) - u32::from(wg.network());
+        let host_bits = 32 - u32::from(self.site_prefix);
+        let site = u128::from(off.checked_shr(host_bits).unwrap_or(0));
+        let host = u128::from(off & (u32::MAX.checked_shr(32 - host_bits).unwrap_or(0)));
+        let base = u128::from(space6.network());
+        Some((base + (site << (128 - u32::from(prefix6))) + host).into())
+    }
+
+    /// The IPv6 counterpart of a network of the WireGuard space: the whole space, a site's
+    /// block, a host; `None` for anything else (or without `wireguard_cidr6`).
+    pub fn net6_of(&self, n: ipnet::Ipv4Net) -> Option<ipnet::Ipv6Net> {
+        let (space6, prefix6) = self.wireguard_cidr6?;
+        let p = n.prefix_len();
+        if n == self.wireguard_cidr {
+            Some(space6)
+        } else if p == self.site_prefix {
+            ipnet::Ipv6Net::new(self.ip6_of(n.network())?, prefix6).ok()
+        } else if p == 32 {
+            ipnet::Ipv6Net::new(self.ip6_of(n.addr())?, 128).ok()
+        } else {
+            None
+        }
+    }
 }
 
 /// `network.metrics`: what each node exports about its WireGuard interface.
@@ -436,6 +478,8 @@ pub struct Site {
     pub preshared_key: Option<crate::keys::PresharedKey>,
     /// Nodes in the order written.
     pub nodes: Vec<Node>,
+    /// Marked `state: absent`: the whole site is taken out.
+    pub absent: bool,
 }
 
 /// One node.
@@ -462,6 +506,8 @@ pub struct Node {
     /// True for a site's managed router that is its WireGuard hub (`next_hop: router`): a host
     /// with wg0 like a next-hop node, but no Kubernetes node.
     pub is_router: bool,
+    /// Marked `state: absent` (itself or its site): to be taken out.
+    pub absent: bool,
 }
 
 impl Inventory {

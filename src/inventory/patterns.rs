@@ -51,6 +51,8 @@ pub const CIDR: &str = concat!(
     ipv6!(),
     "/(12[0-8]|1[01][0-9]|[1-9]?[0-9]))$"
 );
+/// An IPv6 CIDR (`wireguard_cidr6`).
+pub const IPV6_CIDR: &str = concat!("^", ipv6!(), "/(12[0-8]|1[01][0-9]|[1-9]?[0-9])$");
 /// An IP address or a DNS name (`address`, `ssh.host`, `router_address`).
 pub const HOST: &str = concat!("^(", dns!(), "|", ipv6!(), ")$");
 /// `host:port` or `[ipv6]:port` (`endpoint`).

@@ -77,6 +77,15 @@ pub struct RawNetwork {
     #[serde(default)]
     #[schemars(with = "Option<bool>")]
     pub preshared_keys: Option<S<bool>>,
+    /// Dual stack: the IPv6 WireGuard space, a unique local /48 such as `fd10:100::/48`; every
+    /// node also gets an address in its site's IPv6 block.
+    #[serde(default)]
+    #[schemars(schema_with = "opt_ipv6_cidr")]
+    pub wireguard_cidr6: Option<S<String>>,
+    /// Prefix length of each site's IPv6 block (default 64).
+    #[serde(default)]
+    #[schemars(with = "Option<i64>", range(min = 8, max = 120))]
+    pub site_prefix6: Option<S<i64>>,
 }
 
 /// `ssh:` at the top, in a site or in a node.
@@ -174,6 +183,11 @@ pub struct RawSite {
     #[serde(default)]
     #[schemars(with = "Option<String>")]
     pub preshared_key_file: Option<S<String>>,
+    /// `absent`: take the whole site out (its nodes cleaned, dropped by every other site, its
+    /// block retired in the lock file); default `present`.
+    #[serde(default)]
+    #[schemars(schema_with = "states")]
+    pub state: Option<S<String>>,
     /// SSH overrides for the site's nodes.
     #[serde(default)]
     #[schemars(with = "Option<RawSsh>")]
@@ -207,6 +221,11 @@ pub struct RawNode {
     #[serde(default)]
     #[schemars(with = "Option<RawSsh>")]
     pub ssh: Option<S<RawSsh>>,
+    /// `absent`: take the node out (cleaned, dropped by its peers, its address retired in the
+    /// lock file); default `present`.
+    #[serde(default)]
+    #[schemars(schema_with = "states")]
+    pub state: Option<S<String>>,
 }
 
 /// `router:` as written: a name, or a managed router's mapping.
@@ -274,6 +293,7 @@ macro_rules! pattern_fields {
 
 pattern_fields! {
     req_ipv4_cidr, opt_ipv4_cidr => patterns::IPV4_CIDR;
+    req_ipv6_cidr, opt_ipv6_cidr => patterns::IPV6_CIDR;
     req_ipv4, opt_ipv4 => patterns::IPV4;
     req_host, opt_host => patterns::HOST;
     req_endpoint, opt_endpoint => patterns::ENDPOINT;
@@ -330,6 +350,10 @@ fn os_families(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
         OsFamily::ALL.iter().map(|k| k.as_str().into()).collect();
     families.push(serde_json::Value::Null);
     schemars::json_schema!({ "type": ["string", "null"], "enum": families })
+}
+
+fn states(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+    schemars::json_schema!({ "type": ["string", "null"], "enum": ["present", "absent", null] })
 }
 
 fn flavors(_: &mut schemars::SchemaGenerator) -> schemars::Schema {

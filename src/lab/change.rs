@@ -50,6 +50,14 @@ pub fn readdress_wan(prefix: &str, site: &str, new: Ipv4Addr) -> Result<Ipv4Addr
     // going down flushes the router's NAT (MASQUERADE) entries, which would otherwise keep
     // rewriting the nodes' flows to the old address for as long as keepalives refresh them
     ip(&router, &["link", "set", "wan0", "down"])?;
+    // and the port-forward (DNAT) entries of the old address, which going down does not
+    // touch: one kept alive by the node's keepalives would keep rewriting its replies to the
+    // old address and refuse (as a clash) the peer's new flow to the new one, for ever. A
+    // reconnecting router starts its NAT afresh; `conntrack` exits 1 when nothing matched.
+    let old_s = old.to_string();
+    for dir in ["--orig-dst", "--reply-dst"] {
+        let _ = super::net::in_ns(&router, &["conntrack", "-D", dir, &old_s]);
+    }
     ip(
         &router,
         &["addr", "del", &format!("{old}/32"), "dev", "wan0"],

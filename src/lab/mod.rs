@@ -17,6 +17,7 @@
 //! | [`systemd`] | nodes that are Debian machines booted under systemd-nspawn |
 //! | `exec` | `exec`, `command`, `status`: entering a lab host, a summary |
 //! | `change` | `mesh_only`, `readdress_wan`: changes a test plays out on a running lab |
+//! | [`ipv6`] | an IPv6 internet added to a running lab, routers with IPv6 firewalls and pinholes |
 //! | `teardown` | `down`: removes exactly what `up` made |
 //! | [`demo`] | `wgprov lab demo` |
 //! | `net`, `preflight` | the small commands it is built from; what the machine must have |
@@ -25,6 +26,7 @@ mod build;
 mod change;
 pub mod demo;
 mod exec;
+pub mod ipv6;
 mod net;
 pub mod plan;
 mod preflight;

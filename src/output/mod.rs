@@ -19,6 +19,24 @@ struct PlanDoc<'a> {
     /// Hub routers wgprov does not manage: the tunnel and peers to create (offline: the nodes'
     /// keys are not known yet).
     router_hubs: Vec<crate::hosts::hub::Hub>,
+    /// Nodes being taken out (`state: absent`), and the addresses retired for good.
+    removed: Vec<RemovedDoc>,
+    retired: Vec<RetiredDoc>,
+}
+
+#[derive(Serialize)]
+struct RemovedDoc {
+    name: String,
+    site: String,
+}
+
+#[derive(Serialize)]
+struct RetiredDoc {
+    site: String,
+    /// The site's block, when the whole site was removed.
+    block: Option<String>,
+    /// Node name to the address it held.
+    nodes: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Serialize)]
@@ -200,6 +218,28 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
         sites,
         router_rules: crate::hosts::manual_rules(topo),
         router_hubs: crate::hosts::hub::hubs(topo, &|_| None),
+        removed: topo
+            .removed
+            .iter()
+            .map(|n| RemovedDoc {
+                name: n.name.clone(),
+                site: n.site.clone(),
+            })
+            .collect(),
+        retired: topo
+            .allocation
+            .retired
+            .iter()
+            .map(|(site, r)| RetiredDoc {
+                site: site.clone(),
+                block: r.block.map(|b| b.to_string()),
+                nodes: r
+                    .nodes
+                    .iter()
+                    .map(|(n, ip)| (n.clone(), ip.to_string()))
+                    .collect(),
+            })
+            .collect(),
     }
 }
 
@@ -221,6 +261,38 @@ pub fn plan_text(topo: &Topology) -> String {
     }
     o.push_str(&router_rules_text(&crate::hosts::manual_rules(topo)));
     o.push_str(&router_hubs_text(&crate::hosts::hub::hubs(topo, &|_| None)));
+    o.push_str(&removed_text(topo));
+    o
+}
+
+/// The nodes `apply` takes out, and the addresses retired for good.
+fn removed_text(topo: &Topology) -> String {
+    let mut o = String::new();
+    if !topo.removed.is_empty() {
+        let _ = writeln!(
+            o,
+            "
+taken out by the next apply (state: absent): dropped by their peers, cleaned"
+        );
+        for n in &topo.removed {
+            let _ = writeln!(o, "  {} (site {})", n.name, n.site);
+        }
+    }
+    if !topo.allocation.retired.is_empty() {
+        let _ = writeln!(
+            o,
+            "
+retired addresses (never handed out again):"
+        );
+        for (site, r) in &topo.allocation.retired {
+            if let Some(b) = r.block {
+                let _ = writeln!(o, "  site {site}  {b}");
+            }
+            for (n, ip) in &r.nodes {
+                let _ = writeln!(o, "  {n} (site {site})  {ip}");
+            }
+        }
+    }
     o
 }
 
@@ -320,9 +392,13 @@ fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "  {:<16} {:<15} lan {}{}{}",
+        "  {:<16} {:<15}{} lan {}{}{}",
         n.name,
         n.wireguard_ip,
+        topo.network
+            .ip6_of(n.wireguard_ip)
+            .map(|a| format!(" {a:<15}"))
+            .unwrap_or_default(),
         n.address,
         if n.is_next_hop { "  next-hop" } else { "" },
         if n.kubernetes == topo.network.kubernetes {
@@ -336,7 +412,15 @@ fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
             PeerRef::Node(x) => x.clone(),
             PeerRef::Site(x) => format!("site {x}"),
         };
-        let allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
+        let mut allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
+        if matches!(p.peer, PeerRef::Node(_)) {
+            allowed.extend(
+                p.allowed_ips
+                    .iter()
+                    .filter_map(|a| topo.network.net6_of(*a))
+                    .map(|a| a.to_string()),
+            );
+        }
         let _ = write!(o, "    peer {:<16} allowed {}", who, allowed.join(","));
         if let Some(e) = &p.endpoint {
             let _ = write!(o, "  endpoint {e}");

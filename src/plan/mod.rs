@@ -296,7 +296,7 @@ fn files(
             }
             files
         }
-        None => kind.forwarder_files(topo, f)?,
+        None => kind.own_files(roles, topo, f)?,
     };
     Ok(files)
 }
@@ -378,3 +378,6 @@ pub fn config_warnings(conf: &str, facts: &Facts) -> Vec<String> {
     }
     w
 }
+
+#[cfg(test)]
+mod tests;

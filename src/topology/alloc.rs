@@ -21,6 +21,18 @@ pub struct Allocation {
     pub site_blocks: IndexMap<String, Ipv4Net>,
     /// Node name to WireGuard address, in inventory order.
     pub node_ips: IndexMap<String, Ipv4Addr>,
+    /// Per site, what removed nodes and sites held: never handed out again (`state: absent`).
+    pub retired: IndexMap<String, Retired>,
+}
+
+/// What one site gave up: its block when the whole site was removed, and its removed nodes'
+/// addresses.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Retired {
+    /// The block, when the whole site was removed.
+    pub block: Option<Ipv4Net>,
+    /// Removed nodes' addresses, by name.
+    pub nodes: IndexMap<String, Ipv4Addr>,
 }
 
 impl Allocation {
@@ -37,21 +49,116 @@ impl Allocation {
                     ls.nodes.insert(n.name.clone(), *ip);
                 }
             }
+            if let Some(r) = self.retired.get(&s.name) {
+                ls.retired_nodes = r.nodes.clone();
+            }
             lock.sites.insert(s.name.clone(), ls);
+        }
+        for (name, r) in &self.retired {
+            if let Some(block) = r.block
+                && !lock.sites.contains_key(name)
+            {
+                lock.sites.insert(
+                    name.clone(),
+                    LockSite {
+                        wireguard_cidr: Some(block),
+                        retired: true,
+                        retired_nodes: r.nodes.clone(),
+                        ..Default::default()
+                    },
+                );
+            }
         }
         lock
     }
+
+    /// The address a removed node held, when known.
+    pub fn retired_ip(&self, site: &str, node: &str) -> Option<Ipv4Addr> {
+        self.retired.get(site)?.nodes.get(node).copied()
+    }
+}
+
+/// Nodes the lock file has and the inventory no longer names: dropped by their peers, but
+/// never cleaned (said once: the lock forgets them with this run).
+fn warn_deleted(inv: &Inventory, lock: &Lock, d: &mut Diags) {
+    let named =
+        |n: &str| inv.nodes().any(|x| x.name == n) || inv.removed.iter().any(|x| x.name == n);
+    let gone: Vec<String> = lock
+        .sites
+        .iter()
+        .filter(|(s, _)| !inv.removed_sites.iter().any(|r| &&r.name == s))
+        .flat_map(|(_, l)| l.nodes.iter())
+        .filter(|(n, _)| !named(n))
+        .map(|(n, ip)| format!("{n} ({ip})"))
+        .collect();
+    if gone.is_empty() {
+        return;
+    }
+    let at = inv.sites.first().map(|s| s.loc).unwrap_or_default();
+    d.warn(
+        at,
+        "sites",
+        format!(
+            "no longer in the inventory: {}. Their peers drop them, but nothing cleans the nodes themselves (wg0 keeps running there) and their addresses are free again; `state: absent` takes a node out cleanly and retires its address",
+            gone.join(", ")
+        ),
+    );
+}
+
+/// What was retired before (the lock) and what is retired now (`state: absent` in `inv`).
+fn retired(inv: &Inventory, lock: &Lock) -> IndexMap<String, Retired> {
+    let mut out: IndexMap<String, Retired> = IndexMap::new();
+    for (name, ls) in &lock.sites {
+        let gone = ls.retired || inv.removed_sites.iter().any(|s| &s.name == name);
+        let mut r = Retired {
+            block: if gone { ls.wireguard_cidr } else { None },
+            nodes: ls.retired_nodes.clone(),
+        };
+        for (n, ip) in &ls.nodes {
+            if gone || inv.removed.iter().any(|x| &x.name == n && &x.site == name) {
+                r.nodes.insert(n.clone(), *ip);
+            }
+        }
+        if r.block.is_some() || !r.nodes.is_empty() {
+            out.insert(name.clone(), r);
+        }
+    }
+    // written in the inventory and never recorded: retired all the same
+    for s in &inv.removed_sites {
+        if let Some(b) = s.wireguard_cidr {
+            out.entry(s.name.clone())
+                .or_default()
+                .block
+                .get_or_insert(b);
+        }
+    }
+    for n in &inv.removed {
+        if let Some(ip) = n.wireguard_ip {
+            out.entry(n.site.clone())
+                .or_default()
+                .nodes
+                .entry(n.name.clone())
+                .or_insert(ip);
+        }
+    }
+    out
 }
 
 /// Allocates every missing address. Returns the allocation and warnings (addresses the lock had
 /// that had to move because an explicit value took them), or every error (space exhausted).
 pub fn allocate(inv: &Inventory, lock: &Lock) -> Result<(Allocation, Vec<Diagnostic>)> {
     let mut d = Diags::new(&inv.path);
-    let ordered = site_blocks(inv, lock, &mut d);
+    let retired = retired(inv, lock);
+    warn_deleted(inv, lock, &mut d);
+    let ordered = site_blocks(inv, lock, &retired, &mut d);
     let mut node_ips = IndexMap::new();
     for s in &inv.sites {
         if let Some(b) = ordered.get(&s.name) {
-            allocate_site(&mut d, s, *b, lock.sites.get(&s.name), &mut node_ips);
+            let site = SiteAlloc {
+                lock: lock.sites.get(&s.name).filter(|l| !l.retired),
+                retired: retired.get(&s.name),
+            };
+            allocate_site(&mut d, s, *b, site, &mut node_ips);
         }
     }
     if d.has_errors() {
@@ -67,6 +174,7 @@ pub fn allocate(inv: &Inventory, lock: &Lock) -> Result<(Allocation, Vec<Diagnos
         Allocation {
             site_blocks: ordered,
             node_ips: ips,
+            retired,
         },
         d.list,
     ))
@@ -75,11 +183,17 @@ pub fn allocate(inv: &Inventory, lock: &Lock) -> Result<(Allocation, Vec<Diagnos
 /// Every site's block, in inventory order: the explicit ones, then those the lock recorded,
 /// then the block holding a site's explicit node addresses, then the lowest free ones (an error
 /// for each site left without one).
-fn site_blocks(inv: &Inventory, lock: &Lock, d: &mut Diags) -> IndexMap<String, Ipv4Net> {
+fn site_blocks(
+    inv: &Inventory,
+    lock: &Lock,
+    retired: &IndexMap<String, Retired>,
+    d: &mut Diags,
+) -> IndexMap<String, Ipv4Net> {
     let wg = inv.network.wireguard_cidr;
     let prefix = inv.network.site_prefix;
     let mut blocks: IndexMap<String, Ipv4Net> = IndexMap::new();
-    let mut used: HashSet<Ipv4Net> = HashSet::new();
+    // retired blocks are never handed out again
+    let mut used: HashSet<Ipv4Net> = retired.values().filter_map(|r| r.block).collect();
 
     // 1. explicit blocks (validated: inside, right size, disjoint)
     for s in &inv.sites {
@@ -153,7 +267,12 @@ fn recorded_blocks(
         if blocks.contains_key(&s.name) {
             continue;
         }
-        let Some(b) = lock.sites.get(&s.name).and_then(|l| l.wireguard_cidr) else {
+        let Some(b) = lock
+            .sites
+            .get(&s.name)
+            .filter(|l| !l.retired)
+            .and_then(|l| l.wireguard_cidr)
+        else {
             continue;
         };
         if b.prefix_len() != prefix || !wg.contains(&b) {
@@ -188,16 +307,29 @@ pub fn hub_ip(block: Ipv4Net) -> Option<Ipv4Addr> {
     block.hosts().next()
 }
 
+/// What a site's allocation starts from: its lock entry (unless the site was retired) and what
+/// it retired.
+#[derive(Clone, Copy)]
+struct SiteAlloc<'a> {
+    lock: Option<&'a LockSite>,
+    retired: Option<&'a Retired>,
+}
+
 fn allocate_site(
     d: &mut Diags,
     s: &Site,
     block: Ipv4Net,
-    lock: Option<&LockSite>,
+    site: SiteAlloc<'_>,
     out: &mut IndexMap<String, Ipv4Addr>,
 ) {
+    let lock = site.lock;
     let usable =
         |a: &Ipv4Addr| block.contains(a) && *a != block.network() && *a != block.broadcast();
-    let mut used: HashSet<Ipv4Addr> = HashSet::new();
+    // removed nodes' addresses are never handed out again
+    let mut used: HashSet<Ipv4Addr> = site
+        .retired
+        .map(|r| r.nodes.values().copied().collect())
+        .unwrap_or_default();
     // a hub router wgprov does not manage is no node of the inventory, but it has the site's
     // first address all the same (`hub_ip`): no node may take it
     let hub = s.router_address.as_ref().and_then(|_| hub_ip(block));

@@ -28,6 +28,13 @@ pub struct Topology {
     pub nodes: Vec<NodePlan>,
     /// The allocation (also what the lock file records).
     pub allocation: alloc::Allocation,
+    /// Nodes marked `state: absent`, to take out (in no site's `nodes`, nobody's peer); the
+    /// address is the one they held, unspecified when none was ever recorded.
+    pub removed: Vec<NodePlan>,
+    /// The routers wgprov manages on sites marked `state: absent`, with their site's name:
+    /// their port-forward (or an OpenWrt hub's sections) taken down. A Linux hub router is in
+    /// `removed` instead: it is a node of the mesh.
+    pub removed_routers: Vec<(String, ManagedRouter)>,
     index: HashMap<String, usize>,
 }
 
@@ -168,12 +175,29 @@ impl Topology {
             .enumerate()
             .map(|(i, n)| (n.name.clone(), i))
             .collect();
+        let removed_routers: Vec<(String, ManagedRouter)> = inv
+            .removed_sites
+            .iter()
+            .filter_map(|s| s.managed_router.clone().map(|r| (s.name.clone(), r)))
+            .filter(|(_, r)| {
+                r.kind == crate::inventory::ManagedKind::Openwrt
+                    || !inv.removed.iter().any(|n| n.name == r.name)
+            })
+            .collect();
+        let removed = inv
+            .removed
+            .iter()
+            .filter(|n| !removed_routers.iter().any(|(_, r)| r.name == n.name))
+            .map(|n| removed_plan(n, inv, &allocation))
+            .collect();
         Ok((
             Topology {
                 network: inv.network.clone(),
                 sites,
                 nodes,
                 allocation,
+                removed,
+                removed_routers,
                 index,
             },
             warnings,
@@ -183,6 +207,31 @@ impl Topology {
     /// The node called `name`.
     pub fn node(&self, name: &str) -> Option<&NodePlan> {
         self.index.get(name).map(|i| &self.nodes[*i])
+    }
+
+    /// The managed router called `name` of a site being taken out, with its site's name.
+    pub fn removed_router(&self, name: &str) -> Option<(&str, &ManagedRouter)> {
+        self.removed_routers
+            .iter()
+            .find(|(_, r)| r.name == name)
+            .map(|(s, r)| (s.as_str(), r))
+    }
+
+    /// The node called `name` that is being taken out.
+    pub fn removed_node(&self, name: &str) -> Option<&NodePlan> {
+        self.removed.iter().find(|n| n.name == name)
+    }
+
+    /// Every host wgprov may connect to in a run: [`Topology::ssh_targets`] and the nodes
+    /// being taken out.
+    pub fn all_ssh_targets(&self) -> Vec<SshTarget> {
+        let mut v = self.ssh_targets();
+        v.extend(self.removed.iter().map(SshTarget::from));
+        v.extend(self.removed_routers.iter().map(|(_, r)| SshTarget {
+            name: r.name.clone(),
+            ssh: r.ssh.clone(),
+        }));
+        v
     }
 
     /// The site called `name`.
@@ -311,6 +360,27 @@ fn node_plan(n: &Node, a: &alloc::Allocation, next_hop: Option<&str>, flavor: Fl
         is_next_hop: next_hop == Some(n.name.as_str()),
         os_family: n.os_family,
         kubernetes: n.kubernetes.unwrap_or(flavor),
+        ssh: n.ssh.clone(),
+        is_router: n.is_router,
+    }
+}
+
+/// A node being taken out, with the address it held (from the allocation's retired ones).
+fn removed_plan(n: &Node, inv: &Inventory, a: &alloc::Allocation) -> NodePlan {
+    let site = inv
+        .site(&n.site)
+        .or_else(|| inv.removed_sites.iter().find(|s| s.name == n.site));
+    NodePlan {
+        name: n.name.clone(),
+        site: n.site.clone(),
+        address: n.address.clone(),
+        wireguard_ip: n
+            .wireguard_ip
+            .or_else(|| a.retired_ip(&n.site, &n.name))
+            .unwrap_or(Ipv4Addr::UNSPECIFIED),
+        is_next_hop: site.is_some_and(|s| s.next_hop.as_deref() == Some(n.name.as_str())),
+        os_family: n.os_family,
+        kubernetes: n.kubernetes.unwrap_or(inv.network.kubernetes),
         ssh: n.ssh.clone(),
         is_router: n.is_router,
     }

@@ -117,3 +117,79 @@ fn a_corrupt_lock_file_is_a_located_error() {
     );
     assert!(d[0].file.ends_with("inv.lock.yaml"));
 }
+
+#[test]
+fn retired_addresses_are_never_handed_out_again() {
+    let base = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.96.0.0/16]\nsites:\n  home:\n    endpoint: h.example:51820\n    next_hop: a\n    nodes:\n      a: {address: 192.168.0.1}\n      b: {address: 192.168.0.2}\n  cabin:\n    nodes:\n      c: {address: 192.168.5.1}\n";
+    let inv = Inv::new(base);
+    let p = inv.plan();
+    assert_eq!(ip(&p, "b"), "10.100.0.2");
+    assert_eq!(block(&p, "cabin"), "10.100.1.0/24");
+    // b and the whole of cabin taken out: `plan` lists them and what they retire
+    let absent = base
+        .replace(
+            "b: {address: 192.168.0.2}",
+            "b: {address: 192.168.0.2, state: absent}",
+        )
+        .replace("  cabin:\n", "  cabin:\n    state: absent\n");
+    inv.write(&absent);
+    let p = inv.plan();
+    let text = wgprov::output::plan_text(&p.topology);
+    assert!(
+        text.contains("  b (site home)\n")
+            && text.contains("  site cabin  10.100.1.0/24\n")
+            && text.contains("  b (site home)  10.100.0.2\n"),
+        "{text}"
+    );
+    // then deleted from the inventory, a new node and a new site added: neither gets them
+    let later = base
+        .replace(
+            "      b: {address: 192.168.0.2}\n",
+            "      d: {address: 192.168.0.4}\n",
+        )
+        .replace(
+            "  cabin:\n    nodes:\n      c: {address: 192.168.5.1}\n",
+            "  lake:\n    nodes:\n      l: {address: 192.168.6.1}\n",
+        );
+    inv.write(&later);
+    let p = inv.plan();
+    assert_eq!(
+        ip(&p, "d"),
+        "10.100.0.3",
+        "b's address was handed out again"
+    );
+    assert_eq!(
+        block(&p, "lake"),
+        "10.100.2.0/24",
+        "cabin's block was handed out again"
+    );
+    let lock = std::fs::read_to_string(inv.lock_path()).unwrap();
+    assert!(
+        lock.contains("    retired_nodes:\n      b: 10.100.0.2\n")
+            && lock.contains("  cabin:\n    wireguard_cidr: 10.100.1.0/24\n    retired: true\n"),
+        "{lock}"
+    );
+}
+
+#[test]
+fn a_node_deleted_without_state_absent_is_named_as_not_cleaned() {
+    let base = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.96.0.0/16]\nsites:\n  home:\n    endpoint: h.example:51820\n    next_hop: a\n    nodes:\n      a: {address: 192.168.0.1}\n      b: {address: 192.168.0.2}\n";
+    let inv = Inv::new(base);
+    inv.plan();
+    inv.write(&base.replace("      b: {address: 192.168.0.2}\n", ""));
+    let p = inv.plan();
+    assert!(
+        p.warnings
+            .iter()
+            .any(|w| w.message.contains("b (10.100.0.2)") && w.message.contains("state: absent")),
+        "{:?}",
+        p.warnings
+    );
+    // said once: the lock forgets it with that run
+    assert!(
+        !inv.plan()
+            .warnings
+            .iter()
+            .any(|w| w.message.contains("b (10.100.0.2)"))
+    );
+}

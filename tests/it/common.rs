@@ -166,8 +166,13 @@ impl LabGuard {
     }
 
     /// Like [`LabGuard::up`], with every node Debian booted under systemd-nspawn from `image`.
-    pub fn up_systemd(inventory: &Path, tag: &str, image: &Path) -> LabGuard {
-        LabGuard::build(inventory, tag, &[], None, Some(image))
+    pub fn up_systemd(
+        inventory: &Path,
+        tag: &str,
+        image: &Path,
+        no_port_forward: &[&str],
+    ) -> LabGuard {
+        LabGuard::build(inventory, tag, no_port_forward, None, Some(image))
     }
 
     fn build(

@@ -173,7 +173,7 @@ fn deb_installs_and_runs_in_a_debian_node_booted_under_systemd() {
     let dir = tempfile::tempdir().unwrap();
     let inv = dir.path().join("pkg.yaml");
     std::fs::write(&inv, gen_inventory(&[("pkg".into(), 1)], false)).unwrap();
-    let lab = LabGuard::up_systemd(&inv, "deb", &image);
+    let lab = LabGuard::up_systemd(&inv, "deb", &image, &[]);
     let node = "pkg-n0";
     // the node's /usr/local/sbin is a directory of the host: the package and an inventory go in
     let shared = wgprov::lab::lab_dir(&lab.prefix)

@@ -474,3 +474,53 @@ fn a_hand_run_hub_router_set_up_from_the_printed_values_carries_its_site() {
     assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
     s.assert_no_key_leaked();
 }
+
+/// A site marked `state: absent` whose router wgprov manages: its nodes are cleaned and the
+/// router's port-forward goes (rules, script, conntrack entries), in the same guarded run.
+#[test]
+fn a_removed_site_takes_its_managed_routers_port_forward_with_it() {
+    if !lab_available() {
+        return;
+    }
+    let s = Scenario::new("rtrm", INV, INV, &[]);
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(
+        s.lab
+            .sh("home-router", "iptables -t nat -S")
+            .contains("DNAT")
+    );
+    let gone = INV.replace("  home:\n", "  home:\n    state: absent\n");
+    std::fs::write(&s.inv, &gone).unwrap();
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert_eq!(
+        changed_hosts(&v),
+        ["home-router", "node1", "node2", "office1"],
+        "{v:#}"
+    );
+    let nat = s.lab.sh("home-router", "iptables -t nat -S");
+    let filter = s.lab.sh("home-router", "iptables -S");
+    assert!(
+        !nat.contains("WGPROV") && !filter.contains("WGPROV") && !nat.contains("DNAT"),
+        "wgprov's rules are still on the router:\n{nat}\n{filter}"
+    );
+    assert_eq!(
+        s.lab.sh(
+            "home-router",
+            "ls /etc/wgprov/router-pf.sh 2>/dev/null || true"
+        ),
+        ""
+    );
+    for n in ["node1", "node2"] {
+        assert_ne!(s.lab.exec(n, &["ip", "link", "show", "wg0"]).0, 0, "{n}");
+    }
+    assert_eq!(
+        s.lab.sh("office1", "wg show wg0 peers").trim(),
+        "",
+        "office1 still has peers"
+    );
+    let (code, v) = s.apply_json(&[]);
+    assert_eq!(code, 0, "{v:#}");
+    assert!(changed_hosts(&v).is_empty(), "{v:#}");
+}

@@ -27,6 +27,16 @@ impl Lab {
 
     /// The demo lab, its inventory edited by `edit` first.
     fn demo_with(tag: &str, image: &Path, edit: impl Fn(String) -> String) -> Lab {
+        Lab::demo_built(tag, image, edit, &[])
+    }
+
+    /// [`Lab::demo_with`], the routers of `no_port_forward` forwarding nothing.
+    fn demo_built(
+        tag: &str,
+        image: &Path,
+        edit: impl Fn(String) -> String,
+        no_port_forward: &[&str],
+    ) -> Lab {
         let dir = tempfile::tempdir().unwrap();
         let inv = dir.path().join("demo.yaml");
         let yaml = std::fs::read_to_string(root().join("inventories/demo.yaml")).unwrap();
@@ -39,7 +49,7 @@ impl Lab {
             .map(|n| (n.name.clone(), n.site.clone(), n.wireguard_ip.to_string()))
             .collect();
         let t = Instant::now();
-        let lab = LabGuard::up_systemd(&inv, tag, image);
+        let lab = LabGuard::up_systemd(&inv, tag, image, no_port_forward);
         eprintln!(
             "systemd lab {}: {} nodes booted, every sshd answering, in {:.1} s",
             lab.prefix,
@@ -765,9 +775,14 @@ fn the_dead_man_puts_an_interface_change_back_through_the_unit_and_the_mesh_stay
 #[test]
 fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
     let Some(image) = image() else { return };
-    let lab = Lab::demo_with("sddr", &image, |y| {
-        y.replace("    endpoint: 198.51.100.20:51820\n", "")
-    });
+    // office's router forwards nothing either: cabin1 cannot reach office1 on its own, only
+    // office1 re-resolving cabin's name brings the link back
+    let lab = Lab::demo_built(
+        "sddr",
+        &image,
+        |y| y.replace("    endpoint: 198.51.100.20:51820\n", ""),
+        &["office"],
+    );
     let l = &lab.lab;
     let (code, out) = lab.apply(&[]);
     assert_eq!(code, 0, "{out}");
@@ -1030,4 +1045,66 @@ fn metrics_textfile_timer_writes_promtool_clean_metrics_and_goes_away_with_the_s
         "metrics textfile: applied, checked, removed in {:.1} s",
         t.elapsed().as_secs_f64()
     );
+}
+
+/// `state: absent` on systemd machines: a whole site taken out. Its next-hop's unit is stopped
+/// and disabled, its drop-ins and timers go with a daemon-reload, its kubelet is restarted onto
+/// an address of its own choosing; the remaining sites still reach each other.
+#[test]
+fn a_removed_site_leaves_no_unit_timer_or_drop_in_and_its_kubelet_runs_on_its_own() {
+    let Some(image) = image() else { return };
+    let mut lab = Lab::demo("sdrm", &image);
+    let l = &lab.lab;
+    install_standin(l, "office1", "kubelet", KUBELET, KUBELET_UNIT);
+    let (code, out) = lab.apply(&[]);
+    assert_eq!(code, 0, "{out}");
+    let timer = "wgprov-reresolve-wg0.timer";
+    assert_eq!(
+        l.sh("office1", &format!("systemctl is-active {timer}"))
+            .trim(),
+        "active"
+    );
+    let yaml = std::fs::read_to_string(&lab.inv).unwrap();
+    std::fs::write(
+        &lab.inv,
+        yaml.replace("  office:\n", "  office:\n    state: absent\n"),
+    )
+    .unwrap();
+    let (code, out) = lab.apply(&[]);
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("GUARD CONFIRMED"), "{out}");
+    for n in ["office1", "office2"] {
+        assert_ne!(l.exec(n, &["ip", "link", "show", "wg0"]).0, 0, "{n}: wg0");
+        assert_eq!(
+            l.sh(n, "systemctl is-enabled wg-quick@wg0 || true").trim(),
+            "disabled",
+            "{n}"
+        );
+    }
+    // the next-hop's timer (stopped, no failed unit left behind), drop-in and sysctl file are
+    // gone, and systemd knows it
+    let state = l.sh(
+        "office1",
+        &format!(
+            "systemctl is-active {timer} || true; ls /etc/systemd/system/{timer} /etc/systemd/system/kubelet.service.d/50-wgprov.conf /etc/sysctl.d/99-wgprov.conf 2>/dev/null || true; systemctl show -p DropInPaths kubelet"
+        ),
+    );
+    assert_eq!(state, "inactive\nDropInPaths=\n", "{state}");
+    // the kubelet was restarted with its node IP given back (the stand-in picks its own)
+    let log = l.sh(
+        "office1",
+        "journalctl -u kubelet -o cat --no-pager | tail -n 1",
+    );
+    assert!(log.contains("running with node IP (auto)"), "{log}");
+    assert!(
+        !l.sh("office1", "cat /etc/default/kubelet")
+            .contains("--node-ip")
+    );
+    lab.nodes.retain(|(_, site, _)| site != "office");
+    assert_eq!(
+        lab.cross_site_failures(Duration::from_secs(30)),
+        Vec::<String>::new()
+    );
+    let (code, out) = lab.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(code, 0, "{out}");
 }

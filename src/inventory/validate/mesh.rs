@@ -12,7 +12,8 @@ use crate::inventory::sshconfig;
 /// Runs the checks across sites, in the order their problems are reported.
 pub(super) fn check(file: &Path, d: &mut Diags, st: &mut State) {
     router_names(d, st);
-    reachability(d, &st.sites);
+    let present: Vec<Site> = st.sites.iter().filter(|s| !s.absent).cloned().collect();
+    reachability(d, &present);
     jump_targets(d, st);
     from_ssh_config(file, d, st);
     jump_loops(d, st);
@@ -89,6 +90,7 @@ fn from_ssh_config(file: &Path, d: &mut Diags, st: &mut State) {
                 ssh: r.ssh.clone(),
                 ssh_origin: st.router_origins.remove(&r.name).unwrap_or_default(),
                 is_router: true,
+                absent: site.absent,
             });
         }
     }

@@ -8,6 +8,7 @@
 //! ([`mesh`]: router names, site pairs that can reach each other, ProxyJump targets and loops,
 //! the OpenSSH config file).
 
+mod dual;
 mod mesh;
 mod network;
 mod node;
@@ -212,8 +213,51 @@ pub fn validate(file: &Path, raw: &RawInventory) -> (Option<Inventory>, Vec<Diag
         && net.wg.is_some()
         && net.site_prefix.is_some()
         && net.listen_port.is_some();
-    let inv = ok.then(|| network::finish(file, net, st.sites));
+    let inv = ok.then(|| {
+        let (sites, removed) = take_out_absent(st.sites);
+        network::finish(file, net, sites, removed)
+    });
     (inv, d.list)
+}
+
+/// Splits off what is marked `state: absent`: the sites that stay (without their absent nodes),
+/// and the nodes and sites to take out.
+fn take_out_absent(sites: Vec<Site>) -> (Vec<Site>, (Vec<Node>, Vec<Site>)) {
+    let mut kept = Vec::new();
+    let mut removed = Vec::new();
+    let mut removed_sites = Vec::new();
+    for mut s in sites {
+        let (gone, stay): (Vec<Node>, Vec<Node>) = std::mem::take(&mut s.nodes)
+            .into_iter()
+            .partition(|n| s.absent || n.absent);
+        removed.extend(gone.into_iter().map(|mut n| {
+            n.absent = true;
+            n
+        }));
+        s.nodes = stay;
+        if s.absent {
+            removed_sites.push(s);
+        } else {
+            kept.push(s);
+        }
+    }
+    (kept, (removed, removed_sites))
+}
+
+/// `state:` as written: true for `absent`.
+fn absent(d: &mut Diags, state: Option<&S<String>>, field: String) -> bool {
+    match state.map(|s| (s, s.value.as_str())) {
+        None | Some((_, "present")) => false,
+        Some((_, "absent")) => true,
+        Some((s, other)) => {
+            d.error(
+                loc(s),
+                field,
+                format!("`{other}` is not one of present, absent"),
+            );
+            false
+        }
+    }
 }
 
 #[cfg(test)]

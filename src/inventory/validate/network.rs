@@ -32,6 +32,8 @@ pub(super) struct Net {
     pub mtu_written: Option<(u16, Loc)>,
     /// The pod and service CIDRs, when listed.
     pub cluster_cidrs: Option<Vec<IpNet>>,
+    /// Dual stack: the IPv6 space and its site prefix, when written and valid.
+    pub wg6: Option<(ipnet::Ipv6Net, u8)>,
 }
 
 /// Checks `network:`.
@@ -97,6 +99,10 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
         }
     });
     let cluster_cidrs = cluster_cidrs(d, raw, wg);
+    let wg6 = super::dual::check(d, raw, wg, site_prefix);
+    if let Some((space, _)) = wg6 {
+        super::dual::overlaps_space(d, raw, space);
+    }
     Net {
         wg,
         site_prefix,
@@ -108,6 +114,7 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
         preshared_keys: net.preshared_keys.as_ref().is_some_and(|p| p.value),
         mtu_written,
         cluster_cidrs,
+        wg6,
     }
 }
 
@@ -198,7 +205,12 @@ fn cluster_cidrs(d: &mut Diags, raw: &RawInventory, wg: Option<Ipv4Net>) -> Opti
 }
 
 /// The typed inventory, once every check has passed.
-pub(super) fn finish(file: &Path, net: Net, sites: Vec<Site>) -> Inventory {
+pub(super) fn finish(
+    file: &Path,
+    net: Net,
+    sites: Vec<Site>,
+    (removed, removed_sites): (Vec<Node>, Vec<Site>),
+) -> Inventory {
     Inventory {
         path: file.to_path_buf(),
         network: Network {
@@ -220,7 +232,10 @@ pub(super) fn finish(file: &Path, net: Net, sites: Vec<Site>) -> Inventory {
             kubernetes: net.kubernetes,
             metrics: net.metrics,
             preshared_keys: net.preshared_keys,
+            wireguard_cidr6: net.wg6,
         },
         sites,
+        removed,
+        removed_sites,
     }
 }

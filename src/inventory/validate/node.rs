@@ -119,6 +119,7 @@ pub(super) fn check(
         ssh,
         ssh_origin,
         is_router: false,
+        absent: super::absent(d, node.state.as_ref(), format!("{np}.state")),
     }
 }
 

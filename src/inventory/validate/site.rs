@@ -26,6 +26,7 @@ pub(super) fn check(
     let sp = format!("sites.{}", sname.value);
     check_name(d, sname, &sp);
     let managed = site.managed.as_ref().map(|m| m.value).unwrap_or(true);
+    let absent = super::absent(d, site.state.as_ref(), format!("{sp}.state"));
     let block = block(d, net, st, &sp, sname, site, managed);
     let lan_cidrs = lan_cidrs(d, net, &sp, site);
     let lan_access = lan_access(d, &sp, site, managed, &lan_cidrs);
@@ -51,8 +52,6 @@ pub(super) fn check(
     if !managed {
         unmanaged(d, &sp, site);
     }
-    let preshared_key = super::psk::key_file(d, net, &sp, site, managed);
-
     let empty = IndexMap::new();
     let raw_nodes = site.nodes.as_ref().map(|n| &n.value).unwrap_or(&empty);
     let ctx = SiteCtx {
@@ -85,6 +84,14 @@ pub(super) fn check(
         managed,
     };
     let next_hop = next_hop(d, hub, site, &mut nodes);
+    if !absent {
+        next_hop_stays(d, &sp, sname, site, &next_hop, &nodes);
+    }
+    if absent {
+        for n in &mut nodes {
+            n.absent = true;
+        }
+    }
     if let (Some(r), Some(nh)) = (&managed_router, &next_hop) {
         dnat_target(d, &sp, site, raw_nodes, &nodes, r, nh);
     }
@@ -103,9 +110,37 @@ pub(super) fn check(
         wan_mtu,
         public_key,
         router_address,
-        preshared_key,
+        preshared_key: super::psk::key_file(d, net, &sp, site, managed),
         nodes,
+        absent,
     });
+}
+
+/// A next-hop cannot be removed while it is its site's next-hop: its site's members and every
+/// other site reach the site through it.
+fn next_hop_stays(
+    d: &mut Diags,
+    sp: &str,
+    sname: &S<String>,
+    site: &RawSite,
+    next_hop: &Option<String>,
+    nodes: &[Node],
+) {
+    let Some(nh) = nodes
+        .iter()
+        .find(|n| Some(&n.name) == next_hop.as_ref() && n.absent)
+    else {
+        return;
+    };
+    let at = site.next_hop.as_ref().map(loc).unwrap_or(nh.loc);
+    d.error(
+        at,
+        format!("{sp}.next_hop"),
+        format!(
+            "node {} is marked `state: absent` but is site {}'s next-hop: name another node as next_hop first (one apply), then remove it; or mark the whole site absent",
+            nh.name, sname.value
+        ),
+    );
 }
 
 /// `lan_access`: only for a managed site with IPv4 LANs.
@@ -465,6 +500,7 @@ fn next_hop(d: &mut Diags, h: Hub, site: &RawSite, nodes: &mut Vec<Node>) -> Opt
                     .cloned()
                     .unwrap_or_default(),
                 is_router: true,
+                absent: false,
             });
             Some(r.name.clone())
         }

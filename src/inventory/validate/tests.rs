@@ -302,3 +302,190 @@ fn network_metrics_is_textfile_or_none() {
         other => panic!("accepted: {:?}", other.map(|l| l.inventory.network.metrics)),
     }
 }
+
+/// `state: absent` on nodes and sites.
+mod absent_tests {
+    use std::path::Path;
+
+    use crate::error::Error;
+    use crate::inventory::load_str;
+
+    const BASE: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: h.example.net:51820\n    next_hop: n1\n    nodes:\n      n1: { address: 192.168.0.10 }\n      n2: { address: 192.168.0.11 }\n  cabin:\n    nodes:\n      c1: { address: 192.168.5.10 }\n";
+
+    fn errors(yaml: &str) -> Vec<crate::error::Diagnostic> {
+        match load_str(Path::new("inv.yaml"), yaml) {
+            Err(Error::Invalid(d)) => d,
+            other => panic!("expected errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn absent_nodes_and_sites_leave_the_mesh_and_are_listed_to_take_out() {
+        let y = BASE
+            .replace(
+                "n2: { address: 192.168.0.11 }",
+                "n2: { address: 192.168.0.11, state: absent }",
+            )
+            .replace("  cabin:\n", "  cabin:\n    state: absent\n");
+        let inv = load_str(Path::new("inv.yaml"), &y).unwrap().inventory;
+        let names: Vec<&str> = inv.nodes().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["n1"]);
+        let removed: Vec<(&str, &str)> = inv
+            .removed
+            .iter()
+            .map(|n| (n.name.as_str(), n.site.as_str()))
+            .collect();
+        assert_eq!(removed, [("n2", "home"), ("c1", "cabin")]);
+        assert_eq!(inv.removed_sites.len(), 1);
+        assert!(inv.site("cabin").is_none());
+        // a removed site without an endpoint no longer counts as one that cannot be reached
+        let two_without = y.replace("    endpoint: h.example.net:51820\n", "");
+        assert!(load_str(Path::new("inv.yaml"), &two_without).is_ok());
+    }
+
+    #[test]
+    fn a_next_hop_cannot_be_removed_while_it_is_one() {
+        let y = BASE.replace(
+            "n1: { address: 192.168.0.10 }",
+            "n1: { address: 192.168.0.10, state: absent }",
+        );
+        let d = errors(&y);
+        assert!(
+            d.iter().any(|x| x.field == "sites.home.next_hop"
+                && x.line == 7
+                && x.message.contains("next-hop")
+                && x.message.contains("whole site absent")),
+            "{d:?}"
+        );
+        // a one-node site's only node is its next-hop too
+        let y = BASE.replace(
+            "c1: { address: 192.168.5.10 }",
+            "c1: { address: 192.168.5.10, state: absent }",
+        );
+        assert!(
+            errors(&y)
+                .iter()
+                .any(|x| x.field == "sites.cabin.next_hop" && x.message.contains("c1")),
+        );
+    }
+
+    #[test]
+    fn a_state_other_than_present_or_absent_is_located() {
+        let y = BASE.replace(
+            "n2: { address: 192.168.0.11 }",
+            "n2: { address: 192.168.0.11, state: gone }",
+        );
+        let d = errors(&y);
+        assert!(
+            d.iter().any(|x| x.field == "sites.home.nodes.n2.state"
+                && x.line == 10
+                && x.message.contains("present, absent")),
+            "{d:?}"
+        );
+    }
+}
+
+/// Dual stack: `wireguard_cidr6`, `site_prefix6`, and the IPv6 counterparts of addresses.
+mod dual_tests {
+    use std::path::Path;
+
+    use crate::error::Error;
+    use crate::inventory::load_str;
+
+    fn inv(network_extra: &str) -> String {
+        format!(
+            "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16, fd00:244::/56]\n{network_extra}sites:\n  home:\n    endpoint: h.example.net:51820\n    lan_cidrs: [192.168.0.0/24, fd10:100:0:9::/64]\n    nodes:\n      n1: {{ address: 192.168.0.10 }}\n"
+        )
+    }
+
+    fn errors(yaml: &str) -> Vec<crate::error::Diagnostic> {
+        match load_str(Path::new("inv.yaml"), yaml) {
+            Err(Error::Invalid(d)) => d,
+            other => panic!("expected errors, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn ipv6_addresses_mirror_the_ipv4_plan() {
+        let loaded = load_str(
+            Path::new("inv.yaml"),
+            &inv("  wireguard_cidr6: fd20:100::/48\n"),
+        )
+        .unwrap();
+        let net = &loaded.inventory.network;
+        let ip6 = |s: &str| net.ip6_of(s.parse().unwrap()).unwrap().to_string();
+        assert_eq!(ip6("10.100.0.1"), "fd20:100::1");
+        assert_eq!(ip6("10.100.2.17"), "fd20:100:0:2::11");
+        assert_eq!(ip6("10.100.255.254"), "fd20:100:0:ff::fe");
+        let net6 = |s: &str| net.net6_of(s.parse().unwrap()).unwrap().to_string();
+        assert_eq!(net6("10.100.0.0/16"), "fd20:100::/48");
+        assert_eq!(net6("10.100.3.0/24"), "fd20:100:0:3::/64");
+        assert_eq!(net6("10.100.3.9/32"), "fd20:100:0:3::9/128");
+        assert!(net.ip6_of("10.200.0.1".parse().unwrap()).is_none());
+        assert!(
+            loaded
+                .warnings
+                .iter()
+                .all(|w| w.field != "network.wireguard_cidr6")
+        );
+    }
+
+    #[test]
+    fn a_bad_ipv6_space_is_located() {
+        for (extra, field, line, what) in [
+            (
+                "  wireguard_cidr6: 10.1.0.0/16\n",
+                "network.wireguard_cidr6",
+                4,
+                "is IPv4",
+            ),
+            (
+                "  wireguard_cidr6: fd10:100::1/48\n",
+                "network.wireguard_cidr6",
+                4,
+                "host bits",
+            ),
+            (
+                "  site_prefix6: 64\n",
+                "network.site_prefix6",
+                4,
+                "needs network.wireguard_cidr6",
+            ),
+            (
+                "  wireguard_cidr6: fd10:100::/48\n  site_prefix6: 50\n",
+                "network.site_prefix6",
+                5,
+                "cannot mirror",
+            ),
+            (
+                "  wireguard_cidr6: fd10:100::/48\n",
+                "sites.home.lan_cidrs[1]",
+                8,
+                "overlaps the IPv6",
+            ),
+            (
+                "  wireguard_cidr6: fd00:244::/48\n",
+                "network.cluster_cidrs[1]",
+                3,
+                "overlaps the IPv6",
+            ),
+        ] {
+            let d = errors(&inv(extra));
+            assert!(
+                d.iter()
+                    .any(|x| x.field == field && x.line == line && x.message.contains(what)),
+                "{extra}: {d:?}"
+            );
+        }
+        let w = load_str(
+            Path::new("inv.yaml"),
+            &inv("  wireguard_cidr6: 2001:db8:100::/48\n"),
+        )
+        .unwrap()
+        .warnings;
+        assert!(
+            w.iter().any(|x| x.field == "network.wireguard_cidr6" && x.message.contains("unique local")),
+            "{w:?}"
+        );
+    }
+}

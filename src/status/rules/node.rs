@@ -65,7 +65,7 @@ pub(super) fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<S
             drifted.insert(n.name.clone());
             problems.push(p);
         }
-        problems.extend(kubelet_node_ip(n, o));
+        problems.extend(kubelet_node_ip(&v.topo.network, n, o));
         nodes.push(st);
     }
     (nodes, problems, drifted)
@@ -215,7 +215,7 @@ fn drift_rule(
 
 /// `kubelet_node_ip`: the file that sets the kubelet's node IP sets another address than the
 /// WireGuard one (a node without that file is not judged).
-fn kubelet_node_ip(n: &NodePlan, o: &Observed) -> Option<Problem> {
+fn kubelet_node_ip(net: &crate::inventory::Network, n: &NodePlan, o: &Observed) -> Option<Problem> {
     let os = o
         .facts
         .os_family
@@ -223,7 +223,7 @@ fn kubelet_node_ip(n: &NodePlan, o: &Observed) -> Option<Problem> {
         .unwrap_or(OsFamily::Debian);
     let path = node_ip_path(n.kubernetes, os);
     let k = o.facts.files.get(path).and_then(|f| f.content())?;
-    let want = n.wireguard_ip.to_string();
+    let want = crate::desired::node_ips(net, n).join(",");
     let have = node_ip_in(n.kubernetes, k);
     (have.as_deref() != Some(want.as_str())).then(|| {
         node_problem(
@@ -248,7 +248,16 @@ fn node_ip_in(flavor: Flavor, text: &str) -> Option<String> {
         Flavor::K3s | Flavor::Rke2 => text
             .lines()
             .filter_map(|l| l.trim().strip_prefix("node-ip:"))
-            .map(|v| v.trim().trim_matches('"').trim_matches('\'').to_string())
+            // `10.100.0.1`, or a list `["10.100.0.1", "fd10:100::1"]`: as `a,b`
+            .map(|v| {
+                v.trim()
+                    .trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .split(',')
+                    .map(|x| x.trim().trim_matches('"').trim_matches('\''))
+                    .collect::<Vec<_>>()
+                    .join(",")
+            })
             .next_back(),
     }
 }
