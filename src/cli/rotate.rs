@@ -69,6 +69,11 @@ pub(super) fn rotate_keys(
 ) -> Result<u8> {
     let roles = Roles::load(RoleSource::resolve(roles_path, path))?;
     let p = planned(path, !f.check)?;
+    if preshared && !p.topology.network.preshared_keys {
+        return Err(Error::Usage(
+            "--preshared: the inventory's network.preshared_keys is not true, so its links have no preshared keys to renew".into(),
+        ));
+    }
     let (nodes, hosts) = selection(&p.topology, run.limit.as_deref())?;
     let mut settings = run.settings(false);
     settings.guard = f.guard;
