@@ -449,3 +449,31 @@ fn an_openwrt_hub_router_carries_the_preshared_keys_of_its_links() {
     assert!(mesh_failures(&s).is_empty(), "{:?}", mesh_failures(&s));
     p.assert_no_secret(&s, &nodes);
 }
+
+/// Bad usage of `rotate-keys` is refused before any host is contacted (exit 2).
+#[test]
+fn rotate_keys_refuses_what_it_cannot_do_before_contacting_a_host() {
+    let dir = tempfile::tempdir().unwrap();
+    let inv = dir.path().join("inv.yaml");
+    std::fs::write(&inv, demo_yaml()).unwrap();
+    let run = |args: &[&str]| {
+        let o = std::process::Command::new(env!("CARGO_BIN_EXE_wgprov"))
+            .args(args)
+            .args(["-i", inv.to_str().unwrap(), "--check"])
+            .output()
+            .unwrap();
+        (
+            o.status.code(),
+            String::from_utf8_lossy(&o.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run(&["rotate-keys", "--preshared"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("network.preshared_keys is not true"), "{err}");
+    let (code, err) = run(&["rotate-keys", "--limit", "nosuchnode"]);
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("--limit nosuchnode matches no managed node"),
+        "{err}"
+    );
+}
