@@ -40,7 +40,12 @@ pub(crate) struct Fleet {
 }
 
 pub(crate) fn planned() -> Planned {
-    let loaded = crate::inventory::load_str(std::path::Path::new("inv.yaml"), INV).unwrap();
+    planned_from(INV)
+}
+
+/// The network of inventory text `yaml` (no lock: addresses allocated afresh, as for [`INV`]).
+pub(crate) fn planned_from(yaml: &str) -> Planned {
+    let loaded = crate::inventory::load_str(std::path::Path::new("inv.yaml"), yaml).unwrap();
     let topology = Topology::build(&loaded.inventory, &Default::default())
         .unwrap()
         .0;
@@ -187,7 +192,16 @@ pub(crate) fn host(state: &HostState, down: &BTreeSet<Ipv4Addr>) -> Arc<FakeHost
 impl Fleet {
     /// Hosts in `states`; probes towards `down` addresses fail everywhere.
     pub(crate) fn new(states: &BTreeMap<String, HostState>, down: &[&str]) -> Fleet {
-        let planned = planned();
+        Fleet::planned_as(planned(), states, down)
+    }
+
+    /// Hosts in `states`, planned as `planned` says (another inventory than the one that left
+    /// them so).
+    pub(crate) fn planned_as(
+        planned: Planned,
+        states: &BTreeMap<String, HostState>,
+        down: &[&str],
+    ) -> Fleet {
         let roles = Roles::load(crate::roles::RoleSource::Embedded).unwrap();
         let down: BTreeSet<Ipv4Addr> = down
             .iter()
@@ -553,4 +567,55 @@ fn no_guard_changes_without_probing_or_confirming() {
         );
     }
     assert_eq!(r.guard.clone().unwrap().outcome, "skipped");
+}
+
+/// `state: absent` on o2: its next-hop drops it and it is cleaned in one guarded run; when it
+/// cannot be reached, o1 drops it all the same and the run warns without failing.
+#[test]
+fn a_node_marked_absent_is_dropped_and_cleaned_or_warned_about_when_unreachable() {
+    let roles = Roles::load(crate::roles::RoleSource::Embedded).unwrap();
+    let states = applied_states(&planned(), &roles);
+    let absent = INV.replace(
+        "o2: { address: 192.168.10.6 }",
+        "o2: { address: 192.168.10.6, state: absent }",
+    );
+    let f = Fleet::planned_as(planned_from(&absent), &states, &[]);
+    let r = f.run(&settings());
+    assert_eq!(r.exit_code(false), 0, "{:?}", r.warnings);
+    for (n, st) in [
+        ("o1", HostStatus::Changed),
+        ("o2", HostStatus::Changed),
+        ("h1", HostStatus::Ok),
+        ("h2", HostStatus::Ok),
+    ] {
+        assert_eq!(status_of(&r, n), st, "{n}: {}", error_of(&r, n));
+    }
+    let o2 = r.hosts.iter().find(|h| h.name == "o2").unwrap();
+    assert!(o2.removed);
+    assert!(
+        o2.handlers
+            .iter()
+            .any(|h| h == "wireguard: wg0 down, wg-quick@wg0 disabled (its config is gone)"),
+        "{:?}",
+        o2.handlers
+    );
+    assert_eq!(r.guard.as_ref().unwrap().outcome, GuardOutcome::Confirmed);
+
+    let f = Fleet::planned_as(planned_from(&absent), &states, &[]);
+    f.conn.refuse.lock().unwrap().insert("o2".into());
+    let r = f.run(&settings());
+    assert_eq!(status_of(&r, "o2"), HostStatus::Unreachable);
+    assert_eq!(status_of(&r, "o1"), HostStatus::Changed);
+    assert_eq!(
+        r.exit_code(false),
+        0,
+        "an unreachable node taken out fails nothing"
+    );
+    assert!(
+        r.warnings
+            .iter()
+            .any(|w| w.starts_with("o2 (state: absent) could not be reached")),
+        "{:?}",
+        r.warnings
+    );
 }

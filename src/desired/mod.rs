@@ -141,17 +141,7 @@ pub fn peer_entries(
     let mut peers = Vec::new();
     let mut skipped = Vec::new();
     for p in topo.peers(node) {
-        let mut allowed: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
-        // dual stack: a peer wgprov runs carries the IPv6 counterparts too (a site someone
-        // else runs, or a hub router set up by hand, is peered over IPv4 only)
-        if matches!(p.peer, PeerRef::Node(_)) {
-            allowed.extend(
-                p.allowed_ips
-                    .iter()
-                    .filter_map(|n| topo.network.net6_of(*n))
-                    .map(|n| n.to_string()),
-            );
-        }
+        let allowed = topo.allowed_ips(&p);
         let (pk, comment): (Option<PublicKey>, String) = match &p.peer {
             PeerRef::Node(n) => {
                 let role = if topo.node(n).is_some_and(|x| x.is_next_hop) {

@@ -50,6 +50,8 @@ struct NetworkDoc<'a> {
     mtu: u16,
     kubernetes: &'static str,
     cni_mtu: Vec<CniMtu>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wireguard_cidr6: Option<String>,
 }
 
 /// The MTU a CNI must be given on top of wg0: its own encapsulation comes out of wg0's.
@@ -129,6 +131,8 @@ struct NodeDoc<'a> {
     name: &'a str,
     address: &'a str,
     wireguard_ip: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    wireguard_ip6: Option<String>,
     next_hop: bool,
     os_family: Option<&'static str>,
     kubernetes: &'static str,
@@ -175,6 +179,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
                     name: &n.name,
                     address: &n.address,
                     wireguard_ip: n.wireguard_ip.to_string(),
+                    wireguard_ip6: net.ip6_of(n.wireguard_ip).map(|a| a.to_string()),
                     next_hop: n.is_next_hop,
                     os_family: n.os_family.map(|o| o.as_str()),
                     kubernetes: n.kubernetes.as_str(),
@@ -182,6 +187,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
                         .peers(n)
                         .into_iter()
                         .map(|p| {
+                            let allowed_ips = topo.allowed_ips(&p);
                             let (peer, kind) = match p.peer {
                                 PeerRef::Node(x) => (x, "node"),
                                 PeerRef::Site(x) => (x, "site"),
@@ -190,7 +196,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
                                 peer,
                                 kind,
                                 site: p.site,
-                                allowed_ips: p.allowed_ips.iter().map(|a| a.to_string()).collect(),
+                                allowed_ips,
                                 endpoint: p.endpoint,
                                 persistent_keepalive: p.persistent_keepalive,
                             }
@@ -214,6 +220,7 @@ fn plan_doc(topo: &Topology) -> PlanDoc<'_> {
             mtu: net.mtu,
             kubernetes: net.kubernetes.as_str(),
             cni_mtu: cni_mtus(net.mtu),
+            wireguard_cidr6: net.wireguard_cidr6.map(|(s, _)| s.to_string()),
         },
         sites,
         router_rules: crate::hosts::manual_rules(topo),
@@ -311,6 +318,12 @@ fn network_text(topo: &Topology) -> String {
         net.mtu,
         net.kubernetes.as_str()
     );
+    if let Some((space6, prefix6)) = net.wireguard_cidr6 {
+        let _ = writeln!(
+            o,
+            "dual stack: {space6}  /{prefix6} per site (each node's IPv6 address mirrors its IPv4 one)"
+        );
+    }
     let _ = writeln!(
         o,
         "MTU for the CNI on top of {} (mtu {}):",
@@ -412,15 +425,7 @@ fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
             PeerRef::Node(x) => x.clone(),
             PeerRef::Site(x) => format!("site {x}"),
         };
-        let mut allowed: Vec<String> = p.allowed_ips.iter().map(|a| a.to_string()).collect();
-        if matches!(p.peer, PeerRef::Node(_)) {
-            allowed.extend(
-                p.allowed_ips
-                    .iter()
-                    .filter_map(|a| topo.network.net6_of(*a))
-                    .map(|a| a.to_string()),
-            );
-        }
+        let allowed = topo.allowed_ips(&p);
         let _ = write!(o, "    peer {:<16} allowed {}", who, allowed.join(","));
         if let Some(e) = &p.endpoint {
             let _ = write!(o, "  endpoint {e}");

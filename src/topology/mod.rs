@@ -209,6 +209,22 @@ impl Topology {
         self.index.get(name).map(|i| &self.nodes[*i])
     }
 
+    /// A peer's AllowedIPs as written in a config: its IPv4 networks, and with dual stack their
+    /// IPv6 counterparts (a peer wgprov runs; a site someone else runs, or a hub router set up
+    /// by hand, is peered over IPv4 only).
+    pub fn allowed_ips(&self, p: &Peer) -> Vec<String> {
+        let mut v: Vec<String> = p.allowed_ips.iter().map(|n| n.to_string()).collect();
+        if matches!(p.peer, PeerRef::Node(_)) {
+            v.extend(
+                p.allowed_ips
+                    .iter()
+                    .filter_map(|n| self.network.net6_of(*n))
+                    .map(|n| n.to_string()),
+            );
+        }
+        v
+    }
+
     /// The managed router called `name` of a site being taken out, with its site's name.
     pub fn removed_router(&self, name: &str) -> Option<(&str, &ManagedRouter)> {
         self.removed_routers
