@@ -156,17 +156,9 @@ pub(super) fn ring(
         for p in topo.peers(n) {
             if let PeerRef::Node(o) = &p.peer {
                 // as the config lists them: with dual stack, the IPv6 counterparts too
-                let v6 = p
-                    .allowed_ips
-                    .iter()
-                    .filter_map(|x| topo.network.net6_of(*x));
                 allowed.insert(
                     (n.name.clone(), o.clone()),
-                    p.allowed_ips
-                        .iter()
-                        .map(|x| x.to_string())
-                        .chain(v6.map(|x| x.to_string()))
-                        .collect(),
+                    topo.allowed_ips(&p).into_iter().collect(),
                 );
             }
         }
