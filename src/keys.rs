@@ -121,6 +121,46 @@ impl std::fmt::Debug for PublicKey {
     }
 }
 
+/// A WireGuard preshared key (`PresharedKey =`): 32 random bytes shared by the two ends of a
+/// link. Like a private key it never prints itself and is wiped when dropped.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PresharedKey([u8; 32]);
+
+impl Drop for PresharedKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
+
+impl zeroize::ZeroizeOnDrop for PresharedKey {}
+
+impl PresharedKey {
+    /// A fresh key from the OS random source (what `wg genpsk` does).
+    pub fn generate() -> Self {
+        // a static secret is 32 bytes from the OS random source, unclamped until it is used
+        PresharedKey(StaticSecret::random().to_bytes())
+    }
+    /// Parses the base64 form found in a `PresharedKey =` line.
+    pub fn from_base64(s: &str) -> Result<Self, KeyError> {
+        let mut bytes = STANDARD.decode(s.trim()).map_err(|_| KeyError::NotBase64)?;
+        let key = <[u8; 32]>::try_from(bytes.as_slice())
+            .map(PresharedKey)
+            .map_err(|_| KeyError::WrongLength(bytes.len()));
+        bytes.zeroize();
+        key
+    }
+    /// The base64 form, for writing into a config file (wiped when dropped).
+    pub fn expose_base64(&self) -> Zeroizing<String> {
+        Zeroizing::new(STANDARD.encode(self.0))
+    }
+}
+
+impl std::fmt::Debug for PresharedKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(REDACTED)
+    }
+}
+
 impl Keypair {
     /// A fresh key pair.
     pub fn generate() -> Self {
@@ -182,6 +222,16 @@ mod tests {
         assert!(!shown.contains(kp.private.expose_base64().as_str()));
         assert!(shown.contains(REDACTED));
         assert!(shown.contains(&kp.public.to_base64()));
+    }
+
+    #[test]
+    fn preshared_keys_are_random_round_trip_and_never_shown() {
+        let k = PresharedKey::generate();
+        assert_ne!(k, PresharedKey::generate());
+        let text = k.expose_base64();
+        assert_eq!(PresharedKey::from_base64(&text).unwrap(), k);
+        assert_eq!(format!("{k:?}"), REDACTED);
+        assert!(PresharedKey::from_base64("AAAA").is_err());
     }
 
     #[test]

@@ -70,6 +70,7 @@ pub(crate) fn applied_states(p: &Planned, roles: &Roles) -> BTreeMap<String, Hos
             systemd: false,
             existing: &none,
             peer_fallback: None,
+            preshared: &Default::default(),
         };
         let files = desired::desired_files(roles, topo, &keys, &input).unwrap();
         let files = files

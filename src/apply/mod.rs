@@ -24,6 +24,8 @@ use targets::*;
 
 #[cfg(test)]
 pub(crate) mod fleet_tests;
+#[cfg(test)]
+mod keys_tests;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -251,6 +253,20 @@ pub async fn prepare<'a, C: Connect>(
     connector: Arc<C>,
     progress: Arc<dyn Progress>,
 ) -> Result<Prepared<'a, C>> {
+    let rotation = plan::Rotation::default();
+    prepare_rotating(planned, roles, settings, connector, progress, &rotation).await
+}
+
+/// [`prepare`], with new keys for the nodes `rotation` names (`rotate-keys`): the same run,
+/// whose plan gives those nodes new key pairs and their peers the new public keys.
+pub async fn prepare_rotating<'a, C: Connect>(
+    planned: &'a Planned,
+    roles: &Roles,
+    settings: &'a Settings,
+    connector: Arc<C>,
+    progress: Arc<dyn Progress>,
+    rotation: &plan::Rotation,
+) -> Result<Prepared<'a, C>> {
     let topo = &planned.topology;
     let targets = targets(topo, settings);
     if targets.is_empty() {
@@ -301,7 +317,7 @@ pub async fn prepare<'a, C: Connect>(
         .filter_map(|k| k.node())
         .map(|n| n.name.as_str())
         .collect();
-    let keys = plan::keys(topo, &facts, &names);
+    let keys = plan::keys_rotating(topo, &facts, &names, rotation);
     let (plans, reports, warnings) = plan_targets(
         topo,
         roles,
@@ -339,6 +355,15 @@ pub async fn apply<C: Connect>(
 }
 
 impl<C: Connect> Prepared<'_, C> {
+    /// The nodes this run gives new key pairs, and the links it gives new preshared keys
+    /// (`a <-> b`): names only.
+    pub fn renewed(&self) -> (Vec<String>, Vec<String>) {
+        (
+            self.keys.rotated.iter().cloned().collect(),
+            self.keys.psk_renewed.clone(),
+        )
+    }
+
     /// The report of a run that stops here (`--check`): what would change, nothing changed.
     pub async fn check(self) -> Report {
         close_all(&self.sessions).await;
@@ -437,11 +462,18 @@ impl<C: Connect> Prepared<'_, C> {
             .collect();
         let ok_facts: BTreeMap<String, &Facts> =
             self.facts.iter().map(|(n, f)| (n.clone(), f)).collect();
+        // the keys the nodes had before the run too: a rotated node's peers list its old key
         let owners: HashMap<String, String> = self
             .keys
-            .ring
+            .before
             .iter()
-            .map(|(n, k)| (k.public.to_base64(), n.clone()))
+            .map(|(n, k)| (k.to_base64(), n.clone()))
+            .chain(
+                self.keys
+                    .ring
+                    .iter()
+                    .map(|(n, k)| (k.public.to_base64(), n.clone())),
+            )
             .collect();
         let (mut before, mut existed) = guard::links_before(&ok_facts, &owners);
         guard::relayed_before(cx.topo, &mut before, &mut existed);
@@ -535,6 +567,7 @@ mod tests {
             systemd: false,
             existing: &none,
             peer_fallback: None,
+            preshared: &Default::default(),
         };
         let (files, _) = HostKind::of(&t, "home-router")
             .unwrap()
@@ -605,6 +638,7 @@ mod tests {
             t.router("home-router").unwrap().1,
             &keys,
             None,
+            &Default::default(),
         )
         .unwrap();
         let mut f = Facts::default();

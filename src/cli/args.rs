@@ -177,6 +177,34 @@ pub enum Command {
         #[arg(long)]
         no_guard: bool,
     },
+    /// New WireGuard key pairs for the nodes --limit selects (every node without it), and their
+    /// new public keys on every peer, in one guarded run (the interfaces are not restarted).
+    RotateKeys {
+        #[command(flatten)]
+        inv: InvArgs,
+        #[command(flatten)]
+        roles: RoleArgs,
+        #[command(flatten)]
+        run: RunArgs,
+        /// Renew the preshared keys of those nodes' links too.
+        #[arg(long)]
+        preshared: bool,
+        /// Contact hosts and show which keys would change (names only); change nothing.
+        #[arg(long)]
+        check: bool,
+        /// Show unified diffs of every file that changes (keys redacted).
+        #[arg(long)]
+        diff: bool,
+        /// With --check: exit 3 when keys would change.
+        #[arg(long)]
+        detailed_exitcode: bool,
+        /// Seconds a changed host waits for confirmation before it puts itself back.
+        #[arg(long, default_value_t = 90, value_name = "SECS")]
+        confirm_timeout: u64,
+        /// No health gate, no dead-man, no confirmation (labs and emergencies).
+        #[arg(long)]
+        no_guard: bool,
+    },
     /// Put back the files of the last apply as they were before it, and re-run the handlers.
     Rollback {
         #[command(flatten)]

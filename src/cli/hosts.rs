@@ -40,25 +40,7 @@ pub(super) fn apply(
     let progress = std::sync::Arc::new(CliProgress::new(run.format == Format::Text, verbose() > 0));
     let stop = settings.stop.clone();
     let report = runtime()?.block_on(async {
-        // Ctrl-C (or SIGTERM): start no new host, let hosts in flight finish, put the change
-        // back; a second one leaves at once (each changed host's dead-man still puts it back)
-        tokio::spawn(async move {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
-            for i in 0..2 {
-                tokio::select! {
-                    r = tokio::signal::ctrl_c() => if r.is_err() { return },
-                    _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
-                }
-                if i == 0 {
-                    stop.store(true, std::sync::atomic::Ordering::SeqCst);
-                    eprintln!("wgprov: stopping: no new host is started; hosts in flight finish, then every change is put back (again to leave at once)");
-                } else {
-                    eprintln!("wgprov: leaving now: each changed host's dead-man puts it back");
-                    std::process::exit(130);
-                }
-            }
-        });
+        on_stop(stop);
         let prepared =
             crate::apply::prepare(&p, &roles, &settings, run.connector(), progress).await?;
         // --check is decided here and nowhere below: the plan is printed, nothing changes
@@ -70,6 +52,31 @@ pub(super) fn apply(
     })?;
     print_report(&report, run.format, f.diff, f.timings || verbose() > 0);
     Ok(report.exit_code(f.detailed_exitcode))
+}
+
+/// Ctrl-C (or SIGTERM): start no new host, let hosts in flight finish, put the change back; a
+/// second one leaves at once (each changed host's dead-man still puts it back). Call it inside
+/// the runtime.
+pub(super) fn on_stop(stop: std::sync::Arc<std::sync::atomic::AtomicBool>) {
+    tokio::spawn(async move {
+        let mut term =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        for i in 0..2 {
+            tokio::select! {
+                r = tokio::signal::ctrl_c() => if r.is_err() { return },
+                _ = async { match term.as_mut() { Some(t) => { t.recv().await; } None => std::future::pending::<()>().await } } => {}
+            }
+            if i == 0 {
+                stop.store(true, std::sync::atomic::Ordering::SeqCst);
+                eprintln!(
+                    "wgprov: stopping: no new host is started; hosts in flight finish, then every change is put back (again to leave at once)"
+                );
+            } else {
+                eprintln!("wgprov: leaving now: each changed host's dead-man puts it back");
+                std::process::exit(130);
+            }
+        }
+    });
 }
 
 pub(super) fn rollback(path: &Path, run: &RunArgs) -> Result<u8> {

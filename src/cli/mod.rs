@@ -18,6 +18,7 @@ mod hosts;
 mod lab;
 mod offline;
 mod peering;
+mod rotate;
 
 pub use args::*;
 use hosts::*;
@@ -95,6 +96,30 @@ pub fn run(cli: Cli) -> u8 {
                 no_rollback,
                 detailed_exitcode,
                 timings,
+                guard: (!no_guard).then(|| std::time::Duration::from_secs(confirm_timeout.max(5))),
+            },
+        ),
+        Command::RotateKeys {
+            inv,
+            roles,
+            run,
+            preshared,
+            check,
+            diff,
+            detailed_exitcode,
+            confirm_timeout,
+            no_guard,
+        } => rotate::rotate_keys(
+            &inv.inventory,
+            roles.roles_path.as_deref(),
+            &run,
+            preshared,
+            ApplyFlags {
+                check,
+                diff,
+                no_rollback: false,
+                detailed_exitcode,
+                timings: false,
                 guard: (!no_guard).then(|| std::time::Duration::from_secs(confirm_timeout.max(5))),
             },
         ),

@@ -5,14 +5,14 @@ pub mod hub_sheet;
 pub mod removal;
 pub mod wgmerge;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use serde_json::{Value as Json, json};
 
 use crate::error::{Error, Result};
 use crate::formats::kubelet;
 use crate::inventory::OsFamily;
-use crate::keys::{Keypair, PublicKey};
+use crate::keys::{Keypair, PresharedKey, PublicKey};
 use crate::roles::{ContentSpec, EditKind, MergeKind, Roles};
 use crate::shell::{Handler, RemotePath};
 use crate::topology::{NodePlan, PeerRef, SitePlan, Topology};
@@ -25,6 +25,19 @@ pub type HostFiles = (String, Vec<DesiredFile>);
 
 /// The keys known for this run: node name to key pair.
 pub type KeyRing = HashMap<String, Keypair>;
+
+/// The preshared keys of the links between managed nodes (`network.preshared_keys`), by
+/// [`link_id`]. A link to an unmanaged site takes the site's own (`SitePlan::preshared_key`).
+pub type PskRing = BTreeMap<(String, String), PresharedKey>;
+
+/// The key of the link between nodes `a` and `b` in a [`PskRing`]: their names, sorted.
+pub fn link_id(a: &str, b: &str) -> (String, String) {
+    if a <= b {
+        (a.to_string(), b.to_string())
+    } else {
+        (b.to_string(), a.to_string())
+    }
+}
 
 /// What a file should be. `Debug` shows the content with private keys redacted.
 #[derive(Clone, PartialEq, Eq)]
@@ -89,6 +102,9 @@ pub struct HostInput<'a> {
     /// For a peer whose key cannot be learned (its node is unreachable): the public key of the
     /// node's existing peer entry with the same AllowedIPs, so that the entry is kept.
     pub peer_fallback: Option<&'a PeerFallback<'a>>,
+    /// The preshared keys of the node's links to other nodes (empty without
+    /// `network.preshared_keys`).
+    pub preshared: &'a PskRing,
 }
 
 /// One peer of a node as its config lists it, with the key it is known by.
@@ -96,6 +112,8 @@ pub struct HostInput<'a> {
 pub struct PeerEntry {
     /// The peer's node name, or the site's name for an unmanaged site.
     pub name: String,
+    /// Who it is.
+    pub peer: PeerRef,
     /// Its site.
     pub site: String,
     /// What it is, for a comment: `node1 (next-hop of site home)`, `site friend (unmanaged)`.
@@ -165,6 +183,7 @@ pub fn peer_entries(
             name: match &p.peer {
                 PeerRef::Node(n) | PeerRef::Site(n) => n.clone(),
             },
+            peer: p.peer.clone(),
             site: p.site,
             comment,
             public_key,
@@ -186,6 +205,7 @@ pub fn context(
     systemd: bool,
     keys: &KeyRing,
     fallback: Option<&PeerFallback<'_>>,
+    psks: &PskRing,
 ) -> Result<(Json, Vec<String>)> {
     let net = &topo.network;
     let site = topo.site(&node.site).expect("node's site");
@@ -214,6 +234,8 @@ pub fn context(
                 "allowed_ips": p.allowed_ips.join(", "),
                 "endpoint": p.endpoint,
                 "persistent_keepalive": p.persistent_keepalive,
+                "preshared_key": preshared_key(topo, &node.name, &p.peer, psks)
+                    .map(|k| k.expose_base64().to_string()),
             })
         })
         .collect();
@@ -270,6 +292,26 @@ pub fn context(
         "peers": peers,
     });
     Ok((ctx, skipped))
+}
+
+/// The preshared key of `node`'s link to `peer`, when it has one: the ring's for a node, the
+/// site's own for a site wgprov does not run (none for a hub router set up by hand).
+pub fn preshared_key<'k>(
+    topo: &'k Topology,
+    node: &str,
+    peer: &PeerRef,
+    psks: &'k PskRing,
+) -> Option<&'k PresharedKey> {
+    if !topo.network.preshared_keys {
+        return None;
+    }
+    match peer {
+        PeerRef::Node(n) => psks.get(&link_id(node, n)),
+        PeerRef::Site(s) => topo
+            .site(s)
+            .filter(|s| !s.managed)
+            .and_then(|s| s.preshared_key.as_ref()),
+    }
 }
 
 /// The node's IP addresses: its IPv4 WireGuard address, and its IPv6 one with dual stack.
@@ -387,6 +429,7 @@ pub fn desired_files_with_skips(
         input.systemd,
         keys,
         input.peer_fallback,
+        input.preshared,
     )?;
     let mut out = Vec::new();
     for role in &roles.roles {
@@ -471,7 +514,15 @@ pub fn candidate_paths(roles: &Roles, topo: &Topology, node: &NodePlan) -> Resul
     keys.insert(node.name.clone(), Keypair::generate());
     let mut paths = Vec::new();
     for os in [OsFamily::Debian, OsFamily::Redhat] {
-        let (base, _) = context(topo, node, os, true, &keys, Some(&|_| Some(String::new())))?;
+        let (base, _) = context(
+            topo,
+            node,
+            os,
+            true,
+            &keys,
+            Some(&|_| Some(String::new())),
+            &PskRing::new(),
+        )?;
         for role in &roles.roles {
             let ctx = role_context(role, &base);
             for f in &role.files {
@@ -520,6 +571,23 @@ fn render_path(
 /// The OS family to plan with when no facts are known: the inventory's, else Debian.
 pub fn offline_os_family(node: &NodePlan) -> OsFamily {
     node.os_family.unwrap_or(OsFamily::Debian)
+}
+
+/// Fresh preshared keys for every link between managed nodes (for offline previews), when the
+/// network has them.
+pub fn fresh_psks(topo: &Topology) -> PskRing {
+    let mut ring = PskRing::new();
+    if topo.network.preshared_keys {
+        for n in &topo.nodes {
+            for p in topo.peers(n) {
+                if let PeerRef::Node(o) = &p.peer {
+                    ring.entry(link_id(&n.name, o))
+                        .or_insert_with(PresharedKey::generate);
+                }
+            }
+        }
+    }
+    ring
 }
 
 /// Fresh keys for every managed node (for offline previews), generated on every core.

@@ -73,7 +73,7 @@ impl Change {
             .to_string();
         if old_r == new_r && old != new {
             out.push_str(&format!(
-                "--- a{path}\n+++ b{path}\n  (the private key changes; shown as (redacted))\n"
+                "--- a{path}\n+++ b{path}\n  (a private or preshared key changes; shown as (redacted))\n"
             ));
         }
         if let (FileFact::Present { mode: m0, .. }, Some(m1)) = (&self.current, mode)
@@ -156,7 +156,11 @@ mod tests {
         assert_eq!(mode.action, Action::Updated);
         assert!(mode.unified_diff().contains("mode 0600 -> 0644"));
         let only_key = &compare(&[file(&old.replace("OLD", "NEW"), 0o600)], &|_| cur.clone())[0];
-        assert!(only_key.unified_diff().contains("private key changes"));
+        assert!(
+            only_key
+                .unified_diff()
+                .contains("private or preshared key changes")
+        );
         let created = &compare(&[file(new, 0o600)], &|_| FileFact::Absent)[0];
         assert_eq!(created.action, Action::Created);
         assert!(created.unified_diff().starts_with("--- /dev/null"));

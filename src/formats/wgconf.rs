@@ -263,9 +263,9 @@ fn is_secret_key(key: &str) -> bool {
     key.eq_ignore_ascii_case("PrivateKey") || key.eq_ignore_ascii_case("PresharedKey")
 }
 
-/// What marks a private key in uci's spelling (`network.wg0.private_key='…'`, and the
-/// `private_key='…'` line of an OpenWrt hub's script).
-const UCI_KEY: &str = "private_key=";
+/// What marks a private or preshared key in uci's spelling (`network.wg0.private_key='…'`,
+/// the `private_key='…'` line of an OpenWrt hub's script, a peer's `preshared_key='…'`).
+const UCI_KEYS: [&str; 2] = ["private_key=", "preshared_key="];
 
 /// Replaces the value of every `PrivateKey` and `PresharedKey` line with `(redacted)`, and the
 /// rest of every line after a `private_key=` (uci's spelling, in an OpenWrt hub's script): the
@@ -281,14 +281,21 @@ pub fn redact(text: &str) -> String {
             Some((k, _)) if is_secret_key(k) => {
                 let _ = write!(out, "{} = {}", k.trim_end(), crate::keys::REDACTED);
             }
-            _ => match raw.to_ascii_lowercase().find(UCI_KEY) {
+            _ => {
                 // ASCII lowercasing keeps every byte offset
-                Some(at) => {
-                    out.push_str(&raw[..at + UCI_KEY.len()]);
-                    out.push_str(crate::keys::REDACTED);
+                let lower = raw.to_ascii_lowercase();
+                let at = UCI_KEYS
+                    .iter()
+                    .filter_map(|k| lower.find(k).map(|at| at + k.len()))
+                    .min();
+                match at {
+                    Some(at) => {
+                        out.push_str(&raw[..at]);
+                        out.push_str(crate::keys::REDACTED);
+                    }
+                    None => out.push_str(raw),
                 }
-                None => out.push_str(raw),
-            },
+            }
         }
     }
     out
@@ -381,6 +388,14 @@ mod tests {
         );
         // the check reads the key without a value: shown as it is
         assert!(r.contains("[ \"$(uci -q get network.wg0.private_key)\" = \"$private_key\" ]"));
+    }
+
+    #[test]
+    fn redact_hides_a_uci_preshared_key_and_every_spelling_of_presharedkey() {
+        let t = "uci set network.wgprov_peer_1.preshared_key='SECRET1'\nPRESHAREDKEY=SECRET2\n[Peer]\nPresharedKey = SECRET3\nnetwork.x.Preshared_Key='SECRET4'\n";
+        let r = redact(t);
+        assert!(!r.contains("SECRET"), "{r}");
+        assert_eq!(r.matches("(redacted)").count(), 4, "{r}");
     }
 
     #[test]

@@ -189,7 +189,7 @@ impl<'a> HostKind<'a> {
         match self {
             HostKind::Node(_) => desired::desired_files_with_skips(roles, topo, keys, input),
             HostKind::OpenwrtHub(n, r) => {
-                openwrt_hub::desired(topo, n, r, keys, input.peer_fallback)
+                openwrt_hub::desired(topo, n, r, keys, input.peer_fallback, input.preshared)
             }
             HostKind::Forwarder(..) | HostKind::Removed(_) | HostKind::RemovedRouter(_) => {
                 Ok((Vec::new(), Vec::new()))

@@ -31,6 +31,8 @@ pub(super) enum Val {
     List(Vec<String>),
     /// The private key, from the script's variable.
     Key,
+    /// A secret from this variable of the script (a peer's preshared key).
+    Var(String),
     /// Not set: the check wants it empty.
     Unset,
 }
@@ -58,6 +60,7 @@ pub(super) fn set_lines(s: &Section) -> Vec<String> {
                     .map(|x| format!("uci add_list {}.{k}={}", s.path, sh_quote(x))),
             ),
             Val::Key => v.push(format!("uci set {}.{k}=\"${KEY_VAR}\"", s.path)),
+            Val::Var(var) => v.push(format!("uci set {}.{k}=\"${var}\"", s.path)),
             Val::Unset => {}
         }
     }
@@ -74,6 +77,7 @@ pub(super) fn check_lines(s: &Section) -> Vec<String> {
             Val::One(x) => sh_quote(x),
             Val::List(xs) => sh_quote(&xs.join(" ")),
             Val::Key => format!("\"${KEY_VAR}\""),
+            Val::Var(var) => format!("\"${var}\""),
             Val::Unset => "''".into(),
         };
         v.push(format!("{} {want} ]", get(&format!(".{k}"))));

@@ -23,12 +23,12 @@
 
 use std::collections::BTreeMap;
 
-use crate::desired::{DesiredFile, FileState, KeyRing, PeerEntry, PeerFallback};
+use crate::desired::{DesiredFile, FileState, KeyRing, PeerEntry, PeerFallback, PskRing};
 use crate::error::{Error, Result};
 use crate::facts::Facts;
 use crate::facts::gather::UCI_PRIVATE_KEY;
 use crate::inventory::{Endpoint, ManagedKind, ManagedRouter};
-use crate::keys::{Keypair, PrivateKey};
+use crate::keys::{Keypair, PresharedKey, PrivateKey};
 use crate::shell::{Handler, InterfaceName, RemotePath, sh_quote};
 use crate::topology::{NodePlan, Topology};
 
@@ -86,6 +86,15 @@ pub struct Hub<'a> {
     pub public_key: String,
     /// Its peers, as a Linux hub gets them.
     pub peers: &'a [PeerEntry],
+    /// The preshared key of each peer's link, in the order of `peers` (empty: none).
+    pub preshared: Vec<Option<PresharedKey>>,
+}
+
+/// The script's variable holding the preshared key of peer section `n` (1-based). Its name
+/// ends in `preshared_key` so that the line setting it (`pN_preshared_key='…'`) is redacted
+/// wherever the script is shown.
+fn psk_var(n: usize) -> String {
+    format!("p{n}_preshared_key")
 }
 
 fn interface(h: &Hub) -> Section {
@@ -127,7 +136,15 @@ fn peer_sections(h: &Hub) -> Vec<Section> {
                     ),
                     // the interface's own route (its address's prefix) covers the whole mesh
                     ("route_allowed_ips", one("0")),
-                ],
+                ]
+                .into_iter()
+                .chain(
+                    h.preshared
+                        .get(i)
+                        .and_then(Option::as_ref)
+                        .map(|_| ("preshared_key", Val::Var(psk_var(i + 1)))),
+                )
+                .collect(),
             }
         })
         .collect()
@@ -245,12 +262,22 @@ pub fn script(h: &Hub, private_key: &str) -> String {
          # through uci and brings {iface} up; `sh {HUB_SCRIPT} check` exits 0 when every value is in place\n\
          # and {iface} runs with them.\n\
          export PATH=/usr/sbin:/usr/bin:/sbin:/bin\nset -u\n\
-         {KEY_VAR}={key}\n\
+         {KEY_VAR}={key}\n{psks}\
          check() {{\n  {checks}\n}}\n\
          if [ \"${{1:-}}\" = check ]; then check; exit; fi\n\
          uci -q get network.{iface} >/dev/null || : > {created}\n",
         site = h.site,
         key = sh_quote(private_key),
+        psks = h
+            .preshared
+            .iter()
+            .enumerate()
+            .filter_map(|(i, k)| k.as_ref().map(|k| format!(
+                "{}={}\n",
+                psk_var(i + 1),
+                sh_quote(&k.expose_base64())
+            )))
+            .collect::<String>(),
         checks = checks(h).join(" &&\n  "),
         created = sh_quote(CREATED),
     );
@@ -279,6 +306,7 @@ pub fn desired(
     router: &ManagedRouter,
     keys: &KeyRing,
     fallback: Option<&PeerFallback<'_>>,
+    psks: &PskRing,
 ) -> Result<(Vec<DesiredFile>, Vec<String>)> {
     let kp = keys.get(&node.name).ok_or_else(|| Error::Role {
         role: "router_hub".into(),
@@ -295,6 +323,10 @@ pub fn desired(
         wan_zone: &router.wan_interface,
         public_key: kp.public.to_base64(),
         peers: &peers,
+        preshared: peers
+            .iter()
+            .map(|p| crate::desired::preshared_key(topo, &node.name, &p.peer, psks).cloned())
+            .collect(),
     };
     let path = |p: &str| RemotePath::new(p).expect("a fixed path is valid");
     let files = vec![
@@ -391,8 +423,29 @@ pub fn drift(facts: &Facts) -> Option<String> {
 /// The peers a hub script sets, each a public key and its AllowedIPs, in order: what the hub
 /// has now for a peer whose node cannot be read.
 pub fn peers_of(script: &str) -> Vec<(String, Vec<String>)> {
-    let mut by: BTreeMap<u32, (String, Vec<String>)> = BTreeMap::new();
+    peers_with_psk(script)
+        .into_iter()
+        .map(|(k, a, _)| (k, a))
+        .collect()
+}
+
+/// A peer as a host has it: its public key, its AllowedIPs and its preshared key.
+pub type HeldPeer = (String, Vec<String>, Option<PresharedKey>);
+
+/// [`peers_of`], with the preshared key the script sets for each (read back so that a link
+/// keeps its key from run to run).
+pub fn peers_with_psk(script: &str) -> Vec<HeldPeer> {
+    let mut by: BTreeMap<u32, HeldPeer> = BTreeMap::new();
     for l in script.lines() {
+        if let Some((n, v)) = l
+            .strip_prefix('p')
+            .and_then(|r| r.split_once("_preshared_key="))
+            .and_then(|(n, v)| Some((n.parse::<u32>().ok()?, v)))
+        {
+            let v = v.trim().trim_matches('\'');
+            by.entry(n).or_default().2 = PresharedKey::from_base64(v).ok();
+            continue;
+        }
         let Some((cmd, rest)) = l
             .strip_prefix("uci set network.")
             .map(|r| ("set", r))
@@ -422,7 +475,7 @@ pub fn peers_of(script: &str) -> Vec<(String, Vec<String>)> {
             _ => {}
         }
     }
-    by.into_values().filter(|(k, _)| !k.is_empty()).collect()
+    by.into_values().filter(|(k, _, _)| !k.is_empty()).collect()
 }
 
 /// The handler as shell text: run the script; when it is gone (the put-back of a first apply),
@@ -462,6 +515,7 @@ mod tests {
         vec![
             PeerEntry {
                 name: "n2".into(),
+                peer: crate::topology::PeerRef::Node("n2".into()),
                 site: "home".into(),
                 comment: "n2 (node of site home)".into(),
                 public_key: "N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2N2M=".into(),
@@ -471,6 +525,7 @@ mod tests {
             },
             PeerEntry {
                 name: "o1".into(),
+                peer: crate::topology::PeerRef::Node("o1".into()),
                 site: "office".into(),
                 comment: "o1 (next-hop of site office)".into(),
                 public_key: "O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1O1M=".into(),
@@ -480,6 +535,7 @@ mod tests {
             },
             PeerEntry {
                 name: "c1".into(),
+                peer: crate::topology::PeerRef::Node("c1".into()),
                 site: "cabin".into(),
                 comment: "c1 (next-hop of site cabin)".into(),
                 public_key: "C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1C1M=".into(),
@@ -500,6 +556,7 @@ mod tests {
             wan_zone: "wan",
             public_key: "HUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBE=".into(),
             peers,
+            preshared: Vec::new(),
         }
     }
 
@@ -639,7 +696,7 @@ ifup wg0
                     mode: 0o700,
                     content: new.replace(KEY, other),
                 },
-                "(the private key changes; shown as (redacted))",
+                "(a private or preshared key changes; shown as (redacted))",
             ),
         ] {
             let c = &compare(&[file(&new)], &|_| cur.clone())[0];
@@ -665,6 +722,40 @@ ifup wg0
             )
         );
         assert!(peers_of("#!/bin/sh\n").is_empty());
+    }
+
+    #[test]
+    fn preshared_keys_are_set_from_variables_read_back_and_never_shown() {
+        let iface = InterfaceName::default();
+        let p = peers();
+        let (k1, k3) = (PresharedKey::generate(), PresharedKey::generate());
+        let mut h = hub(&iface, &p);
+        h.preshared = vec![Some(k1.clone()), None, Some(k3.clone())];
+        let s = script(&h, KEY);
+        let (t1, t3) = (k1.expose_base64(), k3.expose_base64());
+        // each key on one line of its own, set into uci and checked through its variable
+        assert_eq!(s.matches(t1.as_str()).count(), 1, "{s}");
+        assert!(s.contains(&format!("\np1_preshared_key='{}'\n", t1.as_str())));
+        assert!(s.contains(
+            "uci set network.wgprov_peer_1.preshared_key=\"$p1_preshared_key\" || exit 1"
+        ));
+        assert!(s.contains(
+            "[ \"$(uci -q get network.wgprov_peer_3.preshared_key)\" = \"$p3_preshared_key\" ]"
+        ));
+        assert!(!s.contains("wgprov_peer_2.preshared_key"), "{s}");
+        let shown = crate::formats::wgconf::redact(&s);
+        assert!(
+            !shown.contains(t1.as_str()) && !shown.contains(t3.as_str()) && !shown.contains(KEY)
+        );
+        assert!(shown.contains("\np1_preshared_key=(redacted)\n"), "{shown}");
+        let back = peers_with_psk(&s);
+        assert_eq!(back.len(), 3);
+        assert_eq!(back[0].2, Some(k1));
+        assert_eq!(back[1].2, None);
+        assert_eq!(back[2].2, Some(k3));
+        if let Err(e) = crate::shell::sh_syntax(&s) {
+            panic!("{e}\n{s}");
+        }
     }
 
     #[test]

@@ -25,6 +25,9 @@ pub fn render_offline(
         .max(1);
     let chunk = nodes.len().div_ceil(threads).max(1);
     let none = |_: &str| None;
+    // like the node keys above: fresh, for a preview
+    let psks = crate::desired::fresh_psks(topo);
+    let psks = &psks;
     let parts: Vec<Result<Vec<HostFiles>>> = std::thread::scope(|s| {
         let handles: Vec<_> = nodes
             .chunks(chunk)
@@ -38,6 +41,7 @@ pub fn render_offline(
                                 systemd: true,
                                 existing: &none,
                                 peer_fallback: None,
+                                preshared: psks,
                             };
                             HostKind::of(topo, &n.name)
                                 .expect("a node is a host")

@@ -56,6 +56,8 @@ pub struct Network {
     pub metrics: Metrics,
     /// `network.relay`: the site that relays between sites without an endpoint.
     pub relay: Option<String>,
+    /// Whether every link has its own preshared key.
+    pub preshared_keys: bool,
     /// Dual stack: the IPv6 WireGuard space and the prefix of a site's IPv6 block.
     pub wireguard_cidr6: Option<(ipnet::Ipv6Net, u8)>,
 }
@@ -474,6 +476,8 @@ pub struct Site {
     /// has no next-hop node; its nodes peer with the router, which the operator sets up by hand
     /// from the notes `plan` and `apply` print.
     pub router_address: Option<String>,
+    /// The preshared key of the links to an unmanaged site (`preshared_key_file`), when given.
+    pub preshared_key: Option<crate::keys::PresharedKey>,
     /// Nodes in the order written.
     pub nodes: Vec<Node>,
     /// The site whose next-hop relays between this site and other sites without an endpoint:

@@ -77,6 +77,11 @@ pub struct RawNetwork {
     #[serde(default)]
     #[schemars(schema_with = "opt_name")]
     pub relay: Option<S<String>>,
+    /// `true`: every link gets its own WireGuard preshared key, generated once and kept on
+    /// both ends (default `false`).
+    #[serde(default)]
+    #[schemars(with = "Option<bool>")]
+    pub preshared_keys: Option<S<bool>>,
     /// Dual stack: the IPv6 WireGuard space, a unique local /48 such as `fd10:100::/48`; every
     /// node also gets an address in its site's IPv6 block.
     #[serde(default)]
@@ -176,6 +181,13 @@ pub struct RawSite {
     #[serde(default)]
     #[schemars(schema_with = "opt_host")]
     pub router_address: Option<S<String>>,
+    /// An unmanaged site only, with `network.preshared_keys`: a file on the controller (mode
+    /// 0600 or narrower, relative to the inventory) holding the preshared key agreed with the
+    /// site's operator, base64 as `wg genpsk` prints it. Without it the links to the site have
+    /// no preshared key.
+    #[serde(default)]
+    #[schemars(with = "Option<String>")]
+    pub preshared_key_file: Option<S<String>>,
     /// `absent`: take the whole site out (its nodes cleaned, dropped by every other site, its
     /// block retired in the lock file); default `present`.
     #[serde(default)]

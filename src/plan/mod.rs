@@ -3,10 +3,11 @@
 //! change ([`order`]). Pure: facts in, a plan out, no host touched. `--check` prints this plan.
 
 pub mod order;
+mod psk;
 
 use std::collections::{BTreeSet, HashMap};
 
-use crate::desired::{FileState, HostInput, KeyRing};
+use crate::desired::{FileState, HostInput, KeyRing, PskRing};
 use crate::diff::{self, Action, Change};
 use crate::formats::state::{Facts, FileFact};
 use crate::formats::wgconf::WgConfig;
@@ -14,7 +15,7 @@ use crate::hosts::HostError;
 use crate::hosts::handlers::{Expect, HandlerPlan, plan_handlers};
 use crate::hosts::kind::{HostKind, conf_path};
 use crate::inventory::OsFamily;
-use crate::keys::Keypair;
+use crate::keys::{Keypair, PublicKey};
 use crate::roles::Roles;
 use crate::shell::InterfaceName;
 use crate::topology::Topology;
@@ -70,11 +71,39 @@ pub struct Keys {
     pub bad: HashMap<String, HostError>,
     /// What the run should say about keys it could not learn.
     pub warnings: Vec<String>,
+    /// Nodes whose key this run replaces (`rotate-keys`).
+    pub rotated: BTreeSet<String>,
+    /// The public keys the nodes had before this run (what their peers list now).
+    pub before: HashMap<String, PublicKey>,
+    /// The preshared keys of the links (`network.preshared_keys`).
+    pub psk: PskRing,
+    /// The links whose preshared key this run renews (`a <-> b`).
+    pub psk_renewed: Vec<String>,
+}
+
+/// What a run renews besides what it converges (`rotate-keys`).
+#[derive(Clone, Debug, Default)]
+pub struct Rotation {
+    /// Nodes that get a new key pair.
+    pub nodes: BTreeSet<String>,
+    /// The links of those nodes get new preshared keys too.
+    pub preshared: bool,
 }
 
 /// Adopts the keys of every node that was read (`facts`), and makes new ones for the
 /// `targeted` nodes that have none.
 pub fn keys(topo: &Topology, facts: &HashMap<String, Facts>, targeted: &BTreeSet<&str>) -> Keys {
+    keys_rotating(topo, facts, targeted, &Rotation::default())
+}
+
+/// [`keys`], with new key pairs for the targeted nodes `rotation` names (and new preshared
+/// keys for their links, when it says so).
+pub fn keys_rotating(
+    topo: &Topology,
+    facts: &HashMap<String, Facts>,
+    targeted: &BTreeSet<&str>,
+    rotation: &Rotation,
+) -> Keys {
     let iface = &topo.network.interface;
     let mut k = Keys::default();
     for n in &topo.nodes {
@@ -83,6 +112,13 @@ pub fn keys(topo: &Topology, facts: &HashMap<String, Facts>, targeted: &BTreeSet
         match facts.get(&n.name) {
             Some(f) => match kind.existing_key(f, iface) {
                 Some(Ok(key)) => {
+                    k.before.insert(n.name.clone(), key.public);
+                    let key = if is_target && rotation.nodes.contains(&n.name) {
+                        k.rotated.insert(n.name.clone());
+                        Keypair::generate()
+                    } else {
+                        key
+                    };
                     k.ring.insert(n.name.clone(), key);
                 }
                 Some(Err(e)) => {
@@ -104,6 +140,17 @@ pub fn keys(topo: &Topology, facts: &HashMap<String, Facts>, targeted: &BTreeSet
             None => {}
         }
     }
+    let in_run: BTreeSet<&str> = targeted
+        .iter()
+        .copied()
+        .filter(|n| facts.contains_key(*n))
+        .collect();
+    let renew = if rotation.preshared {
+        rotation.nodes.clone()
+    } else {
+        BTreeSet::new()
+    };
+    (k.psk, k.psk_renewed) = psk::ring(topo, facts, &k.before, &in_run, &renew, &mut k.warnings);
     k
 }
 
@@ -153,6 +200,9 @@ pub fn host(
     );
     if keys.new.contains(name) {
         warnings.push("no WireGuard key on the node: a new one is generated".into());
+    }
+    if keys.rotated.contains(name) {
+        warnings.push("key rotated: a new key pair replaces the node's".into());
     }
     let files = files(kind, roles, topo, keys, f, os, &mut warnings)?;
     let node = kind.node();
@@ -234,6 +284,7 @@ fn files(
                 systemd: f.systemd,
                 existing: &existing,
                 peer_fallback: Some(&fallback),
+                preshared: &keys.psk,
             };
             // hosts were contacted: a template that fails for this host's facts is this
             // host's failure (exit 1), not an invalid inventory (exit 2)

@@ -67,6 +67,8 @@ pub struct SitePlan {
     pub router_address: Option<String>,
     /// MTU of the site's uplink.
     pub wan_mtu: u16,
+    /// The preshared key of the links to an unmanaged site (`preshared_key_file`).
+    pub preshared_key: Option<keys::PresharedKey>,
     /// Node names.
     pub nodes: Vec<String>,
     /// The site whose next-hop relays between this site and the other sites without an
@@ -160,6 +162,7 @@ impl Topology {
                 public_key: s.public_key,
                 router_address: s.router_address.clone(),
                 wan_mtu: s.wan_mtu,
+                preshared_key: s.preshared_key.clone(),
                 nodes: s.nodes.iter().map(|n| n.name.clone()).collect(),
                 relay: s.relay.clone(),
             });

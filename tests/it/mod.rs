@@ -11,6 +11,7 @@ pub mod fuzz;
 pub mod guard;
 pub mod hostile;
 pub mod lab;
+pub mod lifecycle_keys;
 pub mod lifecycle_remove;
 pub mod metrics;
 pub mod nodes;

@@ -79,7 +79,7 @@ fn uci_cache() -> Option<PathBuf> {
 }
 
 /// What the OpenWrt tests need here; skips visibly otherwise.
-fn available() -> Option<PathBuf> {
+pub(super) fn available() -> Option<PathBuf> {
     if !(require_root() && require("wg") && require("wireguard-go") && require("busybox")) {
         return None;
     }
@@ -107,7 +107,7 @@ fn rendered(inv: &Inv, node: &str, path: &str) -> String {
 
 /// One OpenWrt router's file system, as layers over the machine's: a stock `/etc/config`, the
 /// lab's stand-ins in `/etc/init.d` and `/usr/sbin`, the real `uci` in `/usr/sbin`.
-struct Router {
+pub(super) struct Router {
     dir: tempfile::TempDir,
     /// What is redacted from every message: the router's private key.
     secret: String,
@@ -116,7 +116,7 @@ struct Router {
 impl Router {
     /// `openwrt`: a directory holding OpenWrt's own netifd files (see [`openwrt_root`]); the
     /// interface is then brought up by OpenWrt's protocol handler instead of the lab's `ifup`.
-    fn new(cache: &Path, openwrt: Option<&Path>) -> Router {
+    pub(super) fn new(cache: &Path, openwrt: Option<&Path>) -> Router {
         let dir = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
         let d = dir.path();
         for sub in [
@@ -206,7 +206,7 @@ impl Router {
         s.lines().map(str::to_string).collect()
     }
 
-    fn redact(&self, s: &str) -> String {
+    pub(super) fn redact(&self, s: &str) -> String {
         if self.secret.is_empty() {
             s.to_string()
         } else {
@@ -625,7 +625,7 @@ fn hub(cache: &Path, openwrt: Option<&Path>) {
 
 /// The lab's OpenWrt hub: home's router (an sshd in its own namespaces, as for every managed
 /// router of the lab) is made an OpenWrt as far as the lab goes, then wgprov applies over SSH.
-const HUB_LAB: &str = "network:
+pub(super) const HUB_LAB: &str = "network:
   wireguard_cidr: 10.100.0.0/16
   cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]
 sites:
@@ -648,7 +648,7 @@ sites:
 /// stand-ins in `/etc/init.d`, `r`'s layers (the real `uci`, `ifup`, with `WGPROV_OPENWRT_ROOT`
 /// OpenWrt's netifd files) mounted over `/usr/sbin`, `/usr/lib` and `/usr/share`, and BusyBox as
 /// `/bin/sh` (OpenWrt's shell), all inside the router's own mount namespace.
-fn make_openwrt(s: &super::apply::Scenario, router: &str, r: &Router) {
+pub(super) fn make_openwrt(s: &super::apply::Scenario, router: &str, r: &Router) {
     let d = r.dir.path().display();
     s.lab.sh(
         router,

@@ -12,6 +12,7 @@ mod dual;
 mod mesh;
 mod network;
 mod node;
+mod psk;
 mod relay;
 mod router;
 mod site;

@@ -26,6 +26,8 @@ pub(super) struct Net {
     pub kubernetes: Flavor,
     /// `network.metrics`.
     pub metrics: Metrics,
+    /// `network.preshared_keys`.
+    pub preshared_keys: bool,
     /// `network.mtu` when written (and valid), with its place.
     pub mtu_written: Option<(u16, Loc)>,
     /// The pod and service CIDRs, when listed.
@@ -112,6 +114,7 @@ pub(super) fn check(d: &mut Diags, raw: &RawInventory) -> Net {
         keepalive,
         kubernetes,
         metrics,
+        preshared_keys: net.preshared_keys.as_ref().is_some_and(|p| p.value),
         mtu_written,
         cluster_cidrs,
         relay,
@@ -233,6 +236,7 @@ pub(super) fn finish(
             kubernetes: net.kubernetes,
             metrics: net.metrics,
             relay: net.relay.map(|r| r.0),
+            preshared_keys: net.preshared_keys,
             wireguard_cidr6: net.wg6,
         },
         sites,

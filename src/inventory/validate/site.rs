@@ -52,7 +52,6 @@ pub(super) fn check(
     if !managed {
         unmanaged(d, &sp, site);
     }
-
     let empty = IndexMap::new();
     let raw_nodes = site.nodes.as_ref().map(|n| &n.value).unwrap_or(&empty);
     let ctx = SiteCtx {
@@ -109,6 +108,7 @@ pub(super) fn check(
         wan_mtu,
         public_key,
         router_address,
+        preshared_key: super::psk::key_file(d, net, &sp, site, managed),
         nodes,
         relay,
         absent,
