@@ -1064,6 +1064,15 @@ fn a_removed_site_leaves_no_unit_timer_or_drop_in_and_its_kubelet_runs_on_its_ow
             .trim(),
         "active"
     );
+    assert!(
+        eventually(Duration::from_secs(15), || l
+            .sh(
+                "office1",
+                "journalctl -u kubelet -o cat --no-pager | grep 'running with node IP' | tail -n 1"
+            )
+            .contains("running with node IP 10.100.1.1")),
+        "the kubelet never ran on its WireGuard address"
+    );
     let yaml = std::fs::read_to_string(&lab.inv).unwrap();
     std::fs::write(
         &lab.inv,
@@ -1090,12 +1099,20 @@ fn a_removed_site_leaves_no_unit_timer_or_drop_in_and_its_kubelet_runs_on_its_ow
         ),
     );
     assert_eq!(state, "inactive\nDropInPaths=\n", "{state}");
-    // the kubelet was restarted with its node IP given back (the stand-in picks its own)
-    let log = l.sh(
-        "office1",
-        "journalctl -u kubelet -o cat --no-pager | tail -n 1",
+    // the kubelet was restarted with its node IP given back (the stand-in picks its own): its
+    // last start says so (journald may take a moment to have the line)
+    let last = || {
+        l.sh(
+            "office1",
+            "journalctl -u kubelet -o cat --no-pager | grep 'running with node IP' | tail -n 1",
+        )
+    };
+    assert!(
+        eventually(Duration::from_secs(15), || last()
+            .contains("running with node IP (auto)")),
+        "{}",
+        last()
     );
-    assert!(log.contains("running with node IP (auto)"), "{log}");
     assert!(
         !l.sh("office1", "cat /etc/default/kubelet")
             .contains("--node-ip")
