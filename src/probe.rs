@@ -4,7 +4,7 @@
 //! and `status`.
 
 use std::collections::BTreeMap;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 use std::time::Duration;
 
 use crate::shell::{InterfaceName, PATH_PRELUDE, sh_quote};
@@ -13,15 +13,33 @@ use crate::shell::{InterfaceName, PATH_PRELUDE, sh_quote};
 pub const PROBE: &str = "@@WGPROV-PROBE@@";
 
 /// The script that pings every target from this host over `iface`, each until its first
-/// answer or `wait`.
-pub fn ping_script(iface: &InterfaceName, targets: &[Ipv4Addr], wait: Duration) -> String {
+/// answer or `wait`. With dual stack (`six` gives a target's IPv6 address), a target is up only
+/// when it answers in both families: a link that carries IPv4 and not IPv6 is broken too.
+pub fn ping_script(
+    iface: &InterfaceName,
+    targets: &[Ipv4Addr],
+    wait: Duration,
+    six: &dyn Fn(Ipv4Addr) -> Option<Ipv6Addr>,
+) -> String {
     let secs = wait.as_secs().max(1);
     let list: Vec<String> = targets.iter().map(|t| t.to_string()).collect();
+    let cases: String = targets
+        .iter()
+        .filter_map(|t| six(*t).map(|s| format!("{t}) echo {s};; ")))
+        .collect();
+    let ping = |addr: &str| {
+        format!(
+            "ping -c 1 -i 0.5 -w {secs} -q -I {} {addr} >/dev/null 2>&1",
+            sh_quote(iface)
+        )
+    };
     format!(
         "# wgprov:probe\n{PATH_PRELUDE}\
-         p() {{ if ping -c 1 -i 0.5 -w {secs} -q -I {q} \"$1\" >/dev/null 2>&1; then echo \"{PROBE} up $1\"; else echo \"{PROBE} down $1\"; fi; }}\n\
+         six() {{ case \"$1\" in {cases}*) ;; esac; }}\n\
+         p() {{ if {v4} && {{ s=$(six \"$1\"); [ -z \"$s\" ] || {v6}; }}; then echo \"{PROBE} up $1\"; else echo \"{PROBE} down $1\"; fi; }}\n\
          for t in {targets}; do p \"$t\" & done\nwait\n",
-        q = sh_quote(iface),
+        v4 = ping("\"$1\""),
+        v6 = ping("-6 \"$s\""),
         targets = list.join(" "),
     )
 }
@@ -49,8 +67,33 @@ mod tests {
     #[test]
     fn every_target_is_pinged_at_once_and_a_missing_answer_is_down() {
         let t: Vec<Ipv4Addr> = vec!["10.100.1.1".parse().unwrap(), "10.100.2.1".parse().unwrap()];
-        let s = ping_script(&InterfaceName::default(), &t, Duration::from_secs(7));
+        let s = ping_script(
+            &InterfaceName::default(),
+            &t,
+            Duration::from_secs(7),
+            &|_| None,
+        );
         assert!(s.contains("-w 7 -q -I 'wg0'"));
+        assert!(s.contains("six() { case \"$1\" in *) ;; esac; }"));
+        let dual = ping_script(
+            &InterfaceName::default(),
+            &t,
+            Duration::from_secs(7),
+            &|a| {
+                Some(std::net::Ipv6Addr::new(
+                    0xfd10,
+                    0x100,
+                    0,
+                    0,
+                    0,
+                    0,
+                    0,
+                    a.octets()[3].into(),
+                ))
+            },
+        );
+        assert!(dual.contains("10.100.2.1) echo fd10:100::1;;"), "{dual}");
+        assert!(dual.contains("-I 'wg0' -6 \"$s\""), "{dual}");
         assert!(s.contains("for t in 10.100.1.1 10.100.2.1; do p \"$t\" & done\nwait"));
         let r = parse(&format!("{PROBE} up 10.100.1.1\nnoise\n"), &t);
         assert!(r[&t[0]]);

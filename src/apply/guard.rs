@@ -403,7 +403,8 @@ pub async fn probe_links<T: Transport + 'static>(
     for (host, targets) in by_prober {
         let s = sessions[&host].clone();
         let ips: Vec<Ipv4Addr> = targets.iter().map(|t| t.1).collect();
-        let script = probe::ping_script(iface, &ips, wait);
+        let net = topo.network.clone();
+        let script = probe::ping_script(iface, &ips, wait, &|a| net.ip6_of(a));
         set.spawn(async move {
             let res = s
                 .run_script_within(&script, wait + Duration::from_secs(5))

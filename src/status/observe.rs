@@ -36,6 +36,8 @@ pub struct Observed {
     pub iface_up: bool,
     /// `net.ipv4.ip_forward`, when it could be read.
     pub ip_forward: Option<bool>,
+    /// `net.ipv6.conf.all.forwarding`, when it could be read.
+    pub ip6_forward: Option<bool>,
     /// Each pinged WireGuard address and whether it answered.
     pub answered: BTreeMap<Ipv4Addr, bool>,
 }
@@ -86,17 +88,18 @@ pub fn script(
     iface: &InterfaceName,
     targets: &[Ipv4Addr],
     paths: &[RemotePath],
-    extra: &str,
+    (extra, six): (&str, &dyn Fn(Ipv4Addr) -> Option<std::net::Ipv6Addr>),
     wait: Duration,
 ) -> String {
     let mut s = String::from("# wgprov:status\n");
     if !targets.is_empty() {
-        s.push_str(&probe::ping_script(iface, targets, wait));
+        s.push_str(&probe::ping_script(iface, targets, wait, six));
     }
     let q = sh_quote(iface);
     s.push_str(&format!(
         "S='{MARK}'\n\
          printf '%s ip_forward %s\\n' \"$S\" \"$(cat /proc/sys/net/ipv4/ip_forward 2>/dev/null)\"\n\
+         printf '%s ip6_forward %s\\n' \"$S\" \"$(cat /proc/sys/net/ipv6/conf/all/forwarding 2>/dev/null)\"\n\
          printf '%s link %s\\n' \"$S\" \"$(ip -o link show dev {q} 2>/dev/null | head -n 1)\"\n"
     ));
     s.push_str(&gather::script_with(iface, paths, extra));
@@ -115,12 +118,15 @@ pub fn parse(stdout: &str, targets: &[Ipv4Addr]) -> std::result::Result<Observed
             continue;
         };
         let rest = rest.trim();
+        let flag = |v: &str| match v.trim() {
+            "1" => Some(true),
+            "0" => Some(false),
+            _ => None,
+        };
         if let Some(v) = rest.strip_prefix("ip_forward") {
-            o.ip_forward = match v.trim() {
-                "1" => Some(true),
-                "0" => Some(false),
-                _ => None,
-            };
+            o.ip_forward = flag(v);
+        } else if let Some(v) = rest.strip_prefix("ip6_forward") {
+            o.ip6_forward = flag(v);
         } else if let Some(v) = rest.strip_prefix("link") {
             // `5: wg0: <POINTOPOINT,NOARP,UP,LOWER_UP> mtu 1420 …`
             o.iface_up = v
@@ -166,7 +172,13 @@ pub async fn observe_all<T: Transport + 'static>(
         let extra = crate::hosts::kind::HostKind::of(topo, &n)
             .map(|k| k.status_section())
             .unwrap_or_default();
-        let script = script(&iface, &targets, &paths, &extra, wait);
+        let script = script(
+            &iface,
+            &targets,
+            &paths,
+            (&extra, &|a| topo.network.ip6_of(a)),
+            wait,
+        );
         async move {
             let s = s.ok_or(ObserveError::NotContacted)??;
             let out = s

@@ -188,6 +188,7 @@ impl Mesh {
             },
             iface_up: true,
             ip_forward: Some(n.is_next_hop),
+            ip6_forward: Some(n.is_next_hop),
             answered: probe_targets(&self.topo, n)
                 .into_iter()
                 .map(|t| (t, true))
@@ -838,7 +839,7 @@ fn the_script_pings_first_then_reads_and_its_output_parses() {
     let t: Vec<Ipv4Addr> = vec!["10.100.1.1".parse().unwrap(), "10.100.2.1".parse().unwrap()];
     let wg0 = InterfaceName::default();
     let paths = [RemotePath::new("/etc/wireguard/wg0.conf").unwrap()];
-    let s = script(&wg0, &t, &paths, "", Duration::from_secs(6));
+    let s = script(&wg0, &t, &paths, ("", &|_| None), Duration::from_secs(6));
     assert!(s.starts_with("# wgprov:status\n"));
     let ping = s.find(probe::PROBE).unwrap();
     assert!(
@@ -849,7 +850,9 @@ fn the_script_pings_first_then_reads_and_its_output_parses() {
     if let Err(e) = crate::shell::sh_syntax(&s) {
         panic!("{e}");
     }
-    assert!(!script(&wg0, &[], &paths, "", Duration::from_secs(6)).contains(probe::PROBE));
+    assert!(
+        !script(&wg0, &[], &paths, ("", &|_| None), Duration::from_secs(6)).contains(probe::PROBE)
+    );
 
     let fact = gather::MARK;
     let out = format!(

@@ -71,6 +71,31 @@ fn dual_stack_pairs_ping_over_ipv6_and_the_kubelet_gets_both_node_ips() {
     let inv = s.inv.to_str().unwrap();
     let r = s.wgprov(&["status", "-i", inv, "--format", "json"]);
     assert_eq!(r.code, 0, "{}\n{}", r.stdout, r.stderr);
+    // a next-hop that stops forwarding IPv6 is named, and nothing else is blamed
+    s.lab
+        .sh("node1", "sysctl -qw net.ipv6.conf.all.forwarding=0");
+    let r = s.wgprov(&["status", "-i", inv, "--format", "json"]);
+    assert_eq!(r.code, 1, "{}\n{}", r.stdout, r.stderr);
+    let v: serde_json::Value = serde_json::from_str(&r.stdout).unwrap();
+    let problems: Vec<(String, String, String)> = v["problems"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| {
+            (
+                p["kind"].as_str().unwrap().to_string(),
+                p["node"].as_str().unwrap_or("-").to_string(),
+                p["why"].as_str().unwrap().to_string(),
+            )
+        })
+        .collect();
+    assert!(
+        problems.len() == 1
+            && problems[0].0 == "forwarding_off"
+            && problems[0].1 == "node1"
+            && problems[0].2.contains("net.ipv6.conf.all.forwarding = 0"),
+        "{problems:?}"
+    );
     s.assert_no_key_leaked();
 }
 

@@ -61,6 +61,7 @@ pub(super) fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<S
         let hub = kind.is_openwrt_hub();
         problems.extend(interface_down(v, n, o, hub));
         problems.extend(forwarding_off(n, o));
+        problems.extend(forwarding6_off(&v.topo.network, n, o));
         if let Some(p) = drift_rule(v, n, o, kind) {
             drifted.insert(n.name.clone());
             problems.push(p);
@@ -166,6 +167,20 @@ fn forwarding_off(n: &NodePlan, o: &Observed) -> Option<Problem> {
             Kind::ForwardingOff,
             format!(
                 "{} is site {}'s next-hop but net.ipv4.ip_forward = 0: the members of {} cannot reach other sites, nor other sites them (sysctl -w net.ipv4.ip_forward=1; wgprov apply writes /etc/sysctl.d/99-wgprov.conf)",
+                n.name, n.site, n.site
+            ),
+        )
+    })
+}
+
+/// `forwarding_off` for IPv6: with dual stack, a next-hop must forward IPv6 too.
+fn forwarding6_off(net: &crate::inventory::Network, n: &NodePlan, o: &Observed) -> Option<Problem> {
+    (net.wireguard_cidr6.is_some() && n.is_next_hop && o.ip6_forward == Some(false)).then(|| {
+        node_problem(
+            n,
+            Kind::ForwardingOff,
+            format!(
+                "{} is site {}'s next-hop but net.ipv6.conf.all.forwarding = 0: IPv6 between {} and the other sites stops there (sysctl -w net.ipv6.conf.all.forwarding=1; wgprov apply writes /etc/sysctl.d/99-wgprov.conf)",
                 n.name, n.site, n.site
             ),
         )
