@@ -99,9 +99,9 @@ fn dual_stack_pairs_ping_over_ipv6_and_the_kubelet_gets_both_node_ips() {
     s.assert_no_key_leaked();
 }
 
-/// A site reachable only over IPv6: its router forwards no IPv4 port (behind CGNAT, say), and its
-/// endpoint is its next-hop's own IPv6 address, let in by a pinhole in the router's IPv6
-/// firewall. `plan` says pinhole, not port-forward; after apply its nodes reach every other site
+/// A site reachable only over IPv6: its router forwards no IPv4 port and its IPv4 uplink carries
+/// no WireGuard (behind CGNAT, say), and its endpoint is its next-hop's own IPv6 address, let in
+/// by a pinhole in the router's IPv6 firewall. `plan` says pinhole, not port-forward; after apply its nodes reach every other site
 /// in both families, and the WireGuard traffic came in through the pinhole.
 #[test]
 fn a_site_reachable_only_over_ipv6_joins_through_a_firewall_pinhole() {
@@ -114,6 +114,12 @@ fn a_site_reachable_only_over_ipv6_joins_through_a_firewall_pinhole() {
     );
     let s = Scenario::new("ds6", &base, &base, &["cabin"]);
     let v6 = wgprov::lab::ipv6::underlay(&s.lab.prefix, &["cabin"]).unwrap();
+    // and its IPv4 uplink carries no WireGuard (a carrier-grade NAT that drops it, say): every
+    // packet between cabin and the other sites must cross the IPv6 pinhole
+    s.lab.sh(
+        "cabin-router",
+        "iptables -w -I FORWARD -i br-lan -o wan0 -p udp -j DROP",
+    );
     let cabin1 = v6["cabin1"];
     let yaml = base.replace(
         "    endpoint: cabin.example.net:51821\n",
