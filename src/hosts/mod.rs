@@ -10,6 +10,7 @@
 //! ([`openwrt_hub`]). Everything here is pure: the scripts are text, tested without a router.
 
 pub mod drift;
+pub mod failover;
 pub mod handlers;
 pub mod kind;
 pub use crate::desired::hub_sheet as hub;
@@ -116,13 +117,35 @@ pub fn forward(topo: &Topology, site: &SitePlan) -> Option<Forward> {
     })
 }
 
-/// The rules still to be created by hand, one line per site whose router wgprov does not
-/// manage: printed by `plan` and at the end of every `apply`.
+/// The second port-forward of a site with a standby: its `standby_endpoint`'s port to the
+/// standby's LAN address and WireGuard port.
+pub fn standby_forward(topo: &Topology, site: &SitePlan) -> Option<Forward> {
+    let first = forward(topo, site)?;
+    let sb = site.standby.as_ref()?;
+    let ep = sb.endpoint.as_ref()?;
+    let node = topo.node(&sb.node)?;
+    Some(Forward {
+        site: site.name.clone(),
+        public_port: ep.port,
+        next_hop: node.name.clone(),
+        to: node.address.clone(),
+        port: first.port,
+    })
+}
+
+/// The rules still to be created by hand, one line per forward of a site whose router wgprov
+/// does not manage (two for a site with a standby): printed by `plan` and at the end of every
+/// `apply`.
 pub fn manual_rules(topo: &Topology) -> Vec<String> {
     topo.sites
         .iter()
         .filter(|s| s.managed_router.is_none())
-        .filter_map(|s| forward(topo, s).map(|f| (s, f)))
+        .flat_map(|s| {
+            [forward(topo, s), standby_forward(topo, s)]
+                .into_iter()
+                .flatten()
+                .map(move |f| (s, f))
+        })
         .map(|(s, f)| {
             format!(
                 "site {} (router: {}): {}",

@@ -316,6 +316,7 @@ pub(crate) mod tests {
             probes: BTreeMap::new(),
         };
         StatusReport {
+            failover: vec![],
             nodes: vec![
                 node(
                     "a",
@@ -388,6 +389,7 @@ pub(crate) mod tests {
                 r#"wgprov_problems{kind="no_handshake"} 0"#,
                 r#"wgprov_problems{kind="drift"} 1"#,
                 r#"wgprov_problems{kind="kubelet_node_ip"} 0"#,
+                r#"wgprov_problems{kind="failed_over"} 0"#,
                 r#"wgprov_node_reachable{node="a",site="home"} 1"#,
                 r#"wgprov_node_reachable{node="b",site="home"} 1"#,
                 r#"wgprov_node_reachable{node="c",site="home"} 0"#,

@@ -14,6 +14,7 @@ mod node;
 mod router;
 mod site;
 mod ssh;
+mod standby;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
