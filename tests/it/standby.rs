@@ -1,0 +1,291 @@
+//! A site with a standby next-hop, on systemd nodes (real wireguard-go, real timers): the demo
+//! network with `standby: node2` at home. Its next-hop node1 fails in three ways in turn —
+//! forwarding switched off while it still answers pings itself, wg0 down, the machine powered
+//! off — and each time every cross-site pair that does not involve node1 must ping again
+//! within 30 s, with `status` naming `failed_over`. After the first two, node1 comes back and
+//! the routes return to it after the hold time, without flapping (a ping loop's loss is
+//! counted across the return). A second apply while failed over changes nothing that breaks it.
+//!
+//! The hold time is the role's `failover_hold`, shortened here from 60 s to 20 s through
+//! `--roles-path` (a copy of the roles with that one default changed) to keep the test short.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::process::{Child, Stdio};
+use std::time::{Duration, Instant};
+
+use super::common::root;
+use super::systemd::{Lab, eventually, image};
+
+/// The hold time the test's roles use.
+const HOLD: u64 = 20;
+/// The failover target.
+const TARGET: Duration = Duration::from_secs(30);
+
+fn with_standby(y: String) -> String {
+    y.replace(
+        "    next_hop: node1\n",
+        "    next_hop: node1\n    standby: node2\n    standby_endpoint: 203.0.113.10:51822\n",
+    )
+}
+
+/// A copy of the roles with `failover_hold` set to [`HOLD`].
+fn roles_with_short_hold(dir: &Path) -> String {
+    let out = dir.join("roles");
+    copy_dir(&root().join("roles"), &out);
+    let d = out.join("failover/defaults.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    assert!(text.contains("failover_hold: 60\n"), "{text}");
+    std::fs::write(
+        &d,
+        text.replace("failover_hold: 60\n", &format!("failover_hold: {HOLD}\n")),
+    )
+    .unwrap();
+    out.display().to_string()
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap() {
+        let e = e.unwrap();
+        let t = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &t);
+        } else {
+            std::fs::copy(e.path(), &t).unwrap();
+        }
+    }
+}
+
+fn spawn_in(lab: &Lab, node: &str, cmd: &[&str], out: Stdio) -> Option<Child> {
+    let cmd: Vec<String> = cmd.iter().map(|s| s.to_string()).collect();
+    wgprov::lab::command(&lab.lab.prefix, node, &cmd)
+        .ok()?
+        .stdout(out)
+        .stderr(Stdio::null())
+        .spawn()
+        .ok()
+}
+
+/// The cross-site pairs (both directions) not involving `dead` that do not answer one ping
+/// each, all sent at once.
+fn failing_pairs(lab: &Lab, dead: &str) -> Vec<String> {
+    let mut children = Vec::new();
+    for (a, sa, _) in lab.nodes.iter().filter(|n| n.0 != dead) {
+        for (b, _, ip) in lab.nodes.iter().filter(|n| n.1 != *sa && n.0 != dead) {
+            let c = spawn_in(lab, a, &["ping", "-c", "1", "-W", "1", ip], Stdio::null());
+            children.push((format!("{a} -> {b}"), c));
+        }
+    }
+    children
+        .into_iter()
+        .filter_map(|(what, c)| {
+            let ok = c
+                .and_then(|mut c| c.wait().ok())
+                .is_some_and(|s| s.success());
+            (!ok).then_some(what)
+        })
+        .collect()
+}
+
+/// Seconds from `t0` until every such pair pings in one round; `None` after `limit`.
+fn seconds_until_all_ping(lab: &Lab, dead: &str, t0: Instant, limit: Duration) -> Option<f64> {
+    loop {
+        let round = Instant::now();
+        let failing = failing_pairs(lab, dead);
+        if failing.is_empty() {
+            return Some(round.duration_since(t0).as_secs_f64());
+        }
+        if t0.elapsed() > limit {
+            eprintln!("still failing after {limit:?}: {failing:?}");
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The watchdog's state of site home on `node`, as `key → value`.
+fn state(lab: &Lab, node: &str) -> HashMap<String, String> {
+    let (_, out, _) = lab
+        .lab
+        .exec(node, &["cat", "/var/lib/wgprov/failover/home.state"]);
+    out.lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect()
+}
+
+fn role(lab: &Lab, node: &str) -> String {
+    state(lab, node).get("role").cloned().unwrap_or_default()
+}
+
+/// The nodes whose watchdog watches home: the other sites' hubs and home's member node3.
+const WATCHERS: [&str; 3] = ["office1", "cabin1", "node3"];
+
+/// `status` reports site home failed over to node2.
+fn status_says_failed_over(lab: &Lab) -> bool {
+    let (_, v, _) = lab.status_json();
+    let problem = v["problems"].as_array().is_some_and(|ps| {
+        ps.iter()
+            .any(|p| p["kind"] == "failed_over" && p["site"] == "home" && p["node"] == "node1")
+    });
+    let active = v["failover"]
+        .as_array()
+        .and_then(|s| s.iter().find(|s| s["site"] == "home"))
+        .map(|s| s["active"].clone());
+    problem && active == Some(serde_json::json!("node2"))
+}
+
+/// Injects `fault` on node1 and measures the failover: the seconds until every pair pings.
+fn fail_and_measure(lab: &Lab, what: &str, fault: &str) -> f64 {
+    assert!(
+        eventually(Duration::from_secs(40), || WATCHERS.iter().all(|n| {
+            state(lab, n).get("seen").map(String::as_str) == Some("1")
+        })),
+        "the watchdogs never saw node1 forward: {:?}",
+        WATCHERS.map(|n| state(lab, n))
+    );
+    let t0 = Instant::now();
+    let (code, out, err) = lab.lab.exec("node1", &["sh", "-c", fault]);
+    assert!(code == 0 || what == "powered off", "{fault}: {out}{err}");
+    let secs = seconds_until_all_ping(lab, "node1", t0, Duration::from_secs(60));
+    let secs = secs.unwrap_or_else(|| panic!("{what}: the mesh did not come back"));
+    eprintln!("failover ({what}): every cross-site pair without node1 pings after {secs:.1} s");
+    assert!(
+        secs <= TARGET.as_secs_f64(),
+        "{what}: {secs:.1} s > {TARGET:?}"
+    );
+    for n in WATCHERS {
+        assert_eq!(role(lab, n), "standby", "{what}: {n}: {:?}", state(lab, n));
+    }
+    assert!(
+        eventually(Duration::from_secs(20), || status_says_failed_over(lab)),
+        "{what}: status does not name failed_over: {}",
+        lab.status_json().2
+    );
+    secs
+}
+
+/// Repairs node1 with `repair` and measures the return: seconds until every watcher routes
+/// through node1 again, the loss of a ping loop across it, and how often office1 switched.
+fn repair_and_measure(lab: &Lab, what: &str, repair: &str) -> (f64, u32, u32, u32) {
+    let node3 = lab.nodes.iter().find(|n| n.0 == "node3").unwrap().2.clone();
+    let count = ((HOLD + 25) * 5).to_string();
+    let looped = spawn_in(
+        lab,
+        "office2",
+        &["ping", "-q", "-i", "0.2", "-W", "1", "-c", &count, &node3],
+        Stdio::piped(),
+    )
+    .expect("ping loop");
+    lab.lab.sh("node1", repair);
+    let t1 = Instant::now();
+    let mut last = role(lab, "office1");
+    let mut switches = 0;
+    let mut back = None;
+    while t1.elapsed() < Duration::from_secs(HOLD + 24) {
+        let r = role(lab, "office1");
+        if r != last {
+            switches += 1;
+            last = r;
+        }
+        if back.is_none() && WATCHERS.iter().all(|n| role(lab, n) == "hub") {
+            back = Some(t1.elapsed().as_secs_f64());
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let out = looped.wait_with_output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let nums: Vec<u32> = text
+        .lines()
+        .find(|l| l.contains("packets transmitted"))
+        .map(|l| {
+            l.split(|c: char| !c.is_ascii_digit())
+                .filter_map(|w| w.parse().ok())
+                .take(2)
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(nums.len(), 2, "{text}");
+    let back = back.unwrap_or_else(|| panic!("{what}: the routes never went back to node1"));
+    eprintln!(
+        "return ({what}): every watcher routes through node1 again {back:.1} s after the repair (hold {HOLD} s); ping loop office2 -> node3 lost {} of {}; office1 switched {switches} time(s)",
+        nums[0] - nums[1],
+        nums[0]
+    );
+    (back, nums[0], nums[1], switches)
+}
+
+#[test]
+fn a_standby_takes_over_from_a_hub_that_stops_forwarding_in_three_ways_and_gives_back() {
+    let Some(image) = image() else { return };
+    let lab = Lab::demo_with("sdsb", &image, with_standby);
+    let dir = tempfile::tempdir().unwrap();
+    let roles = roles_with_short_hold(dir.path());
+    let roles_args = ["--roles-path", roles.as_str()];
+    let (code, out) = lab.apply(&roles_args);
+    assert_eq!(code, 0, "{out}");
+    let failing = lab.cross_site_failures(Duration::from_secs(30));
+    assert!(failing.is_empty(), "{failing:?}");
+    let (code, v, out) = lab.status_json();
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(v["failover"][0]["active"], "node1", "{out}");
+
+    // 1. forwarding off: node1 answers pings at its own address, forwards nothing
+    fail_and_measure(
+        &lab,
+        "forwarding off",
+        "sysctl -qw net.ipv4.ip_forward=0 && ping -c 1 -W 1 10.100.0.1 >/dev/null",
+    );
+    // a second apply changes nothing that breaks the failed-over state
+    let (code, out) = lab.apply(&[
+        "--check",
+        "--detailed-exitcode",
+        roles_args[0],
+        roles_args[1],
+    ]);
+    assert_eq!(code, 0, "a failover is not drift:\n{out}");
+    let (code, out) = lab.apply(&roles_args);
+    assert_eq!(code, 0, "{out}");
+    for n in WATCHERS {
+        assert_eq!(role(&lab, n), "standby", "{n} after apply");
+    }
+    assert!(
+        failing_pairs(&lab, "node1").is_empty(),
+        "after the second apply"
+    );
+    let (back, sent, got, switches) = repair_and_measure(
+        &lab,
+        "forwarding on again",
+        "sysctl -qw net.ipv4.ip_forward=1",
+    );
+    assert!(
+        back >= HOLD as f64 - 1.0,
+        "back after {back:.1} s, before the hold time"
+    );
+    assert!(back <= HOLD as f64 + 15.0, "back after {back:.1} s");
+    assert_eq!(switches, 1, "office1 flapped");
+    assert!(
+        sent - got <= 2,
+        "lost {} of {sent} across the return",
+        sent - got
+    );
+
+    // 2. wg0 down
+    fail_and_measure(&lab, "wg0 down", "ip link set wg0 down");
+    let (back, sent, got, switches) =
+        repair_and_measure(&lab, "wg0 up again", "systemctl restart wg-quick@wg0");
+    assert!(
+        back >= HOLD as f64 - 1.0 && back <= HOLD as f64 + 15.0,
+        "{back:.1} s"
+    );
+    assert_eq!(switches, 1, "office1 flapped");
+    assert!(
+        sent - got <= 2,
+        "lost {} of {sent} across the return",
+        sent - got
+    );
+
+    // 3. the machine powered off
+    fail_and_measure(&lab, "powered off", "systemctl poweroff --no-block");
+}
