@@ -345,7 +345,7 @@ fn site_text(topo: &Topology, s: &crate::topology::SitePlan) -> String {
     }
     let _ = writeln!(
         o,
-        "\nsite {}  {}  {}  next-hop {}  router {}{}",
+        "\nsite {}  {}  {}  next-hop {}{}  router {}{}",
         s.name,
         s.wireguard_cidr,
         ep,
@@ -354,6 +354,12 @@ fn site_text(topo: &Topology, s: &crate::topology::SitePlan) -> String {
             (None, Some(_)) => "the router (set up by hand)",
             (None, None) => "-",
         },
+        s.standby
+            .as_ref()
+            .map_or(String::new(), |b| match &b.endpoint {
+                Some(e) => format!("  standby {} (endpoint {e})", b.node),
+                None => format!("  standby {}", b.node),
+            }),
         match &s.managed_router {
             Some(r) => format!(
                 "{} (managed: {} at {}, WAN {})",
@@ -396,7 +402,11 @@ fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
         n.name,
         n.wireguard_ip,
         n.address,
-        if n.is_next_hop { "  next-hop" } else { "" },
+        match (n.is_next_hop, n.is_standby) {
+            (true, _) => "  next-hop",
+            (_, true) => "  standby next-hop",
+            _ => "",
+        },
         if n.kubernetes == topo.network.kubernetes {
             String::new()
         } else {

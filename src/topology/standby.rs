@@ -178,6 +178,15 @@ pub(super) fn amend(topo: &Topology, node: &NodePlan, peers: &mut Vec<Peer>) {
         out.push(p);
         out.push(standby);
     }
+    // inside a site with a standby every link keeps its session fresh: a hub whose interface
+    // restarts is rejoined by all its members at once, so every watchdog sees it back in the
+    // same check (a stale session would take a member up to 15 s longer to notice)
+    if topo.site(&node.site).is_some_and(|s| s.standby.is_some()) {
+        let keep = topo.network.persistent_keepalive;
+        for p in out.iter_mut().filter(|p| p.site == node.site && keep > 0) {
+            p.persistent_keepalive = p.persistent_keepalive.or(Some(keep));
+        }
+    }
     *peers = out;
 }
 

@@ -2,7 +2,7 @@
 //! `standby_endpoint: host:port` (the second public port its router forwards to the standby;
 //! required when the site has an endpoint).
 
-use std::net::{IpAddr, Ipv4Addr};
+use std::net::IpAddr;
 
 use ipnet::Ipv4Net;
 
@@ -79,15 +79,14 @@ pub(super) fn check(
         return None;
     }
     let sb_endpoint = standby_endpoint(d, sp, site, endpoint, wg)?;
-    if let (Some(r), Some(_)) = (router, &sb_endpoint)
-        && node.address.parse::<Ipv4Addr>().is_err()
-    {
+    if let (Some(r), Some(_)) = (router, &sb_endpoint) {
+        // the managed router's port-forward script carries one forward so far
         d.error(
             loc(sb),
             field,
             format!(
-                "the standby's address `{}` is not an IPv4 address: the managed router {} forwards the standby's port to it with a DNAT rule, which needs one",
-                node.address, r.name
+                "the managed router {} does not make a standby's port-forward yet: write the router's kind (router: opnsense | pfsense | openwrt | other) and create both rules from `wgprov plan` by hand, or leave the standby out",
+                r.name
             ),
         );
         return None;
@@ -182,6 +181,17 @@ mod tests {
             }
             other => panic!("{site}: {other:?}"),
         }
+    }
+
+    #[test]
+    fn a_managed_router_does_not_make_the_standbys_forward_yet() {
+        let site = "    standby: n2\n    standby_endpoint: 203.0.113.10:51821\n    router: { kind: linux, address: 192.168.0.1, wan_interface: eth0 }\n";
+        let (line, field, msg) = error(site);
+        assert_eq!((line, field.as_str()), (8, "sites.home.standby"));
+        assert!(
+            msg.contains("does not make a standby's port-forward yet"),
+            "{msg}"
+        );
     }
 
     #[test]
