@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::common::root;
+use super::common::{Inv, content, render, root};
 use super::systemd::{Lab, eventually, image};
 
 /// The hold time the test's roles use.
@@ -316,4 +316,60 @@ fn a_standby_takes_over_from_a_hub_that_stops_forwarding_in_three_ways_and_gives
 
     // 3. the machine powered off
     fail_and_measure(&lab, "powered off", "systemctl poweroff --no-block");
+}
+
+/// Offline: the watchdog lands on the nodes that route the site through its hub (the other
+/// sites' hubs, the site's member), as valid shell naming both hubs, the network it moves and
+/// what it pings through the hub; the hub and the standby get none, and forward.
+#[test]
+fn the_watchdog_lands_where_the_site_is_routed_through_its_hub() {
+    let yaml = std::fs::read_to_string(root().join("inventories/demo.yaml")).unwrap();
+    let inv = Inv::new(&with_standby(yaml));
+    let (files, _) = render(&inv.plan());
+    let script = "/usr/local/lib/wgprov/failover-wg0.sh";
+    let timer = "/etc/systemd/system/wgprov-failover-wg0.timer";
+    let of = |n: &str| &files.iter().find(|(x, _)| x == n).unwrap().1;
+    for (node, watch) in [
+        (
+            "office1",
+            "watch 'home' 'node1' 10.100.0.1 10.100.0.254 'node2' 10.100.0.2 10.100.0.253 10.100.0.0/24 10.100.0.3\n",
+        ),
+        (
+            "cabin1",
+            "watch 'home' 'node1' 10.100.0.1 10.100.0.254 'node2' 10.100.0.2 10.100.0.253 10.100.0.0/24 10.100.0.3\n",
+        ),
+        (
+            "node3",
+            "watch 'home' 'node1' 10.100.0.1 10.100.0.254 'node2' 10.100.0.2 10.100.0.253 10.100.0.0/16 10.100.1.1 10.100.2.1\n",
+        ),
+    ] {
+        let text = content(of(node), script).unwrap_or_else(|| panic!("{node}"));
+        assert!(text.contains(watch), "{node}:\n{text}");
+        let out = std::process::Command::new("sh")
+            .args(["-n", "-c", text])
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{node}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            content(of(node), timer)
+                .unwrap()
+                .contains("OnCalendar=*:*:0/5")
+        );
+    }
+    for node in ["node1", "node2", "office2"] {
+        assert_eq!(content(of(node), script), None, "{node}");
+    }
+    for node in ["node1", "node2"] {
+        let sysctl = content(of(node), "/etc/sysctl.d/99-wgprov.conf").unwrap_or_default();
+        assert!(
+            sysctl.contains("net.ipv4.ip_forward = 1"),
+            "{node}: {sysctl}"
+        );
+        let conf = content(of(node), "/etc/wireguard/wg0.conf").unwrap();
+        assert!(conf.contains("PostUp = iptables"), "{node}");
+    }
 }

@@ -108,3 +108,93 @@ pub(super) fn sites(
     }
     (out, problems, warnings)
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::facts::Facts;
+    use crate::status::observe::Observed;
+
+    const INV: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    next_hop: n1\n    standby: n2\n    standby_endpoint: 203.0.113.10:51821\n    nodes:\n      n1: { address: 192.168.0.10 }\n      n2: { address: 192.168.0.11 }\n      n3: { address: 192.168.0.12 }\n  office:\n    endpoint: 198.51.100.20:51820\n    next_hop: o1\n    nodes:\n      o1: { address: 192.168.10.5 }\n      o2: { address: 192.168.10.6 }\n";
+
+    fn topo() -> Topology {
+        let inv = crate::inventory::load_str(Path::new("inv.yaml"), INV)
+            .unwrap()
+            .inventory;
+        Topology::build(&inv, &Default::default()).unwrap().0
+    }
+
+    fn seen(systemd: bool, state: Option<&str>) -> Observed {
+        let mut facts = Facts {
+            systemd,
+            now: 1_000,
+            ..Default::default()
+        };
+        if let Some(s) = state {
+            facts.extra.insert("failover".into(), s.into());
+        }
+        Observed {
+            facts,
+            iface_up: true,
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn a_site_whose_watchdogs_moved_it_is_failed_over_and_names_its_active_hub() {
+        let t = topo();
+        let hub = "site=home\nrole=hub\nactive=n1\nsince=900\n";
+        let standby = "site=home\nrole=standby\nactive=n2\nsince=940\n";
+        let mut obs: Observations = Default::default();
+        obs.insert("o1".into(), Ok(seen(true, Some(hub))));
+        obs.insert("n3".into(), Ok(seen(true, Some(hub))));
+        let (sites, problems, warnings) = super::sites(&t, &obs);
+        assert_eq!(sites[0].active.as_deref(), Some("n1"));
+        assert!(problems.is_empty() && warnings.is_empty());
+        obs.insert("o1".into(), Ok(seen(true, Some(standby))));
+        let (sites, problems, _) = super::sites(&t, &obs);
+        assert_eq!(sites[0].active.as_deref(), Some("n2"));
+        assert_eq!(problems.len(), 1);
+        let p = &problems[0];
+        assert_eq!(
+            (p.kind, p.node.as_deref(), p.peer.as_deref()),
+            (Kind::FailedOver, Some("n1"), Some("n2"))
+        );
+        assert!(
+            p.why
+                .contains("o1 route the site through its standby n2 (for 60 s)"),
+            "{}",
+            p.why
+        );
+        assert!(p.why.contains("n3 still route through n1"), "{}", p.why);
+    }
+
+    #[test]
+    fn without_systemd_status_warns_that_nothing_fails_over() {
+        let t = topo();
+        let mut obs: Observations = Default::default();
+        obs.insert("o1".into(), Ok(seen(false, None)));
+        let (sites, problems, warnings) = super::sites(&t, &obs);
+        assert_eq!(sites[0].active, None);
+        assert!(problems.is_empty());
+        assert_eq!(warnings.len(), 1);
+        assert!(
+            warnings[0].contains("nothing fails over on o1"),
+            "{}",
+            warnings[0]
+        );
+    }
+
+    #[test]
+    fn the_guard_probes_the_standbys_links_like_any_other() {
+        let links = crate::apply::guard::planned_links(&topo());
+        for (a, b) in [("o1", "n2"), ("n3", "n2"), ("n1", "n2"), ("o1", "n1")] {
+            assert!(
+                links.contains(&crate::apply::guard::Link::new(a, b)),
+                "{a} -- {b}"
+            );
+        }
+    }
+}
