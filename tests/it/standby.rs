@@ -373,3 +373,148 @@ fn the_watchdog_lands_where_the_site_is_routed_through_its_hub() {
         assert!(conf.contains("PostUp = iptables"), "{node}");
     }
 }
+
+/// The watchdog's decisions, tick by tick, offline: its script rendered for office1 runs with
+/// stand-ins for `wg`, `ping` and `date` (what answers is a file the test writes), so every
+/// rule of the state machine is exercised without a network: judge only a hub seen forwarding,
+/// three misses to leave, never for an unfit standby, a full hold of fit checks to return (a
+/// single miss restarts it), the hold doubled when the hub fails again soon after.
+#[test]
+fn the_watchdog_leaves_after_three_misses_and_returns_after_an_unbroken_hold() {
+    use std::os::unix::fs::PermissionsExt;
+    let yaml = std::fs::read_to_string(root().join("inventories/demo.yaml")).unwrap();
+    let inv = Inv::new(&with_standby(yaml));
+    let (files, _) = render(&inv.plan());
+    let of = |n: &str| &files.iter().find(|(x, _)| x == n).unwrap().1;
+    let script = content(of("office1"), "/usr/local/lib/wgprov/failover-wg0.sh").unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let bin = d.join("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tool = |name: &str, body: &str| {
+        let p = bin.join(name);
+        std::fs::write(&p, format!("#!/bin/sh\nD={}\n{body}", d.display())).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    };
+    // the peers' AllowedIPs live in $D/wg; `wg set` replaces a peer's list and takes each of
+    // its networks from every other peer, as WireGuard does
+    tool(
+        "wg",
+        r#"case "$1" in
+  show) cat "$D/wg" ;;
+  set) k=$4; list=$(echo "$6" | tr ',' ' ')
+    awk -v k="$k" -v l="$list" 'BEGIN { n = split(l, a, " "); for (i = 1; i <= n; i++) m[a[i]] = 1 }
+      $1 == k { printf "%s\t%s\n", k, l; next }
+      { printf "%s\t", $1; s = ""; for (i = 2; i <= NF; i++) if (!($i in m)) { printf "%s%s", s, $i; s = " " } printf "\n" }' "$D/wg" > "$D/wg.new" && mv "$D/wg.new" "$D/wg" ;;
+esac
+"#,
+    );
+    // ping answers unless its address is listed in $D/down; a TTL-1 ping to a probe address
+    // says "exceeded" unless the probe is listed in $D/down
+    tool(
+        "ping",
+        r#"for a; do ip=$a; done
+ttl=; case " $* " in *" -t 1 "*) ttl=1 ;; esac
+grep -qx "$ip" "$D/down" 2>/dev/null && exit 1
+[ -n "$ttl" ] && echo "From x icmp_seq=1 Time to live exceeded" && exit 1
+exit 0
+"#,
+    );
+    tool("date", r#"cat "$D/now""#);
+    let text = script
+        .replace(
+            "PATH=/usr/local/sbin",
+            &format!("PATH={}:/usr/local/sbin", bin.display()),
+        )
+        .replace(
+            "/var/lib/wgprov/failover",
+            &d.join("state").display().to_string(),
+        );
+    std::fs::write(d.join("failover.sh"), text).unwrap();
+    let filed = "HUB\t10.100.0.0/24 10.100.0.1/32 10.100.0.254/32\nSB\t10.100.0.2/32 10.100.0.253/32\nCAB\t10.100.2.0/24\n";
+    std::fs::write(d.join("wg"), filed).unwrap();
+    let mut now = 1_000u64;
+    // one tick with `down` unreachable; the role after it and whom the block is on
+    let mut tick = |down: &[&str]| -> (String, String) {
+        now += 5;
+        std::fs::write(d.join("now"), now.to_string()).unwrap();
+        std::fs::write(d.join("down"), down.join("\n") + "\n").unwrap();
+        let out = std::process::Command::new("sh")
+            .arg(d.join("failover.sh"))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let st = std::fs::read_to_string(d.join("state/home.state")).unwrap();
+        let role = st
+            .lines()
+            .find_map(|l| l.strip_prefix("role="))
+            .unwrap()
+            .to_string();
+        let wg = std::fs::read_to_string(d.join("wg")).unwrap();
+        let holder = wg
+            .lines()
+            .find(|l| l.split_whitespace().any(|n| n == "10.100.0.0/24"))
+            .map(|l| l.split('\t').next().unwrap().to_string())
+            .unwrap_or_default();
+        (role, holder)
+    };
+    let hub = |r: (String, String)| r == ("hub".to_string(), "HUB".to_string());
+    let sb = |r: (String, String)| r == ("standby".to_string(), "SB".to_string());
+    // node3 behind the hub does not answer, but the hub was never seen forwarding: no verdict
+    for _ in 0..4 {
+        assert!(hub(tick(&["10.100.0.3"])));
+    }
+    assert!(hub(tick(&[])));
+    // misses with an unfit standby (it does not forward): stay
+    for _ in 0..4 {
+        assert!(hub(tick(&["10.100.0.3", "10.100.0.253"])));
+    }
+    // two misses, then an answer: the count starts again
+    assert!(hub(tick(&[])));
+    assert!(hub(tick(&["10.100.0.3"])));
+    assert!(hub(tick(&["10.100.0.3"])));
+    assert!(hub(tick(&[])));
+    // three misses: the block moves to the standby
+    assert!(hub(tick(&["10.100.0.3"])));
+    assert!(hub(tick(&["10.100.0.3"])));
+    let r = tick(&["10.100.0.3"]);
+    assert!(sb(r.clone()), "{r:?}");
+    // the hub answers at its address but does not forward: no return, however long
+    for _ in 0..20 {
+        assert!(sb(tick(&["10.100.0.254"])));
+    }
+    // fit for 55 s, one miss, fit again: the 60 s start over
+    for _ in 0..11 {
+        assert!(sb(tick(&[])));
+    }
+    assert!(sb(tick(&["10.100.0.1"])));
+    for _ in 0..12 {
+        assert!(sb(tick(&[])));
+    }
+    assert!(hub(tick(&[])), "back after 60 s of unbroken fit checks");
+    // failing again soon after: out after three misses, and now the hold is 120 s
+    for _ in 0..2 {
+        assert!(hub(tick(&["10.100.0.3"])));
+    }
+    assert!(sb(tick(&["10.100.0.3"])));
+    for _ in 0..24 {
+        assert!(sb(tick(&[])));
+    }
+    assert!(hub(tick(&[])), "back after 120 s");
+    // failed over once more, the interface is set from its file again (an apply's `wg
+    // syncconf`, a restart): the next tick puts the block back on the standby
+    for _ in 0..2 {
+        assert!(hub(tick(&["10.100.0.3"])));
+    }
+    assert!(sb(tick(&["10.100.0.3"])));
+    std::fs::write(d.join("wg"), filed).unwrap();
+    assert!(sb(tick(&["10.100.0.254"])));
+    // the standby stops forwarding while the hub is fit again: straight back, no hold
+    assert!(hub(tick(&["10.100.0.3"])));
+    let st = std::fs::read_to_string(d.join("state/home.state")).unwrap();
+    assert!(st.contains("hold=240"), "{st}");
+}
