@@ -382,6 +382,9 @@ fn site_text(topo: &Topology, s: &crate::topology::SitePlan) -> String {
     if let Some(r) = &s.managed_router {
         if let Some(f) = crate::hosts::forward(topo, s) {
             let _ = writeln!(o, "  router {:<9} port-forward {f}", r.name);
+            if let Some(f) = crate::hosts::standby_forward(topo, s) {
+                let _ = writeln!(o, "  router {:<9} port-forward {f}", r.name);
+            }
         } else if s.next_hop.as_deref() == Some(r.name.as_str()) {
             let _ = writeln!(
                 o,

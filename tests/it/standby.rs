@@ -518,3 +518,70 @@ exit 0
     let st = std::fs::read_to_string(d.join("state/home.state")).unwrap();
     assert!(st.contains("hold=240"), "{st}");
 }
+
+/// A managed Linux router makes the standby's port-forward too (namespace lab, no systemd):
+/// after one apply its chain holds both DNAT rules, and office1 — whose site has no endpoint,
+/// so it dials both of home's — pings node2 over the standby's own link, through the second
+/// forward. Without systemd no watchdog runs: `status` says nothing fails over.
+#[test]
+fn a_managed_linux_router_forwards_the_standbys_second_port() {
+    use super::apply::{Scenario, wg_ips};
+    if !super::common::lab_available() {
+        return;
+    }
+    const INV: &str = "network:
+  wireguard_cidr: 10.100.0.0/16
+  cluster_cidrs: [10.244.0.0/16, 10.96.0.0/16]
+sites:
+  home:
+    lan_cidrs: [192.168.0.0/24]
+    endpoint: 203.0.113.10:51820
+    next_hop: node1
+    standby: node2
+    standby_endpoint: 203.0.113.10:51822
+    router: { kind: linux, address: 192.168.0.254, wan_interface: wan0 }
+    nodes:
+      node1: { address: 192.168.0.10 }
+      node2: { address: 192.168.0.11 }
+      node3: { address: 192.168.0.12 }
+  office:
+    lan_cidrs: [192.168.10.0/24]
+    router: other
+    nodes:
+      office1: { address: 192.168.10.5 }
+";
+    let s = Scenario::new("sbrt", INV, INV, &[]);
+    let r = s.apply(&[]);
+    assert_eq!(r.code, 0, "{}{}", r.stdout, r.stderr);
+    let nat = s.lab.sh("home-router", "iptables -t nat -S WGPROV-PF");
+    for rule in [
+        "--dport 51820 -j DNAT --to-destination 192.168.0.10:51820",
+        "--dport 51822 -j DNAT --to-destination 192.168.0.11:51820",
+    ] {
+        assert!(nat.contains(rule), "{rule}\n{nat}");
+    }
+    let ips = wg_ips(&s);
+    for (a, sa, _) in &ips {
+        for (b, sb, ip) in &ips {
+            if sa != sb {
+                assert!(s.ping(a, ip), "{a} cannot ping {b} ({ip}) over wg0");
+            }
+        }
+    }
+    // node2's own link carried that ping: office1 has a handshake with it
+    let hs = s.lab.sh("office1", "wg show wg0 latest-handshakes");
+    let node2_key = s.lab.sh("node2", "wg show wg0 public-key");
+    let last = hs
+        .lines()
+        .find(|l| l.starts_with(node2_key.trim()))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|t| t.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(last > 0, "no handshake between office1 and node2:\n{hs}");
+    // a second apply changes nothing
+    let check = s.apply(&["--check", "--detailed-exitcode"]);
+    assert_eq!(check.code, 0, "{}{}", check.stdout, check.stderr);
+    let st = s.wgprov(&["status", "-i", s.inv.to_str().unwrap()]);
+    let all = format!("{}{}", st.stdout, st.stderr);
+    assert!(all.contains("nothing fails over on"), "{all}");
+}

@@ -80,16 +80,24 @@ pub(super) fn check(
     }
     let sb_endpoint = standby_endpoint(d, sp, site, endpoint, wg)?;
     if let (Some(r), Some(_)) = (router, &sb_endpoint) {
-        // the managed router's port-forward script carries one forward so far
-        d.error(
-            loc(sb),
-            field,
-            format!(
-                "the managed router {} does not make a standby's port-forward yet: write the router's kind (router: opnsense | pfsense | openwrt | other) and create both rules from `wgprov plan` by hand, or leave the standby out",
+        // an OpenWrt router's port-forward is one uci redirect so far
+        let why = if r.kind == ManagedKind::Openwrt {
+            Some(format!(
+                "the managed OpenWrt router {} does not make a standby's port-forward yet: write `router: openwrt` (not managed) and create both redirects from `wgprov plan` by hand, or leave the standby out",
                 r.name
-            ),
-        );
-        return None;
+            ))
+        } else if node.address.parse::<std::net::Ipv4Addr>().is_err() {
+            Some(format!(
+                "the standby's address `{}` is not an IPv4 address: the managed router {} forwards the standby's port to it with a DNAT rule, which needs one",
+                node.address, r.name
+            ))
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            d.error(loc(sb), field, why);
+            return None;
+        }
     }
     Some(Standby {
         node: node.name.clone(),
@@ -184,14 +192,16 @@ mod tests {
     }
 
     #[test]
-    fn a_managed_router_does_not_make_the_standbys_forward_yet() {
-        let site = "    standby: n2\n    standby_endpoint: 203.0.113.10:51821\n    router: { kind: linux, address: 192.168.0.1, wan_interface: eth0 }\n";
+    fn a_managed_openwrt_router_does_not_make_the_standbys_forward_yet() {
+        let site = "    standby: n2\n    standby_endpoint: 203.0.113.10:51821\n    router: { kind: openwrt, address: 192.168.0.1, wan_interface: wan }\n";
         let (line, field, msg) = error(site);
         assert_eq!((line, field.as_str()), (8, "sites.home.standby"));
         assert!(
             msg.contains("does not make a standby's port-forward yet"),
             "{msg}"
         );
+        let linux = "    standby: n2\n    standby_endpoint: 203.0.113.10:51821\n    router: { kind: linux, address: 192.168.0.1, wan_interface: eth0 }\n";
+        load_str(Path::new("inv.yaml"), &inv(linux)).unwrap();
     }
 
     #[test]
