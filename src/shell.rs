@@ -195,11 +195,14 @@ pub enum Handler {
     /// On an OpenWrt hub router: set its WireGuard interface, peers and firewall through uci
     /// and bring the interface up (or remove wgprov's sections when the script is gone).
     RouterHub,
+    /// The failover watchdog: enable its timer (or, its files gone, stop it and delete its
+    /// state).
+    Failover,
 }
 
 impl Handler {
     /// Every handler, by the name roles use in `notify`.
-    pub const ALL: [(&'static str, Handler); 8] = [
+    pub const ALL: [(&'static str, Handler); 9] = [
         ("wireguard", Handler::Wireguard),
         ("kubelet", Handler::Kubelet),
         ("sysctl", Handler::Sysctl),
@@ -208,6 +211,7 @@ impl Handler {
         ("metrics", Handler::Metrics),
         ("port_forward", Handler::PortForward),
         ("router_hub", Handler::RouterHub),
+        ("failover", Handler::Failover),
     ];
     /// The handler a role's `notify` names.
     pub fn parse(s: &str) -> Option<Handler> {

@@ -605,6 +605,7 @@ mod tests {
             metrics: true,
             port_forward: Some(vec![51820, 4500]),
             router_hub: true,
+            failover: true,
         };
         let f = Facts {
             systemd: true,

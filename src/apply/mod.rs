@@ -527,6 +527,7 @@ mod tests {
             address: "192.168.0.1".into(),
             wireguard_ip: "10.100.0.1".parse().unwrap(),
             is_next_hop: false,
+            is_standby: false,
             os_family: None,
             kubernetes: Default::default(),
             ssh: crate::inventory::SshSettings {

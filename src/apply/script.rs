@@ -65,6 +65,9 @@ pub(crate) fn handlers_script(
     if h.router_hub {
         s.push_str(&crate::hosts::openwrt_hub::handler(iface, f));
     }
+    if h.failover && facts.systemd {
+        s.push_str(&crate::hosts::failover::handler(f));
+    }
     s
 }
 

@@ -247,6 +247,7 @@ pub fn context(
             "address": node.address,
             "wireguard_ip": node.wireguard_ip.to_string(),
             "is_next_hop": node.is_next_hop,
+            "is_standby": node.is_standby,
             "is_router": node.is_router,
             "kubernetes": node.kubernetes.as_str(),
             "kubernetes_units": node.kubernetes.units(),
@@ -263,6 +264,9 @@ pub fn context(
             "router": site.router.as_str(),
             "router_managed": site.managed_router.is_some(),
             "next_hop": site.next_hop,
+            "standby": site.standby.as_ref().map(|s| &s.node),
+            "standby_endpoint": site.standby.as_ref().and_then(|s| s.endpoint.as_ref()).map(|e| e.to_string()),
+            "standby_port": site.standby.as_ref().and_then(|s| s.endpoint.as_ref()).map(|e| e.port),
         },
         "network": {
             "wireguard_cidr": net.wireguard_cidr.to_string(),
@@ -290,6 +294,7 @@ pub fn context(
         "forward_up": forward_rules(site, node, (net.listen_port, net.wireguard_cidr6.is_some()), true),
         "forward_down": forward_rules(site, node, (net.listen_port, net.wireguard_cidr6.is_some()), false),
         "peers": peers,
+        "failover": crate::topology::standby::watched(topo, node),
     });
     Ok((ctx, skipped))
 }

@@ -137,6 +137,8 @@ pub fn detect(conf: &str, facts: &Facts, iface: &InterfaceName) -> Vec<Drift> {
         });
         return out;
     };
+    // a site the failover watchdog moved to its standby is its state, not drift
+    let wg = &super::failover::as_filed(wg, &super::failover::states(facts));
     out.extend(
         running_vs_file(conf, wg, &short_key)
             .into_iter()

@@ -39,6 +39,8 @@ pub struct HandlerPlan {
     /// On an OpenWrt hub router: run its uci script (or remove wgprov's sections when the
     /// script is gone).
     pub router_hub: bool,
+    /// Enable the failover watchdog's timer (or, its files gone, stop it and delete its state).
+    pub failover: bool,
 }
 
 impl HandlerPlan {
@@ -100,6 +102,9 @@ impl HandlerPlan {
                 ports.join(", ")
             ));
         }
+        if self.failover && facts.systemd {
+            v.push(super::failover::HANDLER_TEXT.into());
+        }
         if self.router_hub {
             v.push(format!(
                 "router_hub: sh {} (uci commit, network and firewall reload, ifup {iface})",
@@ -148,6 +153,7 @@ impl HandlerPlan {
             metrics: true,
             port_forward: None,
             router_hub: false,
+            failover: true,
         }
     }
 
@@ -172,6 +178,7 @@ impl HandlerPlan {
             metrics: notified(Handler::Metrics),
             port_forward: self.port_forward.clone(),
             router_hub: self.router_hub,
+            failover: notified(Handler::Failover),
         }
     }
 }
@@ -205,6 +212,10 @@ pub fn plan_handlers(changes: &[Change], facts: &Facts, wg_path: &str) -> Handle
                     h.port_forward.get_or_insert_with(Vec::new);
                 }
                 Handler::RouterHub => h.router_hub = true,
+                Handler::Failover => {
+                    h.failover = true;
+                    h.daemon_reload = true;
+                }
             }
         }
     }

@@ -101,7 +101,10 @@ impl<'a> HostKind<'a> {
     /// Its facts script: the files at `paths`, and the sections its kind adds.
     pub fn facts_script(&self, iface: &InterfaceName, paths: &[RemotePath]) -> String {
         match self {
-            HostKind::Node(_) | HostKind::Removed(_) => gather::script(iface, paths),
+            HostKind::Node(_) => {
+                gather::script_with(iface, paths, &super::failover::facts_section())
+            }
+            HostKind::Removed(_) => gather::script(iface, paths),
             HostKind::OpenwrtHub(..) => {
                 gather::script_with(iface, paths, &openwrt_hub::facts_section(iface))
             }
@@ -115,6 +118,7 @@ impl<'a> HostKind<'a> {
     pub fn status_section(&self) -> String {
         match self {
             HostKind::OpenwrtHub(..) => openwrt_hub::check_section(),
+            HostKind::Node(_) => super::failover::facts_section(),
             _ => String::new(),
         }
     }

@@ -38,29 +38,32 @@ impl Backend {
 /// entries the next change must flush.
 pub(crate) const HEADER: &str = "# wgprov-forward:";
 
-/// The public port recorded in a script wgprov wrote.
+/// The public port recorded in a script wgprov wrote (the first, for the next-hop).
 pub fn public_port_of(script: &str) -> Option<u16> {
-    script
-        .lines()
-        .find_map(|l| l.strip_prefix(HEADER))
-        .and_then(|rest| rest.split_whitespace().nth(1))
-        .and_then(|p| p.parse().ok())
+    public_ports_of(script).into_iter().next()
 }
 
-/// The port-forward script.
-pub fn pf_script(
-    site: &str,
-    wan: &str,
-    f: Option<(&Forward, Ipv4Addr)>,
-    backend: Backend,
-) -> String {
+/// Every public port recorded in a script wgprov wrote (the next-hop's, then a standby's).
+pub fn public_ports_of(script: &str) -> Vec<u16> {
+    script
+        .lines()
+        .filter_map(|l| l.strip_prefix(HEADER))
+        .filter_map(|rest| rest.split_whitespace().nth(1))
+        .filter_map(|p| p.parse().ok())
+        .collect()
+}
+
+/// The port-forward script: the next-hop's forward, and a standby's second one.
+pub fn pf_script(site: &str, wan: &str, fs: &[(Forward, Ipv4Addr)], backend: Backend) -> String {
     let mut s = String::from("#!/bin/sh\n");
-    match f {
-        Some((f, ip)) => s.push_str(&format!(
+    for (f, ip) in fs {
+        s.push_str(&format!(
             "{HEADER} udp {} -> {ip}:{}\n",
             f.public_port, f.port
-        )),
-        None => s.push_str(&format!("{HEADER} none\n")),
+        ));
+    }
+    if fs.is_empty() {
+        s.push_str(&format!("{HEADER} none\n"));
     }
     s.push_str(&format!(
         "# The WireGuard port-forward of site {site}, written by wgprov: do not edit, apply rewrites it.\n\
@@ -69,34 +72,36 @@ pub fn pf_script(
          export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin\nset -u\n"
     ));
     match backend {
-        Backend::Iptables => s.push_str(&iptables_rules(wan, f)),
-        Backend::Nftables => s.push_str(&nft_rules(wan, f)),
+        Backend::Iptables => s.push_str(&iptables_rules(wan, fs)),
+        Backend::Nftables => s.push_str(&nft_rules(wan, fs)),
     }
     s
 }
 
 /// The script's body with iptables: `check`, then wgprov's chains replaced whole (one
 /// `iptables-restore --noflush` per table) and jumped to from PREROUTING and FORWARD.
-fn iptables_rules(wan: &str, f: Option<(&Forward, Ipv4Addr)>) -> String {
+fn iptables_rules(wan: &str, fs: &[(Forward, Ipv4Addr)]) -> String {
     let mut s = String::new();
-    let (dnat, accept) = match f {
-        Some((f, ip)) => (
-            format!(
-                "-i {wan} -p udp --dport {} -j DNAT --to-destination {ip}:{}",
-                f.public_port, f.port
-            ),
-            format!("-i {wan} -p udp -d {ip} --dport {} -j ACCEPT", f.port),
-        ),
-        None => (String::new(), String::new()),
-    };
-    let n = usize::from(f.is_some());
+    let (dnats, accepts): (Vec<String>, Vec<String>) = fs
+        .iter()
+        .map(|(f, ip)| {
+            (
+                format!(
+                    "-i {wan} -p udp --dport {} -j DNAT --to-destination {ip}:{}",
+                    f.public_port, f.port
+                ),
+                format!("-i {wan} -p udp -d {ip} --dport {} -j ACCEPT", f.port),
+            )
+        })
+        .unzip();
+    let n = fs.len();
     s.push_str(&format!(
         "rules() {{ iptables -w \"$@\" -S {CHAIN} 2>/dev/null | grep -c '^-A'; }}\n\
          check() {{\n  iptables -w -t nat -C PREROUTING -j {CHAIN} 2>/dev/null &&\n  \
          iptables -w -C FORWARD -j {CHAIN} 2>/dev/null &&\n  \
          [ \"$(rules -t nat)\" = {n} ] && [ \"$(rules)\" = {n} ]"
     ));
-    if f.is_some() {
+    for (dnat, accept) in dnats.iter().zip(&accepts) {
         s.push_str(&format!(
             " &&\n  iptables -w -t nat -C {CHAIN} {dnat} 2>/dev/null &&\n  iptables -w -C {CHAIN} {accept} 2>/dev/null"
         ));
@@ -106,11 +111,11 @@ fn iptables_rules(wan: &str, f: Option<(&Forward, Ipv4Addr)>) -> String {
     s.push_str(&format!(
         "iptables-restore -w --noflush <<'@@WGPROV-RULES@@' || exit 1\n*nat\n:{CHAIN} - [0:0]\n"
     ));
-    if f.is_some() {
+    for dnat in &dnats {
         s.push_str(&format!("-A {CHAIN} {dnat}\n"));
     }
     s.push_str(&format!("COMMIT\n*filter\n:{CHAIN} - [0:0]\n"));
-    if f.is_some() {
+    for accept in &accepts {
         s.push_str(&format!("-A {CHAIN} {accept}\n"));
     }
     s.push_str("COMMIT\n@@WGPROV-RULES@@\n");
@@ -124,37 +129,51 @@ fn iptables_rules(wan: &str, f: Option<(&Forward, Ipv4Addr)>) -> String {
 
 /// The script's body with nftables: `check`, then the table `ip wgprov` replaced whole by one
 /// `nft -f`.
-fn nft_rules(wan: &str, f: Option<(&Forward, Ipv4Addr)>) -> String {
+fn nft_rules(wan: &str, fs: &[(Forward, Ipv4Addr)]) -> String {
     let mut s = String::new();
-    let (dnat, accept) = match f {
-        Some((f, ip)) => (
-            format!(
-                "iifname \"{wan}\" udp dport {} dnat to {ip}:{}",
-                f.public_port, f.port
-            ),
-            format!(
-                "iifname \"{wan}\" ip daddr {ip} udp dport {} accept",
-                f.port
-            ),
-        ),
-        None => (String::new(), String::new()),
+    let (dnats, accepts): (Vec<String>, Vec<String>) = fs
+        .iter()
+        .map(|(f, ip)| {
+            (
+                format!(
+                    "iifname \"{wan}\" udp dport {} dnat to {ip}:{}",
+                    f.public_port, f.port
+                ),
+                format!(
+                    "iifname \"{wan}\" ip daddr {ip} udp dport {} accept",
+                    f.port
+                ),
+            )
+        })
+        .unzip();
+    let grep = |v: &[String], empty: &str| -> String {
+        let wants: Vec<String> = if v.is_empty() {
+            vec![empty.to_string()]
+        } else {
+            v.to_vec()
+        };
+        wants
+            .iter()
+            .map(|w| format!("printf '%s\\n' \"$t\" | grep -qF {}", sh_quote(w)))
+            .collect::<Vec<_>>()
+            .join(" && ")
     };
     s.push_str(&format!(
         "check() {{\n  t=$(nft list table ip wgprov 2>/dev/null) || return 1\n  \
-         printf '%s\\n' \"$t\" | grep -qF {d} && printf '%s\\n' \"$t\" | grep -qF {a}\n}}\n\
+         {d} && {a}\n}}\n\
          if [ \"${{1:-}}\" = check ]; then check; exit; fi\n\
          nft -f - <<'@@WGPROV-RULES@@' || exit 1\ntable ip wgprov\ndelete table ip wgprov\n\
          table ip wgprov {{\n  chain prerouting {{\n    type nat hook prerouting priority dstnat; policy accept;\n",
-        d = sh_quote(if dnat.is_empty() { "prerouting" } else { &dnat }),
-        a = sh_quote(if accept.is_empty() { "forward" } else { &accept }),
+        d = grep(&dnats, "prerouting"),
+        a = grep(&accepts, "forward"),
     ));
-    if !dnat.is_empty() {
+    for dnat in &dnats {
         s.push_str(&format!("    {dnat}\n"));
     }
     s.push_str(
         "  }\n  chain forward {\n    type filter hook forward priority filter; policy accept;\n",
     );
-    if !accept.is_empty() {
+    for accept in &accepts {
         s.push_str(&format!("    {accept}\n"));
     }
     s.push_str("  }\n}\n@@WGPROV-RULES@@\ncheck || { echo 'the port-forward rules are not in place after installing them' >&2; exit 1; }\n");
@@ -177,7 +196,7 @@ pub fn pf_unit(site: &str) -> String {
 pub fn desired(
     site: &str,
     router: &ManagedRouter,
-    f: Option<&(Forward, Ipv4Addr)>,
+    fs: &[(Forward, Ipv4Addr)],
     backend: Backend,
     systemd: bool,
 ) -> Vec<DesiredFile> {
@@ -186,12 +205,7 @@ pub fn desired(
         role: "router_port_forward".into(),
         path: path(PF_SCRIPT),
         state: FileState::Present {
-            content: pf_script(
-                site,
-                &router.wan_interface,
-                f.map(|(f, ip)| (f, *ip)),
-                backend,
-            ),
+            content: pf_script(site, &router.wan_interface, fs, backend),
             mode: 0o755,
         },
         notify: vec![Handler::PortForward],
@@ -324,7 +338,7 @@ mod tests {
     #[test]
     fn the_iptables_rules_are_exactly_the_dnat_and_the_forward_accept_in_wgprovs_chains() {
         let (f, ip) = fwd();
-        let s = pf_script("home", "eth0", Some((&f, ip)), Backend::Iptables);
+        let s = pf_script("home", "eth0", &[(f.clone(), ip)], Backend::Iptables);
         assert!(s.starts_with("#!/bin/sh\n# wgprov-forward: udp 51820 -> 192.168.0.10:51821\n"));
         assert!(s.contains(
             "*nat\n:WGPROV-PF - [0:0]\n-A WGPROV-PF -i eth0 -p udp --dport 51820 -j DNAT --to-destination 192.168.0.10:51821\nCOMMIT\n"
@@ -344,7 +358,7 @@ mod tests {
         assert_eq!(public_port_of(&s), Some(51820));
         sh_n(&s);
         // a site without an endpoint: empty chains, still owned
-        let none = pf_script("home", "eth0", None, Backend::Iptables);
+        let none = pf_script("home", "eth0", &[], Backend::Iptables);
         assert!(!none.contains("DNAT") && none.contains(":WGPROV-PF - [0:0]"));
         assert_eq!(public_port_of(&none), None);
         sh_n(&none);
@@ -359,7 +373,7 @@ mod tests {
         };
         assert_eq!(Backend::of(&facts), Backend::Nftables);
         assert_eq!(Backend::of(&Facts::default()), Backend::Iptables);
-        let s = pf_script("home", "eth0", Some((&f, ip)), Backend::Nftables);
+        let s = pf_script("home", "eth0", &[(f.clone(), ip)], Backend::Nftables);
         assert!(s.contains("table ip wgprov\ndelete table ip wgprov\ntable ip wgprov {\n"));
         assert!(s.contains("    iifname \"eth0\" udp dport 51820 dnat to 192.168.0.10:51821\n"));
         assert!(s.contains("    iifname \"eth0\" ip daddr 192.168.0.10 udp dport 51821 accept\n"));
@@ -398,7 +412,13 @@ mod tests {
             },
         };
         let f = fwd();
-        let with = desired("home", &r, Some(&f), Backend::Iptables, true);
+        let with = desired(
+            "home",
+            &r,
+            std::slice::from_ref(&f),
+            Backend::Iptables,
+            true,
+        );
         assert_eq!(with.len(), 2);
         assert_eq!(with[1].path.to_string(), PF_UNIT);
         assert!(
@@ -409,7 +429,14 @@ mod tests {
                 .contains("ExecStart=/bin/sh /etc/wgprov/router-pf.sh")
         );
         assert_eq!(
-            desired("home", &r, Some(&f), Backend::Iptables, false).len(),
+            desired(
+                "home",
+                &r,
+                std::slice::from_ref(&f),
+                Backend::Iptables,
+                false
+            )
+            .len(),
             1
         );
     }

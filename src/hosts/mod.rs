@@ -10,6 +10,7 @@
 //! ([`openwrt_hub`]). Everything here is pure: the scripts are text, tested without a router.
 
 pub mod drift;
+pub mod failover;
 pub mod handlers;
 pub mod kind;
 pub use crate::desired::hub_sheet as hub;
@@ -116,13 +117,35 @@ pub fn forward(topo: &Topology, site: &SitePlan) -> Option<Forward> {
     })
 }
 
-/// The rules still to be created by hand, one line per site whose router wgprov does not
-/// manage: printed by `plan` and at the end of every `apply`.
+/// The second port-forward of a site with a standby: its `standby_endpoint`'s port to the
+/// standby's LAN address and WireGuard port.
+pub fn standby_forward(topo: &Topology, site: &SitePlan) -> Option<Forward> {
+    let first = forward(topo, site)?;
+    let sb = site.standby.as_ref()?;
+    let ep = sb.endpoint.as_ref()?;
+    let node = topo.node(&sb.node)?;
+    Some(Forward {
+        site: site.name.clone(),
+        public_port: ep.port,
+        next_hop: node.name.clone(),
+        to: node.address.clone(),
+        port: first.port,
+    })
+}
+
+/// The rules still to be created by hand, one line per forward of a site whose router wgprov
+/// does not manage (two for a site with a standby): printed by `plan` and at the end of every
+/// `apply`.
 pub fn manual_rules(topo: &Topology) -> Vec<String> {
     topo.sites
         .iter()
         .filter(|s| s.managed_router.is_none())
-        .filter_map(|s| forward(topo, s).map(|f| (s, f)))
+        .flat_map(|s| {
+            [forward(topo, s), standby_forward(topo, s)]
+                .into_iter()
+                .flatten()
+                .map(move |f| (s, f))
+        })
         .map(|(s, f)| {
             let rule = match s.endpoint.as_ref().and_then(|e| e.ip()) {
                 // no NAT66: the endpoint is the next-hop's own address, the router only lets
@@ -228,7 +251,10 @@ pub fn desired(
     router: &ManagedRouter,
     facts: &Facts,
 ) -> Result<Vec<DesiredFile>, HostError> {
-    let f = forward(topo, site)
+    // the next-hop's forward, then a standby's second one
+    let fs = [forward(topo, site), standby_forward(topo, site)]
+        .into_iter()
+        .flatten()
         .map(|f| {
             f.to.parse::<Ipv4Addr>()
                 .map(|ip| (f.clone(), ip))
@@ -237,12 +263,13 @@ pub fn desired(
                     address: f.to.clone(),
                 })
         })
-        .transpose()?;
+        .collect::<Result<Vec<_>, _>>()?;
+    let f = fs.first();
     match router.kind {
         ManagedKind::Linux => Ok(linux::desired(
             &site.name,
             router,
-            f.as_ref(),
+            &fs,
             linux::Backend::of(facts),
             facts.systemd,
         )),
@@ -302,7 +329,7 @@ pub fn flush_ports(old_script: Option<&str>, new_script: Option<&str>) -> Vec<u1
     let mut v: Vec<u16> = [old_script, new_script]
         .into_iter()
         .flatten()
-        .filter_map(linux::public_port_of)
+        .flat_map(linux::public_ports_of)
         .collect();
     v.sort_unstable();
     v.dedup();
@@ -349,6 +376,32 @@ mod tests {
         // a managed router does its own: nothing left to do by hand
         let t = topo("{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }");
         assert!(manual_rules(&t).is_empty());
+    }
+
+    #[test]
+    fn a_managed_linux_router_forwards_the_standbys_port_too() {
+        let text = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: 203.0.113.10:4500\n    router: { kind: linux, address: 192.168.0.1, wan_interface: eth0 }\n    next_hop: n1\n    standby: n2\n    standby_endpoint: 203.0.113.10:4501\n    nodes:\n      n1: { address: 192.168.0.10 }\n      n2: { address: 192.168.0.11 }\n";
+        let inv = crate::inventory::load_str(Path::new("inv.yaml"), text)
+            .unwrap()
+            .inventory;
+        let t = Topology::build(&inv, &Default::default()).unwrap().0;
+        let (s, r) = t.routers().next().unwrap();
+        let script = desired(&t, s, r, &Facts::default()).unwrap()[0]
+            .state
+            .content()
+            .unwrap()
+            .to_string();
+        for rule in [
+            "-A WGPROV-PF -i eth0 -p udp --dport 4500 -j DNAT --to-destination 192.168.0.10:51820",
+            "-A WGPROV-PF -i eth0 -p udp --dport 4501 -j DNAT --to-destination 192.168.0.11:51820",
+            "-A WGPROV-PF -i eth0 -p udp -d 192.168.0.11 --dport 51820 -j ACCEPT",
+        ] {
+            assert!(script.contains(rule), "{rule}\n{script}");
+        }
+        assert!(script.contains("[ \"$(rules -t nat)\" = 2 ]"), "{script}");
+        assert_eq!(flush_ports(None, Some(&script)), vec![4500, 4501]);
+        assert!(manual_rules(&t).is_empty(), "the router makes both");
+        crate::shell::sh_syntax(&script).unwrap();
     }
 
     #[test]

@@ -462,6 +462,8 @@ pub struct Site {
     pub endpoint: Option<Endpoint>,
     /// Next-hop node (resolved: a one-node site's only node).
     pub next_hop: Option<String>,
+    /// The standby next-hop, with its own public endpoint when the site has one.
+    pub standby: Option<Standby>,
     /// Router kind (for a managed router: `openwrt`, or `other` for linux).
     pub router: RouterKind,
     /// The router, when wgprov manages it.
@@ -485,6 +487,17 @@ pub struct Site {
     pub relay: Option<String>,
     /// Marked `state: absent`: the whole site is taken out.
     pub absent: bool,
+}
+
+/// A site's standby next-hop: a node of the site that takes the site's routes over when the
+/// next-hop stops forwarding.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Standby {
+    /// The node.
+    pub node: String,
+    /// Its public `host:port` (the router forwards it to the standby), when the site has an
+    /// endpoint.
+    pub endpoint: Option<Endpoint>,
 }
 
 /// One node.

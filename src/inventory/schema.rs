@@ -165,6 +165,16 @@ pub struct RawSite {
     #[serde(default)]
     #[schemars(schema_with = "opt_name")]
     pub next_hop: Option<S<String>>,
+    /// A second node of the site that takes over from the next-hop when it stops forwarding
+    /// (a failover watchdog on its peers moves the site's routes to it).
+    #[serde(default)]
+    #[schemars(schema_with = "opt_name")]
+    pub standby: Option<S<String>>,
+    /// The standby's own public `host:port`: the router forwards this second UDP port to the
+    /// standby. Required with `standby` when the site has an endpoint.
+    #[serde(default)]
+    #[schemars(schema_with = "opt_endpoint")]
+    pub standby_endpoint: Option<S<String>>,
     /// The site's router: a kind wgprov does not touch (`opnsense`, `pfsense`, `openwrt`,
     /// `other`: it prints the rules to create by hand), or a router it manages over SSH
     /// (`{ kind: linux | openwrt, address, ssh, wan_interface }`).

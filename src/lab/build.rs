@@ -342,7 +342,7 @@ fn build_routers(p: &LabPlan, inet_net: ipnet::Ipv4Net) -> Result<()> {
                 "MASQUERADE",
             ],
         )?;
-        if let Some((public, nh, port)) = r.forward {
+        for (public, nh, port) in r.forward.into_iter().chain(r.standby_forward) {
             in_ns(
                 ns,
                 &[

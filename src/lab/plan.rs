@@ -49,6 +49,8 @@ pub struct RouterPlan {
     pub lan_ip: Ipv4Addr,
     /// UDP port-forward: public port to next-hop address and listen port.
     pub forward: Option<(u16, Ipv4Addr, u16)>,
+    /// The second port-forward of a site with a standby: its public port to the standby.
+    pub standby_forward: Option<(u16, Ipv4Addr, u16)>,
     /// MTU of its WAN link (the site's `wan_mtu`: 1492 makes a PPPoE-like uplink).
     pub wan_mtu: u16,
     /// When the inventory manages this router: the sshd wgprov reaches it through (over the
@@ -225,6 +227,10 @@ pub fn plan(
         } else {
             Some(port_forward(inv, topo, s))
         };
+        let standby_forward = match forward {
+            Some(_) => standby_forward(topo, s)?,
+            None => None,
+        };
         routers.push(RouterPlan {
             site: s.name.clone(),
             ns: format!("{prefix}-r-{}", s.name),
@@ -232,6 +238,7 @@ pub fn plan(
             lan,
             lan_ip,
             forward,
+            standby_forward,
             wan_mtu: s.wan_mtu,
             sshd,
         });
@@ -464,6 +471,35 @@ fn port_forward(inv: &Inventory, topo: &Topology, s: &Site) -> (u16, Ipv4Addr, u
         nh.address.parse().expect("checked above"),
         inv.network.listen_port,
     )
+}
+
+/// The second port-forward of a site with a standby (same router, so the same WAN host).
+fn standby_forward(topo: &Topology, s: &Site) -> Result<Option<(u16, Ipv4Addr, u16)>> {
+    let Some(site) = topo.site(&s.name) else {
+        return Ok(None);
+    };
+    let Some(f) = crate::hosts::standby_forward(topo, site) else {
+        return Ok(None);
+    };
+    let same_host = site
+        .standby
+        .as_ref()
+        .and_then(|b| b.endpoint.as_ref())
+        .zip(site.endpoint.as_ref())
+        .is_some_and(|(b, e)| b.host == e.host);
+    if !same_host {
+        return Err(lab_err(format!(
+            "site {}: the lab gives a site one WAN address: write standby_endpoint with the endpoint's host",
+            s.name
+        )));
+    }
+    let to = f.to.parse().map_err(|_| {
+        lab_err(format!(
+            "site {}: the standby's address is not IPv4",
+            s.name
+        ))
+    })?;
+    Ok(Some((f.public_port, to, f.port)))
 }
 
 /// The controller's leg on `site`'s LAN: the last free address, the router as default route,

@@ -425,7 +425,7 @@ fn site_text(topo: &Topology, s: &crate::topology::SitePlan) -> String {
     }
     let _ = writeln!(
         o,
-        "\nsite {}  {}  {}  next-hop {}  router {}{}",
+        "\nsite {}  {}  {}  next-hop {}{}  router {}{}",
         s.name,
         s.wireguard_cidr,
         ep,
@@ -434,6 +434,12 @@ fn site_text(topo: &Topology, s: &crate::topology::SitePlan) -> String {
             (None, Some(_)) => "the router (set up by hand)",
             (None, None) => "-",
         },
+        s.standby
+            .as_ref()
+            .map_or(String::new(), |b| match &b.endpoint {
+                Some(e) => format!("  standby {} (endpoint {e})", b.node),
+                None => format!("  standby {}", b.node),
+            }),
         match &s.managed_router {
             Some(r) => format!(
                 "{} (managed: {} at {}, WAN {})",
@@ -456,6 +462,9 @@ fn site_text(topo: &Topology, s: &crate::topology::SitePlan) -> String {
     if let Some(r) = &s.managed_router {
         if let Some(f) = crate::hosts::forward(topo, s) {
             let _ = writeln!(o, "  router {:<9} port-forward {f}", r.name);
+            if let Some(f) = crate::hosts::standby_forward(topo, s) {
+                let _ = writeln!(o, "  router {:<9} port-forward {f}", r.name);
+            }
         } else if s.next_hop.as_deref() == Some(r.name.as_str()) {
             let _ = writeln!(
                 o,
@@ -498,7 +507,11 @@ fn node_text(topo: &Topology, n: &crate::topology::NodePlan) -> String {
             .map(|a| format!(" {a:<15}"))
             .unwrap_or_default(),
         n.address,
-        if n.is_next_hop { "  next-hop" } else { "" },
+        match (n.is_next_hop, n.is_standby) {
+            (true, _) => "  next-hop",
+            (_, true) => "  standby next-hop",
+            _ => "",
+        },
         if n.kubernetes == topo.network.kubernetes {
             String::new()
         } else {

@@ -318,6 +318,7 @@ pub(crate) mod tests {
             via: None,
         };
         StatusReport {
+            failover: vec![],
             nodes: vec![
                 node(
                     "a",
@@ -390,6 +391,7 @@ pub(crate) mod tests {
                 r#"wgprov_problems{kind="no_handshake"} 0"#,
                 r#"wgprov_problems{kind="drift"} 1"#,
                 r#"wgprov_problems{kind="kubelet_node_ip"} 0"#,
+                r#"wgprov_problems{kind="failed_over"} 0"#,
                 r#"wgprov_node_reachable{node="a",site="home"} 1"#,
                 r#"wgprov_node_reachable{node="b",site="home"} 1"#,
                 r#"wgprov_node_reachable{node="c",site="home"} 0"#,

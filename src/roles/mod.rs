@@ -136,6 +136,26 @@ pub const EMBEDDED: &[(&str, &str)] = &[
         "roles/metrics/templates/metrics.timer.j2",
         include_str!("../../roles/metrics/templates/metrics.timer.j2"),
     ),
+    (
+        "roles/failover/role.yaml",
+        include_str!("../../roles/failover/role.yaml"),
+    ),
+    (
+        "roles/failover/defaults.yaml",
+        include_str!("../../roles/failover/defaults.yaml"),
+    ),
+    (
+        "roles/failover/templates/failover.sh.j2",
+        include_str!("../../roles/failover/templates/failover.sh.j2"),
+    ),
+    (
+        "roles/failover/templates/failover.service.j2",
+        include_str!("../../roles/failover/templates/failover.service.j2"),
+    ),
+    (
+        "roles/failover/templates/failover.timer.j2",
+        include_str!("../../roles/failover/templates/failover.timer.j2"),
+    ),
 ];
 
 /// Handlers a role may notify; what each does is defined by `apply`.
@@ -146,6 +166,7 @@ pub const HANDLERS: &[&str] = &[
     "daemon_reload",
     "reresolve",
     "metrics",
+    "failover",
 ];
 
 /// Where roles and the playbook come from.
@@ -503,7 +524,8 @@ mod tests {
                 "port_forward",
                 "router_hub",
                 "reresolve",
-                "metrics"
+                "metrics",
+                "failover"
             ]
         );
     }

@@ -166,11 +166,13 @@ pub enum Kind {
     Drift,
     /// The kubelet's node IP is not the WireGuard address.
     KubeletNodeIp,
+    /// A site's routes run through its standby: its next-hop stopped forwarding.
+    FailedOver,
 }
 
 impl Kind {
     /// Every kind.
-    pub const ALL: [Kind; 7] = [
+    pub const ALL: [Kind; 8] = [
         Kind::Unreachable,
         Kind::InterfaceDown,
         Kind::ForwardingOff,
@@ -178,6 +180,7 @@ impl Kind {
         Kind::NoHandshake,
         Kind::Drift,
         Kind::KubeletNodeIp,
+        Kind::FailedOver,
     ];
 
     /// The JSON spelling.
@@ -190,6 +193,7 @@ impl Kind {
             Kind::NoHandshake => "no_handshake",
             Kind::Drift => "drift",
             Kind::KubeletNodeIp => "kubelet_node_ip",
+            Kind::FailedOver => "failed_over",
         }
     }
 }
@@ -221,6 +225,25 @@ pub struct StatusReport {
     /// What works now but will not survive a likely event (no effect on the exit code).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub warnings: Vec<String>,
+    /// Each site with a standby: which of its two hubs carries its routes.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub failover: Vec<SiteFailover>,
+}
+
+/// A site with a standby next-hop, as the failover watchdogs of its peers report it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct SiteFailover {
+    /// The site.
+    pub site: String,
+    /// Its next-hop.
+    pub hub: String,
+    /// Its standby.
+    pub standby: String,
+    /// The node carrying the site's routes: the standby when any watchdog moved them to it;
+    /// `None` when no watchdog could be read.
+    pub active: Option<String>,
+    /// Each watching node (reached) and the node it routes the site through.
+    pub seen_by: BTreeMap<String, String>,
 }
 
 impl StatusReport {
@@ -305,6 +328,14 @@ pub fn text(r: &StatusReport) -> String {
             l.to,
             detail.join("; ")
         );
+    }
+    for s in &r.failover {
+        let active = match &s.active {
+            Some(a) if *a == s.standby => format!("FAILED OVER to its standby {a}"),
+            Some(a) => format!("active hub {a} (standby {})", s.standby),
+            None => format!("no watchdog read (hub {}, standby {})", s.hub, s.standby),
+        };
+        let _ = writeln!(o, "site {}: {active}", s.site);
     }
     for w in &r.warnings {
         let _ = writeln!(o, "warning: {w}");

@@ -323,8 +323,11 @@ fn allocate_site(
     out: &mut IndexMap<String, Ipv4Addr>,
 ) {
     let lock = site.lock;
-    let usable =
-        |a: &Ipv4Addr| block.contains(a) && *a != block.network() && *a != block.broadcast();
+    // a site with a standby keeps the last two host addresses for its failover probes
+    let probes = super::standby::reserved(s, block);
+    let usable = |a: &Ipv4Addr| {
+        block.contains(a) && *a != block.network() && *a != block.broadcast() && !probes.contains(a)
+    };
     // removed nodes' addresses are never handed out again
     let mut used: HashSet<Ipv4Addr> = site
         .retired

@@ -5,6 +5,7 @@ pub mod alloc;
 pub use crate::keys;
 pub mod reach;
 pub mod relay;
+pub mod standby;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;
@@ -52,6 +53,8 @@ pub struct SitePlan {
     pub endpoint: Option<Endpoint>,
     /// The next-hop node (managed sites).
     pub next_hop: Option<String>,
+    /// The standby next-hop, with its own public endpoint.
+    pub standby: Option<crate::inventory::Standby>,
     /// Router kind.
     pub router: RouterKind,
     /// The router, when wgprov manages it (it owns the port-forward).
@@ -89,6 +92,9 @@ pub struct NodePlan {
     pub wireguard_ip: Ipv4Addr,
     /// True for its site's next-hop.
     pub is_next_hop: bool,
+    /// True for its site's standby next-hop (peered like a hub, forwarding, carrying only its
+    /// own address until a failover watchdog moves the site's routes to it).
+    pub is_standby: bool,
     /// OS family from the inventory, if written.
     pub os_family: Option<OsFamily>,
     /// Its Kubernetes flavor (the node's, else the network's).
@@ -155,6 +161,7 @@ impl Topology {
                 managed: s.managed,
                 endpoint: s.endpoint.clone(),
                 next_hop: s.next_hop.clone(),
+                standby: s.standby.clone(),
                 router: s.router,
                 managed_router: s.managed_router.clone(),
                 lan_cidrs: s.lan_cidrs.clone(),
@@ -167,12 +174,14 @@ impl Topology {
                 relay: s.relay.clone(),
             });
             for n in &s.nodes {
-                nodes.push(node_plan(
+                let mut plan = node_plan(
                     n,
                     &allocation,
                     s.next_hop.as_deref(),
                     inv.network.kubernetes,
-                ));
+                );
+                plan.is_standby = s.standby.as_ref().is_some_and(|b| b.node == n.name);
+                nodes.push(plan);
             }
         }
         let index = nodes
@@ -297,7 +306,9 @@ impl Topology {
     /// The peers of `node`: a member has its next-hop; a next-hop has its members and every other
     /// site's next-hop.
     pub fn peers(&self, node: &NodePlan) -> Vec<Peer> {
-        self.peers_at(&node.site, &node.name, node.is_next_hop)
+        let mut peers = self.peers_at(&node.site, &node.name, node.is_next_hop || node.is_standby);
+        standby::amend(self, node, &mut peers);
+        peers
     }
 
     /// The peers a hub router wgprov does not manage must have: those of a next-hop of `site`.
@@ -388,6 +399,7 @@ fn node_plan(n: &Node, a: &alloc::Allocation, next_hop: Option<&str>, flavor: Fl
         address: n.address.clone(),
         wireguard_ip: a.node_ips[&n.name],
         is_next_hop: next_hop == Some(n.name.as_str()),
+        is_standby: false,
         os_family: n.os_family,
         kubernetes: n.kubernetes.unwrap_or(flavor),
         ssh: n.ssh.clone(),
@@ -409,6 +421,7 @@ fn removed_plan(n: &Node, inv: &Inventory, a: &alloc::Allocation) -> NodePlan {
             .or_else(|| a.retired_ip(&n.site, &n.name))
             .unwrap_or(Ipv4Addr::UNSPECIFIED),
         is_next_hop: site.is_some_and(|s| s.next_hop.as_deref() == Some(n.name.as_str())),
+        is_standby: false,
         os_family: n.os_family,
         kubernetes: n.kubernetes.unwrap_or(inv.network.kubernetes),
         ssh: n.ssh.clone(),

@@ -25,6 +25,7 @@ pub mod roundtrip;
 pub mod routers;
 pub mod schema_patterns;
 pub mod shape;
+pub mod standby;
 pub mod status;
 pub mod systemd;
 pub mod validation;

@@ -8,16 +8,16 @@ use std::time::{Duration, Instant};
 use super::common::{LabGuard, root};
 
 /// The systemd image, or `None` after a visible skip.
-fn image() -> Option<PathBuf> {
+pub(super) fn image() -> Option<PathBuf> {
     super::common::systemd_image()
 }
 
-struct Lab {
-    lab: LabGuard,
+pub(super) struct Lab {
+    pub(super) lab: LabGuard,
     _dir: tempfile::TempDir,
-    inv: String,
+    pub(super) inv: String,
     /// (node, site, WireGuard address)
-    nodes: Vec<(String, String, String)>,
+    pub(super) nodes: Vec<(String, String, String)>,
 }
 
 impl Lab {
@@ -26,7 +26,7 @@ impl Lab {
     }
 
     /// The demo lab, its inventory edited by `edit` first.
-    fn demo_with(tag: &str, image: &Path, edit: impl Fn(String) -> String) -> Lab {
+    pub(super) fn demo_with(tag: &str, image: &Path, edit: impl Fn(String) -> String) -> Lab {
         Lab::demo_built(tag, image, edit, &[])
     }
 
@@ -65,7 +65,7 @@ impl Lab {
     }
 
     /// Runs wgprov in the controller; (exit code, stdout + stderr).
-    fn wgprov(&self, args: &[&str]) -> (i32, String) {
+    pub(super) fn wgprov(&self, args: &[&str]) -> (i32, String) {
         let mut cmd = vec![env!("CARGO_BIN_EXE_wgprov")];
         cmd.extend_from_slice(args);
         let (code, out, err) = self.lab.exec("controller", &cmd);
@@ -73,7 +73,7 @@ impl Lab {
     }
 
     /// `wgprov status --format json`: exit code, the document, stderr.
-    fn status_json(&self) -> (i32, serde_json::Value, String) {
+    pub(super) fn status_json(&self) -> (i32, serde_json::Value, String) {
         let cmd = [
             env!("CARGO_BIN_EXE_wgprov"),
             "status",
@@ -87,7 +87,7 @@ impl Lab {
         (code, v, format!("{out}{err}"))
     }
 
-    fn apply(&self, extra: &[&str]) -> (i32, String) {
+    pub(super) fn apply(&self, extra: &[&str]) -> (i32, String) {
         let mut args = vec!["apply", "-i", &self.inv];
         args.extend_from_slice(extra);
         self.wgprov(&args)
@@ -101,7 +101,7 @@ impl Lab {
 
     /// Every pair of nodes in different sites that does not ping over wg0 within `within`
     /// (one bounded try loop per pair; a machine that is still booting counts as a failed try).
-    fn cross_site_failures(&self, within: Duration) -> Vec<String> {
+    pub(super) fn cross_site_failures(&self, within: Duration) -> Vec<String> {
         let deadline = Instant::now() + within;
         let mut failed = Vec::new();
         for (a, sa, _) in &self.nodes {
@@ -644,7 +644,7 @@ fn a_systemd_lab_that_cannot_boot_fails_fast_and_leaves_nothing() {
 }
 
 /// Waits (bounded) until `f` holds.
-fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
+pub(super) fn eventually(limit: Duration, mut f: impl FnMut() -> bool) -> bool {
     let t = Instant::now();
     loop {
         if f() {

@@ -17,6 +17,7 @@ mod relay;
 mod router;
 mod site;
 mod ssh;
+mod standby;
 
 use std::collections::HashMap;
 use std::net::Ipv4Addr;

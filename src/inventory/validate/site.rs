@@ -84,15 +84,15 @@ pub(super) fn check(
         managed,
     };
     let next_hop = next_hop(d, hub, site, &mut nodes);
-    if absent {
-        nodes.iter_mut().for_each(|n| n.absent = true);
-    } else {
+    if !absent {
         next_hop_stays(d, &sp, sname, site, &next_hop, &nodes);
     }
+    nodes.iter_mut().for_each(|n| n.absent |= absent);
     if let (Some(r), Some(nh)) = (&managed_router, &next_hop) {
         dnat_target(d, &sp, site, raw_nodes, &nodes, r, nh);
     }
 
+    let standby = super::standby::check(d, hub, site, &next_hop, &nodes);
     let relay = relay(st, net, sname, site);
     st.sites.push(Site {
         name: sname.value.clone(),
@@ -101,6 +101,7 @@ pub(super) fn check(
         wireguard_cidr: block.map(|b| b.0),
         lan_cidrs,
         lan_access,
+        standby,
         endpoint,
         next_hop,
         router,
@@ -459,16 +460,17 @@ fn unmanaged(d: &mut Diags, sp: &str, site: &RawSite) {
     }
 }
 
-/// What choosing the next-hop needs of the site.
-struct Hub<'a> {
-    net: &'a Net,
-    st: &'a State,
-    sp: &'a str,
-    sname: &'a S<String>,
-    endpoint: Option<&'a Endpoint>,
-    managed_router: Option<&'a ManagedRouter>,
-    lan_access: bool,
-    managed: bool,
+/// What choosing the next-hop (and the standby) needs of the site.
+#[derive(Clone, Copy)]
+pub(super) struct Hub<'a> {
+    pub(super) net: &'a Net,
+    pub(super) st: &'a State,
+    pub(super) sp: &'a str,
+    pub(super) sname: &'a S<String>,
+    pub(super) endpoint: Option<&'a Endpoint>,
+    pub(super) managed_router: Option<&'a ManagedRouter>,
+    pub(super) lan_access: bool,
+    pub(super) managed: bool,
 }
 
 /// The site's next-hop: a node of the site, the managed router (added to `nodes` as the

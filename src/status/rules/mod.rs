@@ -11,6 +11,7 @@ use crate::facts::gather::{PeerState, WgState};
 use crate::shell::InterfaceName;
 use crate::topology::{NodePlan, Peer, PeerRef, Topology};
 
+mod failover;
 mod node;
 mod relayed;
 mod router;
@@ -77,11 +78,16 @@ pub fn diagnose(topo: &Topology, obs: &Observations) -> StatusReport {
         &verdict.explained,
         &verdict.hints,
     ));
+    let (failover, fo_problems, fo_warnings) = failover::sites(topo, obs);
+    problems.extend(fo_problems);
+    let mut warnings = reresolve_warnings(topo, obs);
+    warnings.extend(fo_warnings);
     StatusReport {
         nodes,
         links,
         problems,
-        warnings: reresolve_warnings(topo, obs),
+        warnings,
+        failover,
     }
 }
 

@@ -212,7 +212,11 @@ fn drift_rule(
         .get(&conf_path(iface))
         .and_then(|f| f.content());
     let diffs = match conf {
-        Some(c) => drift(c, wg, &|k| v.name_of(k)),
+        Some(c) => drift(
+            c,
+            &crate::hosts::failover::as_filed(wg, &crate::hosts::failover::states(&o.facts)),
+            &|k| v.name_of(k),
+        ),
         None => vec![format!("{} does not exist", conf_path(iface))],
     };
     (!diffs.is_empty()).then(|| {
