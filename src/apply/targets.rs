@@ -13,17 +13,18 @@ pub fn matches_limit(limit: &str, node: &NodePlan) -> bool {
 
 /// The nodes `--limit` selects (every node without it).
 pub(super) fn targeted_nodes<'a>(topo: &'a Topology, settings: &Settings) -> Vec<&'a NodePlan> {
-    let limit = settings.limit.as_deref();
-    topo.nodes
-        .iter()
-        .filter(|n| limit.is_none_or(|l| matches_limit(l, n)))
-        .collect()
+    limited(&topo.nodes, settings)
 }
 
 /// The nodes being taken out that `--limit` selects (every one without it).
 pub(super) fn targeted_removed<'a>(topo: &'a Topology, settings: &Settings) -> Vec<&'a NodePlan> {
+    limited(&topo.removed, settings)
+}
+
+/// The nodes of `nodes` that `--limit` selects.
+fn limited<'a>(nodes: &'a [NodePlan], settings: &Settings) -> Vec<&'a NodePlan> {
     let limit = settings.limit.as_deref();
-    topo.removed
+    nodes
         .iter()
         .filter(|n| limit.is_none_or(|l| matches_limit(l, n)))
         .collect()

@@ -7,6 +7,16 @@
 use super::apply::{Scenario, changed_hosts, demo_yaml, wg_ips};
 use super::common::lab_available;
 
+/// `from` pings `ip` over IPv6 within 10 tries.
+fn ping6(s: &Scenario, from: &str, ip: &str) -> bool {
+    (0..10).any(|_| {
+        s.lab
+            .exec(from, &["ping", "-6", "-c", "1", "-W", "1", ip])
+            .0
+            == 0
+    })
+}
+
 #[test]
 fn dual_stack_pairs_ping_over_ipv6_and_the_kubelet_gets_both_node_ips() {
     if !lab_available() {
@@ -48,9 +58,7 @@ fn dual_stack_pairs_ping_over_ipv6_and_the_kubelet_gets_both_node_ips() {
                 continue;
             }
             assert!(s.ping(a, ip), "{a} cannot ping {b} ({ip})");
-            let six =
-                (0..10).any(|_| s.lab.exec(a, &["ping", "-6", "-c", "1", "-W", "1", ip6]).0 == 0);
-            assert!(six, "{a} cannot ping {b} over IPv6 ({ip6})");
+            assert!(ping6(&s, a, ip6), "{a} cannot ping {b} over IPv6 ({ip6})");
         }
     }
     assert_eq!(
@@ -146,20 +154,14 @@ fn a_site_reachable_only_over_ipv6_joins_through_a_firewall_pinhole() {
         }
         let ip6 = net.ip6_of(ip.parse().unwrap()).unwrap().to_string();
         assert!(s.ping("cabin1", &ip), "cabin1 cannot ping {b} ({ip})");
-        let six = (0..10).any(|_| {
-            s.lab
-                .exec("cabin1", &["ping", "-6", "-c", "1", "-W", "1", &ip6])
-                .0
-                == 0
-        });
-        assert!(six, "cabin1 cannot ping {b} over IPv6 ({ip6})");
-        let back = (0..10).any(|_| {
-            s.lab
-                .exec(&b, &["ping", "-6", "-c", "1", "-W", "1", "fd10:100:0:2::1"])
-                .0
-                == 0
-        });
-        assert!(back, "{b} cannot ping cabin1 over IPv6");
+        assert!(
+            ping6(&s, "cabin1", &ip6),
+            "cabin1 cannot ping {b} over IPv6 ({ip6})"
+        );
+        assert!(
+            ping6(&s, &b, "fd10:100:0:2::1"),
+            "{b} cannot ping cabin1 over IPv6"
+        );
     }
     // the handshakes came in through the pinhole: its counter moved
     let counters = s.lab.sh("cabin-router", "ip6tables -w -L FORWARD -v -n -x");

@@ -87,38 +87,24 @@ pub(super) fn check(
 
 /// The cluster's IPv6 CIDRs and the sites' IPv6 LANs must not overlap the IPv6 space.
 pub(super) fn overlaps_space(d: &mut Diags, raw: &RawInventory, space: Ipv6Net) {
-    let s6 = IpNet::V6(space);
-    let net = &raw.network.value;
-    for (i, c) in net
-        .cluster_cidrs
-        .iter()
-        .flat_map(|l| l.value.iter())
-        .enumerate()
-    {
-        if let Ok(n) = c.value.trim().parse::<IpNet>()
-            && overlaps(&n, &s6)
-        {
-            d.error(
-                loc(c),
-                format!("network.cluster_cidrs[{i}]"),
-                format!("{n} overlaps the IPv6 WireGuard space {space}"),
-            );
-        }
-    }
-    for (name, site) in &raw.sites.value {
-        for (i, c) in site
-            .value
-            .lan_cidrs
-            .iter()
-            .flat_map(|l| l.value.iter())
-            .enumerate()
-        {
+    let lists = std::iter::once((
+        "network.cluster_cidrs".to_string(),
+        &raw.network.value.cluster_cidrs,
+    ))
+    .chain(raw.sites.value.iter().map(|(name, site)| {
+        (
+            format!("sites.{}.lan_cidrs", name.value),
+            &site.value.lan_cidrs,
+        )
+    }));
+    for (field, list) in lists {
+        for (i, c) in list.iter().flat_map(|l| l.value.iter()).enumerate() {
             if let Ok(n) = c.value.trim().parse::<IpNet>()
-                && overlaps(&n, &s6)
+                && overlaps(&n, &IpNet::V6(space))
             {
                 d.error(
                     loc(c),
-                    format!("sites.{}.lan_cidrs[{i}]", name.value),
+                    format!("{field}[{i}]"),
                     format!("{n} overlaps the IPv6 WireGuard space {space}"),
                 );
             }
