@@ -291,3 +291,27 @@ pub fn systemd_image() -> Option<PathBuf> {
     ));
     None
 }
+
+/// A copy of the project's roles under `dir` with one line of `role`'s defaults replaced (a lab
+/// test that shortens a wait, e.g. a hold time); the path to give `--roles-path`.
+pub fn roles_with_default(dir: &Path, role: &str, from: &str, to: &str) -> String {
+    fn copy_dir(from: &Path, to: &Path) {
+        std::fs::create_dir_all(to).unwrap();
+        for e in std::fs::read_dir(from).unwrap() {
+            let e = e.unwrap();
+            let t = to.join(e.file_name());
+            if e.file_type().unwrap().is_dir() {
+                copy_dir(&e.path(), &t);
+            } else {
+                std::fs::copy(e.path(), &t).unwrap();
+            }
+        }
+    }
+    let out = dir.join("roles");
+    copy_dir(&root().join("roles"), &out);
+    let d = out.join(role).join("defaults.yaml");
+    let text = std::fs::read_to_string(&d).unwrap();
+    assert!(text.contains(from), "{}: {text}", d.display());
+    std::fs::write(&d, text.replace(from, to)).unwrap();
+    out.display().to_string()
+}

@@ -14,7 +14,7 @@ use std::path::Path;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use super::common::{Inv, content, render, root};
+use super::common::{Inv, content, render, roles_with_default, root};
 use super::systemd::{Lab, eventually, image};
 
 /// The hold time the test's roles use.
@@ -31,30 +31,12 @@ fn with_standby(y: String) -> String {
 
 /// A copy of the roles with `failover_hold` set to [`HOLD`].
 fn roles_with_short_hold(dir: &Path) -> String {
-    let out = dir.join("roles");
-    copy_dir(&root().join("roles"), &out);
-    let d = out.join("failover/defaults.yaml");
-    let text = std::fs::read_to_string(&d).unwrap();
-    assert!(text.contains("failover_hold: 60\n"), "{text}");
-    std::fs::write(
-        &d,
-        text.replace("failover_hold: 60\n", &format!("failover_hold: {HOLD}\n")),
+    roles_with_default(
+        dir,
+        "failover",
+        "failover_hold: 60\n",
+        &format!("failover_hold: {HOLD}\n"),
     )
-    .unwrap();
-    out.display().to_string()
-}
-
-fn copy_dir(from: &Path, to: &Path) {
-    std::fs::create_dir_all(to).unwrap();
-    for e in std::fs::read_dir(from).unwrap() {
-        let e = e.unwrap();
-        let t = to.join(e.file_name());
-        if e.file_type().unwrap().is_dir() {
-            copy_dir(&e.path(), &t);
-        } else {
-            std::fs::copy(e.path(), &t).unwrap();
-        }
-    }
 }
 
 fn spawn_in(lab: &Lab, node: &str, cmd: &[&str], out: Stdio) -> Option<Child> {

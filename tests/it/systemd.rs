@@ -5,7 +5,7 @@
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use super::common::{LabGuard, root};
+use super::common::{LabGuard, roles_with_default, root};
 
 /// The systemd image, or `None` after a visible skip.
 pub(super) fn image() -> Option<PathBuf> {
@@ -784,7 +784,21 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
         &["office"],
     );
     let l = &lab.lab;
-    let (code, out) = lab.apply(&[]);
+    // the re-resolution threshold shortened from 135 s to 20 s (a copy of the roles), so that
+    // the test waits one timer period, not two minutes; the script is the same
+    let dir = tempfile::tempdir().unwrap();
+    let roles = roles_with_default(
+        dir.path(),
+        "reresolve",
+        "reresolve_after: 135\n",
+        "reresolve_after: 20\n",
+    );
+    let apply = |extra: &[&str]| {
+        let mut a = vec!["--roles-path", roles.as_str()];
+        a.extend_from_slice(extra);
+        lab.apply(&a)
+    };
+    let (code, out) = apply(&[]);
     assert_eq!(code, 0, "{out}");
     assert!(lab.cross_site_failures(Duration::from_secs(30)).is_empty());
     let ip = |n: &str| lab.nodes.iter().find(|x| x.0 == n).unwrap().2.clone();
@@ -800,7 +814,7 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
     l.sh("office1", &format!("wg set wg0 peer {home_key} remove"));
     l.sh("node2", "systemctl stop wg-quick@wg0");
     l.sh("node3", "systemctl disable -q wg-quick@wg0");
-    let (code, out) = lab.apply(&["--check", "--detailed-exitcode"]);
+    let (code, out) = apply(&["--check", "--detailed-exitcode"]);
     assert_eq!(code, 3, "drift must be pending changes:\n{out}");
     for (n, what) in [
         ("office1", "is in the file but not running"),
@@ -845,7 +859,7 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
     assert!(!l.sh("office1", "wg show wg0 peers").contains(&home_key));
     assert_ne!(l.exec("node2", &["ip", "link", "show", "wg0"]).0, 0);
     // apply repairs, through the guard; the next apply has nothing to do
-    let (code, out) = lab.apply(&[]);
+    let (code, out) = apply(&[]);
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("GUARD CONFIRMED"), "{out}");
     assert!(l.sh("office1", "wg show wg0 peers").contains(&home_key));
@@ -857,7 +871,7 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
         l.sh("node3", "systemctl is-enabled wg-quick@wg0").trim(),
         "enabled"
     );
-    let (code, out) = lab.apply(&["--check", "--detailed-exitcode"]);
+    let (code, out) = apply(&["--check", "--detailed-exitcode"]);
     assert_eq!(code, 0, "{out}");
     assert!(lab.cross_site_failures(Duration::from_secs(30)).is_empty());
     // healthy again, and with systemd nothing warns about names that do not re-resolve
@@ -885,8 +899,8 @@ fn drift_is_reported_then_repaired_and_a_readdressed_site_comes_back_by_name() {
         );
     }
     let moved = Instant::now();
-    // office1 -> cabin1 comes back without an apply, within 5 minutes
-    let back = eventually(Duration::from_secs(300), || {
+    // office1 -> cabin1 comes back without an apply, within 2.5 minutes (threshold 20 s, timer every 30 s)
+    let back = eventually(Duration::from_secs(150), || {
         l.exec("office1", &["ping", "-c", "1", "-W", "1", &ip("cabin1")])
             .0
             == 0
