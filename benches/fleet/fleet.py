@@ -167,6 +167,57 @@ def ssh_floor(lab, kex):
     return lambda: lab.timed(["bash", "-c", script])
 
 
+def hand_floor(lab, render):
+    """The same target work done by hand, as directly as it can be done: one SSH session per host,
+    all at once, each running a plain script that writes the files wgprov writes in the lab (the
+    bytes `wgprov render` produced; the same list pyinfra and Ansible write) and brings wg0 up
+    with the same commands (sysctl -p on next-hops, wg-quick up)."""
+    import base64
+    hand = lab.work / "hand"
+    hand.mkdir(exist_ok=True)
+    files = [("etc/wireguard/wg0.conf", "600"), ("etc/default/kubelet", "644")]
+    nh_files = [("etc/wgprov/port-forward.md", "644"), ("etc/sysctl.d/99-wgprov.conf", "644")]
+    for name, _, nh in lab.nodes:
+        lines = ["set -e"]
+        for rel, mode in files + (nh_files if nh else []):
+            data = base64.b64encode((render / name / rel).read_bytes()).decode()
+            lines += [f"mkdir -p /{os.path.dirname(rel)}",
+                      f"echo {data} | base64 -d > /{rel}", f"chmod {mode} /{rel}"]
+        if nh:
+            lines.append("sysctl -q -p /etc/sysctl.d/99-wgprov.conf")
+        lines.append("wg-quick up wg0 >/dev/null 2>&1")
+        (hand / f"{name}.sh").write_text("\n".join(lines) + "\n")
+    opts = "-o BatchMode=yes -o ControlMaster=no -o KexAlgorithms=curve25519-sha256"
+    runs = " ".join(f"ssh {opts} root@{addr} sh -s < {hand / name}.sh &" for name, addr, _ in lab.nodes)
+    return lambda: lab.timed(["bash", "-c", f"{runs} wait"])
+
+
+def removal(lab, inv, forks):
+    """Taking 10% of the nodes out (members, `state: absent`), guarded, from a network a
+    --no-guard first apply made; the full network is made again before each run (untimed)."""
+    base = lab.inv.read_text()
+    members = [name for name, _, nh in lab.nodes if not nh][: max(1, lab.n // 10)]
+    gone = base
+    for name in members:
+        addr = next(a for n, a, _ in lab.nodes if n == name)
+        gone = gone.replace(f"      {name}:\n        address: {addr}\n",
+                            f"      {name}:\n        address: {addr}\n        state: absent\n")
+    lock = lab.work / "inv.lock.yaml"
+
+    def before():
+        lab.reset()
+        lab.inv.write_text(base)
+        lock.unlink(missing_ok=True)
+        lab.exec("controller", [WGPROV, "apply", "-i", inv, "--no-guard"] + forks)
+        lab.inv.write_text(gone)
+
+    def after():
+        lab.inv.write_text(base)
+        lock.unlink(missing_ok=True)
+
+    return (lambda: lab.timed([WGPROV, "apply", "-i", inv] + forks)), before, after
+
+
 def write_pyinfra(lab, render):
     inv = ["hosts = ["]
     for name, addr, nh in lab.nodes:
@@ -253,6 +304,8 @@ def bench(n):
         print(f"N={n}: floor", flush=True)
         rows["floor (ssh true, curve25519)"] = median_of(ssh_floor(lab, "curve25519-sha256"))
         rows["floor (ssh true, default kex)"] = median_of(ssh_floor(lab, None))
+        print(f"N={n}: hand floor", flush=True)
+        rows["hand floor (ssh + script: same files, wg-quick up)"] = median_of(hand_floor(lab, render), lab.reset)
         print(f"N={n}: wgprov", flush=True)
         if n > TOOLS_UP_TO:
             # on 2 cores that also run every node, 500 first handshakes and 500 fresh connections
@@ -291,6 +344,14 @@ def bench(n):
             lambda: lab.timed([WGPROV, "apply", "-i", inv, "--no-guard"] + forks), bump)
         lab.inv.write_text(base)
         lab.exec("controller", [WGPROV, "apply", "-i", inv, "--no-guard"] + forks)
+        # the lifecycle operations: every node's keys rotated (guarded), 10% of the nodes taken out
+        rows["wgprov rotate-keys, whole fleet"] = median_of(
+            lambda: lab.timed([WGPROV, "rotate-keys", "-i", inv] + forks))
+        remove, before, after = removal(lab, inv, forks)
+        rows["wgprov taking 10% of the nodes out"] = median_of(remove, before)
+        after()
+        lab.reset()
+        lab.exec("controller", [WGPROV, "apply", "-i", inv, "--no-guard"] + forks)
         if ONLY == "wgprov" or n > TOOLS_UP_TO:
             for k, (w, c, m, t) in rows.items():
                 print(f"  {k:<32} wall {w:.3f} s  controller CPU {c:.2f} s  peak {m:.0f} MiB  target CPU {t:.2f} s")
@@ -321,8 +382,21 @@ def table(n, rows):
     for k, (w, c, m, t) in rows.items():
         out.append(f"| {k} | {w:.2f} | {c:.2f} | {m:.0f} | {t:.2f} |")
     r = lambda k: rows[k][0] if k in rows else None
+    cpu = lambda k: rows[k][3] if k in rows else None
     ratios = [
         ("wgprov no-change / floor", wg_nc, floor, 2),
+        ("wgprov first apply --no-guard / hand floor, wall", r("wgprov first apply (--no-guard)"),
+         r("hand floor (ssh + script: same files, wg-quick up)"), 2),
+        ("wgprov first apply, guard / hand floor, wall", r("wgprov first apply"),
+         r("hand floor (ssh + script: same files, wg-quick up)"), 2),
+        ("wgprov first apply --no-guard / hand floor, target CPU", cpu("wgprov first apply (--no-guard)"),
+         cpu("hand floor (ssh + script: same files, wg-quick up)"), 2),
+        ("wgprov first apply, guard / hand floor, target CPU", cpu("wgprov first apply"),
+         cpu("hand floor (ssh + script: same files, wg-quick up)"), 2),
+        ("wgprov rotate-keys / changing apply, guard", r("wgprov rotate-keys, whole fleet"),
+         r("wgprov changing apply, guard"), 2),
+        ("wgprov taking 10% out / changing apply, guard", r("wgprov taking 10% of the nodes out"),
+         r("wgprov changing apply, guard"), 2),
         ("wgprov changing apply, guard / --no-guard", r("wgprov changing apply, guard"),
          r("wgprov changing apply, --no-guard"), 2),
         ("pyinfra / wgprov, no-change", r("pyinfra no-change run"), wg_nc, 1),
