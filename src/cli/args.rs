@@ -101,6 +101,24 @@ impl<F: ValueEnum + Clone + Send + Sync + 'static> RunArgs<F> {
     }
 }
 
+/// The guard of a changing run.
+#[derive(Debug, clap::Args)]
+pub struct GuardArgs {
+    /// Seconds a changed host waits for confirmation before it puts itself back.
+    #[arg(long, default_value_t = 90, value_name = "SECS")]
+    pub confirm_timeout: u64,
+    /// No health gate, no dead-man, no confirmation (labs and emergencies).
+    #[arg(long)]
+    pub no_guard: bool,
+}
+
+impl GuardArgs {
+    /// The confirmation timeout (at least 5 s), or `None` with `--no-guard`.
+    pub fn timeout(&self) -> Option<std::time::Duration> {
+        (!self.no_guard).then(|| std::time::Duration::from_secs(self.confirm_timeout.max(5)))
+    }
+}
+
 /// Where roles come from.
 #[derive(Debug, clap::Args)]
 pub struct RoleArgs {
@@ -170,12 +188,8 @@ pub enum Command {
         /// Print per-host phase timings in the recap.
         #[arg(long)]
         timings: bool,
-        /// Seconds a changed host waits for confirmation before it puts itself back.
-        #[arg(long, default_value_t = 90, value_name = "SECS")]
-        confirm_timeout: u64,
-        /// No health gate, no dead-man, no confirmation (labs and emergencies).
-        #[arg(long)]
-        no_guard: bool,
+        #[command(flatten)]
+        guard: GuardArgs,
     },
     /// New WireGuard key pairs for the nodes --limit selects (every node without it), and their
     /// new public keys on every peer, in one guarded run (the interfaces are not restarted).
@@ -198,12 +212,8 @@ pub enum Command {
         /// With --check: exit 3 when keys would change.
         #[arg(long)]
         detailed_exitcode: bool,
-        /// Seconds a changed host waits for confirmation before it puts itself back.
-        #[arg(long, default_value_t = 90, value_name = "SECS")]
-        confirm_timeout: u64,
-        /// No health gate, no dead-man, no confirmation (labs and emergencies).
-        #[arg(long)]
-        no_guard: bool,
+        #[command(flatten)]
+        guard: GuardArgs,
     },
     /// Put back the files of the last apply as they were before it, and re-run the handlers.
     Rollback {

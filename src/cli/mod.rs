@@ -84,8 +84,7 @@ pub fn run(cli: Cli) -> u8 {
             no_rollback,
             detailed_exitcode,
             timings,
-            confirm_timeout,
-            no_guard,
+            guard,
         } => apply(
             &inv.inventory,
             roles.roles_path.as_deref(),
@@ -96,7 +95,7 @@ pub fn run(cli: Cli) -> u8 {
                 no_rollback,
                 detailed_exitcode,
                 timings,
-                guard: (!no_guard).then(|| std::time::Duration::from_secs(confirm_timeout.max(5))),
+                guard: guard.timeout(),
             },
         ),
         Command::RotateKeys {
@@ -107,8 +106,7 @@ pub fn run(cli: Cli) -> u8 {
             check,
             diff,
             detailed_exitcode,
-            confirm_timeout,
-            no_guard,
+            guard,
         } => rotate::rotate_keys(
             &inv.inventory,
             roles.roles_path.as_deref(),
@@ -120,7 +118,7 @@ pub fn run(cli: Cli) -> u8 {
                 no_rollback: false,
                 detailed_exitcode,
                 timings: false,
-                guard: (!no_guard).then(|| std::time::Duration::from_secs(confirm_timeout.max(5))),
+                guard: guard.timeout(),
             },
         ),
         Command::Rollback { inv, run } => rollback(&inv.inventory, &run),

@@ -81,14 +81,18 @@ impl Allocation {
 /// Nodes the lock file has and the inventory no longer names: dropped by their peers, but
 /// never cleaned (said once: the lock forgets them with this run).
 fn warn_deleted(inv: &Inventory, lock: &Lock, d: &mut Diags) {
-    let named =
-        |n: &str| inv.nodes().any(|x| x.name == n) || inv.removed.iter().any(|x| x.name == n);
+    // a set: the lock of a large inventory has as many nodes as the inventory
+    let named: HashSet<&str> = inv
+        .nodes()
+        .chain(&inv.removed)
+        .map(|x| x.name.as_str())
+        .collect();
     let gone: Vec<String> = lock
         .sites
         .iter()
         .filter(|(s, _)| !inv.removed_sites.iter().any(|r| &&r.name == s))
         .flat_map(|(_, l)| l.nodes.iter())
-        .filter(|(n, _)| !named(n))
+        .filter(|(n, _)| !named.contains(n.as_str()))
         .map(|(n, ip)| format!("{n} ({ip})"))
         .collect();
     if gone.is_empty() {
@@ -108,6 +112,11 @@ fn warn_deleted(inv: &Inventory, lock: &Lock, d: &mut Diags) {
 /// What was retired before (the lock) and what is retired now (`state: absent` in `inv`).
 fn retired(inv: &Inventory, lock: &Lock) -> IndexMap<String, Retired> {
     let mut out: IndexMap<String, Retired> = IndexMap::new();
+    let removed: HashSet<(&str, &str)> = inv
+        .removed
+        .iter()
+        .map(|x| (x.site.as_str(), x.name.as_str()))
+        .collect();
     for (name, ls) in &lock.sites {
         let gone = ls.retired || inv.removed_sites.iter().any(|s| &s.name == name);
         let mut r = Retired {
@@ -115,7 +124,7 @@ fn retired(inv: &Inventory, lock: &Lock) -> IndexMap<String, Retired> {
             nodes: ls.retired_nodes.clone(),
         };
         for (n, ip) in &ls.nodes {
-            if gone || inv.removed.iter().any(|x| &x.name == n && &x.site == name) {
+            if gone || removed.contains(&(name.as_str(), n.as_str())) {
                 r.nodes.insert(n.clone(), *ip);
             }
         }

@@ -60,8 +60,7 @@ pub(super) fn node_rules(v: &View) -> (Vec<NodeStatus>, Vec<Problem>, BTreeSet<S
         let kind = crate::hosts::kind::HostKind::of(v.topo, &n.name).expect("a node is a host");
         let hub = kind.is_openwrt_hub();
         problems.extend(interface_down(v, n, o, hub));
-        problems.extend(forwarding_off(n, o));
-        problems.extend(forwarding6_off(&v.topo.network, n, o));
+        problems.extend(forwarding_off(&v.topo.network, n, o));
         if let Some(p) = drift_rule(v, n, o, kind) {
             drifted.insert(n.name.clone());
             problems.push(p);
@@ -159,32 +158,38 @@ fn interface_down(v: &View, n: &NodePlan, o: &Observed, hub: bool) -> Option<Pro
     Some(node_problem(n, Kind::InterfaceDown, why))
 }
 
-/// `forwarding_off`: a next-hop with `net.ipv4.ip_forward = 0`.
-fn forwarding_off(n: &NodePlan, o: &Observed) -> Option<Problem> {
-    (n.is_next_hop && o.ip_forward == Some(false)).then(|| {
-        node_problem(
-            n,
-            Kind::ForwardingOff,
+/// `forwarding_off`: a next-hop with `net.ipv4.ip_forward = 0`, or with dual stack
+/// `net.ipv6.conf.all.forwarding = 0`.
+fn forwarding_off(net: &crate::inventory::Network, n: &NodePlan, o: &Observed) -> Vec<Problem> {
+    let families = [
+        (
+            o.ip_forward,
+            "net.ipv4.ip_forward",
             format!(
-                "{} is site {}'s next-hop but net.ipv4.ip_forward = 0: the members of {} cannot reach other sites, nor other sites them (sysctl -w net.ipv4.ip_forward=1; wgprov apply writes /etc/sysctl.d/99-wgprov.conf)",
-                n.name, n.site, n.site
+                "the members of {} cannot reach other sites, nor other sites them",
+                n.site
             ),
-        )
-    })
-}
-
-/// `forwarding_off` for IPv6: with dual stack, a next-hop must forward IPv6 too.
-fn forwarding6_off(net: &crate::inventory::Network, n: &NodePlan, o: &Observed) -> Option<Problem> {
-    (net.wireguard_cidr6.is_some() && n.is_next_hop && o.ip6_forward == Some(false)).then(|| {
-        node_problem(
-            n,
-            Kind::ForwardingOff,
-            format!(
-                "{} is site {}'s next-hop but net.ipv6.conf.all.forwarding = 0: IPv6 between {} and the other sites stops there (sysctl -w net.ipv6.conf.all.forwarding=1; wgprov apply writes /etc/sysctl.d/99-wgprov.conf)",
-                n.name, n.site, n.site
-            ),
-        )
-    })
+        ),
+        (
+            o.ip6_forward.filter(|_| net.wireguard_cidr6.is_some()),
+            "net.ipv6.conf.all.forwarding",
+            format!("IPv6 between {} and the other sites stops there", n.site),
+        ),
+    ];
+    families
+        .into_iter()
+        .filter(|(on, _, _)| n.is_next_hop && *on == Some(false))
+        .map(|(_, key, what)| {
+            node_problem(
+                n,
+                Kind::ForwardingOff,
+                format!(
+                    "{} is site {}'s next-hop but {key} = 0: {what} (sysctl -w {key}=1; wgprov apply writes /etc/sysctl.d/99-wgprov.conf)",
+                    n.name, n.site
+                ),
+            )
+        })
+        .collect()
 }
 
 /// `drift`: the running interface differs from its file. A kind of host whose script checks
