@@ -100,9 +100,18 @@ class Lab:
         return sh([WGPROV, "lab", "exec", "--prefix", self.prefix, name, "--"] + cmd, check=check)
 
     def reset(self):
-        """Back to an empty network: no interface, none of the managed files, no backups."""
-        script = ("wg-quick down wg0 >/dev/null 2>&1; rm -rf /etc/wireguard/wg0.conf /etc/default/kubelet "
-                  "/etc/sysctl.d/99-wgprov.conf /etc/wgprov /var/lib/wgprov; true")
+        """Back to an empty network: no interface, none of the managed files, no backups.
+
+        The files are moved aside, not deleted: every lab node's /etc and /var/lib are overlays
+        on one ext4, and ext4 makes each new inode skip every inode freed in the last minute or
+        so (`recently_deleted`). Deleting 50 nodes' files before each run made the next run's
+        file creations scan past thousands of them, which a fresh host never does (perf: most
+        of the target CPU above the hand floor was ext4's inode search). `lab down` removes the
+        moved files with the lab."""
+        script = ("wg-quick down wg0 >/dev/null 2>&1; n=$(date +%s%N); mkdir -p /etc/.bench-trash /var/lib/.bench-trash; "
+                  "for f in /etc/wireguard/wg0.conf /etc/default/kubelet /etc/sysctl.d/99-wgprov.conf /etc/wgprov; do "
+                  "[ -e $f ] && mv $f /etc/.bench-trash/$n$(echo $f | tr / _); done; "
+                  "[ -e /var/lib/wgprov ] && mv /var/lib/wgprov /var/lib/.bench-trash/$n; true")
         with ThreadPoolExecutor(8) as ex:
             list(ex.map(lambda nd: self.exec(nd[0], ["sh", "-c", script]), self.nodes))
 

@@ -8,15 +8,21 @@
 //! controller that dies, cannot leave the host half-changed. It finishes, or puts itself back.
 //!
 //! Layout on the host (`/var/lib/wgprov`, mode 0700):
-//! - `lock/` (`run`, `owner`, `deadline`): one apply at a time; an expired lock is taken over
-//!   after its pending change (if any) is put back, so nothing stays locked forever;
-//! - `pending/` (`run`, `deadline`, `unit` or `deadman.pid`, `boot`): a change waiting for
-//!   confirmation. PIDs are only signalled or waited for in the boot that recorded them (after a
-//!   reboot they may belong to anything).
+//! - `lock/run` (the run, its deadline, its owner, one per line): one apply at a time; an
+//!   expired lock is taken over after its pending change (if any) is put back, so nothing stays
+//!   locked forever;
+//! - `pending/` (`run`, and `unit` or `deadman`: the dead-man's PID and boot): a change waiting
+//!   for confirmation. PIDs are only signalled or waited for in the boot that recorded them
+//!   (after a reboot they may belong to anything).
 //!   Confirming, putting back and the dead-man each *claim* it with one `mv`, so exactly one of
 //!   them acts;
 //! - `backup/`: the files before the last change (also what `wgprov rollback` restores);
-//! - `runs/<run>/`: this run's scripts and output; `log`: what the guard did, and why.
+//! - `runs/<run>/`: this run's `revert.sh` (the run's functions; `revert.sh start`: lock,
+//!   checks, dead-man, then the change; else its put-back), `pid` (the change's PID and boot,
+//!   and `written` once files started to change), `out`; `log`: what the guard did, and why.
+//!
+//! A run creates few files: on a file system that many hosts share (the lab) or that churns,
+//! every new inode has a cost.
 
 use std::time::Duration;
 
@@ -132,7 +138,8 @@ fn run_dir(run: &RunId) -> String {
     format!("{STATE_DIR}/runs/{}", run.as_str())
 }
 
-/// The functions every script of a run shares (`runs/<run>/lib.sh`).
+/// The functions every script of a run shares, at the top of `runs/<run>/revert.sh` (sourced
+/// with `WGPROV_LIB=1` for the functions only).
 fn lib_sh(run: &RunId, iface: &InterfaceName, facts: &Facts, put_back: &HandlerPlan) -> String {
     let r = run_dir(run);
     // a change that went through is put back as gently as it was made (peers only: `wg
@@ -146,32 +153,39 @@ fn lib_sh(run: &RunId, iface: &InterfaceName, facts: &Facts, put_back: &HandlerP
     format!(
         "D={STATE_DIR}\nR={r}\nRUN={run}\nB=$D/backup\n\
          log() {{ echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) run $RUN: $*\" >> \"$D/log\"; }}\n\
-         unlock() {{ if [ \"$(cat \"$D/lock/run\" 2>/dev/null)\" = \"$RUN\" ]; then rm -rf \"$D/lock\"; fi; }}\n\
-         claim() {{ [ \"$(cat \"$D/pending/run\" 2>/dev/null)\" = \"$RUN\" ] && mv \"$D/pending\" \"$R/$1\" 2>/dev/null; }}\n\
-         BOOT=$(cat /proc/sys/kernel/random/boot_id 2>/dev/null || echo unknown)\n\
-         this_boot() {{ [ \"$(cat \"$1\" 2>/dev/null)\" = \"$BOOT\" ]; }}\n\
-         disarm() {{ if [ -f \"$R/$1/unit\" ]; then systemctl stop \"$(cat \"$R/$1/unit\").timer\" >/dev/null 2>&1 || true; fi; \
-         if [ -f \"$R/$1/deadman.pid\" ] && this_boot \"$R/$1/boot\"; then kill -- \"-$(cat \"$R/$1/deadman.pid\")\" 2>/dev/null || true; fi; }}\n\
+         rd() {{ v=; if [ -f \"$1\" ]; then read -r v < \"$1\" || :; fi; }}\n\
+         unlock() {{ rd \"$D/lock/run\"; if [ \"$v\" = \"$RUN\" ]; then rm -rf \"$D/lock\"; fi; }}\n\
+         {rdlock}\n\
+         claim() {{ rd \"$D/pending/run\"; [ \"$v\" = \"$RUN\" ] && mv \"$D/pending\" \"$R/$1\" 2>/dev/null; }}\n\
+         rd /proc/sys/kernel/random/boot_id; BOOT=${{v:-unknown}}\n\
+         this_boot() {{ rd \"$1\"; [ \"${{v#* }}\" = \"$BOOT\" ]; }}\n\
+         disarm() {{ if [ -f \"$R/$1/unit\" ]; then rd \"$R/$1/unit\"; systemctl stop \"$v.timer\" >/dev/null 2>&1 || true; fi; \
+         if [ -f \"$R/$1/deadman\" ] && this_boot \"$R/$1/deadman\"; then kill -- \"-${{v%% *}}\" 2>/dev/null || true; fi; }}\n\
          rfail() {{ echo \"{FAIL} putting back: $1\"; exit 1; }}\n\
          restore() {{\n{restore}}}\n\
          restore_failed() {{\n{restore_failed}}}\n",
         run = run.as_str(),
+        rdlock = RDLOCK,
     )
 }
 
-/// The change itself (`runs/<run>/txn.sh`): backup, writes, handlers, self-check. A failure
+/// Reads the lock (`lock/run`: the run, its deadline, its owner, one per line) into `lrun`,
+/// `ldl` and `lown`; a lock left by an older wgprov keeps deadline and owner in files of their
+/// own.
+const RDLOCK: &str = "rdlock() { lrun=; ldl=; lown=; if [ -f \"$D/lock/run\" ]; then { read -r lrun; read -r ldl; read -r lown; } < \"$D/lock/run\"; fi; \
+     [ -n \"$ldl\" ] || { rd \"$D/lock/deadline\"; ldl=$v; }; [ -n \"$lown\" ] || { rd \"$D/lock/owner\"; lown=$v; }; }";
+
+/// The change itself (the end of `revert.sh start`): backup, writes, handlers, self-check. A failure
 /// after the first write puts the backup back and re-runs the handlers (unless `--no-rollback`),
 /// and gives up the pending record so that the dead-man does not act again.
 fn txn_sh(spec: &ChangeSpec) -> String {
-    let r = run_dir(spec.run);
     let any_file = spec.changes.iter().any(|c| c.action != Action::Unchanged);
     let mut s = format!(
-        "{PATH_PRELUDE}set -u\numask 077\n. {lib}\nSTAGE=start\n\
+        "STAGE=start\n\
          fail() {{\n  echo \"{FAIL} $1\"\n  if [ \"$STAGE\" = written ] && [ {rb} = 1 ]; then\n    \
          if ( restore_failed ); then echo '{ROLLED_BACK}'; log \"change failed ($1): put back\"; \
          else echo '{ROLLBACK_FAILED}'; log \"change failed ($1); putting it back failed too\"; fi\n  \
          fi\n  if claim failed; then disarm failed; fi\n  unlock\n  exit 1\n}}\n",
-        lib = sh_quote(&format!("{r}/lib.sh")),
         rb = u8::from(spec.rollback),
     );
     if any_file {
@@ -190,7 +204,8 @@ fn txn_sh(spec: &ChangeSpec) -> String {
     if spec.confirm_timeout.is_none() {
         s.push_str("unlock\n");
     }
-    s.push_str("log changed\n");
+    // stamped with the run's start on this host: no `date` for the last line
+    s.push_str("echo \"$STAMP run $RUN: changed\" >> \"$D/log\"\n");
     s.push_str(&done_tail());
     s
 }
@@ -198,50 +213,49 @@ fn txn_sh(spec: &ChangeSpec) -> String {
 /// The put-back of this run (`runs/<run>/revert.sh MODE WHY`), run by the controller, by the
 /// dead-man (`MODE` = `deadman`) or by a later run that finds this one's lock expired. Claims
 /// the pending record first: when it is gone (confirmed, or already put back) it does nothing.
-fn revert_sh(run: &RunId) -> String {
-    let r = run_dir(run);
+/// It starts with the run's functions (`lib`), and stops after them when sourced with
+/// `WGPROV_LIB=1`; `revert.sh start` runs the change itself (`start`), detached.
+fn revert_sh(lib: &str, start: &str) -> String {
     format!(
-        "{PATH_PRELUDE}set -u\numask 077\n. {lib}\nmode=${{1:-controller}}; why=${{2:-}}\n\
+        "{PATH_PRELUDE}set -u\numask 077\n{lib}[ -z \"${{WGPROV_LIB:-}}\" ] || return 0\n\
+         if [ \"${{1:-}}\" = start ]; then\n{start}exit 0\nfi\nmode=${{1:-controller}}; why=${{2:-}}\n\
          claim reverting || {{ echo \"{NOT_PENDING} $(tail -n 1 \"$D/log\" 2>/dev/null)\"; exit 0; }}\n\
          [ \"$mode\" = deadman ] || disarm reverting\n\
-         pid=$(cat \"$R/pid\" 2>/dev/null || true); this_boot \"$R/boot\" || pid=\n\
+         pid=; st=; if [ -f \"$R/pid\" ]; then while read -r a b; do if [ \"$a\" = written ]; then st=1; elif [ \"$b\" = \"$BOOT\" ]; then pid=$a; fi; done < \"$R/pid\"; fi\n\
          if [ -n \"$pid\" ]; then tail --pid=\"$pid\" -s 0.1 -f /dev/null 2>/dev/null || while kill -0 \"$pid\" 2>/dev/null; do sleep 0.2; done; fi\n\
-         if [ -f \"$R/stage\" ]; then\n  \
+         if [ -n \"$st\" ]; then\n  \
            if ( restore ); then log \"put back ($mode): $why\"; echo '{REVERTED}'; \
            else log \"putting back FAILED ($mode): $why\"; echo \"{FAIL} put back\"; fi\n\
          else log \"released ($mode), nothing had been written: $why\"; echo '{REVERTED}'; fi\n\
          unlock\n{tail}",
-        lib = sh_quote(&format!("{r}/lib.sh")),
         tail = done_tail(),
     )
 }
 
 /// Lock, leftovers of earlier runs, compare-and-swap, dead-man, then the change
-/// (`runs/<run>/start.sh`, started detached).
+/// (`runs/<run>/revert.sh start`, started detached, with the run's functions defined).
 fn start_sh(spec: &ChangeSpec) -> String {
-    let r = run_dir(spec.run);
     let ttl = match spec.confirm_timeout {
         Some(t) => t.as_secs() + 120,
         None => spec.lock_ttl.as_secs() + 60,
     };
     let mut s = format!(
-        "{PATH_PRELUDE}set -u\numask 077\n. {lib}\n\
-         take() {{ mkdir \"$D/lock\" 2>/dev/null && echo \"$RUN\" > \"$D/lock/run\" && \
-         echo {owner}\" since $(date -u +%Y-%m-%dT%H:%M:%SZ)\" > \"$D/lock/owner\" && \
-         echo $(( $(date +%s) + {ttl} )) > \"$D/lock/deadline\"; }}\n\
+        "now=$(date -u '+%s %Y-%m-%dT%H:%M:%SZ'); EPOCH=${{now%% *}}; STAMP=${{now#* }}\n\
+         take() {{ mkdir \"$D/lock\" 2>/dev/null && \
+         printf '%s\\n%s\\n%s\\n' \"$RUN\" $(( EPOCH + {ttl} )) {owner}\" since $STAMP\" > \"$D/lock/run\"; }}\n\
          if ! take; then\n  \
-           if [ \"$(date +%s)\" -gt \"$(cat \"$D/lock/deadline\" 2>/dev/null || echo 0)\" ]; then\n    \
-             log \"the lock of run $(cat \"$D/lock/run\" 2>/dev/null) expired: taken over\"\n    \
+           rdlock\n  \
+           if [ \"$EPOCH\" -gt \"${{ldl:-0}}\" ]; then\n    \
+             log \"the lock of run $lrun expired: taken over\"\n    \
              rm -rf \"$D/lock\"\n  \
            fi\n  \
-           take || {{ echo \"{LOCKED} $(cat \"$D/lock/owner\" 2>/dev/null || echo 'another apply (no owner recorded)')\"; exit 0; }}\n\
+           take || {{ rdlock; echo \"{LOCKED} ${{lown:-another apply (no owner recorded)}}\"; exit 0; }}\n\
          fi\n\
-         old=$(cat \"$D/pending/run\" 2>/dev/null || true)\n\
+         rd \"$D/pending/run\"; old=$v\n\
          if [ -n \"$old\" ] && [ -f \"$D/runs/$old/revert.sh\" ]; then \
          sh \"$D/runs/$old/revert.sh\" stale 'its controller never confirmed it' >/dev/null 2>&1; fi\n\
-         rm -rf \"$D/pending\"\n\
+         [ ! -e \"$D/pending\" ] || rm -rf \"$D/pending\"\n\
          for x in \"$D\"/runs/*; do [ \"$x\" = \"$R\" ] || rm -rf \"$x\"; done\n",
-        lib = sh_quote(&format!("{r}/lib.sh")),
         owner = sh_quote(spec.owner),
     );
     s.push_str(&cas_check(spec.changes));
@@ -249,16 +263,16 @@ fn start_sh(spec: &ChangeSpec) -> String {
         let t = t.as_secs().max(1);
         let why = sh_quote(&format!("not confirmed within {t} s"));
         s.push_str(&format!(
-            "mkdir \"$D/pending\" && echo \"$RUN\" > \"$D/pending/run\" && echo $(( $(date +%s) + {t} )) > \"$D/pending/deadline\" \
+            "mkdir \"$D/pending\" && echo \"$RUN\" > \"$D/pending/run\" \
              || {{ unlock; echo \"{FAIL} arming the dead-man\"; exit 1; }}\n\
              if [ -d /run/systemd/system ] && command -v systemd-run >/dev/null 2>&1 && \
              systemd-run --quiet --collect --unit=\"wgprov-deadman-$RUN\" --on-active={t}s --timer-property=AccuracySec=1s \
              /bin/sh \"$R/revert.sh\" deadman {why} >/dev/null 2>&1; then echo \"wgprov-deadman-$RUN\" > \"$D/pending/unit\"\n\
              else setsid sh -c \"sleep {t}; exec sh '$R/revert.sh' deadman \\\"\\$0\\\"\" {why} </dev/null >/dev/null 2>&1 &\n  \
-             echo $! > \"$D/pending/deadman.pid\"\nfi\necho \"$BOOT\" > \"$D/pending/boot\"\n"
+             echo \"$! $BOOT\" > \"$D/pending/deadman\"\nfi\n"
         ));
     }
-    s.push_str("exec sh \"$R/txn.sh\"\n");
+    s.push_str(&txn_sh(spec));
     s
 }
 
@@ -293,9 +307,11 @@ fn cas_check(changes: &[Change]) -> String {
     s
 }
 
-fn heredoc(path: &str, body: &str, tag: &str) -> String {
+/// One of the run's scripts written into the run's directory by the shell's own `printf`.
+fn write_run_file(path: &str, body: &str) -> String {
     format!(
-        "cat > \"$R/{path}\" <<'@@WGPROV-{tag}@@' || {{ echo \"{FAIL} writing $R/{path}\"; exit 1; }}\n{body}@@WGPROV-{tag}@@\n"
+        "printf '%s' {} > \"$R/{path}\" || {{ echo \"{FAIL} writing $R/{path}\"; exit 1; }}\n",
+        sh_quote(body)
     )
 }
 
@@ -304,29 +320,26 @@ fn heredoc(path: &str, body: &str, tag: &str) -> String {
 pub fn change_script(spec: &ChangeSpec) -> String {
     let mut s = format!(
         "# wgprov:change {run}\ntrap '' HUP PIPE\nmain() {{\n{PATH_PRELUDE}umask 077\nD={STATE_DIR}\nR={r}\n\
-         mkdir -p \"$D/runs\" && chmod 700 \"$D\" || {{ echo \"{FAIL} state directory $D\"; exit 1; }}\n\
-         rm -rf \"$R\" && mkdir \"$R\" || {{ echo \"{FAIL} state directory $R\"; exit 1; }}\n",
+         if [ ! -d \"$D/runs\" ] && [ -d \"$D\" ]; then chmod 700 \"$D\" || {{ echo \"{FAIL} state directory $D\"; exit 1; }}; fi\n\
+         {{ [ ! -e \"$R\" ] || rm -rf \"$R\"; }} && mkdir -p \"$R\" || {{ echo \"{FAIL} state directory $R\"; exit 1; }}\n",
         run = spec.run.as_str(),
         r = run_dir(spec.run),
     );
-    s.push_str(&heredoc(
-        "lib.sh",
-        &lib_sh(
-            spec.run,
-            spec.iface,
-            spec.facts,
-            &spec.handlers.to_put_back(spec.changes),
-        ),
-        "LIB",
+    let lib = lib_sh(
+        spec.run,
+        spec.iface,
+        spec.facts,
+        &spec.handlers.to_put_back(spec.changes),
+    );
+    s.push_str(&write_run_file(
+        "revert.sh",
+        &revert_sh(&lib, &start_sh(spec)),
     ));
-    s.push_str(&heredoc("txn.sh", &txn_sh(spec), "TXN"));
-    s.push_str(&heredoc("revert.sh", &revert_sh(spec.run), "REVERT"));
-    s.push_str(&heredoc("start.sh", &start_sh(spec), "START"));
     s.push_str(
-        "setsid sh \"$R/start.sh\" </dev/null >\"$R/out\" 2>&1 &\npid=$!\necho \"$pid\" > \"$R/pid\"\n\
-         cat /proc/sys/kernel/random/boot_id > \"$R/boot\" 2>/dev/null\n\
-         tail --pid=\"$pid\" -s 0.02 -f /dev/null 2>/dev/null || while kill -0 \"$pid\" 2>/dev/null; do sleep 0.05; done\n\
-         cat \"$R/out\"\n}\nmain\n",
+        "setsid sh \"$R/revert.sh\" start </dev/null >\"$R/out\" 2>&1 &\npid=$!\n\
+         b=; read -r b < /proc/sys/kernel/random/boot_id 2>/dev/null; echo \"$pid $b\" >> \"$R/pid\"\n\
+         wait \"$pid\" 2>/dev/null; while kill -0 \"$pid\" 2>/dev/null; do sleep 0.05; done\n\
+         l=; while IFS= read -r l; do printf '%s\\n' \"$l\"; l=; done < \"$R/out\"; [ -z \"$l\" ] || printf '%s\\n' \"$l\"\n}\nmain\n",
     );
     s
 }
@@ -337,11 +350,11 @@ pub fn confirm_script(run: &RunId) -> String {
     let r = run_dir(run);
     format!(
         "# wgprov:confirm {run}\n{PATH_PRELUDE}set -u\n\
-         if [ ! -f {lib} ]; then echo \"{NOT_PENDING} this host has no trace of run {run}\"; exit 0; fi\n. {lib}\n\
+         if [ ! -f {lib} ]; then echo \"{NOT_PENDING} this host has no trace of run {run}\"; exit 0; fi\nWGPROV_LIB=1\n. {lib}\n\
          if claim confirmed; then disarm confirmed; unlock; log confirmed; echo '{CONFIRMED}'; \
          else echo \"{NOT_PENDING} $(tail -n 1 \"$D/log\" 2>/dev/null)\"; fi\n",
         run = run.as_str(),
-        lib = sh_quote(&format!("{r}/lib.sh")),
+        lib = sh_quote(&format!("{r}/revert.sh")),
     )
 }
 
@@ -516,8 +529,9 @@ pub fn rollback_script_with(
     let mut s = script::prelude();
     s.push_str(&format!(
         "D={STATE_DIR}\nB=$D/backup\n\
-         if [ -d \"$D/lock\" ] && [ \"$(date +%s)\" -le \"$(cat \"$D/lock/deadline\" 2>/dev/null || echo 0)\" ]; then \
-         fail \"an apply holds this host ($(cat \"$D/lock/owner\" 2>/dev/null))\"; fi\n"
+         rd() {{ v=; if [ -f \"$1\" ]; then read -r v < \"$1\" || :; fi; }}\n{RDLOCK}\n\
+         if [ -d \"$D/lock\" ]; then rdlock; if [ \"$(date +%s)\" -le \"${{ldl:-0}}\" ]; then \
+         fail \"an apply holds this host ($lown)\"; fi; fi\n"
     ));
     s.push_str(&restore_body(iface, facts, "fail", handlers));
     s.push_str(&done_tail());
@@ -566,12 +580,19 @@ mod tests {
         };
         // the whole exec is one function: a script cut short is a syntax error, never half run
         assert!(s.trim_end().ends_with("}\nmain"));
+        assert!(at("setsid sh \"$R/revert.sh\" start") > at("> \"$R/revert.sh\""));
+        let start = start_sh(&spec(&run, &c, &h, &f, Some(90)));
+        assert!(s.contains(&sh_quote(&start)[1..start.len() / 2]));
+        let at = |needle: &str| {
+            start
+                .find(needle)
+                .unwrap_or_else(|| panic!("`{needle}` missing from:\n{start}"))
+        };
         assert!(at("take()") < at("sha256sum --"));
         assert!(at("sha256sum --") < at("mkdir \"$D/pending\""));
-        assert!(at("mkdir \"$D/pending\"") < at("exec sh \"$R/txn.sh\""));
-        assert!(s.contains("sleep 90; exec sh '$R/revert.sh' deadman"));
-        assert!(s.contains("--on-active=90s"));
-        assert!(at("setsid sh \"$R/start.sh\"") > at("@@WGPROV-START@@"));
+        assert!(at("mkdir \"$D/pending\"") < at("STAGE=start"));
+        assert!(start.contains("sleep 90; exec sh '$R/revert.sh' deadman"));
+        assert!(start.contains("--on-active=90s"));
         // the old content's hash is what the host must still have
         let hex: String = Sha256::digest(b"old\n")
             .iter()
@@ -623,7 +644,10 @@ mod tests {
                 ("txn", txn_sh(&sp)),
                 ("start", start_sh(&sp)),
                 ("lib", lib_sh(&run, &wg0, &f, &h.to_put_back(&c))),
-                ("revert.sh", revert_sh(&run)),
+                (
+                    "revert.sh",
+                    revert_sh(&lib_sh(&run, &wg0, &f, &h.to_put_back(&c)), &start_sh(&sp)),
+                ),
                 ("confirm", confirm_script(&run)),
                 ("revert", revert_script(&run, "it's broken: a <-> b")),
                 ("rollback", rollback_script(&wg0, &f)),
@@ -637,13 +661,13 @@ mod tests {
     }
 
     #[test]
-    fn write_step_never_moves_a_file_whose_chmod_failed() {
+    fn write_step_renames_nothing_until_every_file_is_written_and_synced() {
         let c = [change_of(None, "new\n")];
         let s = backup_and_write(&c);
-        assert!(
-            s.contains("{ chmod 600 \"$t\" && sync \"$t\" && mv -f \"$t\" '/etc/wireguard/wg0.conf'; } || { rm -f \"$t\"; fail"),
-            "{s}"
-        );
+        let write = s.find("printf '%s' \"$wgc\" > '/etc/wireguard'").unwrap();
+        let sync = s.find("sync '/etc/wireguard'\"/.wgprov-$RUN-0\"").unwrap();
+        let mv = s.find("mv -f '/etc/wireguard'").unwrap();
+        assert!(write < sync && sync < mv, "{s}");
         assert!(!s.contains("2>/dev/null; mv"));
     }
 
@@ -686,7 +710,7 @@ mod tests {
     fn confirm_and_revert_act_only_on_their_own_run() {
         let run = RunId::fixed("feed-2");
         let c = confirm_script(&run);
-        assert!(c.contains("/var/lib/wgprov/runs/feed-2/lib.sh"));
+        assert!(c.contains("WGPROV_LIB=1\n. '/var/lib/wgprov/runs/feed-2/revert.sh'"));
         assert!(c.contains("if claim confirmed; then disarm confirmed; unlock"));
         let r = revert_script(&run, "links broke: a-b");
         assert!(r.contains(
@@ -701,14 +725,20 @@ mod tests {
         assert!(lib.contains("restore() {") && lib.contains("restore_failed() {"));
         // a PID recorded before a reboot is never signalled after it
         assert!(
-            lib.contains("if [ -f \"$R/$1/deadman.pid\" ] && this_boot \"$R/$1/boot\"; then kill")
+            lib.contains("if [ -f \"$R/$1/deadman\" ] && this_boot \"$R/$1/deadman\"; then kill")
         );
-        let rv = revert_sh(&run);
-        assert!(rv.contains("this_boot \"$R/boot\" || pid="), "{rv}");
+        let rv = revert_sh(&lib, "START\n");
         assert!(
-            lib.contains(
-                "claim() { [ \"$(cat \"$D/pending/run\" 2>/dev/null)\" = \"$RUN\" ] && mv"
-            )
+            rv.contains("elif [ \"$b\" = \"$BOOT\" ]; then pid=$a; fi"),
+            "{rv}"
         );
+        assert!(
+            rv.contains("if [ \"${1:-}\" = start ]; then\nSTART\nexit 0\nfi\n"),
+            "{rv}"
+        );
+        assert!(
+            rv.starts_with(PATH_PRELUDE) && rv.contains("[ -z \"${WGPROV_LIB:-}\" ] || return 0\n")
+        );
+        assert!(lib.contains("claim() { rd \"$D/pending/run\"; [ \"$v\" = \"$RUN\" ] && mv"));
     }
 }

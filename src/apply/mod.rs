@@ -821,7 +821,50 @@ mod tests {
                 "= 'ME' ] || fail 'verify: the interface is not up with the planned key'"
             )
         );
-        assert!(check.contains("'10.100.0.0/16\n10.100.0.2/32\n10.100.1.0/24\nP1\nP2'"));
+        assert!(check.contains("' 10.100.0.0/16 10.100.0.2/32 10.100.1.0/24 P1 P2 '"));
+        // run against a stub `wg`: the running peers in any order pass; one more, one fewer or
+        // another key fail
+        let dir = tempfile::tempdir().unwrap();
+        let run = |allowed: &str| {
+            let wg = dir.path().join("wg");
+            std::fs::write(
+                &wg,
+                format!(
+                    "#!/bin/sh\ncase \"$3\" in public-key) echo ME ;; allowed-ips) printf '{allowed}' ;; esac\n"
+                ),
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(&wg, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(format!(
+                    "PATH={}:$PATH\nfail() {{ echo \"FAILED $1\"; exit 1; }}\n{check}echo OK\n",
+                    dir.path().display()
+                ))
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).trim().to_string()
+        };
+        assert_eq!(
+            run("P1\t10.100.0.0/16\nP2\t10.100.0.2/32 10.100.1.0/24\n"),
+            "OK"
+        );
+        assert_eq!(
+            run("P2\t10.100.1.0/24 10.100.0.2/32\nP1\t10.100.0.0/16\n"),
+            "OK"
+        );
+        for bad in [
+            "P1\t10.100.0.0/16\nP2\t10.100.0.2/32\n",
+            "P1\t10.100.0.0/16\nP2\t10.100.0.2/32 10.100.1.0/24\nP3\t(none)\n",
+            "P1\t10.100.0.0/16\nP9\t10.100.0.2/32 10.100.1.0/24\n",
+            "",
+        ] {
+            assert!(
+                run(bad).starts_with("FAILED verify: the interface has other peers"),
+                "{bad:?}"
+            );
+        }
     }
 
     #[test]

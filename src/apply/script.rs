@@ -1,7 +1,8 @@
 //! The shell scripts of a host's transaction, built locally and sent in one exec each:
 //! backup + atomic writes + handlers + read-back for the change, and restore + handlers for the
-//! rollback. Contents travel base64-encoded inside the script on stdin (inside the encrypted
-//! channel, never on a command line). Which handler runs is decided here, from the facts.
+//! rollback. Contents travel inside the script on stdin (inside the encrypted channel, never
+//! on a command line) and are written by the shell's own `printf`. Which handler runs is
+//! decided here, from the facts.
 
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD;
@@ -92,8 +93,13 @@ fn wireguard_handler(
         "{}/{iface}.conf",
         crate::desired::removal::REMOVED_DIR
     ));
+    // only an interface that exists is taken down (a first apply has none: no `wg-quick down`
+    // to fail, no `ip link delete`); the kernel's own list of this namespace's links says,
+    // read by the shell, and when it cannot be read the interface is taken down anyway
     let down = format!(
-        "wg-quick down {q} >/dev/null 2>&1 || {{ [ -f {kept} ] && wg-quick down {kept} >/dev/null 2>&1; }} || ip link delete dev {q} >/dev/null 2>&1 || true\n"
+        "wgup=1; if [ -r /proc/net/dev ]; then wgup=; while read -r wgl; do case \"$wgl\" in {name}*) wgup=1 ;; esac; done < /proc/net/dev; fi\n\
+         [ -z \"$wgup\" ] || wg-quick down {q} >/dev/null 2>&1 || {{ [ -f {kept} ] && wg-quick down {kept} >/dev/null 2>&1; }} || ip link delete dev {q} >/dev/null 2>&1 || true\n",
+        name = sh_quote(&format!("{iface}:")),
     );
     if restart && systemd {
         format!(
@@ -212,18 +218,58 @@ pub(crate) fn done_tail() -> String {
 }
 
 /// Backs up every file the change touches to `$B.new` (then swaps it in as `$B`, the previous
-/// backup replaced only once the new one is complete), and writes each file atomically (temp
-/// file in the same directory, mode, fsync, rename; nothing is renamed into place unless every
-/// step before it succeeded). Expects `fail` and `$B` to be defined.
+/// backup replaced only once the new one is complete), and writes the files atomically: every
+/// new content first into a temp file beside its target (created with its mode, never over an
+/// existing file), all of them flushed to disk with one `sync`, and only then each renamed into
+/// place; nothing is renamed unless every file was written. Removals come last. Expects `fail`,
+/// `$B` and `$RUN` to be defined.
+///
+/// Every step is a shell builtin but `mkdir`, `cp`, `sync` and one `mv` per file: a first apply
+/// forks a handful of processes for its files, not five per file.
 pub(crate) fn backup_and_write(changes: &[Change]) -> String {
     let changed: Vec<&Change> = changes
         .iter()
         .filter(|c| c.action != Action::Unchanged)
         .collect();
     let mut s = backup(&changed);
+    let written: Vec<(usize, &&Change)> = changed
+        .iter()
+        .enumerate()
+        .filter(|(_, c)| matches!(c.desired.state, FileState::Present { .. }))
+        .collect();
+    let temps: Vec<String> = written.iter().map(|(i, c)| temp_of(c, *i)).collect();
+    let cleanup = if temps.is_empty() {
+        String::new()
+    } else {
+        format!("rm -f {}; ", temps.join(" "))
+    };
+    for ((_, c), t) in written.iter().zip(&temps) {
+        s.push_str(&write_temp(c, t, &cleanup));
+    }
+    if !temps.is_empty() {
+        s.push_str(&format!(
+            "sync {} || {{ {cleanup}fail 'write: sync'; }}
+",
+            temps.join(" ")
+        ));
+    }
     s.push_str(WRITTEN);
-    for c in &changed {
-        s.push_str(&write_file(c));
+    for ((_, c), t) in written.iter().zip(&temps) {
+        let path = &c.desired.path;
+        s.push_str(&format!(
+            "mv -f {t} {p} || {{ {cleanup}fail 'write {path}'; }}\n",
+            p = sh_quote(path)
+        ));
+    }
+    for c in changed
+        .iter()
+        .filter(|c| matches!(c.desired.state, FileState::Absent))
+    {
+        let path = &c.desired.path;
+        s.push_str(&format!(
+            "rm -f {p} || fail 'remove {path}'\n",
+            p = sh_quote(path)
+        ));
     }
     s
 }
@@ -232,7 +278,9 @@ pub(crate) fn backup_and_write(changes: &[Change]) -> String {
 /// `$B.new` swapped in as `$B`.
 fn backup(changed: &[&Change]) -> String {
     let mut s = String::new();
-    s.push_str("rm -rf \"$B.new\" && mkdir \"$B.new\" || fail backup\n");
+    s.push_str(
+        "{ [ ! -e \"$B.new\" ] || rm -rf \"$B.new\"; } && mkdir \"$B.new\" || fail backup\n",
+    );
     for (i, c) in changed.iter().enumerate() {
         let p = sh_quote(&c.desired.path);
         s.push_str(&format!(
@@ -240,42 +288,62 @@ fn backup(changed: &[&Change]) -> String {
             path = c.desired.path
         ));
     }
-    s.push_str("rm -rf \"$B.old\"; if [ -d \"$B\" ]; then mv \"$B\" \"$B.old\" || fail backup; fi\nmv \"$B.new\" \"$B\" && rm -rf \"$B.old\" || fail backup\n");
+    s.push_str(
+        "[ ! -e \"$B.old\" ] || rm -rf \"$B.old\"; if [ -d \"$B\" ]; then mv \"$B\" \"$B.old\" || fail backup; fi\n\
+         mv \"$B.new\" \"$B\" || fail backup\n[ ! -e \"$B.old\" ] || rm -rf \"$B.old\" || fail backup\n",
+    );
     s
 }
 
-/// One file written atomically (its directory made first, with the mode wgprov gives it), or
-/// removed.
-fn write_file(c: &Change) -> String {
-    let p = sh_quote(&c.desired.path);
+/// The temp file a change writes before renaming it into place: beside its target (a rename
+/// within one file system), named after the run.
+fn temp_of(c: &Change, i: usize) -> String {
+    format!("{}\"/.wgprov-$RUN-{i}\"", sh_quote(c.desired.path.parent()))
+}
+
+/// One file's new content into its temp file `t` (quoted), its directory made first with the
+/// mode wgprov gives it. The content is written by the shell itself (`printf`, a builtin) under
+/// a umask that gives the file its mode, with `set -C` so that an existing file is never
+/// written through (a failed write is tried again through `cat` for its error message); content the shell cannot hold (a NUL byte) or a mode beyond rw goes through
+/// `base64 -d` and `chmod`.
+fn write_temp(c: &Change, t: &str, cleanup: &str) -> String {
+    let FileState::Present { content, mode } = &c.desired.state else {
+        return String::new();
+    };
     let path = &c.desired.path;
-    match &c.desired.state {
-        FileState::Present { content, mode } => {
-            let dir = c.desired.path.parent();
-            let dq = sh_quote(dir);
-            // directories wgprov creates get their mode: its own state and notes are readable
-            // by root only where they hold secrets
-            let dmode = if dir.starts_with("/etc/wireguard") || dir.starts_with(STATE_DIR) {
-                "700"
-            } else {
-                "755"
-            };
-            format!(
-                "[ -d {dq} ] || {{ mkdir -p {dq} && chmod {dmode} {dq}; }} || fail 'write {path}'\n\
-                 t=$(mktemp {tmpl}) || fail 'write {path}'\n\
-                 base64 -d > \"$t\" <<'@@WGPROV-EOF@@' || {{ rm -f \"$t\"; fail 'write {path}'; }}\n{b64}\n@@WGPROV-EOF@@\n\
-                 {{ chmod {mode:o} \"$t\" && sync \"$t\" && mv -f \"$t\" {p}; }} || {{ rm -f \"$t\"; fail 'write {path}'; }}\n",
-                tmpl = sh_quote(&format!("{dir}/.wgprov.XXXXXX")),
-                b64 = wrap(&STANDARD.encode(content)),
-            )
-        }
-        FileState::Absent => format!("rm -f {p} || fail 'remove {path}'\n"),
+    let dir = path.parent();
+    let dq = sh_quote(dir);
+    // directories wgprov creates get their mode: its own state and notes are readable by root
+    // only where they hold secrets
+    let dmode = if dir.starts_with("/etc/wireguard") || dir.starts_with(STATE_DIR) {
+        "700"
+    } else {
+        "755"
+    };
+    let fail = format!("{{ {cleanup}fail 'write {path}'; }}");
+    let mut s = format!("[ -d {dq} ] || {{ mkdir -p {dq} && chmod {dmode} {dq}; }} || {fail}\n");
+    if !content.contains('\0') && mode & !0o666 == 0 {
+        // the shell's printf says only "I/O error" when a write fails: the failed write is
+        // tried once more through `cat`, which names the cause (No space left on device)
+        s.push_str(&format!(
+            "wgc={body}\numask {umask:03o}; set -C; printf '%s' \"$wgc\" > {t} || {{ set +C; umask 077; rm -f {t}; \
+             printf '%s' \"$wgc\" | cat > {t}; {cleanup}fail 'write {path}'; }}\nset +C; umask 077; wgc=\n",
+            umask = 0o777 & !mode,
+            body = sh_quote(content),
+        ));
+    } else {
+        s.push_str(&format!(
+            "set -C; base64 -d > {t} <<'@@WGPROV-EOF@@' || {{ set +C; {cleanup}fail 'write {path}'; }}\n{b64}\n@@WGPROV-EOF@@\n\
+             set +C; chmod {mode:o} {t} || {fail}\n",
+            b64 = wrap(&STANDARD.encode(content)),
+        ));
     }
+    s
 }
 
 /// Marks, in a change script, the moment the backup is complete and files start to change:
 /// from here on a failure puts the backup back.
-const WRITTEN: &str = "STAGE=written; [ -z \"${R:-}\" ] || echo written > \"$R/stage\"\n";
+const WRITTEN: &str = "STAGE=written; [ -z \"${R:-}\" ] || echo written >> \"$R/pid\"\n";
 
 /// Puts back every file of the backup in `$B` byte for byte (mode and times too), then re-runs
 /// every handler with the restored files. Failures call `fail_fn`.
@@ -651,20 +719,153 @@ pub(crate) mod tests {
                 "fail",
             );
         let backup = s.find("cp -p '/etc/wireguard/wg0.conf'").unwrap();
-        let write = s.find("mv -f \"$t\" '/etc/wireguard/wg0.conf'").unwrap();
+        let write = s
+            .find("mv -f '/etc/wireguard'\"/.wgprov-$RUN-0\" '/etc/wireguard/wg0.conf'")
+            .unwrap();
         let sync = s.find("wg syncconf").unwrap();
         assert!(backup < write && write < sync);
         assert!(s.contains("tr -d ' \\t\\r' < \"$t\" | grep -qi '^privatekey='"));
-        assert!(
-            !s.contains("PrivateKey = A"),
-            "contents travel base64-encoded"
-        );
         let r = parse_result(&format!("x\n{FAIL} handler wireguard: wg-quick up\n"));
         assert_eq!(
             r.failed_step.as_deref(),
             Some("handler wireguard: wg-quick up")
         );
         assert!(!r.done);
+    }
+
+    /// The write stage run under `sh` in a scratch directory: every byte as planned (quotes,
+    /// backslashes, `%`, no final newline, a NUL), every mode as planned, the old file backed
+    /// up; and a temp file that is in the way stops the change before anything is renamed.
+    #[test]
+    fn the_write_stage_writes_exact_bytes_and_modes_and_renames_nothing_when_a_write_fails() {
+        use std::os::unix::fs::MetadataExt;
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().display().to_string();
+        let file = |rel: &str, content: &str, mode: u32, old: Option<&str>| {
+            let path = format!("{root}/{rel}");
+            if let Some(o) = old {
+                std::fs::create_dir_all(std::path::Path::new(&path).parent().unwrap()).unwrap();
+                std::fs::write(&path, o).unwrap();
+            }
+            let mut c = change(old, content);
+            c.desired.path = crate::shell::RemotePath::new(&path).unwrap();
+            c.desired.state = FileState::Present {
+                content: content.into(),
+                mode,
+            };
+            c
+        };
+        let odd = "it's \\ %s %% $HOME `x` \"q\"\n\tno newline at the end: ü";
+        let changes = [
+            file(
+                "etc/wireguard/wg0.conf",
+                "[Interface]\nPrivateKey = A\n",
+                0o600,
+                Some("old\n"),
+            ),
+            file("etc/default/kubelet", odd, 0o644, None),
+            file("etc/wgprov/run.sh", "#!/bin/sh\necho hi\n", 0o755, None),
+            file("etc/wgprov/nul", "a\0b", 0o644, None),
+        ];
+        let run = |changes: &[Change]| {
+            let script = format!(
+                "set -u\numask 077\nRUN=feed-1\nB={root}/backup\nfail() {{ echo \"{FAIL} $1\"; exit 1; }}\n{}echo '{DONE}'\n",
+                backup_and_write(changes)
+            );
+            let out = std::process::Command::new("sh")
+                .arg("-c")
+                .arg(&script)
+                .output()
+                .unwrap();
+            String::from_utf8_lossy(&out.stdout).to_string()
+        };
+        let out = run(&changes);
+        assert!(out.contains(DONE), "{out}");
+        for c in &changes {
+            let FileState::Present { content, mode } = &c.desired.state else {
+                unreachable!()
+            };
+            let p = c.desired.path.as_str();
+            assert_eq!(std::fs::read(p).unwrap(), content.as_bytes(), "{p}");
+            let got = std::fs::metadata(p).unwrap().mode() & 0o7777;
+            assert_eq!(got, *mode, "{p}");
+        }
+        assert_eq!(
+            std::fs::read_to_string(format!("{root}/backup/0")).unwrap(),
+            "old\n"
+        );
+        let leftovers: Vec<_> = std::fs::read_dir(format!("{root}/etc/wgprov"))
+            .unwrap()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(".wgprov"))
+            .collect();
+        assert!(leftovers.is_empty(), "{leftovers:?}");
+        // a file in the way of the second temp: nothing is renamed, the first temp is gone
+        let again = [
+            file(
+                "etc/wireguard/wg0.conf",
+                "new again\n",
+                0o600,
+                Some("old\n"),
+            ),
+            file("etc/default/kubelet", "x\n", 0o644, Some(odd)),
+        ];
+        std::fs::write(format!("{root}/etc/default/.wgprov-feed-1-1"), "in the way").unwrap();
+        let out = run(&again);
+        assert!(
+            out.contains(&format!("{FAIL} write {root}/etc/default/kubelet")),
+            "{out}"
+        );
+        assert_eq!(
+            std::fs::read_to_string(format!("{root}/etc/wireguard/wg0.conf")).unwrap(),
+            "old\n"
+        );
+        assert!(!std::path::Path::new(&format!("{root}/etc/wireguard/.wgprov-feed-1-0")).exists());
+    }
+
+    /// A restart takes down only an interface this network namespace has (the kernel's list in
+    /// /proc/net/dev, read by the shell): `lo` is taken down (by the stubs), an interface that
+    /// does not exist is not, and nothing runs for it but the shell.
+    #[test]
+    fn a_restart_takes_down_only_an_interface_that_exists() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let calls = dir.path().join("calls");
+        for name in ["wg-quick", "ip"] {
+            let p = dir.path().join(name);
+            std::fs::write(
+                &p,
+                format!("#!/bin/sh\necho \"{name} $*\" >> '{}'\n", calls.display()),
+            )
+            .unwrap();
+            std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let h = HandlerPlan {
+            wireguard: Some(true),
+            ..Default::default()
+        };
+        let run = |iface: &str| {
+            let _ = std::fs::remove_file(&calls);
+            let iface = InterfaceName::new(iface).unwrap();
+            let script = format!(
+                "fail() {{ echo \"{FAIL} $1\"; exit 1; }}\n{}echo '{DONE}'\n",
+                handlers_script(&h, &iface, &Facts::default(), false, "fail")
+            );
+            let path = format!(
+                "{}:{}",
+                dir.path().display(),
+                std::env::var("PATH").unwrap()
+            );
+            let out = std::process::Command::new("sh")
+                .args(["-c", &script])
+                .env("PATH", path)
+                .output()
+                .expect("sh runs");
+            assert!(String::from_utf8_lossy(&out.stdout).contains(DONE));
+            std::fs::read_to_string(&calls).unwrap_or_default()
+        };
+        assert_eq!(run("lo"), "wg-quick down lo\n");
+        assert_eq!(run("wgprovnone9"), "");
     }
 
     /// Runs the `wg syncconf` handler under `sh` with `wg-quick strip` printing `stripped` and

@@ -286,10 +286,14 @@ impl Expect {
                 ),
                 "the interface is not up with the planned key",
             ),
+            // the running keys and AllowedIPs, each once (a device never repeats one), against
+            // the planned ones: every running token planned, and as many of them; compared by
+            // the shell itself, no pipeline of processes
             (
                 format!(
-                    "[ \"$(wg show {q} allowed-ips 2>/dev/null | tr '\\t ' '\\n\\n' | sed '/^$/d' | LC_ALL=C sort)\" = {} ]",
-                    sh_quote(&self.tokens.join("\n"))
+                    "{{ a=$(wg show {q} allowed-ips 2>/dev/null) && n=0 && ok=1 && for t in $a; do n=$((n+1)); case {} in *\" $t \"*) ;; *) ok= ;; esac; done && [ -n \"$ok\" ] && [ \"$n\" = {} ]; }}",
+                    sh_quote(&format!(" {} ", self.tokens.join(" "))),
+                    self.tokens.len()
                 ),
                 "the interface has other peers than the config",
             ),

@@ -640,7 +640,7 @@ ifup wg0
             // and the running interface: port, key, peers
             "[ \"$(wg show 'wg0' listen-port 2>/dev/null)\" = '51820' ]",
             "[ \"$(wg show 'wg0' public-key 2>/dev/null)\" = 'HUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBHUBE=' ]",
-            "'10.100.0.2/32\n10.100.1.0/24\n10.100.2.0/24\nC1C1",
+            "' 10.100.0.2/32 10.100.1.0/24 10.100.2.0/24 C1C1",
         ] {
             assert!(s.contains(needle), "no {needle:?} in\n{s}");
         }
