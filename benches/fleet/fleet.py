@@ -23,6 +23,7 @@ SIGINT/SIGTERM.
 
 import json
 import os
+import re
 import platform
 import signal
 import statistics
@@ -141,6 +142,7 @@ class Lab:
         r = self.exec("controller", ["/usr/bin/time", "-f", "%e %U %S %M", "-o", str(out)] + cmd, check=False)
         wall = time.monotonic() - start
         t1 = self.target_cpu()
+        self.last_out = r.stdout
         if r.returncode != 0:
             why = [l for l in (r.stdout + r.stderr).splitlines() if "GUARD" in l or "error" in l.lower()]
             raise RuntimeError(f"{' '.join(cmd[:4])} exited {r.returncode}: {why[:20]} {(r.stdout + r.stderr)[-1500:]}")
@@ -153,6 +155,10 @@ class Lab:
 
 
 NOTES = {}
+# per N: the guarded first apply's (wall, gate) of each run, and the paired ratios of the
+# --no-guard first apply to the hand floor
+GATES = {}
+PAIRS = {}
 
 
 def median_of(fn, before=None):
@@ -167,6 +173,41 @@ def median_of(fn, before=None):
     m = tuple(statistics.median(x[k] for x in samples) for k in range(4))
     print(f"    median wall {m[0]:.3f} s  controller CPU {m[1]:.2f} s  peak {m[2]:.0f} MiB  target CPU {m[3]:.2f} s", flush=True)
     return m
+
+
+def paired(fa, fb, before):
+    """fa and fb alternately, each after `before` (a warm-up pair, then RUNS pairs), so that a
+    drift in the machine's load touches both alike: the median figures of each, and the medians
+    of the per-pair ratios b/a of wall time and of target CPU."""
+    sa, sb = [], []
+    for i in range(RUNS + 1):
+        before()
+        a = fa()
+        before()
+        b = fb()
+        if i > 0:
+            sa.append(a)
+            sb.append(b)
+    med = lambda xs: tuple(statistics.median(x[k] for x in xs) for k in range(4))
+    ratio = (statistics.median(b[0] / a[0] for a, b in zip(sa, sb)),
+             statistics.median(b[3] / a[3] for a, b in zip(sa, sb) if a[3] > 0))
+    for name, m in (("a", med(sa)), ("b", med(sb))):
+        print(f"    {name}: median wall {m[0]:.3f} s  controller CPU {m[1]:.2f} s  peak {m[2]:.0f} MiB  target CPU {m[3]:.2f} s", flush=True)
+    print(f"    pairs: wall ratio {ratio[0]:.2f}  target CPU ratio {ratio[1]:.2f}", flush=True)
+    return med(sa), med(sb), ratio
+
+
+def guarded_first(lab, cmd):
+    """A guarded first apply that also records, per run, how long its gate waited (the probes
+    that wait for every new link's first handshake; `gate N s` in the guard's verdict)."""
+    gates = []
+
+    def run():
+        r = lab.timed(cmd)
+        m = re.search(r"gate ([0-9.]+) s", lab.last_out)
+        gates.append((r[0], float(m.group(1)) if m else 0.0))
+        return r
+    return run, gates
 
 
 def ssh_floor(lab, kex):
@@ -313,23 +354,30 @@ def bench(n):
         print(f"N={n}: floor", flush=True)
         rows["floor (ssh true, curve25519)"] = median_of(ssh_floor(lab, "curve25519-sha256"))
         rows["floor (ssh true, default kex)"] = median_of(ssh_floor(lab, None))
-        print(f"N={n}: hand floor", flush=True)
-        rows["hand floor (ssh + script: same files, wg-quick up)"] = median_of(hand_floor(lab, render), lab.reset)
+        print(f"N={n}: hand floor and wgprov first apply --no-guard, alternately", flush=True)
+        # what pyinfra and Ansible do (write, restart, no verdict on the network)
+        hand, first, PAIRS[n] = paired(hand_floor(lab, render),
+                                       lambda: lab.timed([WGPROV, "apply", "-i", inv, "--no-guard"] + forks),
+                                       lab.reset)
+        rows["hand floor (ssh + script: same files, wg-quick up)"] = hand
+        rows["wgprov first apply (--no-guard)"] = first
         print(f"N={n}: wgprov", flush=True)
-        if n > TOOLS_UP_TO:
+        # the target CPU of connecting and gathering facts alone (the first phase of a first apply)
+        rows["wgprov apply --check (connect + facts)"] = median_of(
+            lambda: lab.timed(["sh", "-c", f"{WGPROV} apply -i {inv} --forks {n} --check >/dev/null"]), lab.reset)
+        if n <= TOOLS_UP_TO:
             # on 2 cores that also run every node, 500 first handshakes and 500 fresh connections
             # do not all finish in time: a guarded first apply is put back (the guard refusing
-            # what it cannot vouch for). Bootstrap without it; the changing runs below are guarded.
-            rows["wgprov first apply (--no-guard)"] = median_of(
-                lambda: lab.timed([WGPROV, "apply", "-i", inv, "--no-guard"] + forks), lab.reset)
-        else:
-            rows["wgprov first apply"] = median_of(lambda: lab.timed([WGPROV, "apply", "-i", inv] + forks), lab.reset)
-            # what pyinfra and Ansible do (write, restart, no verdict on the network): the
-            # guarded first apply above also waits for every new link's first handshake
-            rows["wgprov first apply (--no-guard)"] = median_of(
-                lambda: lab.timed([WGPROV, "apply", "-i", inv, "--no-guard"] + forks), lab.reset)
+            # what it cannot vouch for). Above TOOLS_UP_TO it is left out; the changing runs
+            # below are guarded.
+            run, gates = guarded_first(lab, [WGPROV, "apply", "-i", inv] + forks)
+            rows["wgprov first apply"] = median_of(run, lab.reset)
+            GATES[n] = gates[1:]
         rows["wgprov no-change apply"] = median_of(lambda: lab.timed([WGPROV, "apply", "-i", inv] + forks))
-        timings = lab.exec("controller", [WGPROV, "apply", "-i", inv, "--timings"] + forks).stdout
+        # the per-host phases of a first apply (guarded where the guarded figure is measured)
+        lab.reset()
+        timings = lab.exec("controller", [WGPROV, "apply", "-i", inv, "--timings"] + forks
+                           + (["--no-guard"] if n > TOOLS_UP_TO else [])).stdout
         rows["wgprov apply --check --diff"] = median_of(
             lambda: lab.timed(["sh", "-c", f"{WGPROV} apply -i {inv} --forks {n} --check --diff >/dev/null"]), lab.reset)
         lab.exec("controller", [WGPROV, "apply", "-i", inv, "--no-guard"] + forks)
@@ -353,11 +401,32 @@ def bench(n):
             lambda: lab.timed([WGPROV, "apply", "-i", inv, "--no-guard"] + forks), bump)
         lab.inv.write_text(base)
         lab.exec("controller", [WGPROV, "apply", "-i", inv, "--no-guard"] + forks)
+
+        def lifecycle(name, fn, before=None):
+            try:
+                rows[name] = median_of(fn, before)
+            except RuntimeError as e:
+                if n <= TOOLS_UP_TO:
+                    raise
+                NOTES.setdefault(n, []).append(f"{name} failed: {str(e)[:600]}")
+                lab.inv.write_text(base)
+                lab.exec("controller", [WGPROV, "apply", "-i", inv, "--no-guard"] + forks, check=False)
+        # a changing apply as large as rotate-keys: every host's wg0.conf changes (preshared keys
+        # on every link, then off again), a `wg syncconf` everywhere, guarded
+        psk = [False]
+
+        def toggle():
+            psk[0] = not psk[0]
+            lab.inv.write_text(base.replace("  cluster_cidrs:", "  preshared_keys: true\n  cluster_cidrs:", 1)
+                               if psk[0] else base)
+        lifecycle("wgprov changing apply, whole fleet (preshared keys on/off), guard",
+                  lambda: lab.timed([WGPROV, "apply", "-i", inv] + forks), toggle)
+        lab.inv.write_text(base)
+        lab.exec("controller", [WGPROV, "apply", "-i", inv, "--no-guard"] + forks)
         # the lifecycle operations: every node's keys rotated (guarded), 10% of the nodes taken out
-        rows["wgprov rotate-keys, whole fleet"] = median_of(
-            lambda: lab.timed([WGPROV, "rotate-keys", "-i", inv] + forks))
+        lifecycle("wgprov rotate-keys, whole fleet", lambda: lab.timed([WGPROV, "rotate-keys", "-i", inv] + forks))
         remove, before, after = removal(lab, inv, forks)
-        rows["wgprov taking 10% of the nodes out"] = median_of(remove, before)
+        lifecycle("wgprov taking 10% of the nodes out", remove, before)
         after()
         lab.reset()
         lab.exec("controller", [WGPROV, "apply", "-i", inv, "--no-guard"] + forks)
@@ -402,8 +471,8 @@ def table(n, rows):
          cpu("hand floor (ssh + script: same files, wg-quick up)"), 2),
         ("wgprov first apply, guard / hand floor, target CPU", cpu("wgprov first apply"),
          cpu("hand floor (ssh + script: same files, wg-quick up)"), 2),
-        ("wgprov rotate-keys / changing apply, guard", r("wgprov rotate-keys, whole fleet"),
-         r("wgprov changing apply, guard"), 2),
+        ("wgprov rotate-keys / changing apply of the whole fleet, guard", r("wgprov rotate-keys, whole fleet"),
+         r("wgprov changing apply, whole fleet (preshared keys on/off), guard"), 2),
         ("wgprov taking 10% out / changing apply, guard", r("wgprov taking 10% of the nodes out"),
          r("wgprov changing apply, guard"), 2),
         ("wgprov changing apply, guard / --no-guard", r("wgprov changing apply, guard"),
@@ -419,6 +488,24 @@ def table(n, rows):
     ]
     out += ["", "| ratio | value |", "| --- | ---: |"]
     out += [f"| {name} | {a / b:.{d}f} |" for name, a, b, d in ratios if a is not None and b]
+    if n in PAIRS:
+        w, c = PAIRS[n]
+        out += [f"| wgprov first apply --no-guard / hand floor, wall, median of paired runs | {w:.2f} |",
+                f"| wgprov first apply --no-guard / hand floor, target CPU, median of paired runs | {c:.2f} |"]
+    if GATES.get(n):
+        hand = r("hand floor (ssh + script: same files, wg-quick up)")
+        gate = statistics.median(g for _, g in GATES[n])
+        rest = statistics.median(w - g for w, g in GATES[n])
+        out += [f"| wgprov first apply, guard: the gate's wait for the new links' first handshakes, s | {gate:.2f} |",
+                f"| wgprov first apply, guard, without that wait / hand floor, wall | {rest / hand:.2f} |"]
+    out += ["", "Target CPU by phase (each the difference of two figures above):", "",
+            "| phase | hand floor s | wgprov s |", "| --- | ---: | ---: |"]
+    phase = lambda a, b: f"{cpu(a) - cpu(b):.2f}" if cpu(a) is not None and cpu(b) is not None else "—"
+    floor_k, hand_k = "floor (ssh true, curve25519)", "hand floor (ssh + script: same files, wg-quick up)"
+    check_k, ng_k, g_k = "wgprov apply --check (connect + facts)", "wgprov first apply (--no-guard)", "wgprov first apply"
+    out += [f"| connect (wgprov: and gather facts) | {cpu(floor_k):.2f} | {cpu(check_k):.2f} |",
+            f"| the change: files, wg0 up, handlers (wgprov: lock, backup, self-check) | {phase(hand_k, floor_k)} | {phase(ng_k, check_k)} |",
+            f"| the guard: dead-man, gate, confirmation on fresh connections | — | {phase(g_k, ng_k)} |"]
     if n > TOOLS_UP_TO:
         out.append(f"\n(pyinfra and Ansible left out above {TOOLS_UP_TO} hosts: FLEET_TOOLS_UP_TO)")
     for note in NOTES.get(n, []):
@@ -440,7 +527,10 @@ def main():
              "`ansible-playbook -i hosts.ini site.yml` (forks = N, pipelining, gathering explicit, "
              "interpreter /usr/bin/python3); floor: `ssh -o BatchMode=yes -o ControlMaster=no "
              "-o KexAlgorithms=curve25519-sha256 root@host true` for every host at once. The generated "
-             "files are in benches/fleet/work/N/.", ""]
+             "files are in benches/fleet/work/N/. The hand floor and the --no-guard first apply run "
+             "alternately, pair by pair. Before every first run the nodes' files are moved aside, not deleted: "
+             "all lab nodes share one ext4, where each new inode skips every inode freed in the last minute, "
+             "so deleting 50 nodes' files before a run made it pay for inodes a fresh host never freed.", ""]
     # sections per N are kept across invocations (results.json), so that `run.sh 200` adds to
     # an earlier `run.sh 10 50` instead of replacing it
     store = HERE / "results.json"
@@ -455,7 +545,8 @@ def main():
             phases = "\n".join(l for l in timings.splitlines() if "connect=" in l)[:6000]
             sections[str(n)] = "\n".join([
                 t, f"Runs per figure: {RUNS} (after a warm-up). Versions: " + "; ".join(f"{k}: {x}" for k, x in v.items()), "",
-                "wgprov per-host phases (one no-change apply, `--timings`):", "", "```", phases, "```", "",
+                "wgprov per-host phases (one first apply, `--timings`; the guard's column is the host's share, "
+                "the gate's wait is the network's):", "", "```", phases, "```", "",
                 (f"After pyinfra and Ansible wrote the same bytes, a wgprov apply reports: {summary}"
                  if summary else ""), ""])
             store.write_text(json.dumps(sections, indent=1))
