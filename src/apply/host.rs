@@ -240,7 +240,7 @@ fn start_sh(spec: &ChangeSpec) -> String {
         None => spec.lock_ttl.as_secs() + 60,
     };
     let mut s = format!(
-        "now=$(date -u '+%s %Y-%m-%dT%H:%M:%SZ'); EPOCH=${{now%% *}}; STAMP=${{now#* }}\n\
+        "{clock}\n\
          take() {{ mkdir \"$D/lock\" 2>/dev/null && \
          printf '%s\\n%s\\n%s\\n' \"$RUN\" $(( EPOCH + {ttl} )) {owner}\" since $STAMP\" > \"$D/lock/run\"; }}\n\
          if ! take; then\n  \
@@ -257,6 +257,7 @@ fn start_sh(spec: &ChangeSpec) -> String {
          [ ! -e \"$D/pending\" ] || rm -rf \"$D/pending\"\n\
          for x in \"$D\"/runs/*; do [ \"$x\" = \"$R\" ] || rm -rf \"$x\"; done\n",
         owner = sh_quote(spec.owner),
+        clock = host_clock(spec.facts),
     );
     s.push_str(&cas_check(spec.changes));
     if let Some(t) = spec.confirm_timeout {
@@ -274,6 +275,40 @@ fn start_sh(spec: &ChangeSpec) -> String {
     }
     s.push_str(&txn_sh(spec));
     s
+}
+
+/// The host's clock as the run starts (`EPOCH`, and `STAMP` in UTC): the facts' reading of it
+/// plus the time since, measured on the controller (no `date` on the host); read on the host
+/// when the facts carry no time.
+fn host_clock(facts: &Facts) -> String {
+    match facts.read_at.filter(|_| facts.now > 0) {
+        Some(at) => {
+            let now = facts.now + at.elapsed().as_secs();
+            format!("EPOCH={now}; STAMP={}", utc_stamp(now))
+        }
+        None => "now=$(date -u '+%s %Y-%m-%dT%H:%M:%SZ'); EPOCH=${now%% *}; STAMP=${now#* }".into(),
+    }
+}
+
+/// Unix seconds as `YYYY-MM-DDTHH:MM:SSZ` (the proleptic Gregorian calendar, UTC).
+fn utc_stamp(t: u64) -> String {
+    let (days, secs) = (t / 86_400, t % 86_400);
+    // days since 1970-01-01 to a civil date (Howard Hinnant's `civil_from_days`)
+    let z = days as i64 + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        secs / 3_600,
+        secs % 3_600 / 60,
+        secs % 60
+    )
 }
 
 /// Refuses the change when a file it changes is no longer what the facts saw (another apply or
@@ -704,6 +739,32 @@ mod tests {
             parse_change(&format!("{}\n", script::DONE)),
             ChangeOutcome::Changed
         ));
+    }
+
+    /// The run's clock comes from the facts when they have one, stamped like `date -u`.
+    #[test]
+    fn the_hosts_clock_comes_from_the_facts_and_is_stamped_in_utc() {
+        for (t, s) in [
+            (0, "1970-01-01T00:00:00Z"),
+            (951_782_400, "2000-02-29T00:00:00Z"),
+            (1_700_000_000, "2023-11-14T22:13:20Z"),
+            (4_107_542_399, "2100-02-28T23:59:59Z"),
+        ] {
+            assert_eq!(utc_stamp(t), s);
+        }
+        let mut f = Facts {
+            now: 1_700_000_000,
+            ..Default::default()
+        };
+        assert!(
+            host_clock(&f).contains("$(date -u"),
+            "no reading time: asked"
+        );
+        f.read_at = Some(std::time::Instant::now());
+        assert_eq!(
+            host_clock(&f),
+            "EPOCH=1700000000; STAMP=2023-11-14T22:13:20Z"
+        );
     }
 
     #[test]

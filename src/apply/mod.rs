@@ -134,7 +134,10 @@ async fn gather_facts<S: Transport + 'static>(
             progress.phase(&n, "gathering facts");
             let t = Instant::now();
             let r = match s.run_script(&script).await {
-                Ok(out) if out.status == 0 => gather::parse(&out.stdout_text()),
+                Ok(out) if out.status == 0 => gather::parse(&out.stdout_text()).map(|mut f| {
+                    f.read_at = Some(Instant::now());
+                    f
+                }),
                 Ok(out) => Err(gather::FactsError::Exited {
                     status: out.status,
                     stderr: out.stderr_text().trim().to_string(),
@@ -816,22 +819,26 @@ mod tests {
             ]
         );
         let check = e.check(&crate::shell::InterfaceName::default());
-        assert!(
-            check.contains(
-                "= 'ME' ] || fail 'verify: the interface is not up with the planned key'"
-            )
-        );
+        assert!(check.contains(
+            "= 'ME' ]; } || fail 'verify: the interface is not up with the planned key'"
+        ));
         assert!(check.contains("' 10.100.0.0/16 10.100.0.2/32 10.100.1.0/24 P1 P2 '"));
-        // run against a stub `wg`: the running peers in any order pass; one more, one fewer or
-        // another key fail
+        // run against a stub `wg` printing a dump: the running peers in any order pass; one
+        // more, one fewer or another key fail; another own key fails the first test
         let dir = tempfile::tempdir().unwrap();
-        let run = |allowed: &str| {
+        let run = |own: &str, allowed: &str| {
+            let mut dump = format!("PRIVATE\t{own}\t51820\toff\n");
+            for l in allowed.lines() {
+                let (k, ips) = l.split_once('\t').unwrap();
+                dump.push_str(&format!(
+                    "{k}\t(none)\t192.0.2.1:51820\t{}\t0\t0\t0\toff\n",
+                    ips.replace(' ', ",")
+                ));
+            }
             let wg = dir.path().join("wg");
             std::fs::write(
                 &wg,
-                format!(
-                    "#!/bin/sh\ncase \"$3\" in public-key) echo ME ;; allowed-ips) printf '{allowed}' ;; esac\n"
-                ),
+                format!("#!/bin/sh\n[ \"$3\" = dump ] && printf '%s' '{dump}'\n"),
             )
             .unwrap();
             use std::os::unix::fs::PermissionsExt;
@@ -839,20 +846,29 @@ mod tests {
             let out = std::process::Command::new("sh")
                 .arg("-c")
                 .arg(format!(
-                    "PATH={}:$PATH\nfail() {{ echo \"FAILED $1\"; exit 1; }}\n{check}echo OK\n",
+                    "set -u\nPATH={}:$PATH\nfail() {{ echo \"FAILED $1\"; exit 1; }}\n{check}echo OK\n",
                     dir.path().display()
                 ))
                 .output()
                 .unwrap();
-            String::from_utf8_lossy(&out.stdout).trim().to_string()
+            let text = String::from_utf8_lossy(&out.stdout).trim().to_string();
+            assert!(!text.contains("PRIVATE"), "{text}");
+            text
         };
         assert_eq!(
-            run("P1\t10.100.0.0/16\nP2\t10.100.0.2/32 10.100.1.0/24\n"),
+            run("ME", "P1\t10.100.0.0/16\nP2\t10.100.0.2/32 10.100.1.0/24\n"),
             "OK"
         );
         assert_eq!(
-            run("P2\t10.100.1.0/24 10.100.0.2/32\nP1\t10.100.0.0/16\n"),
+            run("ME", "P2\t10.100.1.0/24 10.100.0.2/32\nP1\t10.100.0.0/16\n"),
             "OK"
+        );
+        assert!(
+            run(
+                "YOU",
+                "P1\t10.100.0.0/16\nP2\t10.100.0.2/32 10.100.1.0/24\n"
+            )
+            .starts_with("FAILED verify: the interface is not up with the planned key")
         );
         for bad in [
             "P1\t10.100.0.0/16\nP2\t10.100.0.2/32\n",
@@ -861,7 +877,7 @@ mod tests {
             "",
         ] {
             assert!(
-                run(bad).starts_with("FAILED verify: the interface has other peers"),
+                run("ME", bad).starts_with("FAILED verify: the interface has other peers"),
                 "{bad:?}"
             );
         }

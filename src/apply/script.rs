@@ -217,8 +217,7 @@ pub(crate) fn done_tail() -> String {
     format!("echo '{DONE}'\n")
 }
 
-/// Backs up every file the change touches to `$B.new` (then swaps it in as `$B`, the previous
-/// backup replaced only once the new one is complete), and writes the files atomically: every
+/// Backs up every file the change touches (see [`backup`]), and writes the files atomically: every
 /// new content first into a temp file beside its target (created with its mode, never over an
 /// existing file), all of them flushed to disk with one `sync`, and only then each renamed into
 /// place; nothing is renamed unless every file was written. Removals come last. Expects `fail`,
@@ -274,23 +273,27 @@ pub(crate) fn backup_and_write(changes: &[Change]) -> String {
     s
 }
 
-/// The backup stage: each file as it is (or `absent`) into `$B.new`, with a manifest, then
-/// `$B.new` swapped in as `$B`.
+/// The backup stage: each file as it is (or `absent`) into a backup directory, with a manifest.
+/// The first backup is built in place as `$B`; a later one is built as `$B.new` and swapped in
+/// only once complete, so that the previous backup is never lost to a half-made one. (A first
+/// backup cut short is harmless: no file has been written yet, and every copy it holds is
+/// exact.)
 fn backup(changed: &[&Change]) -> String {
     let mut s = String::new();
     s.push_str(
-        "{ [ ! -e \"$B.new\" ] || rm -rf \"$B.new\"; } && mkdir \"$B.new\" || fail backup\n",
+        "if [ -d \"$B\" ]; then BK=$B.new; { [ ! -e \"$BK\" ] || rm -rf \"$BK\"; } && mkdir \"$BK\" || fail backup; \
+         else BK=$B; mkdir \"$BK\" || fail backup; fi\n",
     );
     for (i, c) in changed.iter().enumerate() {
         let p = sh_quote(&c.desired.path);
         s.push_str(&format!(
-            "if [ -e {p} ]; then cp -p {p} \"$B.new/{i}\" && echo '{i} present {path}' >> \"$B.new/manifest\" || fail 'backup {path}'; else echo '{i} absent {path}' >> \"$B.new/manifest\" || fail backup; fi\n",
+            "if [ -e {p} ]; then cp -p {p} \"$BK/{i}\" && echo '{i} present {path}' >> \"$BK/manifest\" || fail 'backup {path}'; else echo '{i} absent {path}' >> \"$BK/manifest\" || fail backup; fi\n",
             path = c.desired.path
         ));
     }
     s.push_str(
-        "[ ! -e \"$B.old\" ] || rm -rf \"$B.old\"; if [ -d \"$B\" ]; then mv \"$B\" \"$B.old\" || fail backup; fi\n\
-         mv \"$B.new\" \"$B\" || fail backup\n[ ! -e \"$B.old\" ] || rm -rf \"$B.old\" || fail backup\n",
+        "if [ \"$BK\" != \"$B\" ]; then\n  [ ! -e \"$B.old\" ] || rm -rf \"$B.old\"; mv \"$B\" \"$B.old\" || fail backup\n  \
+         mv \"$B.new\" \"$B\" || fail backup\n  [ ! -e \"$B.old\" ] || rm -rf \"$B.old\" || fail backup\nfi\n",
     );
     s
 }

@@ -96,6 +96,9 @@ pub struct Facts {
     pub wg_enabled: bool,
     /// Unix time on the host when the facts were read.
     pub now: u64,
+    /// When the controller received them (with `now`, the host's clock at any later moment,
+    /// without asking the host again).
+    pub read_at: Option<std::time::Instant>,
     /// The private key an OpenWrt router's uci holds for the interface
     /// (`network.<iface>.private_key`, the facts section `uci_private_key`): `Err` when it is malformed.
     /// Kept as a key, which never prints itself.

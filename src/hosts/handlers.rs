@@ -274,24 +274,30 @@ impl Expect {
         }
     }
 
-    /// The shell tests of the live interface, each with what its failure means: the key, then
-    /// the peers with their AllowedIPs.
+    /// The shell tests of the live interface, each with what its failure means, to be run in
+    /// this order: the key, then the peers with their AllowedIPs. Both read one `wg show dump`
+    /// (kept in `$wgd`, never printed: its first line holds the private key) and compare in the
+    /// shell itself, no pipeline of processes.
     pub(crate) fn tests(&self, iface: &InterfaceName) -> [(String, &'static str); 2] {
         let q = sh_quote(iface);
         [
+            // the first line: private key, public key, port, fwmark
             (
                 format!(
-                    "[ \"$(wg show {q} public-key 2>/dev/null)\" = {} ]",
+                    "{{ wgd=$(wg show {q} dump 2>/dev/null) && wgk=${{wgd#*\t}} && [ \"${{wgk%%\t*}}\" = {} ]; }}",
                     sh_quote(&self.public_key)
                 ),
                 "the interface is not up with the planned key",
             ),
-            // the running keys and AllowedIPs, each once (a device never repeats one), against
-            // the planned ones: every running token planned, and as many of them; compared by
-            // the shell itself, no pipeline of processes
+            // every peer line: its key and each of its AllowedIPs (fields 1 and 4), each once (a
+            // device never repeats one), against the planned ones: every running token
+            // planned, and as many of them
             (
                 format!(
-                    "{{ a=$(wg show {q} allowed-ips 2>/dev/null) && n=0 && ok=1 && for t in $a; do n=$((n+1)); case {} in *\" $t \"*) ;; *) ok= ;; esac; done && [ -n \"$ok\" ] && [ \"$n\" = {} ]; }}",
+                    "{{ n=0; ok=1; first=1; IFS='\n'; for l in $wgd; do if [ -n \"$first\" ]; then first=; continue; fi; \
+                     k=${{l%%\t*}}; r=${{l#*\t}}; r=${{r#*\t}}; r=${{r#*\t}}; r=${{r%%\t*}}; IFS=,; \
+                     for t in $k $r; do n=$((n+1)); case {} in *\" $t \"*) ;; *) ok= ;; esac; done; IFS='\n'; done; \
+                     unset IFS; [ -n \"$ok\" ] && [ \"$n\" = {} ]; }}",
                     sh_quote(&format!(" {} ", self.tokens.join(" "))),
                     self.tokens.len()
                 ),

@@ -442,10 +442,12 @@ fn a_failing_host_is_rolled_back_byte_for_byte_and_a_fixed_apply_converges() {
     let before =
         s.stat("node2", "/etc/wireguard/wg0.conf") + &s.stat("node2", "/etc/default/kubelet");
     // something else already holds the new port on node2
-    s.lab.sh(
+    // (wireguard-go returns before its control socket is up: `wg set` is tried until it takes)
+    let port = s.lab.sh(
         "node2",
-        "wireguard-go blocker >/dev/null 2>&1 && wg set blocker listen-port 51830",
+        "wireguard-go blocker >/dev/null 2>&1; for i in $(seq 50); do wg set blocker listen-port 51830 2>/dev/null && break; sleep 0.1; done; wg show blocker listen-port",
     );
+    assert_eq!(port.trim(), "51830", "the blocker does not hold the port");
     std::fs::write(
         &s.inv,
         demo_yaml().replace("  cluster_cidrs:", "  listen_port: 51830\n  cluster_cidrs:"),
