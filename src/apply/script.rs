@@ -850,21 +850,8 @@ pub(crate) mod tests {
         let run = |iface: &str| {
             let _ = std::fs::remove_file(&calls);
             let iface = InterfaceName::new(iface).unwrap();
-            let script = format!(
-                "fail() {{ echo \"{FAIL} $1\"; exit 1; }}\n{}echo '{DONE}'\n",
-                handlers_script(&h, &iface, &Facts::default(), false, "fail")
-            );
-            let path = format!(
-                "{}:{}",
-                dir.path().display(),
-                std::env::var("PATH").unwrap()
-            );
-            let out = std::process::Command::new("sh")
-                .args(["-c", &script])
-                .env("PATH", path)
-                .output()
-                .expect("sh runs");
-            assert!(String::from_utf8_lossy(&out.stdout).contains(DONE));
+            let out = run_handlers(dir.path(), &h, &iface, &Facts::default());
+            assert!(out.contains(DONE), "{out}");
             std::fs::read_to_string(&calls).unwrap_or_default()
         };
         assert_eq!(run("lo"), "wg-quick down lo\n");
@@ -897,22 +884,29 @@ pub(crate) mod tests {
             wireguard: Some(false),
             ..Default::default()
         };
+        let stdout = run_handlers(dir.path(), &h, &InterfaceName::default(), &up());
+        (std::fs::read_to_string(&fed).ok(), stdout)
+    }
+
+    /// Runs the handlers of `h` under `sh`, with the stubs in `stubs` first on PATH: what the
+    /// script printed.
+    fn run_handlers(
+        stubs: &std::path::Path,
+        h: &HandlerPlan,
+        iface: &InterfaceName,
+        facts: &Facts,
+    ) -> String {
         let script = format!(
             "fail() {{ echo \"{FAIL} $1\"; exit 1; }}\n{}echo '{DONE}'\n",
-            handlers_script(&h, &InterfaceName::default(), &up(), false, "fail")
+            handlers_script(h, iface, facts, false, "fail")
         );
-        let path = format!(
-            "{}:{}",
-            dir.path().display(),
-            std::env::var("PATH").unwrap()
-        );
+        let path = format!("{}:{}", stubs.display(), std::env::var("PATH").unwrap());
         let out = std::process::Command::new("sh")
             .args(["-c", &script])
             .env("PATH", path)
             .output()
             .expect("sh runs");
-        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
-        (std::fs::read_to_string(&fed).ok(), stdout)
+        String::from_utf8_lossy(&out.stdout).into_owned()
     }
 
     /// `wg` reads a key line in any case and spacing, and wgprov keeps the operator's spelling
