@@ -105,10 +105,11 @@ pub(super) async fn change_hosts<C: Connect>(
             .settings
             .guard
             .map(|t| dead_man_timeout(t, bound, i, waves.len()));
-        let scripts: HashMap<String, String> = wave
-            .iter()
-            .map(|n| {
-                let p = &plans[n];
+        // each host's script is made as its task is, and handed to the channel as it is: held
+        // once per host while the whole wave is in flight
+        let res = run_all(wave.clone(), cx.settings.forks, |n| {
+            let script = {
+                let p = &plans[&n];
                 let spec = host::ChangeSpec {
                     run: cx.run,
                     owner,
@@ -121,20 +122,17 @@ pub(super) async fn change_hosts<C: Connect>(
                     confirm_timeout: dead_man,
                     lock_ttl: cx.settings.command_timeout,
                 };
-                (n.clone(), host::change_script(&spec))
-            })
-            .collect();
-        let res = run_all(wave.clone(), cx.settings.forks, |n| {
+                host::change_script(&spec)
+            };
             let s = cx.sessions[&n]
                 .as_ref()
                 .expect("only reachable hosts are changed")
                 .clone();
-            let script = scripts[&n].clone();
             let progress = cx.progress.clone();
             async move {
                 progress.phase(&n, "applying");
                 let t = Instant::now();
-                let o = host::change(&*s, &script, bound).await;
+                let o = host::change(&*s, script, bound).await;
                 (o, t.elapsed().as_secs_f64(), dead_man.map(|d| t + d))
             }
         })

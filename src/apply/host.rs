@@ -489,8 +489,8 @@ pub fn parse_change(stdout: &str) -> ChangeOutcome {
 }
 
 /// Runs a host's change and reads its outcome.
-pub async fn change<T: Transport>(t: &T, script: &str, timeout: Duration) -> ChangeOutcome {
-    match t.run_script_within(script, timeout).await {
+pub async fn change<T: Transport>(t: &T, script: String, timeout: Duration) -> ChangeOutcome {
+    match t.run_owned_within(script, timeout).await {
         Ok(out) => parse_change(&out.stdout_text()),
         Err(e) => ChangeOutcome::Lost {
             error: format!(

@@ -86,6 +86,17 @@ pub trait Transport: Send + Sync {
         timeout: Duration,
     ) -> impl Future<Output = Result<ExecOutput, TransportError>> + Send;
 
+    /// [`Transport::run_script_within`] for a script handed over: the SSH transport sends its
+    /// bytes as they are, without a copy (a wave's change scripts are each held once while
+    /// every host of the wave is in flight).
+    fn run_owned_within(
+        &self,
+        script: String,
+        timeout: Duration,
+    ) -> impl Future<Output = Result<ExecOutput, TransportError>> + Send {
+        async move { self.run_script_within(&script, timeout).await }
+    }
+
     /// Runs the script within the transport's default command timeout.
     fn run_script(
         &self,

@@ -460,7 +460,7 @@ async fn authenticate(
 }
 
 impl SshSession {
-    async fn exec(&self, command: &str, stdin: &[u8]) -> Result<ExecOutput, TransportError> {
+    async fn exec(&self, command: &str, stdin: Vec<u8>) -> Result<ExecOutput, TransportError> {
         let lost = |e: String| TransportError::Lost(e);
         let mut ch = self
             .handle
@@ -471,7 +471,7 @@ impl SshSession {
             .await
             .map_err(|e| lost(e.to_string()))?;
         if !stdin.is_empty() {
-            ch.data_bytes(stdin.to_vec())
+            ch.data_bytes(stdin)
                 .await
                 .map_err(|e| lost(e.to_string()))?;
         }
@@ -499,12 +499,20 @@ impl Transport for SshSession {
         script: &str,
         timeout: Duration,
     ) -> Result<ExecOutput, TransportError> {
+        self.run_owned_within(script.to_string(), timeout).await
+    }
+
+    async fn run_owned_within(
+        &self,
+        script: String,
+        timeout: Duration,
+    ) -> Result<ExecOutput, TransportError> {
         let command = if self.become_root {
             "sudo -n sh -s"
         } else {
             "sh -s"
         };
-        tokio::time::timeout(timeout, self.exec(command, script.as_bytes()))
+        tokio::time::timeout(timeout, self.exec(command, script.into_bytes()))
             .await
             .map_err(|_| {
                 TransportError::Lost(format!("no answer within {} s", timeout.as_secs()))
