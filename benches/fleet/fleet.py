@@ -154,6 +154,13 @@ class Lab:
         live_labs.remove(self.prefix)
 
 
+# the rows the ratios and the phase table refer to
+FLOOR = "floor (ssh true, curve25519)"
+HAND = "hand floor (ssh + script: same files, wg-quick up)"
+NO_GUARD = "wgprov first apply (--no-guard)"
+GUARDED = "wgprov first apply"
+CHECK = "wgprov apply --check (connect + facts)"
+
 NOTES = {}
 # per N: the guarded first apply's (wall, gate) of each run, and the paired ratios of the
 # --no-guard first apply to the hand floor
@@ -352,18 +359,18 @@ def bench(n):
         forks = ["--forks", str(n)] + (["--confirm-timeout", "300", "--connect-timeout", "60"] if n > 200 else [])
         rows = {}
         print(f"N={n}: floor", flush=True)
-        rows["floor (ssh true, curve25519)"] = median_of(ssh_floor(lab, "curve25519-sha256"))
+        rows[FLOOR] = median_of(ssh_floor(lab, "curve25519-sha256"))
         rows["floor (ssh true, default kex)"] = median_of(ssh_floor(lab, None))
         print(f"N={n}: hand floor and wgprov first apply --no-guard, alternately", flush=True)
         # what pyinfra and Ansible do (write, restart, no verdict on the network)
         hand, first, PAIRS[n] = paired(hand_floor(lab, render),
                                        lambda: lab.timed([WGPROV, "apply", "-i", inv, "--no-guard"] + forks),
                                        lab.reset)
-        rows["hand floor (ssh + script: same files, wg-quick up)"] = hand
-        rows["wgprov first apply (--no-guard)"] = first
+        rows[HAND] = hand
+        rows[NO_GUARD] = first
         print(f"N={n}: wgprov", flush=True)
         # the target CPU of connecting and gathering facts alone (the first phase of a first apply)
-        rows["wgprov apply --check (connect + facts)"] = median_of(
+        rows[CHECK] = median_of(
             lambda: lab.timed(["sh", "-c", f"{WGPROV} apply -i {inv} --forks {n} --check >/dev/null"]), lab.reset)
         if n <= TOOLS_UP_TO:
             # on 2 cores that also run every node, 500 first handshakes and 500 fresh connections
@@ -371,7 +378,7 @@ def bench(n):
             # what it cannot vouch for). Above TOOLS_UP_TO it is left out; the changing runs
             # below are guarded.
             run, gates = guarded_first(lab, [WGPROV, "apply", "-i", inv] + forks)
-            rows["wgprov first apply"] = median_of(run, lab.reset)
+            rows[GUARDED] = median_of(run, lab.reset)
             GATES[n] = gates[1:]
         rows["wgprov no-change apply"] = median_of(lambda: lab.timed([WGPROV, "apply", "-i", inv] + forks))
         # the per-host phases of a first apply (guarded where the guarded figure is measured)
@@ -452,7 +459,7 @@ def bench(n):
 
 
 def table(n, rows):
-    floor = rows["floor (ssh true, curve25519)"][0]
+    floor = rows[FLOOR][0]
     wg_nc = rows["wgprov no-change apply"][0]
     out = [f"### N = {n} hosts (5 sites)", "",
            "| run | wall s | controller CPU s | controller peak MiB | target CPU s |",
@@ -463,14 +470,14 @@ def table(n, rows):
     cpu = lambda k: rows[k][3] if k in rows else None
     ratios = [
         ("wgprov no-change / floor", wg_nc, floor, 2),
-        ("wgprov first apply --no-guard / hand floor, wall", r("wgprov first apply (--no-guard)"),
-         r("hand floor (ssh + script: same files, wg-quick up)"), 2),
-        ("wgprov first apply, guard / hand floor, wall", r("wgprov first apply"),
-         r("hand floor (ssh + script: same files, wg-quick up)"), 2),
-        ("wgprov first apply --no-guard / hand floor, target CPU", cpu("wgprov first apply (--no-guard)"),
-         cpu("hand floor (ssh + script: same files, wg-quick up)"), 2),
-        ("wgprov first apply, guard / hand floor, target CPU", cpu("wgprov first apply"),
-         cpu("hand floor (ssh + script: same files, wg-quick up)"), 2),
+        ("wgprov first apply --no-guard / hand floor, wall", r(NO_GUARD),
+         r(HAND), 2),
+        ("wgprov first apply, guard / hand floor, wall", r(GUARDED),
+         r(HAND), 2),
+        ("wgprov first apply --no-guard / hand floor, target CPU", cpu(NO_GUARD),
+         cpu(HAND), 2),
+        ("wgprov first apply, guard / hand floor, target CPU", cpu(GUARDED),
+         cpu(HAND), 2),
         ("wgprov rotate-keys / changing apply of the whole fleet, guard", r("wgprov rotate-keys, whole fleet"),
          r("wgprov changing apply, whole fleet (preshared keys on/off), guard"), 2),
         ("wgprov taking 10% out / changing apply, guard", r("wgprov taking 10% of the nodes out"),
@@ -479,10 +486,10 @@ def table(n, rows):
          r("wgprov changing apply, --no-guard"), 2),
         ("pyinfra / wgprov, no-change", r("pyinfra no-change run"), wg_nc, 1),
         ("Ansible / wgprov, no-change", r("ansible no-change run"), wg_nc, 1),
-        ("wgprov first apply, guard / --no-guard", r("wgprov first apply"), r("wgprov first apply (--no-guard)"), 2),
-        ("pyinfra / wgprov --no-guard, first run", r("pyinfra first run"), r("wgprov first apply (--no-guard)"), 1),
-        ("Ansible / wgprov --no-guard, first run", r("ansible first run"), r("wgprov first apply (--no-guard)"), 1),
-        ("pyinfra / wgprov guarded, first run", r("pyinfra first run"), r("wgprov first apply"), 1),
+        ("wgprov first apply, guard / --no-guard", r(GUARDED), r(NO_GUARD), 2),
+        ("pyinfra / wgprov --no-guard, first run", r("pyinfra first run"), r(NO_GUARD), 1),
+        ("Ansible / wgprov --no-guard, first run", r("ansible first run"), r(NO_GUARD), 1),
+        ("pyinfra / wgprov guarded, first run", r("pyinfra first run"), r(GUARDED), 1),
         ("pyinfra no-change / wgprov --check --diff", r("pyinfra no-change run"), r("wgprov apply --check --diff"), 1),
         ("Ansible no-change / wgprov --check --diff", r("ansible no-change run"), r("wgprov apply --check --diff"), 1),
     ]
@@ -493,7 +500,7 @@ def table(n, rows):
         out += [f"| wgprov first apply --no-guard / hand floor, wall, median of paired runs | {w:.2f} |",
                 f"| wgprov first apply --no-guard / hand floor, target CPU, median of paired runs | {c:.2f} |"]
     if GATES.get(n):
-        hand = r("hand floor (ssh + script: same files, wg-quick up)")
+        hand = r(HAND)
         gate = statistics.median(g for _, g in GATES[n])
         rest = statistics.median(w - g for w, g in GATES[n])
         out += [f"| wgprov first apply, guard: the gate's wait for the new links' first handshakes, s | {gate:.2f} |",
@@ -501,11 +508,9 @@ def table(n, rows):
     out += ["", "Target CPU by phase (each the difference of two figures above):", "",
             "| phase | hand floor s | wgprov s |", "| --- | ---: | ---: |"]
     phase = lambda a, b: f"{cpu(a) - cpu(b):.2f}" if cpu(a) is not None and cpu(b) is not None else "—"
-    floor_k, hand_k = "floor (ssh true, curve25519)", "hand floor (ssh + script: same files, wg-quick up)"
-    check_k, ng_k, g_k = "wgprov apply --check (connect + facts)", "wgprov first apply (--no-guard)", "wgprov first apply"
-    out += [f"| connect (wgprov: and gather facts) | {cpu(floor_k):.2f} | {cpu(check_k):.2f} |",
-            f"| the change: files, wg0 up, handlers (wgprov: lock, backup, self-check) | {phase(hand_k, floor_k)} | {phase(ng_k, check_k)} |",
-            f"| the guard: dead-man, gate, confirmation on fresh connections | — | {phase(g_k, ng_k)} |"]
+    out += [f"| connect (wgprov: and gather facts) | {cpu(FLOOR):.2f} | {cpu(CHECK):.2f} |",
+            f"| the change: files, wg0 up, handlers (wgprov: lock, backup, self-check) | {phase(HAND, FLOOR)} | {phase(NO_GUARD, CHECK)} |",
+            f"| the guard: dead-man, gate, confirmation on fresh connections | — | {phase(GUARDED, NO_GUARD)} |"]
     if n > TOOLS_UP_TO:
         out.append(f"\n(pyinfra and Ansible left out above {TOOLS_UP_TO} hosts: FLEET_TOOLS_UP_TO)")
     for note in NOTES.get(n, []):

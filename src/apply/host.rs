@@ -153,9 +153,8 @@ fn lib_sh(run: &RunId, iface: &InterfaceName, facts: &Facts, put_back: &HandlerP
     format!(
         "D={STATE_DIR}\nR={r}\nRUN={run}\nB=$D/backup\n\
          log() {{ echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) run $RUN: $*\" >> \"$D/log\"; }}\n\
-         rd() {{ v=; if [ -f \"$1\" ]; then read -r v < \"$1\" || :; fi; }}\n\
+         {readers}\n\
          unlock() {{ rd \"$D/lock/run\"; if [ \"$v\" = \"$RUN\" ]; then rm -rf \"$D/lock\"; fi; }}\n\
-         {rdlock}\n\
          claim() {{ rd \"$D/pending/run\"; [ \"$v\" = \"$RUN\" ] && mv \"$D/pending\" \"$R/$1\" 2>/dev/null; }}\n\
          rd /proc/sys/kernel/random/boot_id; BOOT=${{v:-unknown}}\n\
          this_boot() {{ rd \"$1\"; [ \"${{v#* }}\" = \"$BOOT\" ]; }}\n\
@@ -165,14 +164,16 @@ fn lib_sh(run: &RunId, iface: &InterfaceName, facts: &Facts, put_back: &HandlerP
          restore() {{\n{restore}}}\n\
          restore_failed() {{\n{restore_failed}}}\n",
         run = run.as_str(),
-        rdlock = RDLOCK,
+        readers = READERS,
     )
 }
 
-/// Reads the lock (`lock/run`: the run, its deadline, its owner, one per line) into `lrun`,
-/// `ldl` and `lown`; a lock left by an older wgprov keeps deadline and owner in files of their
-/// own.
-const RDLOCK: &str = "rdlock() { lrun=; ldl=; lown=; if [ -f \"$D/lock/run\" ]; then { read -r lrun; read -r ldl; read -r lown; } < \"$D/lock/run\"; fi; \
+/// The shell's readers of the state directory: `rd FILE` reads a file's first line into `v`
+/// (empty when there is none); `rdlock` reads the lock (`lock/run`: the run, its deadline, its
+/// owner, one per line) into `lrun`, `ldl` and `lown`, where a lock left by an older wgprov keeps
+/// deadline and owner in files of their own.
+const READERS: &str = "rd() { v=; if [ -f \"$1\" ]; then read -r v < \"$1\" || :; fi; }\n\
+     rdlock() { lrun=; ldl=; lown=; if [ -f \"$D/lock/run\" ]; then { read -r lrun; read -r ldl; read -r lown; } < \"$D/lock/run\"; fi; \
      [ -n \"$ldl\" ] || { rd \"$D/lock/deadline\"; ldl=$v; }; [ -n \"$lown\" ] || { rd \"$D/lock/owner\"; lown=$v; }; }";
 
 /// The change itself (the end of `revert.sh start`): backup, writes, handlers, self-check. A failure
@@ -564,7 +565,7 @@ pub fn rollback_script_with(
     let mut s = script::prelude();
     s.push_str(&format!(
         "D={STATE_DIR}\nB=$D/backup\n\
-         rd() {{ v=; if [ -f \"$1\" ]; then read -r v < \"$1\" || :; fi; }}\n{RDLOCK}\n\
+         {READERS}\n\
          if [ -d \"$D/lock\" ]; then rdlock; if [ \"$(date +%s)\" -le \"${{ldl:-0}}\" ]; then \
          fail \"an apply holds this host ($lown)\"; fi; fi\n"
     ));

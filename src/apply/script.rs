@@ -247,8 +247,7 @@ pub(crate) fn backup_and_write(changes: &[Change]) -> String {
     }
     if !temps.is_empty() {
         s.push_str(&format!(
-            "sync {} || {{ {cleanup}fail 'write: sync'; }}
-",
+            "sync {} || {{ {cleanup}fail 'write: sync'; }}\n",
             temps.join(" ")
         ));
     }
