@@ -15,7 +15,7 @@ pub(super) struct GuardInput<'a> {
     pub(super) before: BTreeSet<guard::Link>,
     /// Links whose peer entry was on a running interface before, up or idle.
     pub(super) existed: BTreeSet<guard::Link>,
-    pub(super) changes: &'a HashMap<String, Vec<Change>>,
+    pub(super) changes: &'a HashMap<String, &'a [Change]>,
     pub(super) wg_path: &'a str,
     /// When the first changed host's dead-man fires.
     pub(super) first_dead_man: Option<Instant>,
@@ -26,7 +26,7 @@ pub(super) type GuardStatuses = HashMap<String, (HostStatus, Option<String>, f64
 /// The links the gate probes: those of the hosts the change touched (a router's change touches
 /// the links of its site's next-hop; a relay's next-hop's change, the links it relays) that
 /// were up before, or are new.
-fn links_to_probe(topo: &Topology, g: &GuardInput<'_>) -> BTreeSet<guard::Link> {
+pub(super) fn links_to_probe(topo: &Topology, g: &GuardInput<'_>) -> BTreeSet<guard::Link> {
     let touched: BTreeSet<&str> = g
         .touched
         .iter()
@@ -50,8 +50,45 @@ fn links_to_probe(topo: &Topology, g: &GuardInput<'_>) -> BTreeSet<guard::Link> 
     )
 }
 
+/// The run's connections the guard still needs: the probing end of every link it probes (the
+/// nearer end, else the other one, as [`guard::probe_links`] picks), and the hosts whose change
+/// has no known outcome (only their own connection can put them back at once).
+fn needed_by_guard<S>(
+    topo: &Topology,
+    g: &GuardInput<'_>,
+    to_probe: &BTreeSet<guard::Link>,
+    sessions: &Sessions<S>,
+) -> BTreeSet<String> {
+    let live = |n: &str| matches!(sessions.get(n), Some(Ok(_)));
+    let paths = crate::topology::reach::paths(topo);
+    let mut keep: BTreeSet<String> = g.lost.iter().cloned().collect();
+    for l in to_probe {
+        let (near, far) = guard::prober(l, &paths, |a, b| guard::initiates(topo, a, b));
+        let end = if live(near) { near } else { far };
+        keep.insert(end.to_string());
+    }
+    keep
+}
+
+/// Closes the run's connections the guard does not need before it opens the fresh ones, so that
+/// the controller never holds two connections per host: a whole-fleet change at 500 hosts
+/// would otherwise hold 1,000 (about 100 KB each). A changed host whose connection is closed
+/// here is confirmed, or put back, over its fresh one.
+pub(super) fn drop_unneeded<S>(
+    topo: &Topology,
+    g: &GuardInput<'_>,
+    to_probe: &BTreeSet<guard::Link>,
+    sessions: &mut Sessions<S>,
+) {
+    let keep = needed_by_guard(topo, g, to_probe, sessions);
+    // dropped, not closed: a jump host's connection lives on while a kept one goes through it
+    sessions.retain(|n, _| keep.contains(n));
+}
+
 /// Probes the links over the run's connections while fresh connections for the confirmation
-/// open; the fresh ones are awaited only when nothing broke and nobody asked to stop.
+/// open. The fresh ones are awaited when nothing broke and nobody asked to stop, and whenever
+/// a changed host has no connection of the run left: the put-back reaches it over the fresh
+/// one (by the time a broken link's probe gives up, they have long been made).
 async fn probe_and_reconnect<C: Connect>(
     cx: &RunCx<'_, C>,
     g: &GuardInput<'_>,
@@ -65,6 +102,7 @@ async fn probe_and_reconnect<C: Connect>(
         .iter()
         .filter_map(|(n, s)| s.as_ref().ok().map(|s| (n.clone(), s.clone())))
         .collect();
+    let needs_fresh = g.pending.iter().any(|n| !live.contains_key(n));
     let fresh_fut = connect_all(
         cx.connector,
         with_jumps(topo, g.pending),
@@ -82,7 +120,7 @@ async fn probe_and_reconnect<C: Connect>(
         }
     };
     let health = guard::health(&g.before, &after);
-    let fresh = if health.broken.is_empty() && !cx.settings.stopped() {
+    let fresh = if needs_fresh || (health.broken.is_empty() && !cx.settings.stopped()) {
         match fresh_done {
             Some(f) => f,
             None => fresh_fut.await,
@@ -97,11 +135,10 @@ async fn probe_and_reconnect<C: Connect>(
 pub(super) async fn run_guard<C: Connect>(
     cx: &RunCx<'_, C>,
     g: &GuardInput<'_>,
+    to_probe: &BTreeSet<guard::Link>,
     fresh_out: &mut Sessions<C::Session>,
 ) -> (GuardReport, GuardStatuses) {
-    let topo = cx.topo;
     let wait = (g.timeout / 3).clamp(Duration::from_secs(2), Duration::from_secs(30));
-    let to_probe = links_to_probe(topo, g);
     cx.progress.note(&format!(
         "guard: probing {} link{} over {} (up to {} s), {} up before the change",
         to_probe.len(),
@@ -111,12 +148,12 @@ pub(super) async fn run_guard<C: Connect>(
         g.before.iter().filter(|l| to_probe.contains(l)).count()
     ));
     let t = Instant::now();
-    let (health, fresh) = probe_and_reconnect(cx, g, &to_probe, wait).await;
+    let (health, fresh) = probe_and_reconnect(cx, g, to_probe, wait).await;
     let gate_seconds = t.elapsed().as_secs_f64();
     let cause = if health.broken.is_empty() {
         String::new()
     } else {
-        guard::likely_cause(topo, &health.broken, g.changes, g.wg_path)
+        guard::likely_cause(cx.topo, &health.broken, g.changes, g.wg_path)
     };
     let not_reached: Vec<String> = g
         .pending
@@ -323,4 +360,65 @@ async fn revert<C: Connect>(
         statuses.insert(n, (st, err, secs));
     }
     report.left_to_dead_man.sort();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::transport::TransportError;
+    use crate::transport::fake::FakeHost;
+
+    fn input<'a>(
+        pending: &'a [String],
+        lost: &'a [String],
+        touched: &'a BTreeSet<String>,
+        changes: &'a HashMap<String, &'a [Change]>,
+    ) -> GuardInput<'a> {
+        GuardInput {
+            timeout: Duration::from_secs(90),
+            pending,
+            lost,
+            touched,
+            before: BTreeSet::new(),
+            existed: BTreeSet::new(),
+            changes,
+            wg_path: "/etc/wireguard/wg0.conf",
+            first_dead_man: None,
+        }
+    }
+
+    #[test]
+    fn before_the_fresh_connections_only_the_probing_ends_and_the_lost_hosts_keep_theirs() {
+        let topo = super::super::fleet_tests::planned().topology;
+        let names = ["h1", "h2", "o1", "o2"].map(String::from);
+        let all = || -> Sessions<FakeHost> {
+            names
+                .iter()
+                .map(|n| (n.clone(), Ok(Arc::new(FakeHost::new()))))
+                .collect()
+        };
+        let (pending, lost) = (names[..3].to_vec(), vec!["o2".to_string()]);
+        let touched: BTreeSet<String> = names.iter().cloned().collect();
+        let changes = HashMap::new();
+        let g = input(&pending, &lost, &touched, &changes);
+        let link = guard::Link::new("h1", "o1");
+        let to_probe: BTreeSet<guard::Link> = [link.clone()].into();
+        let paths = crate::topology::reach::paths(&topo);
+        let (near, far) = guard::prober(&link, &paths, |a, b| guard::initiates(&topo, a, b));
+
+        let mut sessions = all();
+        drop_unneeded(&topo, &g, &to_probe, &mut sessions);
+        let kept: BTreeSet<&str> = sessions.keys().map(String::as_str).collect();
+        assert_eq!(kept, [near, "o2"].into(), "h2 and the far end let go");
+
+        // the near end has no connection: the far end probes, and keeps its own
+        let mut sessions = all();
+        sessions.insert(
+            near.to_string(),
+            Err(TransportError::Unreachable("x".into())),
+        );
+        drop_unneeded(&topo, &g, &to_probe, &mut sessions);
+        let kept: BTreeSet<&str> = sessions.keys().map(String::as_str).collect();
+        assert_eq!(kept, [far, "o2"].into());
+    }
 }

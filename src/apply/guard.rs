@@ -277,14 +277,18 @@ fn iface_value(conf: Option<&str>, key: &str) -> Option<String> {
 }
 
 /// The most likely cause of broken links, from what changed at their ends.
-pub fn likely_cause(
+pub fn likely_cause<C: AsRef<[Change]>>(
     topo: &Topology,
     broken: &[Link],
-    changes: &HashMap<String, Vec<Change>>,
+    changes: &HashMap<String, C>,
     wg_path: &str,
 ) -> String {
     let conf_change = |n: &str| -> Option<(Option<String>, Option<String>)> {
-        let c = changes.get(n)?.iter().find(|c| c.desired.path == wg_path)?;
+        let c = changes
+            .get(n)?
+            .as_ref()
+            .iter()
+            .find(|c| c.desired.path == wg_path)?;
         let new = match &c.desired.state {
             crate::desired::FileState::Present { content, .. } => Some(content.clone()),
             crate::desired::FileState::Absent => None,
@@ -357,7 +361,7 @@ pub fn likely_cause(
     let changed: Vec<&str> = ends
         .iter()
         .copied()
-        .filter(|n| changes.get(*n).is_some_and(|c| !c.is_empty()))
+        .filter(|n| changes.get(*n).is_some_and(|c| !c.as_ref().is_empty()))
         .collect();
     if changed.is_empty() {
         "not the files wgprov changed: check the routers and the hosts at both ends".into()

@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use super::script::{
     self, Expect, FAIL, HandlerPlan, STATE_DIR, ScriptResult, backup_and_write, done_tail,
-    handlers_script, restore_body,
+    handlers_script, put_files_body, restore_body,
 };
 use crate::diff::{Action, Change};
 use crate::facts::Facts;
@@ -144,12 +144,21 @@ fn lib_sh(run: &RunId, iface: &InterfaceName, facts: &Facts, put_back: &HandlerP
     let r = run_dir(run);
     // a change that went through is put back as gently as it was made (peers only: `wg
     // syncconf`); one that failed half-way leaves the interface in doubt: restart it
-    let restore = restore_body(iface, facts, "rfail", put_back);
+    let back = |h: &HandlerPlan| {
+        format!(
+            "put_files\nif [ \"$n\" -gt 0 ]; then\n{}fi\n",
+            handlers_script(h, iface, facts, true, "rfail")
+        )
+    };
+    let restore = back(put_back);
     let restart = HandlerPlan {
         wireguard: put_back.wireguard.map(|_| true),
         ..put_back.clone()
     };
-    let restore_failed = restore_body(iface, facts, "rfail", &restart);
+    let restore_failed = match back(&restart) {
+        same if same == restore => "restore\n".to_string(),
+        other => other,
+    };
     format!(
         "D={STATE_DIR}\nR={r}\nRUN={run}\nB=$D/backup\n\
          log() {{ echo \"$(date -u +%Y-%m-%dT%H:%M:%SZ) run $RUN: $*\" >> \"$D/log\"; }}\n\
@@ -161,10 +170,12 @@ fn lib_sh(run: &RunId, iface: &InterfaceName, facts: &Facts, put_back: &HandlerP
          disarm() {{ if [ -f \"$R/$1/unit\" ]; then rd \"$R/$1/unit\"; systemctl stop \"$v.timer\" >/dev/null 2>&1 || true; fi; \
          if [ -f \"$R/$1/deadman\" ] && this_boot \"$R/$1/deadman\"; then kill -- \"-${{v%% *}}\" 2>/dev/null || true; fi; }}\n\
          rfail() {{ echo \"{FAIL} putting back: $1\"; exit 1; }}\n\
+         put_files() {{\n{files}}}\n\
          restore() {{\n{restore}}}\n\
          restore_failed() {{\n{restore_failed}}}\n",
         run = run.as_str(),
         readers = READERS,
+        files = put_files_body("rfail"),
     )
 }
 

@@ -368,9 +368,10 @@ impl<C: Connect> Prepared<'_, C> {
     }
 
     /// The report of a run that stops here (`--check`): what would change, nothing changed.
-    pub async fn check(self) -> Report {
+    pub async fn check(mut self) -> Report {
         close_all(&self.sessions).await;
-        self.report(self.reports.clone(), None, true)
+        let hosts = std::mem::take(&mut self.reports);
+        self.report(hosts, None, true)
     }
 
     fn report(&self, hosts: Vec<HostReport>, guard: Option<GuardReport>, check: bool) -> Report {
@@ -410,7 +411,7 @@ impl<C: Connect> Prepared<'_, C> {
     /// Changes every host that needs it, in waves, then the guard gates and confirms the
     /// change or puts it back everywhere; closes every connection.
     pub async fn execute(mut self) -> Report {
-        let mut reports = self.reports.clone();
+        let mut reports = std::mem::take(&mut self.reports);
         let to_change: Vec<String> = reports
             .iter()
             .filter(|r| r.status == HostStatus::Changed)
@@ -418,30 +419,39 @@ impl<C: Connect> Prepared<'_, C> {
             .collect();
         self.announce();
         let (run, owner) = (host::RunId::new(), host::owner());
-        let cx = RunCx {
-            topo: &self.planned.topology,
-            settings: self.settings,
-            progress: &self.progress,
-            sessions: &self.sessions,
-            connector: &self.connector,
-            iface: &self.planned.topology.network.interface,
-            run: &run,
-        };
+        let mut sessions = std::mem::take(&mut self.sessions);
+        let cx = self.cx(&sessions, &run);
         let outcomes = change_hosts(&cx, &owner, &to_change, &self.plans).await;
         flush_again(&cx, &to_change, &self.plans, &outcomes).await;
         let done = record_outcomes(&mut reports, &to_change, &outcomes);
         let mut fresh: Sessions<C::Session> = HashMap::new();
-        let guard = self.guard(&cx, &done, &mut reports, &mut fresh).await;
-        close_all(&self.sessions).await;
+        let guard = self
+            .guard(&mut sessions, &run, &done, &mut reports, &mut fresh)
+            .await;
+        close_all(&sessions).await;
         close_all(&fresh).await;
         self.report(reports, Some(guard), false)
+    }
+
+    /// What every step of the changing run shares, over these connections.
+    fn cx<'s>(&'s self, sessions: &'s Sessions<C::Session>, run: &'s host::RunId) -> RunCx<'s, C> {
+        RunCx {
+            topo: &self.planned.topology,
+            settings: self.settings,
+            progress: &self.progress,
+            sessions,
+            connector: &self.connector,
+            iface: &self.planned.topology.network.interface,
+            run,
+        }
     }
 
     /// The guard's part of a run: skipped without `--guard` or when nothing changed; else the
     /// health gate over the links the change touched, then confirmation or the put-back.
     async fn guard(
         &self,
-        cx: &RunCx<'_, C>,
+        sessions: &mut Sessions<C::Session>,
+        run: &host::RunId,
         done: &Done,
         reports: &mut [HostReport],
         fresh: &mut Sessions<C::Session>,
@@ -457,11 +467,11 @@ impl<C: Connect> Prepared<'_, C> {
         if done.pending.is_empty() && done.lost.is_empty() {
             return skipped("no host changed");
         }
-        let changes: HashMap<String, Vec<Change>> = self
+        let changes: HashMap<String, &[Change]> = self
             .plans
             .iter()
             .filter(|(n, _)| done.touched.contains(*n))
-            .map(|(n, p)| (n.clone(), p.changes.clone()))
+            .map(|(n, p)| (n.clone(), p.changes.as_slice()))
             .collect();
         let ok_facts: BTreeMap<String, &Facts> =
             self.facts.iter().map(|(n, f)| (n.clone(), f)).collect();
@@ -478,9 +488,10 @@ impl<C: Connect> Prepared<'_, C> {
                     .map(|(n, k)| (k.public.to_base64(), n.clone())),
             )
             .collect();
+        let topo = &self.planned.topology;
         let (mut before, mut existed) = guard::links_before(&ok_facts, &owners);
-        guard::relayed_before(cx.topo, &mut before, &mut existed);
-        let wg_path = conf_path(cx.iface);
+        guard::relayed_before(topo, &mut before, &mut existed);
+        let wg_path = conf_path(&topo.network.interface);
         let g = GuardInput {
             timeout,
             pending: &done.pending,
@@ -492,7 +503,10 @@ impl<C: Connect> Prepared<'_, C> {
             wg_path: &wg_path,
             first_dead_man: done.deadlines.iter().min().copied(),
         };
-        let (report, statuses) = run_guard(cx, &g, fresh).await;
+        let to_probe = links_to_probe(topo, &g);
+        drop_unneeded(topo, &g, &to_probe, sessions);
+        let cx = self.cx(sessions, run);
+        let (report, statuses) = run_guard(&cx, &g, &to_probe, fresh).await;
         for r in reports.iter_mut() {
             if let Some((st, err, secs)) = statuses.get(&r.name) {
                 r.status = *st;

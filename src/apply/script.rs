@@ -355,10 +355,19 @@ pub(crate) fn restore_body(
     fail_fn: &str,
     h: &HandlerPlan,
 ) -> String {
+    // the handlers re-run only when a file was put back
+    let mut s = put_files_body(fail_fn);
+    s.push_str("if [ \"$n\" -gt 0 ]; then\n");
+    s.push_str(&handlers_script(h, iface, facts, true, fail_fn));
+    s.push_str("fi\n");
+    s
+}
+
+/// Puts the backup's files back (the manifest's order), counting in `n` those that were not
+/// as they were: a file already as it was is left alone, so a full disk cannot fail it.
+pub(crate) fn put_files_body(fail_fn: &str) -> String {
     let f = fail_fn;
-    // a file already as it was is left alone (a full disk cannot fail its put-back), and the
-    // handlers re-run only when a file was put back
-    let mut s = format!(
+    format!(
         "[ -f \"$B/manifest\" ] || {f} 'no backup to restore in {STATE_DIR}'\n\
          same() {{ cmp -s \"$1\" \"$2\" && [ \"$(stat -c %a \"$1\")\" = \"$(stat -c %a \"$2\")\" ]; }}\n\
          n=0\n\
@@ -367,12 +376,8 @@ pub(crate) fn restore_body(
              if ! same \"$B/$i\" \"$path\"; then cp -p \"$B/$i\" \"$path.wgprov-restore\" && mv -f \"$path.wgprov-restore\" \"$path\" || {f} \"restore $path\"; n=$((n+1)); fi\n\
            elif [ -e \"$path\" ]; then rm -f \"$path\" || {f} \"restore $path\"; n=$((n+1)); fi\n\
            echo \"restored $path\"\n\
-         done < \"$B/manifest\"\n\
-         if [ \"$n\" -gt 0 ]; then\n"
-    );
-    s.push_str(&handlers_script(h, iface, facts, true, f));
-    s.push_str("fi\n");
-    s
+         done < \"$B/manifest\"\n"
+    )
 }
 
 fn wrap(b64: &str) -> String {
