@@ -65,7 +65,8 @@ pub struct Network {
 impl Network {
     /// The IPv6 counterpart of an address of the WireGuard space: the same site and host
     /// numbers in the IPv6 space (site `i`'s block is the `i`-th IPv6 block, host `h` of it is
-    /// `h` there). So an IPv6 address is as stable as the IPv4 one the lock file holds.
+    /// `h` there). So an IPv6 address is as stable as the IPv4 one the lock file holds; the
+    /// lock records it too, and refuses a change of this mapping that would move it.
     pub fn ip6_of(&self, ip: Ipv4Addr) -> Option<std::net::Ipv6Addr> {
         let (space6, prefix6) = self.wireguard_cidr6?;
         let wg = self.wireguard_cidr;
@@ -80,15 +81,25 @@ impl Network {
         Some((base + (site << (128 - u32::from(prefix6))) + host).into())
     }
 
+    /// A site's IPv6 block: the counterpart of its IPv4 block (`None` for a network that is no
+    /// site block of the WireGuard space, or without `wireguard_cidr6`).
+    pub fn block6_of(&self, block: Ipv4Net) -> Option<ipnet::Ipv6Net> {
+        let (_, prefix6) = self.wireguard_cidr6?;
+        if block.prefix_len() != self.site_prefix {
+            return None;
+        }
+        ipnet::Ipv6Net::new(self.ip6_of(block.network())?, prefix6).ok()
+    }
+
     /// The IPv6 counterpart of a network of the WireGuard space: the whole space, a site's
     /// block, a host; `None` for anything else (or without `wireguard_cidr6`).
     pub fn net6_of(&self, n: ipnet::Ipv4Net) -> Option<ipnet::Ipv6Net> {
-        let (space6, prefix6) = self.wireguard_cidr6?;
+        let (space6, _) = self.wireguard_cidr6?;
         let p = n.prefix_len();
         if n == self.wireguard_cidr {
             Some(space6)
         } else if p == self.site_prefix {
-            ipnet::Ipv6Net::new(self.ip6_of(n.network())?, prefix6).ok()
+            self.block6_of(n)
         } else if p == 32 {
             ipnet::Ipv6Net::new(self.ip6_of(n.addr())?, 128).ok()
         } else {

@@ -1,18 +1,20 @@
 //! Stable address allocation. Explicit inventory values win; then what the lock file recorded;
 //! then the lowest free block / host address. Because recorded addresses are placed before any
 //! new one is chosen, adding, removing or reordering sites and nodes never moves an address that
-//! was already handed out.
+//! was already handed out. With dual stack, an IPv6 address is the IPv4 one's counterpart in
+//! the IPv6 space; the lock records both, and refuses a change of that mapping
+//! ([`Lock::check_ip6`]).
 
 use std::collections::HashSet;
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, Ipv6Addr};
 
 use indexmap::IndexMap;
 use ipnet::Ipv4Net;
 
 use crate::error::{Diagnostic, Error, Result};
-use crate::inventory::lock::{Lock, LockSite};
+use crate::inventory::lock::{At, Lock, LockSite};
 use crate::inventory::validate::Diags;
-use crate::inventory::{Inventory, Site};
+use crate::inventory::{Inventory, Network, Site};
 
 /// The addresses of every site and node.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -36,7 +38,8 @@ pub struct Retired {
 }
 
 impl Allocation {
-    /// The lock file that records this allocation.
+    /// The lock file that records this allocation; with dual stack, each IPv4 value's IPv6
+    /// counterpart beside it.
     pub fn to_lock(&self, inv: &Inventory) -> Lock {
         let mut lock = Lock::default();
         for s in &inv.sites {
@@ -69,6 +72,9 @@ impl Allocation {
                 );
             }
         }
+        for ls in lock.sites.values_mut() {
+            add_ip6(ls, &inv.network);
+        }
         lock
     }
 
@@ -76,6 +82,23 @@ impl Allocation {
     pub fn retired_ip(&self, site: &str, node: &str) -> Option<Ipv4Addr> {
         self.retired.get(site)?.nodes.get(node).copied()
     }
+}
+
+/// Records the IPv6 counterparts of a site's IPv4 values (dual stack; nothing without it).
+/// Only a site with nodes has an IPv6 block: a site someone else runs is peered over IPv4.
+fn add_ip6(ls: &mut LockSite, net: &Network) {
+    let six = |m: &IndexMap<String, Ipv4Addr>| -> IndexMap<String, At<Ipv6Addr>> {
+        m.iter()
+            .filter_map(|(n, ip)| Some((n.clone(), At::new(net.ip6_of(*ip)?))))
+            .collect()
+    };
+    ls.nodes6 = six(&ls.nodes);
+    ls.retired_nodes6 = six(&ls.retired_nodes);
+    ls.wireguard_cidr6 = ls
+        .wireguard_cidr
+        .filter(|_| !ls.nodes.is_empty() || !ls.retired_nodes.is_empty())
+        .and_then(|b| net.block6_of(b))
+        .map(At::new);
 }
 
 /// Nodes the lock file has and the inventory no longer names: dropped by their peers, but
@@ -156,7 +179,14 @@ fn retired(inv: &Inventory, lock: &Lock) -> IndexMap<String, Retired> {
 /// Allocates every missing address. Returns the allocation and warnings (addresses the lock had
 /// that had to move because an explicit value took them), or every error (space exhausted).
 pub fn allocate(inv: &Inventory, lock: &Lock) -> Result<(Allocation, Vec<Diagnostic>)> {
+    // a change of the IPv6 plan that would move recorded addresses stops everything first
+    let lock_file = crate::inventory::lock_path(&inv.path);
+    let lock6 = lock.check_ip6(&lock_file, &inv.network);
+    if lock6.iter().any(Diagnostic::is_error) {
+        return Err(Error::Invalid(lock6));
+    }
     let mut d = Diags::new(&inv.path);
+    d.list = lock6;
     let retired = retired(inv, lock);
     warn_deleted(inv, lock, &mut d);
     let ordered = site_blocks(inv, lock, &retired, &mut d);
@@ -422,5 +452,129 @@ fn allocate_site(
                 format!("no free address left in the site's block {block}"),
             ),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use super::*;
+    use crate::inventory::load_str;
+
+    const BASE: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  wireguard_cidr6: fd10:100::/48\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: h.example.net:51820\n    next_hop: a\n    nodes:\n      a: { address: 192.168.0.1 }\n      b: { address: 192.168.0.2 }\n  friend:\n    managed: false\n    wireguard_cidr: 10.100.7.0/24\n    endpoint: friend.example.org:51820\n    public_key: \"xTIBA5rboUvnH4htodjb6e697QjLERt1NAB4mZqp8Dg=\"\n";
+
+    /// Plans `yaml` against the lock-file text `lock` (as read from `inv.lock.yaml`); returns
+    /// the lock file it would write and the warnings.
+    fn plan(yaml: &str, lock: &str) -> Result<(String, Vec<Diagnostic>)> {
+        let inv = load_str(Path::new("inv.yaml"), yaml)?.inventory;
+        let lock = Lock::parse(Path::new("inv.lock.yaml"), lock)?;
+        let (a, w) = allocate(&inv, &lock)?;
+        Ok((a.to_lock(&inv).render(), w))
+    }
+
+    #[test]
+    fn an_old_lock_without_ipv6_gets_them_and_keeps_its_ipv4_values() {
+        // b holds .1 in the old lock, though a is the next-hop: it keeps it
+        let old = "version: 1\nsites:\n  home:\n    wireguard_cidr: 10.100.3.0/24\n    nodes:\n      a: 10.100.3.2\n      b: 10.100.3.1\n";
+        let (text, w) = plan(BASE, old).unwrap();
+        assert!(
+            text.contains("  home:\n    wireguard_cidr: 10.100.3.0/24\n    wireguard_cidr6: fd10:100:0:3::/64\n    nodes:\n      a: 10.100.3.2\n      b: 10.100.3.1\n    nodes6:\n      a: fd10:100:0:3::2\n      b: fd10:100:0:3::1\n"),
+            "{text}"
+        );
+        // a site someone else runs is peered over IPv4: no IPv6 block of its own
+        assert!(
+            text.ends_with("  friend:\n    wireguard_cidr: 10.100.7.0/24\n"),
+            "{text}"
+        );
+        assert!(
+            w.iter().all(|d| !d.file.ends_with("inv.lock.yaml")),
+            "{w:?}"
+        );
+        // planning against what it wrote changes nothing
+        assert_eq!(plan(BASE, &text).unwrap().0, text);
+    }
+
+    #[test]
+    fn a_changed_wireguard_cidr6_is_refused_naming_the_lock_file_line_and_field() {
+        let (text, _) = plan(BASE, "").unwrap();
+        let changed = BASE.replace("fd10:100::/48", "fd20:100::/48");
+        let Err(Error::Invalid(d)) = plan(&changed, &text) else {
+            panic!("a moved IPv6 plan was accepted")
+        };
+        assert_eq!(d.len(), 1, "{d:?}");
+        assert_eq!(
+            (
+                d[0].file.as_path(),
+                d[0].line,
+                d[0].field.as_str(),
+                d[0].is_error()
+            ),
+            (
+                Path::new("inv.lock.yaml"),
+                7,
+                "sites.home.wireguard_cidr6",
+                true
+            ),
+            "{d:?}"
+        );
+        assert!(d[0].message.contains("would move"), "{d:?}");
+        // accepted on purpose: the IPv6 entries deleted, the new ones recorded, IPv4 kept
+        let ipv4_only: String = text
+            .lines()
+            .scan(false, |six, l| {
+                if !l.starts_with("      ") {
+                    *six = l.trim_end().ends_with("6:") || l.contains("wireguard_cidr6");
+                }
+                Some((!*six).then(|| format!("{l}\n")))
+            })
+            .flatten()
+            .collect();
+        assert!(!ipv4_only.contains("fd10"), "{ipv4_only}");
+        let (moved, _) = plan(&changed, &ipv4_only).unwrap();
+        assert_eq!(moved, text.replace("fd10:100:", "fd20:100:"));
+    }
+
+    #[test]
+    fn a_retired_nodes_ipv6_address_stays_recorded_after_its_entry_is_deleted() {
+        let (text, _) = plan(BASE, "").unwrap();
+        let absent = BASE.replace(
+            "b: { address: 192.168.0.2 }",
+            "b: { address: 192.168.0.2, state: absent }",
+        );
+        let (text, _) = plan(&absent, &text).unwrap();
+        let retired =
+            "    retired_nodes:\n      b: 10.100.0.2\n    retired_nodes6:\n      b: fd10:100::2\n";
+        assert!(text.contains(retired), "{text}");
+        let deleted = BASE.replace("      b: { address: 192.168.0.2 }\n", "");
+        let (text, _) = plan(&deleted, &text).unwrap();
+        assert!(text.contains(retired), "{text}");
+        assert!(
+            !text.contains("    nodes6:\n      a: fd10:100::1\n      b"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn without_dual_stack_the_recorded_ipv6_values_are_dropped_with_a_warning() {
+        let (text, _) = plan(BASE, "").unwrap();
+        let single = BASE.replace("  wireguard_cidr6: fd10:100::/48\n", "");
+        let (written, w) = plan(&single, &text).unwrap();
+        assert!(
+            !written.contains("fd10") && written.contains("a: 10.100.0.1"),
+            "{written}"
+        );
+        assert!(
+            w.iter().any(|d| d.file == Path::new("inv.lock.yaml")
+                && d.field == "sites.home.wireguard_cidr6"
+                && d.message.contains("dropped")),
+            "{w:?}"
+        );
+        // once written, nothing more to say
+        let (_, w) = plan(&single, &written).unwrap();
+        assert!(
+            w.iter().all(|d| d.file != Path::new("inv.lock.yaml")),
+            "{w:?}"
+        );
     }
 }

@@ -193,3 +193,58 @@ fn a_node_deleted_without_state_absent_is_named_as_not_cleaned() {
             .any(|w| w.message.contains("b (10.100.0.2)"))
     );
 }
+
+#[test]
+fn dual_stack_ipv6_addresses_are_recorded_and_a_changed_wireguard_cidr6_is_refused() {
+    use std::process::Command;
+    let wgprov = |args: &[&str]| {
+        let o = Command::new(env!("CARGO_BIN_EXE_wgprov"))
+            .args(args)
+            .output()
+            .unwrap();
+        // validate lists the diagnostics on stdout, the other commands on stderr
+        let out = [o.stdout, o.stderr].concat();
+        (o.status.code(), String::from_utf8_lossy(&out).into_owned())
+    };
+    let base = "network:\n  wireguard_cidr: 10.100.0.0/16\n  wireguard_cidr6: fd10:100::/48\n  cluster_cidrs: [10.96.0.0/16]\nsites:\n  home:\n    endpoint: h.example:51820\n    next_hop: a\n    nodes:\n      a: {address: 192.168.0.1}\n      b: {address: 192.168.0.2}\n  cabin:\n    nodes:\n      c: {address: 192.168.5.1}\n";
+    let inv = Inv::new(base);
+    let path = inv.path.to_str().unwrap();
+    // an old lock file, written before IPv6 was recorded
+    std::fs::write(
+        inv.lock_path(),
+        "version: 1\nsites:\n  home:\n    wireguard_cidr: 10.100.0.0/24\n    nodes:\n      a: 10.100.0.1\n      b: 10.100.0.2\n",
+    )
+    .unwrap();
+    // validate never writes
+    assert_eq!(wgprov(&["validate", "-i", path]).0, Some(0));
+    assert!(
+        !std::fs::read_to_string(inv.lock_path())
+            .unwrap()
+            .contains("fd10")
+    );
+    let (code, err) = wgprov(&["plan", "-i", path]);
+    assert_eq!(code, Some(0), "{err}");
+    let lock = std::fs::read_to_string(inv.lock_path()).unwrap();
+    assert!(
+        lock.contains("  home:\n    wireguard_cidr: 10.100.0.0/24\n    wireguard_cidr6: fd10:100::/64\n    nodes:\n      a: 10.100.0.1\n      b: 10.100.0.2\n    nodes6:\n      a: fd10:100::1\n      b: fd10:100::2\n")
+            && lock.contains("  cabin:\n    wireguard_cidr: 10.100.1.0/24\n    wireguard_cidr6: fd10:100:0:1::/64\n    nodes:\n      c: 10.100.1.1\n    nodes6:\n      c: fd10:100:0:1::1\n"),
+        "{lock}"
+    );
+    // the operator edits the IPv6 space: refused before anything, the lock file untouched
+    inv.write(&base.replace("fd10:100::/48", "fd10:200::/48"));
+    for cmd in ["validate", "plan"] {
+        let (code, err) = wgprov(&[cmd, "-i", path]);
+        assert_eq!(code, Some(2), "{cmd}: {err}");
+        let at = format!(
+            "{}:7:22: sites.home.wireguard_cidr6: the lock file records fd10:100::/64, but the network now gives fd10:200::/64",
+            inv.lock_path().display()
+        );
+        assert!(
+            err.contains(&at)
+                && err.contains("would move, and with them node IPs of the cluster")
+                && err.contains("delete the IPv6 entries"),
+            "{cmd}: {err}"
+        );
+    }
+    assert_eq!(std::fs::read_to_string(inv.lock_path()).unwrap(), lock);
+}
