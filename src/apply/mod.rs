@@ -86,8 +86,24 @@ pub struct Prepared<'a, C: Connect> {
     warnings: Vec<String>,
 }
 
-/// Facts per host, or why there are none, with the seconds gathering took.
-type Gathered = HashMap<String, (std::result::Result<Facts, gather::FactsError>, f64)>;
+/// Per host: whether its facts could be read (why not), with the seconds gathering took. The
+/// facts themselves go to one map of their own ([`split_gathered`]), held once.
+type Gathered = HashMap<String, (std::result::Result<(), gather::FactsError>, f64)>;
+
+/// The facts read, by host, apart from how reading them went.
+fn split_gathered(
+    all: HashMap<String, (std::result::Result<Facts, gather::FactsError>, f64)>,
+) -> (HashMap<String, Facts>, Gathered) {
+    let mut facts = HashMap::new();
+    let mut gathered = HashMap::new();
+    for (n, (r, t)) in all {
+        let r = r.map(|f| {
+            facts.insert(n.clone(), f);
+        });
+        gathered.insert(n, (r, t));
+    }
+    (facts, gathered)
+}
 
 /// The hosts a run targets: the nodes `--limit` selects and the managed routers that only
 /// forward the port (a hub router is a node).
@@ -125,7 +141,7 @@ async fn gather_facts<S: Transport + 'static>(
     sessions: &Sessions<S>,
     forks: usize,
     progress: &Arc<dyn Progress>,
-) -> Gathered {
+) -> HashMap<String, (std::result::Result<Facts, gather::FactsError>, f64)> {
     run_all(names, forks, |n| {
         let s = sessions[&n].as_ref().expect("reachable").clone();
         let script = scripts[&n].clone();
@@ -310,11 +326,10 @@ pub async fn prepare_rotating<'a, C: Connect>(
         .filter(|n| matches!(sessions.get(*n), Some(Ok(_))))
         .map(str::to_string)
         .collect();
-    let gathered = gather_facts(&scripts, reachable, &sessions, settings.forks, &progress).await;
-    let facts: HashMap<String, Facts> = gathered
-        .iter()
-        .filter_map(|(n, (f, _))| f.as_ref().ok().map(|f| (n.clone(), f.clone())))
-        .collect();
+    let (facts, gathered) = split_gathered(
+        gather_facts(&scripts, reachable, &sessions, settings.forks, &progress).await,
+    );
+    drop(scripts);
     let names: BTreeSet<&str> = targets
         .iter()
         .filter_map(|k| k.node())
