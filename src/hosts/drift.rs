@@ -29,16 +29,19 @@ pub(crate) fn short_key(k: &str) -> String {
     format!("{}…", k.chars().take(8).collect::<String>())
 }
 
-/// Every network of a list of AllowedIPs values (each may hold several, comma-separated).
+/// Every IPv4 network of a list of AllowedIPs values.
 pub(crate) fn nets(v: &[String]) -> BTreeSet<Ipv4Net> {
-    v.iter()
-        .flat_map(|s| s.split(','))
-        .filter_map(|s| s.trim().parse::<Ipv4Net>().ok())
-        .map(|n| n.trunc())
+    all_nets(v)
+        .into_iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        })
         .collect()
 }
 
-/// [`nets`] in both families: every IPv4 and IPv6 network of a list of AllowedIPs values.
+/// Every network, IPv4 and IPv6, of a list of AllowedIPs values (each may hold several,
+/// comma-separated).
 pub(crate) fn all_nets(v: &[String]) -> BTreeSet<IpNet> {
     v.iter()
         .flat_map(|s| s.split(','))

@@ -1,9 +1,9 @@
 //! The failover watchdog as the rest of wgprov sees it (roles/failover installs it): its
 //! handler, the facts section that reads its state, and that state parsed. A site that failed
 //! over is the watchdog's state, not drift: [`as_filed`] puts the networks it moved (both
-//! families with dual stack) back on the hub's peer before the running interface is compared with its file, so `apply` never undoes
-//! a failover (and the watchdog re-asserts its state every run, should anything restart the
-//! interface from its file).
+//! families with dual stack) back on the hub's peer before the running interface is compared
+//! with its file, so `apply` never undoes a failover (and the watchdog re-asserts its state
+//! every run, should anything restart the interface from its file).
 
 use std::collections::BTreeSet;
 use std::net::Ipv4Addr;
