@@ -6,7 +6,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use crate::facts::Facts;
 use crate::facts::gather::WgState;
@@ -29,11 +29,23 @@ pub(crate) fn short_key(k: &str) -> String {
     format!("{}…", k.chars().take(8).collect::<String>())
 }
 
-/// Every network of a list of AllowedIPs values (each may hold several, comma-separated).
+/// Every IPv4 network of a list of AllowedIPs values.
 pub(crate) fn nets(v: &[String]) -> BTreeSet<Ipv4Net> {
+    all_nets(v)
+        .into_iter()
+        .filter_map(|n| match n {
+            IpNet::V4(n) => Some(n),
+            IpNet::V6(_) => None,
+        })
+        .collect()
+}
+
+/// Every network, IPv4 and IPv6, of a list of AllowedIPs values (each may hold several,
+/// comma-separated).
+pub(crate) fn all_nets(v: &[String]) -> BTreeSet<IpNet> {
     v.iter()
         .flat_map(|s| s.split(','))
-        .filter_map(|s| s.trim().parse::<Ipv4Net>().ok())
+        .filter_map(|s| s.trim().parse::<IpNet>().ok())
         .map(|n| n.trunc())
         .collect()
 }
@@ -62,7 +74,7 @@ pub fn running_vs_file(conf: &str, wg: &WgState, name: &dyn Fn(&str) -> String) 
             out.push("it runs with another key than the file's".into());
         }
     }
-    type Want = (BTreeSet<Ipv4Net>, u32);
+    type Want = (BTreeSet<IpNet>, u32);
     let file: BTreeMap<String, Want> = c
         .peers()
         .filter_map(|p| {
@@ -76,20 +88,25 @@ pub fn running_vs_file(conf: &str, wg: &WgState, name: &dyn Fn(&str) -> String) 
                 .get("PersistentKeepalive")
                 .and_then(|v| v.trim().parse::<u32>().ok())
                 .unwrap_or(0);
-            Some((key, (nets(&allowed), ka)))
+            Some((key, (all_nets(&allowed), ka)))
         })
         .collect();
     let running: BTreeMap<String, Want> = wg
         .peers
         .iter()
-        .map(|p| (p.public_key.clone(), (nets(&p.allowed_ips), p.keepalive)))
+        .map(|p| {
+            (
+                p.public_key.clone(),
+                (all_nets(&p.allowed_ips), p.keepalive),
+            )
+        })
         .collect();
     for (k, (allowed, ka)) in &file {
         match running.get(k) {
             None => out.push(format!("peer {} is in the file but not running", name(k))),
             Some((ra, rka)) => {
                 if ra != allowed {
-                    let show = |s: &BTreeSet<Ipv4Net>| {
+                    let show = |s: &BTreeSet<IpNet>| {
                         s.iter()
                             .map(|n| n.to_string())
                             .collect::<Vec<_>>()

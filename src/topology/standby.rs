@@ -8,9 +8,13 @@
 //! - every member of the site has a second peer, the standby at its LAN address, beside the
 //!   hub's peer, which carries the whole WireGuard space plus the hub's /32 and probe /32.
 //!
-//! Failing over moves one network — the site's block on another site's hub, the WireGuard space
-//! on a member — from the hub's peer to the standby's with `wg set`; both keep their own /32s,
-//! so each stays reachable (and probed) on its own. A member routes everything through the
+//! With dual stack every one of these networks has its IPv6 counterpart on the same peer (the
+//! standby's own /128 and its probe's among them).
+//!
+//! Failing over moves the site's networks — its block on another site's hub, the WireGuard space
+//! on a member, and with dual stack their IPv6 counterparts too — from the hub's peer to the
+//! standby's with one `wg set`; both keep their own /32s (and /128s), so each stays reachable
+//! (and probed) on its own. A member routes everything through the
 //! standby while the site has failed over, as it routes everything through the hub otherwise.
 //!
 //! Each candidate also has a *probe address*: an address of the site's block that no node holds
@@ -21,7 +25,7 @@
 
 use std::net::Ipv4Addr;
 
-use ipnet::Ipv4Net;
+use ipnet::{IpNet, Ipv4Net};
 
 use super::{NodePlan, Peer, PeerRef, SitePlan, Topology, host_port};
 
@@ -64,9 +68,9 @@ pub struct Failover {
     pub hub: Candidate,
     /// Its standby.
     pub standby: Candidate,
-    /// The network that moves: the site's block (on another site's hub), the WireGuard space
-    /// (on a member of the site).
-    pub moves: Ipv4Net,
+    /// The networks that move: the site's block (on another site's hub), the WireGuard space
+    /// (on a member of the site); with dual stack, its IPv6 counterpart follows.
+    pub moves: Vec<IpNet>,
     /// Addresses behind the site's active hub, as seen from this node: when none answers
     /// through it, it does not forward. Empty: the probe address alone decides.
     pub targets: Vec<Ipv4Addr>,
@@ -120,13 +124,15 @@ pub fn watched(topo: &Topology, node: &NodePlan) -> Vec<Failover> {
         if node.name == hub.name || node.name == sb.name {
             continue;
         }
-        let moves = if node.site == site.name {
+        let moves4 = if node.site == site.name {
             topo.network.wireguard_cidr
         } else if node.is_next_hop || node.is_standby {
             site.wireguard_cidr
         } else {
             continue;
         };
+        let mut moves = vec![IpNet::V4(moves4)];
+        moves.extend(topo.network.net6_of(moves4).map(IpNet::V6));
         let (hp, sp) = probe_ips(site.wireguard_cidr);
         out.push(Failover {
             site: site.name.clone(),
@@ -202,7 +208,11 @@ mod tests {
     const INV: &str = "network:\n  wireguard_cidr: 10.100.0.0/16\n  cluster_cidrs: [10.244.0.0/16]\nsites:\n  home:\n    endpoint: 203.0.113.10:51820\n    next_hop: n1\n    standby: n2\n    standby_endpoint: 203.0.113.10:51821\n    router: opnsense\n    nodes:\n      n1: { address: 192.168.0.10 }\n      n2: { address: 192.168.0.11 }\n      n3: { address: 192.168.0.12 }\n  office:\n    endpoint: 198.51.100.20:51820\n    router: pfsense\n    next_hop: o1\n    nodes:\n      o1: { address: 192.168.10.5 }\n      o2: { address: 192.168.10.6 }\n";
 
     fn topo() -> Topology {
-        let inv = crate::inventory::load_str(Path::new("inv.yaml"), INV)
+        topo_of(INV)
+    }
+
+    fn topo_of(yaml: &str) -> Topology {
+        let inv = crate::inventory::load_str(Path::new("inv.yaml"), yaml)
             .unwrap()
             .inventory;
         Topology::build(&inv, &Default::default()).unwrap().0
@@ -267,14 +277,47 @@ mod tests {
             assert!(w(n).is_empty(), "{n}");
         }
         let o1 = &w("o1")[0];
-        assert_eq!(o1.moves.to_string(), "10.100.0.0/24");
+        assert_eq!(o1.moves, vec!["10.100.0.0/24".parse::<IpNet>().unwrap()]);
         assert_eq!(o1.targets, vec!["10.100.0.3".parse::<Ipv4Addr>().unwrap()]);
         let n3 = &w("n3")[0];
-        assert_eq!(n3.moves.to_string(), "10.100.0.0/16");
+        assert_eq!(n3.moves, vec!["10.100.0.0/16".parse::<IpNet>().unwrap()]);
         assert_eq!(n3.targets, vec!["10.100.1.1".parse::<Ipv4Addr>().unwrap()]);
         assert_eq!(
             (n3.hub.probe.to_string(), n3.standby.probe.to_string()),
             ("10.100.0.254".into(), "10.100.0.253".into())
+        );
+    }
+
+    #[test]
+    fn with_dual_stack_both_families_move_and_the_standby_keeps_only_its_own_128() {
+        let t = topo_of(&INV.replace(
+            "  wireguard_cidr: 10.100.0.0/16\n",
+            "  wireguard_cidr: 10.100.0.0/16\n  wireguard_cidr6: fd10:100::/48\n",
+        ));
+        let w = |n: &str| watched(&t, t.node(n).unwrap());
+        let nets = |v: &[&str]| -> Vec<IpNet> { v.iter().map(|s| s.parse().unwrap()).collect() };
+        assert_eq!(w("o1")[0].moves, nets(&["10.100.0.0/24", "fd10:100::/64"]));
+        assert_eq!(w("n3")[0].moves, nets(&["10.100.0.0/16", "fd10:100::/48"]));
+        let o1 = t.node("o1").unwrap();
+        let written: Vec<Vec<String>> = t.peers(o1).iter().map(|p| t.allowed_ips(p)).collect();
+        assert_eq!(
+            written[1..],
+            [
+                vec![
+                    "10.100.0.0/24",
+                    "10.100.0.1/32",
+                    "10.100.0.254/32",
+                    "fd10:100::/64",
+                    "fd10:100::1/128",
+                    "fd10:100::fe/128",
+                ],
+                vec![
+                    "10.100.0.2/32",
+                    "10.100.0.253/32",
+                    "fd10:100::2/128",
+                    "fd10:100::fd/128",
+                ],
+            ]
         );
     }
 }
