@@ -449,12 +449,16 @@ fn openwrt_uci_takes_the_standbys_redirect_too_and_drops_it_with_the_standby() {
 
     // the put-back of a first apply (the script gone) removes both redirects, nothing else
     r.install(pf, &rendered_again(&inv, &with_standby(true)));
-    r.sh("$SH /etc/wgprov/router-pf.sh");
+    r.sh("$SH /etc/wgprov/router-pf.sh && uci get firewall.wgprov_wireguard_standby.src_dport");
     r.take_calls();
-    let teardown = wgprov::hosts::openwrt::teardown();
-    let out = r.sh(&format!(
-        "rm /etc/wgprov/router-pf.sh\n{teardown}uci show firewall && echo '## changes' && uci changes"
-    ));
+    // run by BusyBox sh, as the handler on the router runs it
+    r.install(
+        "/etc/wgprov/teardown.sh",
+        &wgprov::hosts::openwrt::teardown(),
+    );
+    let out = r.sh(
+        "rm /etc/wgprov/router-pf.sh && $SH /etc/wgprov/teardown.sh && uci show firewall && echo '## changes' && uci changes",
+    );
     assert_eq!(out, format!("{stock}## changes\n"));
     assert_eq!(r.take_calls(), ["firewall reload"]);
 }
