@@ -264,7 +264,6 @@ pub fn desired(
                 })
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let f = fs.first();
     match router.kind {
         ManagedKind::Linux => Ok(linux::desired(
             &site.name,
@@ -278,11 +277,7 @@ pub fn desired(
                 role: "router_port_forward".into(),
                 path: RemotePath::new(PF_SCRIPT).expect("a fixed path is valid"),
                 state: crate::desired::FileState::Present {
-                    content: openwrt::pf_script(
-                        &site.name,
-                        &router.wan_interface,
-                        f.as_ref().map(|(f, ip)| (f, *ip)),
-                    ),
+                    content: openwrt::pf_script(&site.name, &router.wan_interface, &fs),
                     mode: 0o755,
                 },
                 notify: vec![crate::shell::Handler::PortForward],

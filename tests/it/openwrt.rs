@@ -271,6 +271,41 @@ fn section(show: &str, path: &str) -> Vec<String> {
         .collect()
 }
 
+/// A port-forward redirect as `uci show` prints it: DNAT from zone `wan`, UDP `public_port` to
+/// `ip`'s WireGuard port 51820, in the section `firewall.SECTION` named for `label`.
+fn redirect_shown(section: &str, label: &str, public_port: u16, ip: &str) -> Vec<String> {
+    let p = format!("firewall.{section}");
+    [
+        "=redirect".to_string(),
+        format!(".name='wgprov-wireguard-{label}'"),
+        ".target='DNAT'".into(),
+        ".src='wan'".into(),
+        ".proto='udp'".into(),
+        format!(".src_dport='{public_port}'"),
+        ".dest='lan'".into(),
+        format!(".dest_ip='{ip}'"),
+        ".dest_port='51820'".into(),
+    ]
+    .iter()
+    .map(|l| format!("{p}{l}"))
+    .collect()
+}
+
+/// A second run of the router's port-forward script changes nothing: the same bytes in
+/// `/etc/config`, nothing pending in uci.
+fn assert_rerun_changes_nothing(r: &Router) {
+    let (firewall, network) = (r.config("firewall"), r.config("network"));
+    let out =
+        r.sh("$SH /etc/wgprov/router-pf.sh && $SH /etc/wgprov/router-pf.sh check && uci changes");
+    assert_eq!(out, "", "uci changes left pending");
+    assert_eq!(
+        r.config("firewall"),
+        firewall,
+        "a rerun changed the firewall"
+    );
+    assert_eq!(r.config("network"), network);
+}
+
 #[test]
 fn openwrt_uci_takes_the_port_forward_redirect_and_a_rerun_changes_nothing() {
     let Some(cache) = available() else {
@@ -304,17 +339,7 @@ fn openwrt_uci_takes_the_port_forward_redirect_and_a_rerun_changes_nothing() {
     // what fw3/fw4 read: one DNAT redirect from zone wan, UDP 51821, to the next-hop's 51820
     assert_eq!(
         section(&out, "firewall.wgprov_wireguard"),
-        [
-            "firewall.wgprov_wireguard=redirect",
-            "firewall.wgprov_wireguard.name='wgprov-wireguard-cabin'",
-            "firewall.wgprov_wireguard.target='DNAT'",
-            "firewall.wgprov_wireguard.src='wan'",
-            "firewall.wgprov_wireguard.proto='udp'",
-            "firewall.wgprov_wireguard.src_dport='51821'",
-            "firewall.wgprov_wireguard.dest='lan'",
-            "firewall.wgprov_wireguard.dest_ip='192.168.2.10'",
-            "firewall.wgprov_wireguard.dest_port='51820'",
-        ],
+        redirect_shown("wgprov_wireguard", "cabin", 51821, "192.168.2.10"),
         "{out}"
     );
     // committed (no change left pending), and every stock section kept as it was
@@ -338,18 +363,111 @@ fn openwrt_uci_takes_the_port_forward_redirect_and_a_rerun_changes_nothing() {
         "{file}"
     );
 
-    // a second run changes nothing: the same bytes in /etc/config, nothing pending
-    let network = r.config("network");
-    let out = r.sh("$SH /etc/wgprov/router-pf.sh && uci changes");
-    assert_eq!(out, "");
-    assert_eq!(r.config("firewall"), file);
-    assert_eq!(r.config("network"), network);
+    assert_rerun_changes_nothing(&r);
 
     // a value changed by hand (in LuCI, say) is drift for the check; the script puts it back
     r.sh("uci set firewall.wgprov_wireguard.dest_port=51999 && uci commit firewall");
     assert_eq!(r.run("$SH /etc/wgprov/router-pf.sh check").0, 1);
     r.sh("$SH /etc/wgprov/router-pf.sh && $SH /etc/wgprov/router-pf.sh check");
     assert_eq!(r.config("firewall"), file);
+}
+
+/// The cabin site of [`INV`] with a second node, cabin2, as its standby: its public port 51822
+/// goes to cabin2. Without `standby`, cabin2 stays a plain node of the site.
+fn with_standby(standby: bool) -> String {
+    let lines = if standby {
+        "    standby: cabin2\n    standby_endpoint: 198.51.100.7:51822\n"
+    } else {
+        ""
+    };
+    INV.replace(
+        "    next_hop: cabin1\n",
+        &format!("    next_hop: cabin1\n{lines}"),
+    )
+    .replace(
+        "      cabin1: { address: 192.168.2.10 }\n",
+        "      cabin1: { address: 192.168.2.10 }\n      cabin2: { address: 192.168.2.11 }\n",
+    )
+}
+
+/// A managed OpenWrt router makes the standby's port-forward too: two redirects, one commit and
+/// one reload; a rerun changes nothing; the standby taken out of the inventory takes its redirect
+/// (only) with it; the put-back of a first apply removes both.
+#[test]
+fn openwrt_uci_takes_the_standbys_redirect_too_and_drops_it_with_the_standby() {
+    let Some(cache) = available() else {
+        return;
+    };
+    let _lock = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let inv = Inv::new(&with_standby(true));
+    let pf = "/etc/wgprov/router-pf.sh";
+    let script = rendered(&inv, "cabin-router", pf);
+    let mut r = Router::new(&cache, None);
+    r.install(pf, &script);
+    let stock = r.sh("uci show firewall");
+
+    let out = r.sh(
+        "$SH /etc/wgprov/router-pf.sh && $SH /etc/wgprov/router-pf.sh check && uci show firewall",
+    );
+    assert_eq!(r.take_calls(), ["firewall reload"], "one reload for both");
+    let next_hop = redirect_shown("wgprov_wireguard", "cabin", 51821, "192.168.2.10");
+    assert_eq!(
+        section(&out, "firewall.wgprov_wireguard"),
+        next_hop,
+        "{out}"
+    );
+    assert_eq!(
+        section(&out, "firewall.wgprov_wireguard_standby"),
+        redirect_shown(
+            "wgprov_wireguard_standby",
+            "cabin-standby",
+            51822,
+            "192.168.2.11"
+        ),
+        "{out}"
+    );
+    assert_eq!(out.lines().count(), stock.lines().count() + 18, "{out}");
+    assert_rerun_changes_nothing(&r);
+    r.take_calls();
+
+    // the standby taken out of the inventory: the new script's check sees its redirect as left
+    // over, and a run deletes it and keeps the next-hop's as it was
+    let script = rendered_again(&inv, &with_standby(false));
+    assert!(!script.contains("51822"), "{script}");
+    r.install(pf, &script);
+    assert_eq!(r.run("$SH /etc/wgprov/router-pf.sh check").0, 1);
+    let out = r.sh("$SH /etc/wgprov/router-pf.sh && $SH /etc/wgprov/router-pf.sh check && uci show firewall && uci changes");
+    assert_eq!(r.take_calls(), ["firewall reload"]);
+    assert_eq!(
+        section(&out, "firewall.wgprov_wireguard"),
+        next_hop,
+        "{out}"
+    );
+    assert!(!out.contains("wgprov_wireguard_standby"), "{out}");
+    assert_eq!(out.lines().count(), stock.lines().count() + 9, "{out}");
+    assert_rerun_changes_nothing(&r);
+
+    // the put-back of a first apply (the script gone) removes both redirects, nothing else
+    r.install(pf, &rendered_again(&inv, &with_standby(true)));
+    r.sh("$SH /etc/wgprov/router-pf.sh && uci get firewall.wgprov_wireguard_standby.src_dport");
+    r.take_calls();
+    // run by BusyBox sh, as the handler on the router runs it
+    r.install(
+        "/etc/wgprov/teardown.sh",
+        &wgprov::hosts::openwrt::teardown(),
+    );
+    let out = r.sh(
+        "rm /etc/wgprov/router-pf.sh && $SH /etc/wgprov/teardown.sh && uci show firewall && echo '## changes' && uci changes",
+    );
+    assert_eq!(out, format!("{stock}## changes\n"));
+    assert_eq!(r.take_calls(), ["firewall reload"]);
+}
+
+/// `inv` rendered again after its inventory became `yaml`: cabin's router's port-forward script.
+fn rendered_again(inv: &Inv, yaml: &str) -> String {
+    inv.write(yaml);
+    std::fs::remove_dir_all(inv.dir.path().join("out")).unwrap();
+    rendered(inv, "cabin-router", "/etc/wgprov/router-pf.sh")
 }
 
 #[test]

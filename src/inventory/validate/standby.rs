@@ -79,25 +79,19 @@ pub(super) fn check(
         return None;
     }
     let sb_endpoint = standby_endpoint(d, sp, site, endpoint, wg)?;
-    if let (Some(r), Some(_)) = (router, &sb_endpoint) {
-        // an OpenWrt router's port-forward is one uci redirect so far
-        let why = if r.kind == ManagedKind::Openwrt {
-            Some(format!(
-                "the managed OpenWrt router {} does not make a standby's port-forward yet: write `router: openwrt` (not managed) and create both redirects from `wgprov plan` by hand, or leave the standby out",
-                r.name
-            ))
-        } else if node.address.parse::<std::net::Ipv4Addr>().is_err() {
-            Some(format!(
+    if let (Some(r), Some(_)) = (router, &sb_endpoint)
+        && node.address.parse::<std::net::Ipv4Addr>().is_err()
+    {
+        // a managed router (Linux or OpenWrt) forwards the standby's port with a DNAT rule
+        d.error(
+            loc(sb),
+            field,
+            format!(
                 "the standby's address `{}` is not an IPv4 address: the managed router {} forwards the standby's port to it with a DNAT rule, which needs one",
                 node.address, r.name
-            ))
-        } else {
-            None
-        };
-        if let Some(why) = why {
-            d.error(loc(sb), field, why);
-            return None;
-        }
+            ),
+        );
+        return None;
     }
     Some(Standby {
         node: node.name.clone(),
@@ -191,17 +185,33 @@ mod tests {
         }
     }
 
+    /// Both kinds of managed router make the standby's port-forward (a DNAT rule, or an OpenWrt
+    /// redirect), and so both need the standby's address to be IPv4.
     #[test]
-    fn a_managed_openwrt_router_does_not_make_the_standbys_forward_yet() {
-        let site = "    standby: n2\n    standby_endpoint: 203.0.113.10:51821\n    router: { kind: openwrt, address: 192.168.0.1, wan_interface: wan }\n";
-        let (line, field, msg) = error(site);
-        assert_eq!((line, field.as_str()), (8, "sites.home.standby"));
-        assert!(
-            msg.contains("does not make a standby's port-forward yet"),
-            "{msg}"
-        );
-        let linux = "    standby: n2\n    standby_endpoint: 203.0.113.10:51821\n    router: { kind: linux, address: 192.168.0.1, wan_interface: eth0 }\n";
-        load_str(Path::new("inv.yaml"), &inv(linux)).unwrap();
+    fn a_managed_router_of_either_kind_takes_a_standby_with_an_ipv4_address() {
+        for router in [
+            "{ kind: linux, address: 192.168.0.1, wan_interface: eth0 }",
+            "{ kind: openwrt, address: 192.168.0.1, wan_interface: wan }",
+        ] {
+            let site = format!(
+                "    standby: n2\n    standby_endpoint: 203.0.113.10:51821\n    router: {router}\n"
+            );
+            let ok = load_str(Path::new("inv.yaml"), &inv(&site)).unwrap();
+            assert_eq!(ok.inventory.sites[0].standby.as_ref().unwrap().node, "n2");
+            let text = inv(&site).replace("192.168.0.11", "n2.lan");
+            let d = match load_str(Path::new("inv.yaml"), &text) {
+                Err(Error::Invalid(d)) => d,
+                other => panic!("{router}: {other:?}"),
+            };
+            assert_eq!(d.len(), 1, "{d:?}");
+            assert_eq!((d[0].line, d[0].field.as_str()), (8, "sites.home.standby"));
+            assert!(
+                d[0].message
+                    .starts_with("the standby's address `n2.lan` is not an IPv4 address"),
+                "{}",
+                d[0].message
+            );
+        }
     }
 
     #[test]
