@@ -53,8 +53,9 @@ pub fn public_ports_of(script: &str) -> Vec<u16> {
         .collect()
 }
 
-/// The port-forward script: the next-hop's forward, and a standby's second one.
-pub fn pf_script(site: &str, wan: &str, fs: &[(Forward, Ipv4Addr)], backend: Backend) -> String {
+/// The first lines of a port-forward script (Linux's or OpenWrt's): the shebang, then one
+/// header line per forward (what [`public_ports_of`] reads back), or one saying there is none.
+pub(super) fn script_head(fs: &[(Forward, Ipv4Addr)]) -> String {
     let mut s = String::from("#!/bin/sh\n");
     for (f, ip) in fs {
         s.push_str(&format!(
@@ -65,6 +66,12 @@ pub fn pf_script(site: &str, wan: &str, fs: &[(Forward, Ipv4Addr)], backend: Bac
     if fs.is_empty() {
         s.push_str(&format!("{HEADER} none\n"));
     }
+    s
+}
+
+/// The port-forward script: the next-hop's forward, and a standby's second one.
+pub fn pf_script(site: &str, wan: &str, fs: &[(Forward, Ipv4Addr)], backend: Backend) -> String {
+    let mut s = script_head(fs);
     s.push_str(&format!(
         "# The WireGuard port-forward of site {site}, written by wgprov: do not edit, apply rewrites it.\n\
          # `sh {PF_SCRIPT}` installs it (only wgprov's own rules are touched); `sh {PF_SCRIPT} check`\n\

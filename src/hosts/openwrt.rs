@@ -155,17 +155,7 @@ pub fn uci_commands(site: &str, zone: &str, fs: &[(Forward, Ipv4Addr)]) -> Vec<S
 /// The port-forward script of an OpenWrt router (`check` as for Linux): one redirect per forward
 /// of `fs` (the next-hop's, then a standby's), wgprov's other redirects removed.
 pub fn pf_script(site: &str, zone: &str, fs: &[(Forward, Ipv4Addr)]) -> String {
-    let mut s = String::from("#!/bin/sh\n");
-    let header = super::linux::HEADER;
-    for (f, ip) in fs {
-        s.push_str(&format!(
-            "{header} udp {} -> {ip}:{}\n",
-            f.public_port, f.port
-        ));
-    }
-    if fs.is_empty() {
-        s.push_str(&format!("{header} none\n"));
-    }
+    let mut s = super::linux::script_head(fs);
     s.push_str(&format!(
         "# The WireGuard port-forward of site {site}, written by wgprov: do not edit, apply rewrites it.\n\
          # `sh {PF_SCRIPT}` sets one uci redirect per forward above ({SECTION}, a standby's {STANDBY_SECTION})\n\
