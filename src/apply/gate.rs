@@ -70,10 +70,10 @@ fn needed_by_guard<S>(
     keep
 }
 
-/// Closes the run's connections the guard does not need before it opens the fresh ones, so that
-/// the controller never holds two connections per host: a whole-fleet change at 500 hosts
-/// would otherwise hold 1,000 (about 100 KB each). A changed host whose connection is closed
-/// here is confirmed, or put back, over its fresh one.
+/// Lets go of the run's connections the guard does not need before it opens the fresh ones, so
+/// that only the probing ends hold two connections at once: a whole-fleet change at 500 hosts
+/// held 1,000 (about 100 KB each). A changed host whose connection is let go here is confirmed,
+/// or put back, over its fresh one.
 pub(super) fn drop_unneeded<S>(
     topo: &Topology,
     g: &GuardInput<'_>,
