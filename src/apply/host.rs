@@ -30,7 +30,7 @@ use sha2::{Digest, Sha256};
 
 use super::script::{
     self, Expect, FAIL, HandlerPlan, STATE_DIR, ScriptResult, backup_and_write, done_tail,
-    handlers_script, put_files_body, restore_body,
+    handlers_script, put_files_body, restore_body, then_handlers,
 };
 use crate::diff::{Action, Change};
 use crate::facts::Facts;
@@ -144,12 +144,7 @@ fn lib_sh(run: &RunId, iface: &InterfaceName, facts: &Facts, put_back: &HandlerP
     let r = run_dir(run);
     // a change that went through is put back as gently as it was made (peers only: `wg
     // syncconf`); one that failed half-way leaves the interface in doubt: restart it
-    let back = |h: &HandlerPlan| {
-        format!(
-            "put_files\nif [ \"$n\" -gt 0 ]; then\n{}fi\n",
-            handlers_script(h, iface, facts, true, "rfail")
-        )
-    };
+    let back = |h: &HandlerPlan| then_handlers("put_files\n".into(), iface, facts, "rfail", h);
     let restore = back(put_back);
     let restart = HandlerPlan {
         wireguard: put_back.wireguard.map(|_| true),

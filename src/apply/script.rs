@@ -355,8 +355,19 @@ pub(crate) fn restore_body(
     fail_fn: &str,
     h: &HandlerPlan,
 ) -> String {
-    // the handlers re-run only when a file was put back
-    let mut s = put_files_body(fail_fn);
+    then_handlers(put_files_body(fail_fn), iface, facts, fail_fn, h)
+}
+
+/// `files` (shell that puts the backup's files back, counting them in `n`), then the handlers
+/// of `h`, re-run only when a file was put back.
+pub(crate) fn then_handlers(
+    files: String,
+    iface: &InterfaceName,
+    facts: &Facts,
+    fail_fn: &str,
+    h: &HandlerPlan,
+) -> String {
+    let mut s = files;
     s.push_str("if [ \"$n\" -gt 0 ]; then\n");
     s.push_str(&handlers_script(h, iface, facts, true, fail_fn));
     s.push_str("fi\n");
